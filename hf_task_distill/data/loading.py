@@ -1,0 +1,236 @@
+"""Load a labelled target task from a registry name, a Hub id, a local image folder or a ``datasets`` object."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import datasets
+from datasets import ClassLabel, Dataset, DatasetDict
+
+from .budget import select_label_budget
+from .registry import TaskSpec, get_task_spec, list_tasks
+from .validation import UNLABELLED, check_image_column, check_label_ids, label_array
+
+__all__ = ["TargetTask", "find_image_column", "find_label_column", "load_image_dataset", "load_target_task"]
+
+_LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "target", "class", "category")
+
+
+@dataclass
+class TargetTask:
+    """A labelled image-classification task: its splits, label names and where the columns are."""
+
+    name: str
+    splits: DatasetDict
+    label_names: list[str]
+    image_column: str = "image"
+    label_column: str = "label"
+    spec: TaskSpec | None = None
+    label_budget: dict[str, Any] | None = field(default=None)
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.label_names))
+
+    @property
+    def label2id(self) -> dict[str, int]:
+        return {name: i for i, name in enumerate(self.label_names)}
+
+    def __getitem__(self, split: str) -> Dataset:
+        if split not in self.splits:
+            raise KeyError(f"task '{self.name}' has no split '{split}' (splits: {', '.join(self.splits)})")
+        return self.splits[split]
+
+    def with_label_budget(
+        self,
+        *,
+        per_class: int | None = None,
+        fraction: float | None = None,
+        seed: int = 0,
+        split: str = "train",
+    ) -> TargetTask:
+        """A copy whose ``split`` keeps only a stratified, seeded label budget (see ``label_budget_indices``)."""
+        subset = select_label_budget(
+            self[split], label_column=self.label_column, per_class=per_class, fraction=fraction, seed=seed
+        )
+        splits = DatasetDict({**self.splits, split: subset})
+        budget = {
+            "split": split,
+            "per_class": per_class,
+            "fraction": fraction,
+            "seed": seed,
+            "size": len(subset),
+        }
+        return replace(self, splits=splits, label_budget=budget)
+
+
+def find_image_column(features: datasets.Features) -> str | None:
+    """The first column whose feature is ``datasets.Image``."""
+    for name, feature in features.items():
+        if isinstance(feature, datasets.Image):
+            return name
+    return None
+
+
+def find_label_column(features: datasets.Features) -> str | None:
+    """The first ``ClassLabel`` column, else a column with a conventional label name."""
+    for name, feature in features.items():
+        if isinstance(feature, ClassLabel):
+            return name
+    for name in _LABEL_COLUMN_NAMES:
+        if name in features:
+            return name
+    return None
+
+
+def load_target_task(
+    source: str | os.PathLike | Dataset | DatasetDict | TargetTask,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    label_names: list[str] | None = None,
+    name: str | None = None,
+    **load_dataset_kwargs: Any,
+) -> TargetTask:
+    """Load a labelled task and check it before anything trains on it.
+
+    ``source`` is a registry name (``hf_task_distill.data.list_tasks()``), a local image folder (one
+    sub-folder per class, optionally under ``train/``/``validation/``/``test/``), a Hub dataset id, or a
+    ``Dataset``/``DatasetDict``. Columns are found from the features unless named; string or plain
+    integer labels become a ``ClassLabel`` shared by all splits. Every split must be non-empty, have the
+    image column, and hold label ids in range. ``load_dataset_kwargs`` go to ``datasets.load_dataset``
+    (``revision=``, ``cache_dir=``, ``token=``...); remote code is never run.
+    """
+    if isinstance(source, TargetTask):
+        return source
+    spec = None
+    if isinstance(source, Dataset):
+        splits, task_name = DatasetDict({"train": source}), name or "custom"
+    elif isinstance(source, DatasetDict):
+        splits, task_name = source, name or "custom"
+    elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
+        splits = datasets.load_dataset("imagefolder", data_dir=os.fspath(source), **load_dataset_kwargs)
+        task_name = name or os.path.basename(os.path.normpath(os.fspath(source)))
+    elif isinstance(source, str) and source.lower() in list_tasks():
+        spec = get_task_spec(source)
+        raw = datasets.load_dataset(spec.hub_id, spec.config_name, **load_dataset_kwargs)
+        missing = [hub_split for hub_split in spec.splits.values() if hub_split not in raw]
+        if missing:
+            raise ValueError(
+                f"task '{spec.name}': {spec.hub_id} has no split(s) {missing} (has: {', '.join(raw)})"
+            )
+        splits = DatasetDict({role: raw[hub_split] for role, hub_split in spec.splits.items()})
+        task_name = name or spec.name
+        image_column = image_column or spec.image_column
+        label_column = label_column or spec.label_column
+        label_names = label_names or spec.label_names
+    elif isinstance(source, str) and "/" in source:
+        splits, task_name = datasets.load_dataset(source, **load_dataset_kwargs), name or source
+    else:
+        raise ValueError(
+            f"cannot load a task from {source!r}: not a known task ({', '.join(list_tasks())}), "
+            "an existing folder, a Hub dataset id ('owner/name') or a datasets.Dataset/DatasetDict"
+        )
+    return _standardize(splits, task_name, image_column, label_column, label_names, spec)
+
+
+def load_image_dataset(
+    source: str | os.PathLike | Dataset | DatasetDict, split: str = "train", **load_dataset_kwargs: Any
+) -> Dataset:
+    """One split of an image collection that need not be labelled (a transfer set or pool): a folder of
+    images, a Hub dataset id, or a ``Dataset``/``DatasetDict``."""
+    if isinstance(source, Dataset):
+        return source
+    if isinstance(source, DatasetDict):
+        return source[split]
+    if os.path.isdir(source):
+        return datasets.load_dataset(
+            "imagefolder", data_dir=os.fspath(source), split=split, **load_dataset_kwargs
+        )
+    return datasets.load_dataset(source, split=split, **load_dataset_kwargs)
+
+
+def _standardize(splits, task_name, image_column, label_column, label_names, spec) -> TargetTask:
+    if isinstance(splits, Dataset):
+        splits = DatasetDict({"train": splits})
+    if "train" not in splits:
+        raise ValueError(f"task '{task_name}' has no 'train' split (splits: {', '.join(splits) or 'none'})")
+    for split_name, split in splits.items():
+        if len(split) == 0:
+            raise ValueError(f"task '{task_name}': split '{split_name}' is empty")
+    features = splits["train"].features
+    image_column = image_column or find_image_column(features)
+    if image_column is None:
+        raise ValueError(
+            f"task '{task_name}' has no image column (columns: {', '.join(features)}); pass image_column="
+        )
+    label_column = label_column or find_label_column(features)
+    if label_column is None or label_column not in features:
+        raise ValueError(
+            f"task '{task_name}' has no label column '{label_column}' (columns: {', '.join(features)}); pass label_column="
+        )
+    for split_name, split in splits.items():
+        check_image_column(split, image_column, where=f"task '{task_name}' split '{split_name}'")
+
+    feature = features[label_column]
+    is_string = getattr(feature, "dtype", None) in ("string", "large_string")
+    if isinstance(feature, ClassLabel):
+        label_names = label_names or list(feature.names)
+    elif label_names is None:
+        label_names = _infer_label_names(splits, label_column, is_string)
+    if spec is not None and spec.num_classes is not None and len(label_names) != spec.num_classes:
+        raise ValueError(
+            f"task '{task_name}' should have {spec.num_classes} classes, found {len(label_names)}"
+        )
+    for split_name, split in splits.items():
+        where = f"task '{task_name}' split '{split_name}'"
+        if is_string:
+            unknown = sorted(set(v for v in split.unique(label_column) if v is not None) - set(label_names))
+            if unknown:
+                raise ValueError(
+                    f"{where}: label(s) {unknown[:5]} in '{label_column}' are not among the task's label names"
+                )
+            continue
+        labels = label_array(split, label_column)
+        check_label_ids(labels, len(label_names), label_column, where=where)
+        if split_name == "train" and not (labels != UNLABELLED).any():
+            raise ValueError(f"task '{task_name}': the train split has no labelled rows")
+    if not isinstance(feature, ClassLabel):
+        splits = DatasetDict(
+            {k: v.cast_column(label_column, ClassLabel(names=list(label_names))) for k, v in splits.items()}
+        )
+
+    renames = {}
+    if image_column != "image" and "image" not in features:
+        renames[image_column] = "image"
+    if label_column != "label" and "label" not in features:
+        renames[label_column] = "label"
+    if renames:
+        splits = DatasetDict({k: v.rename_columns(renames) for k, v in splits.items()})
+    return TargetTask(
+        name=task_name,
+        splits=splits,
+        label_names=[str(n) for n in label_names],
+        image_column=renames.get(image_column, image_column),
+        label_column=renames.get(label_column, label_column),
+        spec=spec,
+    )
+
+
+def _infer_label_names(splits: DatasetDict, label_column: str, is_string: bool) -> list[str]:
+    if is_string:
+        values = set()
+        for split in splits.values():
+            values.update(v for v in split.unique(label_column) if v is not None)
+        return sorted(values)
+    labels = label_array(splits["train"], label_column)
+    labelled = labels[labels != UNLABELLED]
+    if labelled.size and labelled.min() < 0:
+        raise ValueError(f"label column '{label_column}' has negative ids (e.g. {int(labelled.min())})")
+    return [str(i) for i in range(int(labelled.max()) + 1)] if labelled.size else []

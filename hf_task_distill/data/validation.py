@@ -1,0 +1,60 @@
+"""Up-front checks on image datasets, so bad input fails before the first training step."""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["UNLABELLED", "check_image_column", "check_label_ids", "label_array"]
+
+#: Label id of a row that has no label (the cross-entropy ``ignore_index``). ``-1`` (the
+#: ``datasets.ClassLabel`` convention) and ``None`` are read as unlabelled too.
+UNLABELLED = -100
+
+
+def label_array(dataset, label_column: str) -> np.ndarray:
+    """The label column as an int64 array, unlabelled rows (``None``, ``-1``, ``-100``) set to ``UNLABELLED``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    column = dataset.with_format("arrow").select_columns([label_column])[label_column]
+    if isinstance(column, pa.Table):
+        column = column.column(0)
+    if pa.types.is_floating(column.type):
+        filled = pc.fill_null(column, float(UNLABELLED))
+        values = filled.to_numpy()
+        nan_rows = np.isnan(values)
+        not_integral = ~nan_rows & (values != np.round(values))
+        if not_integral.any():
+            i = int(np.flatnonzero(not_integral)[0])
+            raise ValueError(f"label column '{label_column}' row {i} holds {values[i]!r}, not a class id")
+        values = np.where(nan_rows, UNLABELLED, values).astype(np.int64)
+    elif pa.types.is_integer(column.type):
+        values = pc.fill_null(column, UNLABELLED).to_numpy().astype(np.int64)
+    else:
+        first = column[0].as_py() if len(column) else None
+        raise ValueError(
+            f"label column '{label_column}' holds {column.type} values (e.g. {first!r}), not integer class ids; "
+            "load the data with load_target_task (which encodes string labels) or use Dataset.class_encode_column"
+        )
+    values[values == -1] = UNLABELLED
+    return values
+
+
+def check_image_column(dataset, image_column: str, where: str = "dataset") -> None:
+    if image_column not in dataset.column_names:
+        raise ValueError(
+            f"{where} has no image column '{image_column}' (columns: {', '.join(dataset.column_names) or 'none'}); "
+            "pass image_column= to name the column that holds the images"
+        )
+
+
+def check_label_ids(labels: np.ndarray, num_labels: int, label_column: str, where: str = "dataset") -> None:
+    """Raise if any labelled row's id is outside ``[0, num_labels)``."""
+    labelled = labels != UNLABELLED
+    bad = np.flatnonzero(labelled & ((labels < 0) | (labels >= num_labels)))
+    if bad.size:
+        examples = ", ".join(f"row {i}: {labels[i]}" for i in bad[:5])
+        raise ValueError(
+            f"{where}: label column '{label_column}' has {bad.size} id(s) outside [0, {num_labels}) "
+            f"({examples}); the models have {num_labels} classes"
+        )
