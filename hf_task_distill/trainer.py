@@ -1,0 +1,274 @@
+"""``DistillationTrainer``: a thin ``transformers.Trainer`` that trains a student to match a frozen teacher.
+
+Everything else (loops, optimisers, schedulers, checkpoints, logging, devices, mixed precision,
+multi-GPU) is the Trainer's and accelerate's. This class adds four things: it runs the teacher on the
+teacher's view of each batch, combines terms from :mod:`hf_task_distill.losses`, normalises the loss
+over the whole gradient-accumulation window (and all processes), and reports accuracy and
+teacher-student agreement.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainingArguments
+
+from .data.loading import find_label_column
+from .data.validation import UNLABELLED, check_label_ids, label_array
+from .data.views import PairedViews
+from .losses import DistillationLoss, LossInputs, available_losses, build_loss
+from .metrics import distillation_metrics
+from .models.labels import check_label_spaces_match
+
+__all__ = ["DistillationArguments", "DistillationTrainer"]
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    """``TrainingArguments`` plus the distillation objective."""
+
+    loss_name: str = field(
+        default="kd",
+        metadata={
+            "help": "Registered loss: 'kd' (KL to the teacher + optional label CE), 'function_matching' "
+            "(KL only, labels ignored), 'ce' (labels only), or any name added with register_loss."
+        },
+    )
+    temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature T of the KL term (scaled by T^2)."}
+    )
+    kd_weight: float = field(default=1.0, metadata={"help": "Weight of the KL-to-teacher term."})
+    ce_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of cross-entropy on labelled rows (label -100 = unlabelled). The paper's "
+            "transfer stage uses the teacher only (0); labels are used in the later finetuning stage."
+        },
+    )
+    remove_unused_columns: bool = field(
+        default=False,
+        metadata={
+            "help": "Kept False: views are rendered on the fly from the raw image column, which the "
+            "model's forward does not name."
+        },
+    )
+
+    def __post_init__(self):
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not _has_accelerator():
+            # Launched as several processes on a machine without an accelerator: unless told it runs on CPU,
+            # accelerate initialises the process group but trains each rank alone, without gradient sync.
+            self.use_cpu = True
+        super().__post_init__()
+        if self.loss_name not in available_losses():
+            raise ValueError(
+                f"unknown loss_name '{self.loss_name}'; registered: {', '.join(available_losses())}"
+            )
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+
+
+def _has_accelerator() -> bool:
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        return True
+    return any(
+        hasattr(getattr(torch, name, None), "is_available") and getattr(torch, name).is_available()
+        for name in ("xpu", "npu", "mlu", "musa")
+    )
+
+
+@dataclass
+class _AccumulationWindow:
+    """Rows in one optimizer step (all micro-batches, all processes): the loss denominators."""
+
+    all: torch.Tensor
+    labelled: torch.Tensor
+
+    def as_counts(self) -> dict[str, torch.Tensor]:
+        return {"all": self.all, "labelled": self.labelled}
+
+
+class DistillationTrainer(Trainer):
+    """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
+
+    Datasets may be raw ``datasets.Dataset`` s with an image column (paired teacher/student views are
+    then attached from each model's preprocessing, see :class:`~hf_task_distill.data.PairedViews`), or
+    already yield ``pixel_values`` (student) and optionally ``teacher_pixel_values`` and ``labels``.
+    The teacher is frozen, kept in eval mode, prepared by the Trainer's accelerator (device, mixed
+    precision), run under ``torch.no_grad()``, and never saved in checkpoints.
+    """
+
+    # compute_loss normalises by the rows of the whole accumulation window itself
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model=None,
+        teacher_model=None,
+        args: DistillationArguments | None = None,
+        train_dataset=None,
+        eval_dataset=None,
+        *,
+        loss: DistillationLoss | None = None,
+        views: PairedViews | None = None,
+        teacher_processor: Any = None,
+        compute_metrics=None,
+        **kwargs,
+    ):
+        if args is None:
+            args = DistillationArguments()
+        elif not isinstance(args, DistillationArguments):
+            raise TypeError(f"args must be DistillationArguments, got {type(args).__name__}")
+        if model is None:
+            raise ValueError("DistillationTrainer needs the student model (model=)")
+        self.distillation_loss = loss or build_loss(
+            args.loss_name, temperature=args.temperature, kd_weight=args.kd_weight, ce_weight=args.ce_weight
+        )
+        if teacher_model is None and self.distillation_loss.requires_teacher:
+            raise ValueError(f"loss '{args.loss_name}' needs a teacher: pass teacher_model=")
+        if teacher_model is not None:
+            check_label_spaces_match(teacher_model, model)
+            teacher_model.requires_grad_(False)
+            teacher_model.eval()
+        self._views = views
+        self._views_source = (teacher_model, model, teacher_processor)
+        num_labels = model.config.num_labels
+        train_dataset = self._prepare_dataset(
+            train_dataset, train=True, num_labels=num_labels, where="train_dataset"
+        )
+        if isinstance(eval_dataset, dict):
+            eval_dataset = {
+                name: self._prepare_dataset(
+                    ds, train=False, num_labels=num_labels, where=f"eval_dataset['{name}']"
+                )
+                for name, ds in eval_dataset.items()
+            }
+        else:
+            eval_dataset = self._prepare_dataset(
+                eval_dataset, train=False, num_labels=num_labels, where="eval_dataset"
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            compute_metrics=compute_metrics or distillation_metrics,
+            **kwargs,
+        )
+        self._teacher = teacher_model
+        self._teacher_prepared = False
+        self._part_sums: dict[str, torch.Tensor] = {}
+        self._windows_since_log = 0
+
+    # ---- data -------------------------------------------------------------------------------
+    def _prepare_dataset(self, dataset, *, train: bool, num_labels: int, where: str):
+        """Check a dataset up front; attach paired views to raw image datasets."""
+        if dataset is None:
+            return None
+        if len(dataset) == 0:
+            raise ValueError(f"{where} is empty")
+        if not hasattr(dataset, "with_transform"):
+            return dataset  # a torch Dataset yielding tensors: the user owns its format
+        if dataset.format.get("type") == "custom" or "pixel_values" in dataset.column_names:
+            raw = dataset.with_format(None)
+            label_column = find_label_column(raw.features)
+            if label_column is not None:
+                check_label_ids(label_array(raw, label_column), num_labels, label_column, where=where)
+            return dataset
+        if self._views is None:
+            teacher, student, processor = self._views_source
+            if teacher is None:
+                raise ValueError(
+                    f"{where} holds raw images and there is no teacher to derive views from: pass views="
+                )
+            self._views = PairedViews.from_models(teacher, student, teacher_processor=processor)
+        return self._views.apply(dataset, train=train, num_labels=num_labels, where=where)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if "teacher_pixel_values" not in self._signature_columns:
+            self._signature_columns.append("teacher_pixel_values")
+
+    # ---- teacher ------------------------------------------------------------------------------
+    @property
+    def teacher_model(self):
+        """The teacher, prepared by the accelerator on first use (after the student, so that evaluation
+        without training still prepares the student first)."""
+        if self._teacher is not None and not self._teacher_prepared:
+            self._teacher = self.accelerator.prepare_model(self._teacher, evaluation_mode=True)
+            if next(self._teacher.parameters()).device != self.accelerator.device:
+                self._teacher.to(self.accelerator.device)  # FSDP leaves placement to the caller
+            self._teacher_prepared = True
+        return self._teacher
+
+    @torch.no_grad()
+    def teacher_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        teacher = self.teacher_model
+        if teacher.training:
+            teacher.eval()
+        pixels = inputs.get("teacher_pixel_values")
+        if pixels is None:
+            pixels = inputs["pixel_values"]
+        dtype = next(teacher.parameters()).dtype
+        return teacher(pixel_values=pixels.to(dtype)).logits
+
+    # ---- loss ---------------------------------------------------------------------------------
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        rows = sum(int(batch["pixel_values"].shape[0]) for batch in batch_samples)
+        labelled = sum(
+            int((batch["labels"] != UNLABELLED).sum()) for batch in batch_samples if "labels" in batch
+        )
+        counts = torch.tensor([rows, labelled], dtype=torch.float32, device=device)
+        if self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        self._windows_since_log += 1
+        return batch_samples, _AccumulationWindow(all=counts[0], labelled=counts[1])
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        labels = inputs.get("labels")
+        student_logits = model(pixel_values=inputs["pixel_values"]).logits
+        teacher_logits = self.teacher_logits(inputs) if self._teacher is not None else None
+        window = num_items_in_batch if isinstance(num_items_in_batch, _AccumulationWindow) else None
+        loss, parts = self.distillation_loss(
+            LossInputs(student_logits, teacher_logits, labels), window.as_counts() if window else None
+        )
+        if window is not None:
+            for name, value in parts.items():
+                self._part_sums[name] = self._part_sums.get(name, 0.0) + value.detach()
+            # Each process holds its share of the window's sum; DDP averages gradients over processes.
+            loss = loss * self.accelerator.num_processes
+        if return_outputs:
+            return loss, {"logits": student_logits, "teacher_logits": teacher_logits}
+        return loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+        loss = loss.detach()
+        if prediction_loss_only:
+            return loss, None, None
+        if labels is None:  # the Trainer computes metrics only when labels exist: mark rows unlabelled
+            labels = torch.full((outputs["logits"].shape[0],), UNLABELLED, device=outputs["logits"].device)
+        logits = outputs["logits"].detach()
+        if outputs["teacher_logits"] is not None:
+            logits = (logits, outputs["teacher_logits"].detach().to(logits.dtype))
+        return loss, logits, labels
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Add each loss term's mean since the last log to the training logs."""
+        if "loss" in logs and self._part_sums and self._windows_since_log:
+            names = sorted(self._part_sums)
+            stacked = torch.stack(
+                [torch.as_tensor(self._part_sums[n], device=self.args.device) for n in names]
+            )
+            if self.args.world_size > 1:
+                stacked = self.accelerator.reduce(stacked, reduction="sum")
+            for name, value in zip(names, (stacked / self._windows_since_log).tolist(), strict=True):
+                logs[f"loss_{name}"] = round(value, 6)
+            self._part_sums, self._windows_since_log = {}, 0
+        super().log(logs, *args, **kwargs)
