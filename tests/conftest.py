@@ -1,0 +1,120 @@
+"""Shared fixtures: offline Hub, tiny locally built teacher/student models, small generated images.
+
+No test reaches the network: the Hub is switched to offline mode and its cache points at a temporary
+folder before transformers, datasets or huggingface_hub are imported.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+_HF_HOME = tempfile.mkdtemp(prefix="hf_task_distill_tests_hf_home_")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = _HF_HOME
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+torch.set_num_threads(2)
+
+COLOURS = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 60, 200), "yellow": (210, 200, 40)}
+LABELS = list(COLOURS)
+
+
+def colour_image(label: int, rng: np.random.Generator, size=(40, 36)) -> Image.Image:
+    """A noisy image whose class is its dominant colour: solvable from any crop."""
+    width, height = size
+    base = np.array(COLOURS[LABELS[label]], dtype=np.float32)
+    noise = rng.normal(0, 35, size=(height, width, 3))
+    blob = np.zeros((height, width, 1), dtype=np.float32)
+    cy, cx = rng.integers(0, height), rng.integers(0, width)
+    yy, xx = np.mgrid[0:height, 0:width]
+    blob[..., 0] = ((yy - cy) ** 2 + (xx - cx) ** 2 < (min(width, height) / 3) ** 2) * rng.normal(0, 40)
+    pixels = np.clip(base + noise + blob, 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels)
+
+
+def make_colour_dataset(n: int, seed: int, *, labelled: bool = True, sizes=((40, 36), (48, 40), (36, 44))):
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, len(LABELS), size=n)
+    images = [colour_image(int(y), rng, sizes[i % len(sizes)]) for i, y in enumerate(labels)]
+    if not labelled:
+        return Dataset.from_dict({"image": images}, features=Features({"image": ImageFeature()}))
+    features = Features({"image": ImageFeature(), "label": ClassLabel(names=LABELS)})
+    return Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
+
+
+def tiny_dinov2(num_labels: int = len(LABELS), image_size: int = 32, seed: int = 0):
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=8,
+        num_labels=num_labels,
+        id2label=dict(enumerate(LABELS[:num_labels])),
+        label2id={n: i for i, n in enumerate(LABELS[:num_labels])},
+    )
+    return Dinov2ForImageClassification(config)
+
+
+def tiny_processor(image_size: int = 32):
+    from transformers import BitImageProcessor
+
+    return BitImageProcessor(
+        size={"shortest_edge": image_size + 4},
+        crop_size={"height": image_size, "width": image_size},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+
+
+@pytest.fixture(scope="session")
+def colour_splits():
+    return {
+        "train": make_colour_dataset(160, seed=1),
+        "transfer": make_colour_dataset(256, seed=2, labelled=False),
+        "test": make_colour_dataset(96, seed=3),
+    }
+
+
+@pytest.fixture(scope="session")
+def trained_teacher_dir(tmp_path_factory, colour_splits):
+    """A tiny DINOv2 classifier trained on the colour task, saved with its image processor."""
+    from hf_task_distill import DistillationArguments, DistillationTrainer, PairedViews, ViewSpec
+
+    folder = tmp_path_factory.mktemp("teacher")
+    model = tiny_dinov2()
+    spec = ViewSpec.from_image_processor(tiny_processor())
+    views = PairedViews(teacher=spec, student=spec)
+    args = DistillationArguments(
+        output_dir=str(folder / "run"),
+        loss_name="ce",
+        per_device_train_batch_size=32,
+        num_train_epochs=8,
+        learning_rate=3e-3,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = DistillationTrainer(model=model, args=args, train_dataset=colour_splits["train"], views=views)
+    trainer.train()
+    model.save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    return folder

@@ -1,0 +1,61 @@
+"""The example scripts run as users run them (as subprocesses), on local tiny models and image folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+from conftest import LABELS, colour_image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _image_folder(root, per_class, seed):
+    rng = np.random.default_rng(seed)
+    for label, name in enumerate(LABELS):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            colour_image(label, rng).save(folder / f"{i}.png")
+    return root
+
+
+def test_distill_with_trainer_example(tmp_path, trained_teacher_dir):
+    task = _image_folder(tmp_path / "task" / "train", 6, seed=0).parent
+    _image_folder(tmp_path / "task" / "test", 3, seed=1)
+    transfer = tmp_path / "transfer"
+    _image_folder(transfer, 8, seed=2)  # folder names become labels; ignored with ce_weight=0
+    out = tmp_path / "student"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "examples", "distill_with_trainer.py"),
+        "--teacher",
+        str(trained_teacher_dir),
+        "--dataset",
+        str(task),
+        "--student",
+        "test_resnet",
+        "--student_image_size",
+        "32",
+        "--transfer_dataset",
+        str(transfer),
+        "--output_dir",
+        str(out),
+        "--max_steps",
+        "3",
+        "--per_device_train_batch_size",
+        "8",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--use_cpu",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-4000:]
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_accuracy", "eval_agreement", "eval_teacher_accuracy"} <= set(metrics)
+    assert (out / "model.safetensors").exists() and (out / "config.json").exists()

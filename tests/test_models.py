@@ -1,0 +1,113 @@
+"""Teachers and students: loading rules, and a saved student that works in transformers, pipeline and timm."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import LABELS, colour_image, tiny_dinov2, tiny_processor
+from transformers import AutoModelForImageClassification, pipeline
+
+from hf_task_distill import DistillationArguments, DistillationTrainer, create_student, load_teacher
+from hf_task_distill.models import check_label_spaces_match, is_timm_architecture
+
+
+@pytest.fixture(scope="module")
+def distilled_student_dir(tmp_path_factory, trained_teacher_dir, colour_splits):
+    """A student saved by the Trainer itself (trainer.save_model), after a short distillation."""
+    folder = tmp_path_factory.mktemp("student")
+    teacher = load_teacher(str(trained_teacher_dir))
+    student = create_student("test_resnet", teacher.config.id2label, image_size=32)
+    args = DistillationArguments(
+        output_dir=str(folder / "run"),
+        max_steps=3,
+        per_device_train_batch_size=16,
+        report_to="none",
+        save_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=colour_splits["transfer"]
+    )
+    trainer.train()
+    trainer.save_model(str(folder / "model"))
+    return folder / "model", student
+
+
+def test_saved_student_reloads_everywhere_with_the_same_logits(distilled_student_dir):
+    folder, student = distilled_student_dir
+    student.eval()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        reference = student(pixel_values=x).logits
+
+        reloaded = AutoModelForImageClassification.from_pretrained(folder).eval()
+        torch.testing.assert_close(reloaded(pixel_values=x).logits, reference)
+        assert reloaded.config.id2label == dict(enumerate(LABELS))
+
+        in_timm = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+        torch.testing.assert_close(in_timm(x), reference)
+        assert in_timm.pretrained_cfg["label_names"] == LABELS
+
+    classifier = pipeline("image-classification", model=str(folder), device="cpu")
+    image = colour_image(0, np.random.default_rng(0), (40, 40))
+    predictions = classifier(image, top_k=4)
+    assert sorted(p["label"] for p in predictions) == sorted(LABELS)
+    # the pipeline preprocesses exactly as the student's own eval transform: same top class and scores
+    from hf_task_distill.data import PairedViews, ViewSpec
+
+    spec = ViewSpec.from_model(reloaded)
+    pixels = PairedViews(spec, spec).transform(train=False)({"image": [image]})["pixel_values"][0]
+    with torch.no_grad():
+        probs = reloaded(pixel_values=pixels[None]).logits.softmax(-1)[0]
+    assert predictions[0]["label"] == LABELS[int(probs.argmax())]
+    assert predictions[0]["score"] == pytest.approx(float(probs.max()), abs=0.02)
+
+
+def test_student_starts_from_timms_own_initialisation():
+    torch.manual_seed(3)
+    wrapped = create_student("test_resnet", LABELS, image_size=32)
+    torch.manual_seed(3)
+    native = timm.create_model("test_resnet", num_classes=4)
+    for key, value in native.state_dict().items():
+        torch.testing.assert_close(wrapped.timm_model.state_dict()[key], value)
+
+
+def test_student_from_an_hf_folder_gets_a_new_head(tmp_path):
+    folder = tmp_path / "s"
+    create_student("test_resnet", LABELS, image_size=32).save_pretrained(folder)
+    three = create_student(str(folder), ["x", "y", "z"], pretrained=True)
+    assert three.config.num_labels == 3 and three.config.id2label[2] == "z"
+    assert is_timm_architecture("mobilevitv2_100") and is_timm_architecture("fastvit_t8.apple_in1k")
+    assert not is_timm_architecture("facebook/dinov2-large")
+
+
+def test_teacher_loading_rules(tmp_path):
+    classifier_dir, backbone_dir = tmp_path / "clf", tmp_path / "backbone"
+    tiny_dinov2().save_pretrained(classifier_dir)
+    tiny_processor().save_pretrained(classifier_dir)
+    from transformers import Dinov2Model
+
+    Dinov2Model(tiny_dinov2().config).save_pretrained(backbone_dir)
+
+    teacher = load_teacher(str(classifier_dir))
+    assert teacher.config.id2label == dict(enumerate(LABELS))
+    same = load_teacher(str(classifier_dir), labels=LABELS)  # head already predicts these labels: kept
+    torch.testing.assert_close(same.classifier.weight, teacher.classifier.weight)
+
+    with pytest.raises(ValueError, match="backbone without a classification head"):
+        load_teacher(str(backbone_dir))
+    fresh = load_teacher(str(backbone_dir), labels=["a", "b", "c"])
+    assert fresh.config.num_labels == 3 and fresh.classifier.out_features == 3
+
+
+def test_label_space_checks():
+    teacher = tiny_dinov2()
+    check_label_spaces_match(teacher, create_student("test_resnet", LABELS, image_size=32))
+    check_label_spaces_match(
+        teacher, create_student("test_resnet", 4, image_size=32)
+    )  # unnamed labels: count only
+    with pytest.raises(ValueError, match="label names must be unique"):
+        create_student("test_resnet", ["a", "a"])

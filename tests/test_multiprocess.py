@@ -1,0 +1,60 @@
+"""Two processes (two CPU ranks over gloo) give the same loss curve as one process with the same global batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "distill_tensor_run.py")
+
+
+def _run(cmd, cwd):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-5000:]
+    return done
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    _run([sys.executable, SCRIPT, "--output_dir", str(single), "--per_device_batch", "32"], tmp_path)
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29533",
+    ]
+    _run(launcher + [SCRIPT, "--output_dir", str(double), "--per_device_batch", "16"], tmp_path)
+
+    one = json.loads((single / "result.json").read_text())
+    two = json.loads((double / "result.json").read_text())
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert len(one["losses"]) == len(two["losses"]) == 4
+    np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)
+    np.testing.assert_allclose(two["loss_ce"], one["loss_ce"], rtol=1e-4)
+    assert one["losses"][0] != pytest.approx(
+        one["losses"][-1], rel=1e-3
+    )  # the curve moves: a real comparison
+    a, b = (
+        torch.load(single / "student.pt", weights_only=True),
+        torch.load(double / "student.pt", weights_only=True),
+    )
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-5)

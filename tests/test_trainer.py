@@ -1,0 +1,240 @@
+"""DistillationTrainer behaviour: learning from unlabelled data, a frozen teacher, GA-correct loss, errors."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import LABELS, make_colour_dataset, tiny_dinov2
+
+from hf_task_distill import DistillationArguments, DistillationTrainer, create_student, load_teacher
+from hf_task_distill.losses import DistillationLoss, LabelCrossEntropy, SoftTargetKL, register_loss
+
+
+def _args(tmp_path, **overrides):
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=32,
+        learning_rate=2e-3,
+        num_train_epochs=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    base.update(overrides)
+    return DistillationArguments(**base)
+
+
+def _state(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_student_learns_from_unlabelled_data_and_teacher_stays_frozen(
+    tmp_path, trained_teacher_dir, colour_splits
+):
+    teacher = load_teacher(str(trained_teacher_dir))
+    before = _state(teacher)
+    student = create_student("test_resnet", teacher.config.id2label, image_size=32)
+    transfer = colour_splits["transfer"]
+    assert "label" not in transfer.column_names  # the transfer set carries no labels at all
+
+    args = _args(tmp_path, num_train_epochs=6, save_strategy="epoch", save_total_limit=1, temperature=2.0)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=transfer,
+        eval_dataset=colour_splits["test"],
+    )
+    untrained = trainer.evaluate()
+    trainer.train()
+    metrics = trainer.evaluate()
+
+    chance = 1 / len(LABELS)
+    assert metrics["eval_teacher_accuracy"] > 0.95
+    assert untrained["eval_accuracy"] < 0.5
+    assert metrics["eval_accuracy"] > 0.85, metrics  # far above chance (0.25) without a single label
+    assert metrics["eval_agreement"] > 0.85
+    assert metrics["eval_accuracy"] > chance + 0.5
+
+    after = _state(trainer.teacher_model)
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k].cpu()) for k in before), "teacher weights changed"
+    assert not any(p.requires_grad for p in teacher.parameters())
+    assert not trainer.teacher_model.training
+
+    # checkpoints hold the student only
+    checkpoints = [d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")]
+    assert checkpoints
+    from safetensors.torch import load_file
+
+    keys = load_file(os.path.join(args.output_dir, checkpoints[0], "model.safetensors")).keys()
+    assert not any("dinov2" in k or "embeddings" in k for k in keys)
+    assert set(keys) == set(student.timm_model.state_dict().keys())
+
+
+def test_training_logs_each_loss_term(tmp_path, trained_teacher_dir):
+    teacher = load_teacher(str(trained_teacher_dir))
+    student = create_student("test_resnet", teacher.config.id2label, image_size=32)
+    mixed = make_colour_dataset(64, seed=11)
+    mixed = mixed.map(lambda row, i: {"label": -1 if i % 2 else row["label"]}, with_indices=True)
+    args = _args(tmp_path, ce_weight=0.5, logging_steps=1, max_steps=2)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=mixed)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and all({"loss_kd", "loss_ce"} <= set(entry) for entry in logged)
+    for entry in logged:
+        assert entry["loss"] == pytest.approx(entry["loss_kd"] + 0.5 * entry["loss_ce"], rel=1e-3)
+
+
+def _tensor_dataset(n: int, seed: int, num_labels: int = 4, labelled_every: int = 3):
+    """Pre-rendered views (no augmentation randomness) with a mix of labelled and unlabelled rows."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    student = torch.randn(n, 3, 32, 32, generator=g)
+    teacher = torch.randn(n, 3, 32, 32, generator=g)
+    labels = torch.randint(0, num_labels, (n,), generator=g)
+    labels[torch.arange(n) % labelled_every != 0] = -100
+    return Dataset.from_dict(
+        {"pixel_values": student.numpy(), "teacher_pixel_values": teacher.numpy(), "labels": labels.numpy()}
+    ).with_format("torch")
+
+
+def _one_run(tmp_path, name, batch, accumulation, dataset):
+    torch.manual_seed(0)
+    teacher = tiny_dinov2()
+    torch.manual_seed(1)
+    student = create_student("test_convnext", teacher.config.id2label, image_size=32)
+    args = _args(
+        tmp_path / name,
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=0.05,
+        optim="sgd",
+        lr_scheduler_type="constant",
+        max_steps=2,
+        temperature=2.0,
+        ce_weight=0.7,
+        max_grad_norm=0.0,
+        logging_steps=1,
+        dataloader_drop_last=True,
+    )
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    return _state(student), losses
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    dataset = _tensor_dataset(64, seed=5)  # a third of the rows labelled: both loss terms are exercised
+    big, big_losses = _one_run(tmp_path, "big", batch=32, accumulation=1, dataset=dataset)
+    small, small_losses = _one_run(tmp_path, "acc", batch=16, accumulation=2, dataset=dataset)
+    assert len(big_losses) == len(small_losses) == 2
+    np.testing.assert_allclose(small_losses, big_losses, rtol=1e-5)
+    torch.manual_seed(1)
+    initial = _state(create_student("test_convnext", dict(enumerate(LABELS)), image_size=32))
+    moved = max((big[k].float() - initial[k].float()).abs().max().item() for k in big)
+    assert moved > 1e-3  # the comparison means something: two SGD steps changed the weights
+    for key in big:
+        torch.testing.assert_close(small[key], big[key], rtol=1e-4, atol=1e-6)
+
+
+def test_custom_loss_from_registry_needs_no_trainer_change(tmp_path, trained_teacher_dir):
+    calls = []
+
+    class Recorded(SoftTargetKL):
+        def per_row(self, inputs):
+            calls.append(inputs.student_logits.shape[0])
+            return super().per_row(inputs)
+
+    @register_loss("recorded_kd")
+    def _build(*, temperature=1.0, **_):
+        return DistillationLoss({"kd": (1.0, Recorded(temperature)), "ce": (0.0, LabelCrossEntropy())})
+
+    teacher = load_teacher(str(trained_teacher_dir))
+    student = create_student("test_resnet", teacher.config.id2label, image_size=32)
+    args = _args(tmp_path, loss_name="recorded_kd", max_steps=1)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=make_colour_dataset(32, 4, labelled=False),
+    )
+    trainer.train()
+    assert calls == [32]
+
+
+@pytest.fixture
+def teacher_and_student(trained_teacher_dir):
+    teacher = load_teacher(str(trained_teacher_dir))
+    return teacher, create_student("test_resnet", teacher.config.id2label, image_size=32)
+
+
+def test_label_space_mismatch_is_refused(tmp_path, trained_teacher_dir):
+    teacher = load_teacher(str(trained_teacher_dir))
+    three = create_student("test_resnet", LABELS[:3], image_size=32)
+    with pytest.raises(ValueError, match="teacher predicts 4 classes, the student 3"):
+        DistillationTrainer(model=three, teacher_model=teacher, args=_args(tmp_path))
+    renamed = create_student("test_resnet", ["red", "green", "yellow", "blue"], image_size=32)
+    with pytest.raises(ValueError, match="teacher 'blue' vs student 'yellow'"):
+        DistillationTrainer(model=renamed, teacher_model=teacher, args=_args(tmp_path))
+
+
+def test_out_of_range_labels_are_refused_before_training(tmp_path, teacher_and_student):
+    teacher, student = teacher_and_student
+    bad = make_colour_dataset(8, seed=6).cast_column("label", __import__("datasets").Value("int64"))
+    bad = bad.map(lambda row, i: {"label": 7 if i == 5 else row["label"]}, with_indices=True)
+    with pytest.raises(ValueError, match=r"label column 'label' has 1 id\(s\) outside \[0, 4\) \(row 5: 7\)"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=_args(tmp_path), train_dataset=bad)
+
+
+def test_empty_split_is_refused(tmp_path, teacher_and_student):
+    teacher, student = teacher_and_student
+    empty = make_colour_dataset(4, seed=6).select([])
+    with pytest.raises(ValueError, match="eval_dataset is empty"):
+        DistillationTrainer(
+            model=student,
+            teacher_model=teacher,
+            args=_args(tmp_path),
+            train_dataset=make_colour_dataset(4, seed=7),
+            eval_dataset=empty,
+        )
+
+
+def test_dataset_without_image_column_is_refused(tmp_path, teacher_and_student):
+    from datasets import Dataset
+
+    teacher, student = teacher_and_student
+    no_images = Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]})
+    with pytest.raises(
+        ValueError, match="train_dataset has no image column 'image' \\(columns: text, label\\)"
+    ):
+        DistillationTrainer(
+            model=student, teacher_model=teacher, args=_args(tmp_path), train_dataset=no_images
+        )
+
+
+def test_distillation_loss_without_teacher_is_refused(tmp_path):
+    student = create_student("test_resnet", LABELS, image_size=32)
+    with pytest.raises(ValueError, match="loss 'kd' needs a teacher"):
+        DistillationTrainer(model=student, args=_args(tmp_path))
+
+
+def test_evaluation_on_unlabelled_data_reports_agreement(tmp_path, teacher_and_student, colour_splits):
+    teacher, student = teacher_and_student
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=_args(tmp_path),
+        eval_dataset=colour_splits["transfer"].select(range(40)),
+    )
+    metrics = trainer.evaluate()
+    assert 0.0 <= metrics["eval_agreement"] <= 1.0
+    assert "eval_accuracy" not in metrics
+    assert metrics["eval_loss"] > 0
