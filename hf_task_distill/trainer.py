@@ -22,6 +22,7 @@ from .data.views import PairedViews
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.labels import check_label_spaces_match
+from .models.teacher import load_teacher
 
 __all__ = ["DistillationArguments", "DistillationTrainer"]
 
@@ -93,6 +94,8 @@ class _AccumulationWindow:
 class DistillationTrainer(Trainer):
     """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
 
+    ``teacher_model`` is a model or a Hub id/folder of a finetuned classifier (see ``load_teacher``).
+
     Datasets may be raw ``datasets.Dataset`` s with an image column (paired teacher/student views are
     then attached from each model's preprocessing, see :class:`~hf_task_distill.data.PairedViews`), or
     already yield ``pixel_values`` (student) and optionally ``teacher_pixel_values`` and ``labels``.
@@ -126,6 +129,8 @@ class DistillationTrainer(Trainer):
         self.distillation_loss = loss or build_loss(
             args.loss_name, temperature=args.temperature, kd_weight=args.kd_weight, ce_weight=args.ce_weight
         )
+        if isinstance(teacher_model, (str, os.PathLike)):
+            teacher_model = load_teacher(os.fspath(teacher_model))
         if teacher_model is None and self.distillation_loss.requires_teacher:
             raise ValueError(f"loss '{args.loss_name}' needs a teacher: pass teacher_model=")
         if teacher_model is not None:

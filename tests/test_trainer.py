@@ -238,3 +238,50 @@ def test_evaluation_on_unlabelled_data_reports_agreement(tmp_path, teacher_and_s
     assert 0.0 <= metrics["eval_agreement"] <= 1.0
     assert "eval_accuracy" not in metrics
     assert metrics["eval_loss"] > 0
+
+
+def test_teacher_by_path_bf16_autocast_and_loader_workers(tmp_path, trained_teacher_dir, colour_splits):
+    """The configuration users run: teacher given by path, mixed precision, DataLoader workers."""
+    student = create_student("test_resnet", LABELS, image_size=32)
+    args = _args(tmp_path, max_steps=3, bf16=True, dataloader_num_workers=2, logging_steps=1)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=str(trained_teacher_dir),
+        args=args,
+        train_dataset=colour_splits["transfer"],
+    )
+    before = _state(trainer._teacher)
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    teacher = trainer.teacher_model
+    assert hasattr(teacher, "_original_forward")  # accelerate wrapped its forward in bf16 autocast
+    x = torch.randn(2, 3, 32, 32)
+    assert teacher(pixel_values=x).logits.dtype == torch.float32  # outputs converted back to fp32
+    assert all(torch.equal(before[k], v) for k, v in _state(teacher).items())
+
+
+def test_unusual_image_modes_flow_through_training(tmp_path, trained_teacher_dir):
+    from datasets import Dataset
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rgb = [Image.fromarray(rng.integers(0, 255, (30, 34, 3), dtype=np.uint8)) for _ in range(5)]
+    images = [
+        rgb[0].convert("L"),
+        rgb[1].convert("RGBA"),
+        rgb[2].convert("CMYK"),
+        Image.fromarray(rng.integers(0, 65535, (30, 34), dtype=np.uint16)),
+        rgb[4].convert("P"),
+    ] * 2
+    ds = Dataset.from_dict({"image": images}).cast_column("image", ImageFeature())
+    student = create_student("test_resnet", LABELS, image_size=32)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=str(trained_teacher_dir),
+        args=_args(tmp_path, max_steps=1, per_device_train_batch_size=10),
+        train_dataset=ds,
+    )
+    trainer.train()
+    assert np.isfinite(trainer.state.log_history[-1]["train_loss"])
