@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
 
 from .validation import UNLABELLED, label_array
 
-__all__ = ["label_budget_indices", "select_label_budget"]
+__all__ = ["label_budget_indices", "select_label_budget", "stratified_holdout_indices"]
+
+logger = logging.getLogger(__name__)
 
 
 def label_budget_indices(
@@ -33,17 +36,48 @@ def label_budget_indices(
         raise ValueError(f"fraction must be in (0, 1], got {fraction}")
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
-    chosen = []
+    chosen, short = [], []
     for cls in np.unique(labels[labels != UNLABELLED]):
         rows = np.flatnonzero(labels == cls)
         rows = rows[rng.permutation(rows.size)]
-        keep = (
-            min(per_class, rows.size)
-            if per_class is not None
-            else max(1, math.floor(fraction * rows.size + 0.5))
-        )
+        if per_class is not None:
+            keep = min(per_class, rows.size)
+            if rows.size < per_class:
+                short.append(f"{cls} ({rows.size})")
+        else:
+            keep = max(1, math.floor(fraction * rows.size + 0.5))
         chosen.append(rows[:keep])
+    if short:
+        logger.warning(
+            "Label budget of %d per class: %d class(es) have fewer and keep all they have: %s",
+            per_class,
+            len(short),
+            ", ".join(short[:10]) + (" ..." if len(short) > 10 else ""),
+        )
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def stratified_holdout_indices(
+    labels: np.ndarray, fraction: float, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split labelled rows into (train, held-out) indices, ``fraction`` of each class held out.
+
+    Each class with at least two rows gives ``max(1, round(fraction * n_c))`` rows (never all of
+    them) to the held-out part; a class with a single row stays in train. Used for model selection
+    when a task has no validation split.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"a held-out fraction must be in (0, 1), got {fraction}")
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    held, train = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+    for cls in np.unique(labels[labels != UNLABELLED]):
+        rows = np.flatnonzero(labels == cls)
+        rows = rows[rng.permutation(rows.size)]
+        n_held = 0 if rows.size < 2 else min(rows.size - 1, max(1, math.floor(fraction * rows.size + 0.5)))
+        held.append(rows[:n_held])
+        train.append(rows[n_held:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
 
 
 def select_label_budget(

@@ -21,8 +21,9 @@ from .images import load_rgb_image
 from .validation import UNLABELLED, check_image_column, check_label_ids, label_array
 
 __all__ = [
-    "PairedViewTransform",
     "PairedViews",
+    "ViewTransform",
+    "single_view_dataset",
     "ViewAugmentation",
     "ViewParams",
     "ViewSpec",
@@ -248,18 +249,18 @@ def render_view(pixels: torch.Tensor, view: ViewParams, spec: ViewSpec) -> torch
     return TF.normalize(out, list(spec.mean), list(spec.std))
 
 
-class PairedViewTransform:
-    """``datasets`` transform: raw rows -> ``pixel_values`` (student), ``teacher_pixel_values``, ``labels``.
+class ViewTransform:
+    """``datasets`` transform: raw rows -> one rendered view per named output, plus ``labels``.
 
-    Training draws one :class:`ViewParams` per image and renders it for both models; evaluation renders
-    each model's own deterministic view. Labels that are missing, ``None``, ``-1`` or ``-100`` become
-    ``-100`` (unlabelled); a dataset without a label column yields no ``labels`` at all.
+    ``outputs`` maps output names to view specs, e.g. ``{"pixel_values": student, "teacher_pixel_values":
+    teacher}``. Training draws one :class:`ViewParams` per image and renders it for every output;
+    evaluation renders each spec's own deterministic view. Labels that are missing, ``None``, ``-1``
+    or ``-100`` become ``-100`` (unlabelled); a dataset without a label column yields no ``labels``.
     """
 
     def __init__(
         self,
-        teacher: ViewSpec,
-        student: ViewSpec,
+        outputs: dict[str, ViewSpec],
         *,
         train: bool,
         augmentation: ViewAugmentation | None = None,
@@ -268,7 +269,9 @@ class PairedViewTransform:
         return_view_params: bool = False,
         generator: torch.Generator | None = None,
     ):
-        self.teacher, self.student, self.train = teacher, student, train
+        if not outputs:
+            raise ValueError("a view transform needs at least one output")
+        self.outputs, self.train = dict(outputs), train
         self.augmentation = augmentation or ViewAugmentation()
         self.image_column, self.label_column = image_column, label_column
         self.return_view_params = return_view_params
@@ -280,28 +283,47 @@ class PairedViewTransform:
                 f"rows have no image column '{self.image_column}' (columns: {', '.join(batch)}); "
                 "pass image_column= to PairedViews.apply"
             )
-        student_views, teacher_views, params = [], [], []
+        out: dict[str, list] = {name: [] for name in self.outputs}
+        params = []
         for value in batch[self.image_column]:
             image = load_rgb_image(value)
             pixels = TF.pil_to_tensor(image)
-            if self.train:
-                view = sample_view(image.size, self.augmentation, self.generator)
-                teacher_view = student_view = view
-            else:
-                student_view, teacher_view = (
-                    eval_view(image.size, self.student),
-                    eval_view(image.size, self.teacher),
-                )
-                view = student_view
-            student_views.append(render_view(pixels, student_view, self.student))
-            teacher_views.append(render_view(pixels, teacher_view, self.teacher))
-            params.append(view)
-        out: dict[str, list] = {"pixel_values": student_views, "teacher_pixel_values": teacher_views}
+            shared = sample_view(image.size, self.augmentation, self.generator) if self.train else None
+            first = None
+            for name, spec in self.outputs.items():
+                view = shared if shared is not None else eval_view(image.size, spec)
+                first = first or view
+                out[name].append(render_view(pixels, view, spec))
+            params.append(first)
         if self.label_column is not None and self.label_column in batch:
             out["labels"] = [_label_or_unlabelled(v) for v in batch[self.label_column]]
         if self.return_view_params:
             out["view_params"] = params
         return out
+
+
+def single_view_dataset(
+    dataset,
+    spec: ViewSpec,
+    *,
+    train: bool,
+    augmentation: ViewAugmentation | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    num_labels: int | None = None,
+    where: str = "dataset",
+):
+    """``dataset`` with one model's views (``pixel_values``) and ``labels``: for finetuning or embedding."""
+    views = PairedViews(teacher=spec, student=spec, augmentation=augmentation or ViewAugmentation())
+    return views.apply(
+        dataset,
+        train=train,
+        image_column=image_column,
+        label_column=label_column,
+        num_labels=num_labels,
+        where=where,
+        outputs={"pixel_values": spec},
+    )
 
 
 def _label_or_unlabelled(value: Any) -> int:
@@ -335,11 +357,17 @@ class PairedViews:
         )
 
     def transform(
-        self, *, train: bool, image_column: str = "image", label_column: str | None = "label", **kwargs
-    ):
-        return PairedViewTransform(
-            self.teacher,
-            self.student,
+        self,
+        *,
+        train: bool,
+        image_column: str = "image",
+        label_column: str | None = "label",
+        outputs: dict[str, ViewSpec] | None = None,
+        **kwargs,
+    ) -> ViewTransform:
+        """The transform for ``outputs`` (default: student as ``pixel_values``, teacher as ``teacher_pixel_values``)."""
+        return ViewTransform(
+            outputs or {"pixel_values": self.student, "teacher_pixel_values": self.teacher},
             train=train,
             augmentation=self.augmentation,
             image_column=image_column,
@@ -356,6 +384,7 @@ class PairedViews:
         label_column: str | None = None,
         num_labels: int | None = None,
         where: str = "dataset",
+        outputs: dict[str, ViewSpec] | None = None,
     ):
         """Check ``dataset`` and return it with the paired-view transform attached (``with_transform``).
 
@@ -377,5 +406,7 @@ class PairedViews:
             )
         if label_column is not None and num_labels is not None:
             check_label_ids(label_array(dataset, label_column), num_labels, label_column, where=where)
-        transform = self.transform(train=train, image_column=image_column, label_column=label_column)
+        transform = self.transform(
+            train=train, image_column=image_column, label_column=label_column, outputs=outputs
+        )
         return dataset.with_transform(transform)
