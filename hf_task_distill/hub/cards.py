@@ -1,0 +1,88 @@
+"""Model cards rendered from a typed ``CardData`` and a Jinja template (as setfit does), not by
+string concatenation. Tokens never enter a card: only what is passed in the data is written."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from typing import Any
+
+__all__ = ["TeacherCardData", "render_teacher_card", "write_teacher_card"]
+
+STRATEGY_DESCRIPTIONS = {
+    "linear": "linear probe on frozen features",
+    "full": "full finetuning with layer-wise learning-rate decay",
+    "lp-ft": "linear probe, then full finetuning from that head",
+    "lora": "LoRA adapters on the attention projections, merged into the weights",
+}
+
+
+@dataclass
+class TeacherCardData:
+    """Everything a teacher's card says."""
+
+    model_name: str
+    base_model: str
+    strategy: str
+    task_name: str
+    label_names: list[str]
+    train_size: int
+    validation_source: str
+    metrics: dict[str, float] = field(default_factory=dict)
+    label_budget: dict[str, Any] | None = None
+    dataset_id: str | None = None
+    license: str | None = None
+
+    @classmethod
+    def from_finetuner(cls, finetuner) -> TeacherCardData:
+        task, result = finetuner.task, finetuner.result
+        budget = None
+        if task.label_budget:
+            budget = {k: v for k, v in task.label_budget.items() if v is not None and k != "split"}
+        return cls(
+            model_name=os.path.basename(os.path.normpath(os.fspath(finetuner.args.output_dir))),
+            base_model=finetuner.model_name_or_path,
+            strategy=result.strategy,
+            task_name=task.name,
+            label_names=list(task.label_names),
+            train_size=len(finetuner.train_split),
+            validation_source=result.validation_source,
+            metrics={
+                k: float(v) for k, v in result.metrics.items() if isinstance(v, (int, float)) and k != "epoch"
+            },
+            label_budget=budget,
+            dataset_id=task.spec.hub_id if task.spec is not None else None,
+            license=task.spec.license if task.spec is not None else None,
+        )
+
+
+def render_teacher_card(data: TeacherCardData):
+    """A ``huggingface_hub.ModelCard`` for a finetuned teacher."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card_data = ModelCardData(
+        base_model=data.base_model if "/" in data.base_model and not os.path.isdir(data.base_model) else None,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        tags=["hf-task-distill", "vision-foundation-model", "teacher", f"finetune-{data.strategy}"],
+        datasets=[data.dataset_id] if data.dataset_id else None,
+        license=data.license if data.license and " " not in data.license else None,
+    )
+    template = (
+        resources.files("hf_task_distill.hub")
+        .joinpath("templates/teacher_card.md")
+        .read_text(encoding="utf-8")
+    )
+    fields = asdict(data)
+    fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None
+    fields["strategy_description"] = STRATEGY_DESCRIPTIONS.get(data.strategy, data.strategy)
+    fields["num_labels"] = len(data.label_names)
+    fields["label_names"] = ", ".join(data.label_names)
+    return ModelCard.from_template(card_data, template_str=template, **fields)
+
+
+def write_teacher_card(data: TeacherCardData, output_dir: str | os.PathLike) -> str:
+    path = os.path.join(os.fspath(output_dir), "README.md")
+    render_teacher_card(data).save(path)
+    return path
