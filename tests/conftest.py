@@ -118,3 +118,71 @@ def trained_teacher_dir(tmp_path_factory, colour_splits):
     model.save_pretrained(folder)
     tiny_processor().save_pretrained(folder)
     return folder
+
+
+def tiny_clip_config(image_size: int = 32):
+    from transformers import CLIPConfig
+
+    vision = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=8,
+    )
+    text = dict(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        vocab_size=64,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+    )
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)
+
+
+@pytest.fixture(scope="session")
+def vfm_dirs(tmp_path_factory):
+    """Headless 'foundation model' checkpoints, as users start from: a DINOv2 backbone and a CLIP model."""
+    from transformers import CLIPImageProcessor, CLIPModel, Dinov2Model
+
+    root = tmp_path_factory.mktemp("vfm")
+    torch.manual_seed(0)
+    Dinov2Model(tiny_dinov2().config).save_pretrained(root / "dinov2")
+    tiny_processor().save_pretrained(root / "dinov2")
+    torch.manual_seed(0)
+    CLIPModel(tiny_clip_config()).save_pretrained(root / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        root / "clip"
+    )
+    return {"dinov2": root / "dinov2", "clip": root / "clip"}
+
+
+def make_texture_dataset(n: int, seed: int):
+    """Stripes (horizontal, vertical), checks, or flat noise, all with the same mean colour.
+
+    A frozen random backbone's pooled features barely separate them (the mean is identical); a
+    finetuned patch embedding learns the oriented filters easily.
+    """
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:32, 0:32]
+    images, labels = [], []
+    for _ in range(n):
+        label = int(rng.integers(0, 4))
+        ph = rng.integers(0, 8, 2)
+        rows = np.sign(np.sin((yy + ph[0]) * np.pi / 4))
+        cols = np.sign(np.sin((xx + ph[1]) * np.pi / 4))
+        pattern = [rows, cols, rows * cols, np.zeros((32, 32))][label]
+        pixels = 128 + 40 * pattern[..., None] + rng.normal(0, 20, (32, 32, 3))
+        images.append(Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)))
+        labels.append(label)
+    features = Features(
+        {"image": ImageFeature(), "label": ClassLabel(names=["rows", "columns", "checks", "flat"])}
+    )
+    return Dataset.from_dict({"image": images, "label": labels}, features=features)

@@ -59,3 +59,38 @@ def test_distill_with_trainer_example(tmp_path, trained_teacher_dir):
     metrics = json.loads((out / "eval_results.json").read_text())
     assert {"eval_accuracy", "eval_agreement", "eval_teacher_accuracy"} <= set(metrics)
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
+
+
+def test_run_finetune_teacher_example(tmp_path, vfm_dirs):
+    task = _image_folder(tmp_path / "task" / "train", 6, seed=3).parent
+    _image_folder(tmp_path / "task" / "validation", 2, seed=4)
+    out = tmp_path / "teacher"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "examples", "run_finetune_teacher.py"),
+        "--model",
+        str(vfm_dirs["dinov2"]),
+        "--dataset",
+        str(task),
+        "--per_class",
+        "4",
+        "--strategy",
+        "lp-ft",
+        "--num_train_epochs",
+        "1",
+        "--probe_epochs",
+        "5",
+        "--output_dir",
+        str(out),
+        "--report_to",
+        "none",
+        "--use_cpu",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    assert done.returncode == 0, done.stderr[-4000:]
+    summary = json.loads((out / "finetuning_results.json").read_text())
+    assert summary["strategy"] == "lp-ft" and 0.0 <= summary["metrics"]["balanced_accuracy"] <= 1.0
+    assert summary["label_budget"]["per_class"] == 4 and "teacher saved to" in done.stdout
+    card = (out / "README.md").read_text()
+    assert "label budget: per_class=4, seed=0" in card
+    assert (out / "preprocessor_config.json").exists() and (out / "model.safetensors").exists()
