@@ -37,6 +37,7 @@ from .data.validation import UNLABELLED, label_array
 from .data.views import ViewAugmentation, ViewSpec, single_view_dataset
 from .metrics import make_compute_metrics
 from .models.teacher import load_teacher
+from .trainer import NativeCheckpointsMixin
 
 __all__ = [
     "STRATEGIES",
@@ -232,7 +233,7 @@ def layer_decay_parameter_groups(
     return [groups[k] for k in sorted(groups)]
 
 
-class _LayerDecayTrainer(Trainer):
+class _LayerDecayTrainer(NativeCheckpointsMixin, Trainer):
     """A plain classification Trainer whose optimizer uses layer-wise learning-rate decay."""
 
     def __init__(self, *args, layer_decay: float = 1.0, **kwargs):
@@ -286,6 +287,7 @@ class TeacherFinetuner:
         self.train_split, self.validation_split, self.validation_source = self._model_selection_splits()
         self._processor = processor
         self.result: FinetuningResult | None = None
+        self.trainer: Trainer | None = None  # the Trainer of the last backbone-training stage
 
     # -- data --
     def _model_selection_splits(self):
@@ -393,7 +395,7 @@ class TeacherFinetuner:
 
     def _train_through_backbone(self, model, spec: ViewSpec) -> dict[str, float]:
         model.requires_grad_(True)
-        trainer = self._trainer(model, spec, layer_decay=self.args.layer_decay)
+        trainer = self.trainer = self._trainer(model, spec, layer_decay=self.args.layer_decay)
         trainer.train()
         return _strip_eval_prefix(trainer.evaluate())
 
@@ -410,7 +412,7 @@ class TeacherFinetuner:
             modules_to_save=[head_name],
         )
         peft_model = get_peft_model(model, config)
-        trainer = self._trainer(peft_model, spec)
+        trainer = self.trainer = self._trainer(peft_model, spec)
         trainer.train()
         metrics = _strip_eval_prefix(trainer.evaluate())
         self.peft_model = peft_model

@@ -9,6 +9,7 @@ teacher-student agreement.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,7 +25,7 @@ from .metrics import distillation_metrics
 from .models.labels import check_label_spaces_match
 from .models.teacher import load_teacher
 
-__all__ = ["DistillationArguments", "DistillationTrainer"]
+__all__ = ["DistillationArguments", "DistillationTrainer", "NativeCheckpointsMixin"]
 
 
 @dataclass
@@ -91,7 +92,31 @@ class _AccumulationWindow:
         return {"all": self.all, "labelled": self.labelled}
 
 
-class DistillationTrainer(Trainer):
+class NativeCheckpointsMixin:
+    """Write Trainer checkpoints with the model's own parameter names.
+
+    transformers 5 saves some models (DINOv2, ViT, ...) under their legacy key names by default,
+    but the Trainer reloads checkpoints (``load_best_model_at_end``, ``resume_from_checkpoint``) with a
+    plain ``load_state_dict(strict=False)`` that does not translate them back: the renamed weights are
+    silently skipped and the "best" model is a mix of two epochs. Saving in the native format makes
+    the Trainer's own reload exact; ``from_pretrained`` reads both formats.
+    """
+
+    def _save(self, output_dir=None, state_dict=None):
+        from transformers import PreTrainedModel
+
+        model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+        if not isinstance(model, PreTrainedModel):
+            return super()._save(output_dir, state_dict)
+        save_pretrained = model.save_pretrained
+        model.save_pretrained = functools.partial(save_pretrained, save_original_format=False)
+        try:
+            return super()._save(output_dir, state_dict)
+        finally:
+            del model.save_pretrained
+
+
+class DistillationTrainer(NativeCheckpointsMixin, Trainer):
     """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
 
     ``teacher_model`` is a model or a Hub id/folder of a finetuned classifier (see ``load_teacher``).

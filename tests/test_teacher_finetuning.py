@@ -279,3 +279,27 @@ def test_metrics_match_scikit_learn():
     assert ours["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(labels, predictions))
     assert ours["macro_f1"] == pytest.approx(f1_score(labels, predictions, average="macro"))
     assert ours["accuracy"] == pytest.approx((labels == predictions).mean())
+
+
+@pytest.mark.parametrize("strategy", ["full", "lora"])
+def test_the_best_validation_epoch_is_the_one_kept(tmp_path, vfm_dirs, strategy):
+    """Model selection must restore the best epoch exactly (transformers' reload skips legacy key names)."""
+    task = load_target_task(
+        DatasetDict({"train": make_texture_dataset(120, 1), "validation": make_texture_dataset(60, 2)}),
+        name="textures",
+    )
+    args = _args(
+        tmp_path, strategy, num_train_epochs=6, learning_rate=5e-3, crop_min_scale=1.0, hflip_probability=0.0
+    )
+    finetuner = TeacherFinetuner(str(vfm_dirs["dinov2"]), task, args)
+    result = finetuner.train()
+    per_epoch = [
+        e["eval_balanced_accuracy"]
+        for e in finetuner.trainer.state.log_history
+        if "eval_balanced_accuracy" in e
+    ]
+    per_epoch = per_epoch[:6]  # the last entry is the final evaluate()
+    assert len(set(np.round(per_epoch, 4))) > 1  # epochs differ, so picking the best one matters
+    assert result.metrics["balanced_accuracy"] == pytest.approx(max(per_epoch), abs=1e-6)
+    merged_logits = result.model(pixel_values=torch.randn(2, 3, 32, 32)).logits
+    assert torch.isfinite(merged_logits).all()
