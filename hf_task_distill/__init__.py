@@ -15,6 +15,9 @@ __version__ = "0.1.0.dev0"
 _EXPORTS = {
     "DistillationArguments": "trainer",
     "DistillationTrainer": "trainer",
+    "TeacherFinetuner": "teacher",
+    "TeacherFinetuningArguments": "teacher",
+    "FinetuningResult": "teacher",
     "DistillationLoss": "losses",
     "LabelCrossEntropy": "losses",
     "LossInputs": "losses",
@@ -75,4 +78,5 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .metrics import classification_metrics, distillation_metrics
     from .models import check_label_spaces_match, create_student, load_teacher
+    from .teacher import FinetuningResult, TeacherFinetuner, TeacherFinetuningArguments
     from .trainer import DistillationArguments, DistillationTrainer
