@@ -93,20 +93,30 @@ class _AccumulationWindow:
 
 
 class NativeCheckpointsMixin:
-    """Write Trainer checkpoints with the model's own parameter names.
+    """Write training checkpoints with the model's own parameter names.
 
     transformers 5 saves some models (DINOv2, ViT, ...) under their legacy key names by default,
     but the Trainer reloads checkpoints (``load_best_model_at_end``, ``resume_from_checkpoint``) with a
     plain ``load_state_dict(strict=False)`` that does not translate them back: the renamed weights are
-    silently skipped and the "best" model is a mix of two epochs. Saving in the native format makes
-    the Trainer's own reload exact; ``from_pretrained`` reads both formats.
+    silently skipped and the "best" model is a mix of two epochs. Checkpoints are therefore saved in
+    the native format; ``save_model`` keeps the default (original) format, which ``from_pretrained``
+    reads and which timm needs for timm students.
     """
+
+    _writing_checkpoint = False
+
+    def _save_checkpoint(self, *args, **kwargs):
+        self._writing_checkpoint = True
+        try:
+            return super()._save_checkpoint(*args, **kwargs)
+        finally:
+            self._writing_checkpoint = False
 
     def _save(self, output_dir=None, state_dict=None):
         from transformers import PreTrainedModel
 
         model = self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
-        if not isinstance(model, PreTrainedModel):
+        if not self._writing_checkpoint or not isinstance(model, PreTrainedModel):
             return super()._save(output_dir, state_dict)
         save_pretrained = model.save_pretrained
         model.save_pretrained = functools.partial(save_pretrained, save_original_format=False)

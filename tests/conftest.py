@@ -54,17 +54,44 @@ def make_colour_dataset(n: int, seed: int, *, labelled: bool = True, sizes=((40,
     return Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
 
 
-def tiny_dinov2(num_labels: int = len(LABELS), image_size: int = 32, seed: int = 0):
-    from transformers import Dinov2Config, Dinov2ForImageClassification
-
-    torch.manual_seed(seed)
-    config = Dinov2Config(
+def tiny_vit_kwargs(image_size: int = 32) -> dict:
+    """A 2-layer, 32-wide ViT: the shape of every tiny 'foundation model' in the tests."""
+    return dict(
         hidden_size=32,
         num_hidden_layers=2,
         num_attention_heads=2,
         intermediate_size=64,
         image_size=image_size,
         patch_size=8,
+    )
+
+
+def distill_args(tmp_path, **overrides):
+    """DistillationArguments for short CPU runs in tests."""
+    from hf_task_distill import DistillationArguments
+
+    base = dict(
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=32,
+        per_device_eval_batch_size=32,
+        learning_rate=2e-3,
+        num_train_epochs=1,
+        save_strategy="no",
+        report_to="none",
+        seed=0,
+        use_cpu=True,
+        disable_tqdm=True,
+    )
+    base.update(overrides)
+    return DistillationArguments(**base)
+
+
+def tiny_dinov2(num_labels: int = len(LABELS), image_size: int = 32, seed: int = 0):
+    from transformers import Dinov2Config, Dinov2ForImageClassification
+
+    torch.manual_seed(seed)
+    config = Dinov2Config(
+        **tiny_vit_kwargs(image_size),
         num_labels=num_labels,
         id2label=dict(enumerate(LABELS[:num_labels])),
         label2id={n: i for i, n in enumerate(LABELS[:num_labels])},
@@ -95,24 +122,13 @@ def colour_splits():
 @pytest.fixture(scope="session")
 def trained_teacher_dir(tmp_path_factory, colour_splits):
     """A tiny DINOv2 classifier trained on the colour task, saved with its image processor."""
-    from hf_task_distill import DistillationArguments, DistillationTrainer, PairedViews, ViewSpec
+    from hf_task_distill import DistillationTrainer, PairedViews, ViewSpec
 
     folder = tmp_path_factory.mktemp("teacher")
     model = tiny_dinov2()
     spec = ViewSpec.from_image_processor(tiny_processor())
     views = PairedViews(teacher=spec, student=spec)
-    args = DistillationArguments(
-        output_dir=str(folder / "run"),
-        loss_name="ce",
-        per_device_train_batch_size=32,
-        num_train_epochs=8,
-        learning_rate=3e-3,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = distill_args(folder / "run", loss_name="ce", num_train_epochs=8, learning_rate=3e-3)
     trainer = DistillationTrainer(model=model, args=args, train_dataset=colour_splits["train"], views=views)
     trainer.train()
     model.save_pretrained(folder)
@@ -123,14 +139,7 @@ def trained_teacher_dir(tmp_path_factory, colour_splits):
 def tiny_clip_config(image_size: int = 32):
     from transformers import CLIPConfig
 
-    vision = dict(
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        image_size=image_size,
-        patch_size=8,
-    )
+    vision = tiny_vit_kwargs(image_size)
     text = dict(
         hidden_size=16,
         num_hidden_layers=1,

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import LABELS, colour_image, tiny_dinov2, tiny_processor
+from conftest import LABELS, colour_image, distill_args, tiny_dinov2, tiny_processor
 from transformers import AutoModelForImageClassification, pipeline
 
-from hf_task_distill import DistillationArguments, DistillationTrainer, create_student, load_teacher
+from hf_task_distill import DistillationTrainer, create_student, load_teacher
 from hf_task_distill.models import check_label_spaces_match, is_timm_architecture
 
 
@@ -19,15 +19,7 @@ def distilled_student_dir(tmp_path_factory, trained_teacher_dir, colour_splits):
     folder = tmp_path_factory.mktemp("student")
     teacher = load_teacher(str(trained_teacher_dir))
     student = create_student("test_resnet", teacher.config.id2label, image_size=32)
-    args = DistillationArguments(
-        output_dir=str(folder / "run"),
-        max_steps=3,
-        per_device_train_batch_size=16,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = distill_args(folder, max_steps=3, per_device_train_batch_size=16)
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=args, train_dataset=colour_splits["transfer"]
     )

@@ -7,10 +7,10 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, make_colour_dataset, make_texture_dataset
+from conftest import LABELS, distill_args, make_colour_dataset, make_texture_dataset
 from datasets import DatasetDict
 
-from hf_task_distill import DistillationArguments, DistillationTrainer, create_student, load_teacher
+from hf_task_distill import DistillationTrainer, create_student, load_teacher
 from hf_task_distill.data import load_target_task
 from hf_task_distill.teacher import (
     STRATEGIES,
@@ -73,15 +73,7 @@ def test_every_strategy_gives_a_teacher_the_distillation_trainer_uses(
     )
 
     student = create_student("test_resnet", teacher.config.id2label, image_size=32)
-    args = DistillationArguments(
-        output_dir=str(tmp_path / "student"),
-        max_steps=2,
-        per_device_train_batch_size=8,
-        report_to="none",
-        save_strategy="no",
-        use_cpu=True,
-        disable_tqdm=True,
-    )
+    args = distill_args(tmp_path / "student", max_steps=2, per_device_train_batch_size=8)
     trainer = DistillationTrainer(
         model=student,
         teacher_model=folder,

@@ -7,27 +7,12 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, make_colour_dataset, tiny_dinov2
+from conftest import LABELS, distill_args, make_colour_dataset, tiny_dinov2
 
-from hf_task_distill import DistillationArguments, DistillationTrainer, create_student, load_teacher
+from hf_task_distill import DistillationTrainer, create_student, load_teacher
 from hf_task_distill.losses import DistillationLoss, LabelCrossEntropy, SoftTargetKL, register_loss
 
-
-def _args(tmp_path, **overrides):
-    base = dict(
-        output_dir=str(tmp_path / "out"),
-        per_device_train_batch_size=32,
-        per_device_eval_batch_size=32,
-        learning_rate=2e-3,
-        num_train_epochs=1,
-        save_strategy="no",
-        report_to="none",
-        seed=0,
-        use_cpu=True,
-        disable_tqdm=True,
-    )
-    base.update(overrides)
-    return DistillationArguments(**base)
+_args = distill_args
 
 
 def _state(model):
@@ -75,7 +60,9 @@ def test_student_learns_from_unlabelled_data_and_teacher_stays_frozen(
 
     keys = load_file(os.path.join(args.output_dir, checkpoints[0], "model.safetensors")).keys()
     assert not any("dinov2" in k or "embeddings" in k for k in keys)
-    assert set(keys) == set(student.timm_model.state_dict().keys())
+    assert set(keys) == set(
+        student.state_dict().keys()
+    )  # the student, in its own key names, and nothing else
 
 
 def test_training_logs_each_loss_term(tmp_path, trained_teacher_dir):
