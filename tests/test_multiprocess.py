@@ -47,6 +47,7 @@ def test_two_processes_match_one(tmp_path):
     two = json.loads((double / "result.json").read_text())
     assert one["world_size"] == 1 and two["world_size"] == 2
     assert len(one["losses"]) == len(two["losses"]) == 4
+    print(f"\none process x32: {one['losses']}\ntwo processes x16: {two['losses']}")
     np.testing.assert_allclose(two["losses"], one["losses"], rtol=1e-4)
     np.testing.assert_allclose(two["loss_ce"], one["loss_ce"], rtol=1e-4)
     assert one["losses"][0] != pytest.approx(

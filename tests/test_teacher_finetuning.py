@@ -295,3 +295,30 @@ def test_the_best_validation_epoch_is_the_one_kept(tmp_path, vfm_dirs, strategy)
     assert result.metrics["balanced_accuracy"] == pytest.approx(max(per_epoch), abs=1e-6)
     merged_logits = result.model(pixel_values=torch.randn(2, 3, 32, 32)).logits
     assert torch.isfinite(merged_logits).all()
+
+
+METRIC_SCRIPT = '''
+import datasets
+import evaluate
+import numpy as np
+
+
+class TopClassShare(evaluate.Metric):
+    def _info(self):
+        return evaluate.MetricInfo(
+            description="share of predictions in the most predicted class", citation="", inputs_description="",
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
+        )
+
+    def _compute(self, predictions, references):
+        return {"top_class_share": float(np.bincount(np.asarray(predictions)).max() / len(predictions))}
+'''
+
+
+def test_extra_evaluate_metrics_are_reported_beside_the_local_ones(tmp_path, vfm_dirs, colour_task):
+    script = tmp_path / "top_class_share.py"
+    script.write_text(METRIC_SCRIPT)  # a local metric script: evaluate.load without the Hub
+    args = _args(tmp_path, "linear", extra_metrics=[str(script)], probe_epochs=3)
+    result = TeacherFinetuner(str(vfm_dirs["dinov2"]), colour_task, args).train()
+    assert 0.25 <= result.metrics["top_class_share"] <= 1.0
+    assert {"accuracy", "balanced_accuracy", "macro_f1"} <= set(result.metrics)
