@@ -195,3 +195,94 @@ def make_texture_dataset(n: int, seed: int):
         {"image": ImageFeature(), "label": ClassLabel(names=["rows", "columns", "checks", "flat"])}
     )
     return Dataset.from_dict({"image": images, "label": labels}, features=features)
+
+
+THEME_COLOURS = [
+    (220, 30, 30),
+    (30, 200, 40),
+    (30, 40, 220),
+    (220, 210, 30),
+    (200, 30, 200),
+    (30, 200, 210),
+    (240, 140, 20),
+    (120, 60, 20),
+    (250, 250, 250),
+    (20, 20, 20),
+]
+
+
+def _theme_image(theme: int, rng: np.random.Generator) -> Image.Image:
+    """The theme's colour as background, plus a random patch and texture that make each image its own."""
+    pixels = np.array(THEME_COLOURS[theme], dtype=np.float32) + rng.normal(0, 18, size=(32, 32, 3))
+    top, left = rng.integers(0, 20, 2)
+    height, width = rng.integers(8, 13, 2)
+    pixels[top : top + height, left : left + width] = rng.integers(0, 256, 3)
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def make_themed_pool(per_theme: int = 12, distractors: int = 40, seed: int = 0):
+    """A pool whose right answers are known: images of 10 colour themes plus grey-noise distractors.
+
+    Returns the pool (with a hidden ``theme`` column, -1 for distractors), queries (theme 3, not in
+    the pool) and a test split of theme 3 whose slightly perturbed copies are planted in the pool
+    (``planted`` lists their pool rows).
+    """
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(seed)
+    images, themes = [], []
+    for theme in range(len(THEME_COLOURS)):
+        for _ in range(per_theme):
+            images.append(_theme_image(theme, rng))
+            themes.append(theme)
+    for _ in range(distractors):
+        images.append(Image.fromarray(rng.integers(60, 200, (32, 32, 3), dtype=np.uint8)))
+        themes.append(-1)
+    test = [_theme_image(3, rng) for _ in range(4)]
+    planted = []
+    for image in test:  # near-duplicates: the test image plus faint noise
+        noisy = np.clip(np.asarray(image, dtype=np.int16) + rng.integers(-2, 3, (32, 32, 3)), 0, 255)
+        planted.append(len(images))
+        images.append(Image.fromarray(noisy.astype(np.uint8)))
+        themes.append(3)
+    features = Features({"image": ImageFeature(), "theme": Value("int64")})
+    pool = Dataset.from_dict({"image": images, "theme": themes}, features=features)
+    queries = Dataset.from_dict(
+        {"image": [_theme_image(3, rng) for _ in range(3)]}, features=Features({"image": ImageFeature()})
+    )
+    test_split = Dataset.from_dict({"image": test}, features=Features({"image": ImageFeature()}))
+    return {"pool": pool, "queries": queries, "test": test_split, "planted": planted}
+
+
+def tiny_encoder():
+    """A frozen random 2-layer DINOv2 as the retrieval encoder (deterministic weights)."""
+    from transformers import Dinov2Model
+
+    from hf_task_distill.data import ViewSpec
+    from hf_task_distill.retrieval import ImageEncoder
+
+    torch.manual_seed(0)
+    model = Dinov2Model(tiny_dinov2().config)
+    return ImageEncoder(model, ViewSpec.from_image_processor(tiny_processor()), name="tiny-dinov2")
+
+
+class _PixelModel(torch.nn.Module):
+    """Embeds an image as its normalised pixels: near-duplicates score ~1, other images of a theme less."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # gives the encoder a device
+
+    def forward(self, pixel_values):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        flat = pixel_values.flatten(1)
+        return BaseModelOutputWithPooling(last_hidden_state=flat[:, None], pooler_output=flat)
+
+
+def pixel_encoder():
+    from hf_task_distill.data import ViewSpec
+    from hf_task_distill.retrieval import ImageEncoder
+
+    return ImageEncoder(_PixelModel(), ViewSpec(size=(16, 16), crop_pct=1.0), name="pixels")

@@ -297,7 +297,7 @@ def test_the_best_validation_epoch_is_the_one_kept(tmp_path, vfm_dirs, strategy)
     assert torch.isfinite(merged_logits).all()
 
 
-METRIC_SCRIPT = '''
+METRIC_SCRIPT = """
 import datasets
 import evaluate
 import numpy as np
@@ -312,7 +312,7 @@ class TopClassShare(evaluate.Metric):
 
     def _compute(self, predictions, references):
         return {"top_class_share": float(np.bincount(np.asarray(predictions)).max() / len(predictions))}
-'''
+"""
 
 
 def test_extra_evaluate_metrics_are_reported_beside_the_local_ones(tmp_path, vfm_dirs, colour_task):

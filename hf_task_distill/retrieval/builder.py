@@ -1,0 +1,223 @@
+"""``RetrievalTransferSetBuilder``: the pool images nearest to the labelled target images.
+
+Composes the pieces of this package: embed pool, queries and held-out images once (resumable
+shards), choose an index from size/queries/memory (:mod:`.index_choice`), search (tuning ``nprobe`` to
+a recall target for IVF), take the union of per-query neighbours, drop near-duplicates of the
+validation/test images, and return a ``datasets.Dataset`` of pool rows with provenance columns.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..data.loading import find_label_column
+from ..data.validation import UNLABELLED, label_array
+from .curation import leakage_mask, union_of_neighbours
+from .embedding import EmbeddingStore, ImageEncoder, embed_pool
+from .index_choice import choose_index
+from .search import build_index, check_embeddings, search, tune_nprobe
+
+__all__ = ["RetrievalConfig", "RetrievalTransferSetBuilder", "TransferSetStats"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrievalConfig:
+    """How many images to retrieve and which to refuse."""
+
+    per_query_k: int | None = field(
+        default=None, metadata={"help": "Neighbours per query (the paper's balanced scheme)."}
+    )
+    budget: int | None = field(
+        default=None, metadata={"help": "Total transfer-set size, spread evenly over classes."}
+    )
+    leakage_threshold: float = field(
+        default=0.95,
+        metadata={"help": "Cosine above which a pool image counts as a copy of a validation/test image."},
+    )
+    min_similarity: float | None = field(
+        default=None, metadata={"help": "Drop neighbours less similar than this."}
+    )
+    memory_budget_gb: float | None = field(default=None, metadata={"help": "Memory the index may use."})
+    recall_target: float = field(
+        default=0.95, metadata={"help": "recall@k against exact search that IVF nprobe is tuned to."}
+    )
+    shard_size: int = field(
+        default=4096, metadata={"help": "Rows per embedding shard (the unit of resumption)."}
+    )
+    batch_size: int = field(default=64, metadata={"help": "Images per encoder forward pass."})
+    seed: int = 0
+
+    def __post_init__(self):
+        if (self.per_query_k is None) == (self.budget is None):
+            raise ValueError("give exactly one of per_query_k= or budget=")
+        if (self.per_query_k or 1) < 1 or (self.budget or 1) < 1:
+            raise ValueError("per_query_k and budget must be >= 1")
+
+
+@dataclass
+class TransferSetStats:
+    """Sizes at each step, for the run summary and the dataset card."""
+
+    pool_rows: int = 0
+    pool_embedded: int = 0
+    pool_unreadable: int = 0
+    queries: int = 0
+    k: int = 0
+    neighbours: int = 0
+    after_dedup: int = 0
+    removed_leakage: int = 0
+    removed_budget: int = 0
+    final: int = 0
+    index: str = ""
+    nprobe: int = 0
+    recall_at_k: float | None = None
+    encoder: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class RetrievalTransferSetBuilder:
+    """Build a transfer set from ``pool`` around ``queries`` (the labelled target images)."""
+
+    def __init__(
+        self, encoder: ImageEncoder | str, config: RetrievalConfig | None = None, **config_overrides: Any
+    ):
+        self.encoder = ImageEncoder.from_pretrained(encoder) if isinstance(encoder, str) else encoder
+        self.config = config or RetrievalConfig(**config_overrides)
+        self.stats = TransferSetStats()
+
+    def _embed(self, dataset, directory: str) -> tuple[np.ndarray, np.ndarray, EmbeddingStore]:
+        store = embed_pool(
+            dataset,
+            self.encoder,
+            directory,
+            shard_size=self.config.shard_size,
+            batch_size=self.config.batch_size,
+            process_index=0,
+            num_processes=1,
+        )
+        vectors, rows = store.load()
+        return vectors, rows, store
+
+    def build(self, pool, queries, *, heldout=(), embeddings_dir: str | os.PathLike):
+        """Return ``(transfer_set, stats)``.
+
+        ``pool``: a ``datasets.Dataset`` of images. ``queries``: the labelled target images (labels, if
+        present, spread a ``budget`` evenly over classes). ``heldout``: datasets whose near-duplicates
+        must never enter the transfer set (validation, test). Embeddings are cached under
+        ``embeddings_dir`` and reused by later runs.
+        """
+        cfg, stats = self.config, TransferSetStats(encoder=self.encoder.name)
+        embeddings_dir = os.fspath(embeddings_dir)
+        if len(pool) == 0:
+            raise ValueError("the pool is empty: nothing to retrieve from")
+        if len(queries) == 0:
+            raise ValueError("there are no query images")
+        pool_vectors, pool_rows, pool_store = self._embed(pool, os.path.join(embeddings_dir, "pool"))
+        stats.pool_rows, stats.pool_embedded, stats.pool_unreadable = (
+            len(pool),
+            len(pool_rows),
+            pool_store.skipped,
+        )
+        pool_vectors = check_embeddings(pool_vectors, "pool embeddings")
+        query_vectors, query_rows, _ = self._embed(queries, os.path.join(embeddings_dir, "queries"))
+        query_vectors = check_embeddings(query_vectors, "query embeddings", dim=pool_vectors.shape[1])
+        stats.queries = len(query_rows)
+
+        k = self._neighbours_per_query(queries, query_rows)
+        if k > len(pool_vectors):
+            logger.warning(
+                "k=%d is more than the %d embedded pool images: using k=%d",
+                k,
+                len(pool_vectors),
+                len(pool_vectors),
+            )
+            k = len(pool_vectors)
+        stats.k = k
+
+        budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
+        plan = choose_index(
+            len(pool_vectors), pool_vectors.shape[1], len(query_vectors), memory_budget_bytes=budget
+        )
+        index = build_index(pool_vectors, plan, seed=cfg.seed)
+        stats.index = plan.factory
+        if not plan.exact:
+            rng = np.random.default_rng(cfg.seed)
+            sample = query_vectors[
+                rng.choice(len(query_vectors), min(256, len(query_vectors)), replace=False)
+            ]
+            stats.nprobe, stats.recall_at_k = tune_nprobe(index, pool_vectors, sample, k, cfg.recall_target)
+        else:
+            stats.recall_at_k = 1.0
+        scores, ids = search(index, query_vectors, k)
+        stats.neighbours = int((ids >= 0).sum())
+
+        picked = union_of_neighbours(scores, ids, min_similarity=cfg.min_similarity)
+        stats.after_dedup = len(picked["pool_index"])
+        heldout_vectors = [
+            self._embed(ds, os.path.join(embeddings_dir, f"heldout-{i}"))[0] for i, ds in enumerate(heldout)
+        ]
+        if heldout_vectors:
+            held = check_embeddings(
+                np.concatenate(heldout_vectors), "held-out embeddings", dim=pool_vectors.shape[1]
+            )
+            leaked, _ = leakage_mask(pool_vectors[picked["pool_index"]], held, cfg.leakage_threshold)
+            picked = {name: column[~leaked] for name, column in picked.items()}
+            stats.removed_leakage = int(leaked.sum())
+        picked = self._apply_budget(picked, queries, query_rows, stats)
+
+        picked["pool_index"] = pool_rows[picked["pool_index"]]  # embedding row -> pool row
+        picked["query_index"] = query_rows[picked["query_index"]]
+        stats.final = len(picked["pool_index"])
+        transfer = pool.select(picked["pool_index"].tolist())
+        for name in ("pool_index", "query_index", "score", "rank"):
+            values = picked[name].astype(np.float32 if name == "score" else np.int64)
+            transfer = transfer.add_column(name, values.tolist())
+        self.stats = stats
+        return transfer, stats
+
+    def _query_labels(self, queries, query_rows: np.ndarray) -> np.ndarray | None:
+        column = find_label_column(queries.features)
+        if column is None:
+            return None
+        labels = label_array(queries, column)[query_rows]
+        return labels if (labels != UNLABELLED).all() else None
+
+    def _neighbours_per_query(self, queries, query_rows: np.ndarray) -> int:
+        cfg = self.config
+        if cfg.per_query_k is not None:
+            return cfg.per_query_k
+        labels = self._query_labels(queries, query_rows)
+        if labels is None:
+            return math.ceil(cfg.budget / len(query_rows))
+        per_class = cfg.budget / len(np.unique(labels))
+        smallest_class = np.bincount(labels)[np.unique(labels)].min()
+        return math.ceil(per_class / smallest_class) * 2  # headroom for duplicates across queries
+
+    def _apply_budget(
+        self, picked: dict[str, np.ndarray], queries, query_rows, stats
+    ) -> dict[str, np.ndarray]:
+        cfg = self.config
+        if cfg.budget is None or len(picked["pool_index"]) <= cfg.budget:
+            return picked
+        labels = self._query_labels(queries, query_rows)
+        groups = (
+            labels[picked["query_index"]] if labels is not None else np.zeros(len(picked["pool_index"]), int)
+        )
+        classes = np.unique(groups)
+        share = cfg.budget // len(classes)
+        keep = np.zeros(len(groups), dtype=bool)
+        for cls in classes:
+            rows = np.flatnonzero(groups == cls)
+            keep[rows[np.argsort(-picked["score"][rows], kind="stable")[:share]]] = True
+        stats.removed_budget = int((~keep).sum())
+        return {name: column[keep] for name, column in picked.items()}

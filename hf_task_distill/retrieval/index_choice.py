@@ -1,0 +1,101 @@
+"""Which faiss index to build: pure functions of pool size, dimension, query count and memory budget.
+
+No I/O and no faiss here, so the choice can be tested and reasoned about on paper. Costs are counted
+in multiply-adds with a deliberately simple model (see ``estimate``); what matters is the ranking:
+exact search costs ``Q * N * d`` and nothing to build, an IVF index pays k-means training and
+assignment up front and then scans only ``nprobe / nlist`` of the pool per query. For one-shot
+curation with few queries exact search often wins; with many queries IVF does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+__all__ = ["IndexPlan", "candidate_plans", "choose_index", "default_nlist", "estimate"]
+
+KMEANS_ITERATIONS = 10  # faiss default niter for IVF coarse quantisers
+POINTS_PER_CENTROID = 256  # faiss trains on at most this many points per centroid
+ASSUMED_PROBE_FRACTION = 1 / 16  # nprobe/nlist assumed before tuning (overlapping clusters need ~1/32-1/16)
+
+
+@dataclass(frozen=True)
+class IndexPlan:
+    """A faiss ``index_factory`` string with its expected memory and cost."""
+
+    factory: str
+    nlist: int = 0
+    nprobe: int = 0
+    memory_bytes: int = 0
+    build_cost: float = 0.0
+    search_cost: float = 0.0
+
+    @property
+    def total_cost(self) -> float:
+        return self.build_cost + self.search_cost
+
+    @property
+    def exact(self) -> bool:
+        return self.factory == "Flat"
+
+
+def default_nlist(num_vectors: int) -> int:
+    """About ``4 * sqrt(N)`` lists, rounded to a power of two, within faiss' practical range."""
+    target = 4 * math.sqrt(max(num_vectors, 1))
+    return int(min(2**16, max(16, 2 ** round(math.log2(target)))))
+
+
+def estimate(
+    factory_kind: str, num_vectors: int, dim: int, num_queries: int, nlist: int = 0, pq_m: int = 0
+) -> IndexPlan:
+    """Memory (bytes) and cost (multiply-adds) of one index kind: ``flat``, ``ivf_flat``, ``ivf_sq8``, ``ivf_pq``."""
+    n, d, q = num_vectors, dim, num_queries
+    if factory_kind == "flat":
+        return IndexPlan("Flat", memory_bytes=4 * n * d, search_cost=float(q) * n * d)
+    nprobe = max(1, round(nlist * ASSUMED_PROBE_FRACTION))
+    train_points = min(n, POINTS_PER_CENTROID * nlist)
+    build = KMEANS_ITERATIONS * train_points * nlist * d + n * nlist * d  # k-means + assigning every vector
+    scanned = nprobe * n / nlist  # vectors compared per query
+    coarse = nlist * d
+    bytes_per_vector = {"ivf_flat": 4 * d, "ivf_sq8": d, "ivf_pq": pq_m}[factory_kind]
+    if factory_kind == "ivf_pq":
+        build += KMEANS_ITERATIONS * min(n, 256 * POINTS_PER_CENTROID) * 256 * d  # PQ codebooks
+        per_query = coarse + nprobe * 256 * d + scanned * pq_m  # lookup tables, then table sums
+        factory = f"IVF{nlist},PQ{pq_m}"
+    else:
+        per_query = coarse + scanned * d
+        factory = f"IVF{nlist},{'Flat' if factory_kind == 'ivf_flat' else 'SQ8'}"
+    memory = n * (bytes_per_vector + 8) + 4 * nlist * d  # codes + ids + centroids
+    return IndexPlan(factory, nlist, nprobe, int(memory), float(build), float(q) * per_query)
+
+
+def candidate_plans(num_vectors: int, dim: int, num_queries: int) -> list[IndexPlan]:
+    """Exact search plus IVF-Flat, IVF-SQ8 and IVF-PQ at the default list count."""
+    plans = [estimate("flat", num_vectors, dim, num_queries)]
+    if num_vectors >= 4 * POINTS_PER_CENTROID:  # IVF needs enough points to train its lists
+        nlist = min(default_nlist(num_vectors), max(16, num_vectors // 39))
+        pq_m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
+        for kind in ("ivf_flat", "ivf_sq8", "ivf_pq"):
+            plans.append(estimate(kind, num_vectors, dim, num_queries, nlist=nlist, pq_m=pq_m))
+    return plans
+
+
+def choose_index(
+    num_vectors: int, dim: int, num_queries: int, *, memory_budget_bytes: int | None = None
+) -> IndexPlan:
+    """The cheapest plan (build + search) that fits the memory budget.
+
+    Exact search is preferred on ties (no recall loss). Compressed codes (SQ8, PQ) are only
+    chosen when they are cheaper or the others do not fit. Raises if nothing fits.
+    """
+    if num_vectors < 1 or dim < 1:
+        raise ValueError(f"cannot plan an index for {num_vectors} vectors of dimension {dim}")
+    plans = candidate_plans(num_vectors, dim, max(1, num_queries))
+    fitting = [p for p in plans if memory_budget_bytes is None or p.memory_bytes <= memory_budget_bytes]
+    if not fitting:
+        smallest = min(plans, key=lambda p: p.memory_bytes)
+        raise ValueError(
+            f"no index for {num_vectors} x {dim} vectors fits {memory_budget_bytes / 2**30:.2f} GiB; the smallest "
+            f"({smallest.factory}) needs {smallest.memory_bytes / 2**30:.2f} GiB: raise the budget or use an on-disk index"
+        )
+    return min(fitting, key=lambda p: (p.total_cost, not p.exact))

@@ -1,0 +1,178 @@
+"""Retrieval of a transfer set: the right theme comes back, leaks never do, a killed run resumes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from conftest import make_themed_pool, pixel_encoder, tiny_encoder
+
+from hf_task_distill.retrieval import (
+    RetrievalTransferSetBuilder,
+    build_index,
+    check_embeddings,
+    choose_index,
+    embed_pool,
+    exact_search,
+    recall_at_k,
+    search,
+    tune_nprobe,
+    union_of_neighbours,
+)
+
+SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "embed_pool_run.py")
+
+
+@pytest.fixture(scope="module")
+def themed():
+    return make_themed_pool()
+
+
+def test_queries_from_one_theme_retrieve_that_theme(tmp_path, themed):
+    builder = RetrievalTransferSetBuilder(tiny_encoder(), per_query_k=8)
+    transfer, stats = builder.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path)
+    themes = np.array(transfer["theme"])
+    print(f"\nretrieved {len(themes)} images, theme-3 share {np.mean(themes == 3):.3f}; {stats.as_dict()}")
+    assert len(themes) >= 8 and np.mean(themes == 3) >= 0.95
+    assert stats.index == "Flat" and stats.recall_at_k == 1.0 and stats.k == 8
+    assert stats.neighbours == 3 * 8 and stats.after_dedup == len(set(transfer["pool_index"])) == len(
+        transfer
+    )
+    assert set(transfer.column_names) >= {"image", "pool_index", "query_index", "score", "rank"}
+    assert all(0 <= r < 8 for r in transfer["rank"]) and all(q in (0, 1, 2) for q in transfer["query_index"])
+
+
+def test_planted_near_duplicates_of_test_images_never_reach_the_transfer_set(tmp_path, themed):
+    builder = RetrievalTransferSetBuilder(pixel_encoder(), per_query_k=16, leakage_threshold=0.99)
+    unguarded, _ = builder.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path)
+    retrieved_plants = set(unguarded["pool_index"]) & set(themed["planted"])
+    assert retrieved_plants  # the copies are close to the queries: without the guard they get in
+    guarded, stats = builder.build(
+        themed["pool"], themed["queries"], heldout=[themed["test"]], embeddings_dir=tmp_path
+    )
+    assert not set(guarded["pool_index"]) & set(themed["planted"])
+    assert stats.removed_leakage == len(retrieved_plants)
+    assert len(guarded) == len(unguarded) - len(retrieved_plants)  # nothing else was removed
+    print(
+        f"\nplanted copies retrieved without the guard: {len(retrieved_plants)}; removed by it: {stats.removed_leakage}"
+    )
+
+
+def test_a_killed_embedding_run_resumes_to_the_same_embeddings_and_transfer_set(tmp_path, themed):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    process = subprocess.Popen([sys.executable, SCRIPT, "--output_dir", str(killed / "pool"), "--slow"])
+    deadline = time.time() + 120
+    while (
+        time.time() < deadline
+        and len(
+            [n for n in os.listdir(killed / "pool") if n.endswith(".json")]
+            if (killed / "pool").exists()
+            else []
+        )
+        < 2
+    ):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    done_before = sorted(n for n in os.listdir(killed / "pool") if n.endswith(".json"))
+    assert 2 <= len(done_before) < 11, done_before  # killed part-way: 11 shards of 16 in all
+
+    encoder = tiny_encoder()
+    resumed = embed_pool(
+        themed["pool"],
+        encoder,
+        killed / "pool",
+        shard_size=16,
+        batch_size=8,
+        process_index=0,
+        num_processes=1,
+    )
+    fresh = embed_pool(
+        themed["pool"], encoder, clean / "pool", shard_size=16, batch_size=8, process_index=0, num_processes=1
+    )
+    a, rows_a = resumed.load()
+    b, rows_b = fresh.load()
+    assert np.array_equal(rows_a, rows_b) and np.array_equal(a, b)  # bit-identical
+
+    builder = RetrievalTransferSetBuilder(encoder, per_query_k=8, shard_size=16, batch_size=8)
+    t1, _ = builder.build(themed["pool"], themed["queries"], embeddings_dir=killed)
+    t2, _ = builder.build(themed["pool"], themed["queries"], embeddings_dir=clean)
+    assert t1["pool_index"] == t2["pool_index"] and t1["score"] == t2["score"]
+
+
+def test_unreadable_pool_images_are_skipped_and_counted(tmp_path):
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    good = make_themed_pool(per_theme=2, distractors=0)["pool"].select(range(6))
+    cells = [{"bytes": b"not an image at all", "path": None}, {"bytes": b"", "path": None}]
+    bad = Dataset.from_dict({"image": cells}, features=Features({"image": ImageFeature(decode=False)}))
+    from datasets import concatenate_datasets
+
+    pool = concatenate_datasets(
+        [good.select_columns(["image"]).cast_column("image", ImageFeature(decode=False)), bad]
+    )
+    store = embed_pool(pool, tiny_encoder(), tmp_path, shard_size=4, process_index=0, num_processes=1)
+    vectors, rows = store.load()
+    assert store.skipped == 2 and rows.tolist() == [0, 1, 2, 3, 4, 5] and vectors.shape[0] == 6
+    skipped = [s for m in store.manifests() for s in m["skipped"]]
+    assert [s["row"] for s in skipped] == [6, 7] and "UnidentifiedImageError" in skipped[0]["error"]
+
+
+def test_bad_inputs_fail_clearly(tmp_path, themed, caplog):
+    builder = RetrievalTransferSetBuilder(tiny_encoder(), per_query_k=500)
+    with pytest.raises(ValueError, match="the pool is empty"):
+        builder.build(themed["pool"].select([]), themed["queries"], embeddings_dir=tmp_path / "a")
+    with caplog.at_level(logging.WARNING):
+        small = themed["pool"].select(range(5))
+        transfer, stats = builder.build(small, themed["queries"], embeddings_dir=tmp_path / "b")
+    assert stats.k == 5 and "k=500 is more than the 5 embedded pool images" in caplog.text
+    with pytest.raises(ValueError, match="query embeddings have dimension 8 but the pool has 16"):
+        check_embeddings(np.ones((3, 8)), "query embeddings", dim=16)
+    nan = np.ones((4, 16))
+    nan[2, 5] = np.nan
+    with pytest.raises(ValueError, match=r"1 row\(s\) with NaN/inf values \(first: row 2\)"):
+        check_embeddings(nan, "pool embeddings")
+    with pytest.raises(ValueError, match="exactly one of per_query_k= or budget="):
+        RetrievalTransferSetBuilder(tiny_encoder())
+
+
+def test_union_keeps_each_pool_item_once_with_its_best_query():
+    scores = np.array([[0.9, 0.5, 0.4], [0.95, 0.6, 0.1]])
+    ids = np.array([[7, 3, -1], [3, 8, 7]])
+    picked = union_of_neighbours(scores, ids, min_similarity=0.2)
+    assert picked["pool_index"].tolist() == [3, 7, 8]
+    assert picked["query_index"].tolist() == [1, 0, 1] and picked["rank"].tolist() == [0, 0, 1]
+
+
+def test_ivf_recall_is_tuned_against_exact_search():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 32))
+    pool = centres[rng.integers(0, 50, 20000)] + 0.3 * rng.normal(size=(20000, 32))
+    pool = (pool / np.linalg.norm(pool, axis=1, keepdims=True)).astype(np.float32)
+    queries = pool[rng.choice(20000, 200, replace=False)] + 0.01
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    plan = choose_index(20000, 32, 10**6)  # many queries: an IVF plan
+    assert plan.factory.startswith("IVF")
+    index = build_index(pool, plan)
+    nprobe, recall = tune_nprobe(index, pool, queries[:100], 10, target_recall=0.95)
+    held_out = recall_at_k(search(index, queries[100:], 10)[1], exact_search(pool, queries[100:], 10)[1])
+    print(f"\n{plan.factory}: nprobe={nprobe}, recall@10 tuned {recall:.3f}, held-out {held_out:.3f}")
+    assert recall >= 0.95 and held_out >= 0.9
+
+
+def test_index_choice_weighs_build_cost_against_queries_and_memory():
+    assert choose_index(500, 384, 10).exact  # too small to train lists
+    assert choose_index(10**6, 384, 10).exact  # one-shot curation: building IVF costs more than it saves
+    many = choose_index(10**6, 384, 10**5)
+    assert many.factory.startswith("IVF") and many.factory.endswith(",Flat")
+    tight = choose_index(10**6, 384, 10**5, memory_budget_bytes=600 * 2**20)  # 1.5 GB of float32 does not fit
+    assert tight.memory_bytes <= 600 * 2**20 and ("SQ8" in tight.factory or "PQ" in tight.factory)
+    with pytest.raises(ValueError, match="no index for 1000000 x 384 vectors fits"):
+        choose_index(10**6, 384, 10, memory_budget_bytes=2**20)
