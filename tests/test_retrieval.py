@@ -176,3 +176,23 @@ def test_index_choice_weighs_build_cost_against_queries_and_memory():
     assert tight.memory_bytes <= 600 * 2**20 and ("SQ8" in tight.factory or "PQ" in tight.factory)
     with pytest.raises(ValueError, match="no index for 1000000 x 384 vectors fits"):
         choose_index(10**6, 384, 10, memory_budget_bytes=2**20)
+
+
+def test_a_total_budget_is_spread_evenly_over_query_classes(tmp_path):
+    from conftest import _theme_image
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    rng = np.random.default_rng(5)
+    pool = make_themed_pool(per_theme=12, distractors=10)["pool"]
+    images = [_theme_image(3, rng) for _ in range(4)] + [_theme_image(5, rng)]  # 4 queries of class a, 1 of b
+    queries = Dataset.from_dict(
+        {"image": images, "label": [0, 0, 0, 0, 1]},
+        features=Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])}),
+    )
+    transfer, stats = RetrievalTransferSetBuilder(tiny_encoder(), budget=10).build(
+        pool, queries, embeddings_dir=tmp_path
+    )
+    themes = np.array(transfer["theme"])
+    assert len(transfer) == 10 and stats.removed_budget > 0
+    assert (themes == 3).sum() == 5 and (themes == 5).sum() == 5  # even per class, not per query
