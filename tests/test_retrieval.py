@@ -158,7 +158,7 @@ def test_ivf_recall_is_tuned_against_exact_search():
     pool = (pool / np.linalg.norm(pool, axis=1, keepdims=True)).astype(np.float32)
     queries = pool[rng.choice(20000, 200, replace=False)] + 0.01
     queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    plan = choose_index(20000, 32, 10**6)  # many queries: an IVF plan
+    plan = choose_index(20000, 32, 10**6, probe_fraction=1 / 64)  # many queries, clustered data: IVF
     assert plan.factory.startswith("IVF")
     index = build_index(pool, plan)
     nprobe, recall = tune_nprobe(index, pool, queries[:100], 10, target_recall=0.95)
@@ -170,10 +170,13 @@ def test_ivf_recall_is_tuned_against_exact_search():
 def test_index_choice_weighs_build_cost_against_queries_and_memory():
     assert choose_index(500, 384, 10).exact  # too small to train lists
     assert choose_index(10**6, 384, 10).exact  # one-shot curation: building IVF costs more than it saves
-    many = choose_index(10**6, 384, 10**5)
-    assert many.factory.startswith("IVF") and many.factory.endswith(",Flat")
-    tight = choose_index(10**6, 384, 10**5, memory_budget_bytes=600 * 2**20)  # 1.5 GB of float32 does not fit
-    assert tight.memory_bytes <= 600 * 2**20 and ("SQ8" in tight.factory or "PQ" in tight.factory)
+    assert choose_index(10**6, 384, 10**5).exact  # if a query must scan 1/8 of the lists, IVF does not pay
+    many = choose_index(10**6, 384, 10**5, probe_fraction=1 / 256)  # well-separated data: it does
+    assert many.factory == "IVF4096,Flat"
+    tight = choose_index(10**6, 384, 10**5, memory_budget_bytes=600 * 2**20, probe_fraction=1 / 256)
+    assert tight.memory_bytes <= 600 * 2**20 and (
+        "SQ8" in tight.factory or "PQ" in tight.factory
+    )  # 1.5 GB of float32 does not fit
     with pytest.raises(ValueError, match="no index for 1000000 x 384 vectors fits"):
         choose_index(10**6, 384, 10, memory_budget_bytes=2**20)
 

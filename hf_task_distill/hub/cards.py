@@ -8,7 +8,13 @@ from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
 
-__all__ = ["TeacherCardData", "render_teacher_card", "write_teacher_card"]
+__all__ = [
+    "TeacherCardData",
+    "TransferSetCardData",
+    "render_teacher_card",
+    "render_transfer_set_card",
+    "write_teacher_card",
+]
 
 STRATEGY_DESCRIPTIONS = {
     "linear": "linear probe on frozen features",
@@ -86,3 +92,74 @@ def write_teacher_card(data: TeacherCardData, output_dir: str | os.PathLike) -> 
     path = os.path.join(os.fspath(output_dir), "README.md")
     render_teacher_card(data).save(path)
     return path
+
+
+@dataclass
+class TransferSetCardData:
+    """Everything a transfer set's dataset card says: provenance, selection and the size at each step."""
+
+    name: str
+    task_name: str
+    pool_name: str
+    stats: dict[str, Any]
+    per_query_k: int | None = None
+    budget: int | None = None
+    leakage_threshold: float = 0.95
+    pool_license: str | None = None
+    pool_citation: str | None = None
+    contact_sheet: str | None = None
+
+    @classmethod
+    def from_build(
+        cls, builder, transfer, pool, *, name: str, task_name: str, contact_sheet: str | None = None
+    ):
+        info = getattr(pool, "info", None)
+        return cls(
+            name=name,
+            task_name=task_name,
+            pool_name=(
+                getattr(info, "dataset_name", None) or getattr(info, "builder_name", None) or "image pool"
+            ),
+            stats=builder.stats.as_dict(),
+            per_query_k=builder.config.per_query_k,
+            budget=builder.config.budget,
+            leakage_threshold=builder.config.leakage_threshold,
+            pool_license=(getattr(info, "license", None) or None),
+            pool_citation=(getattr(info, "citation", None) or None),
+            contact_sheet=contact_sheet,
+        )
+
+
+def render_transfer_set_card(data: TransferSetCardData):
+    """A ``huggingface_hub.DatasetCard`` for a retrieved transfer set."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    card_data = DatasetCardData(
+        task_categories=["image-classification"],
+        tags=["hf-task-distill", "transfer-set", "knowledge-distillation", "retrieval"],
+        size_categories=[_size_category(int(data.stats.get("final", 0)))],
+    )
+    template = (
+        resources.files("hf_task_distill.hub")
+        .joinpath("templates/transfer_set_card.md")
+        .read_text(encoding="utf-8")
+    )
+    fields = asdict(data)
+    fields["selection"] = (
+        f"top {data.per_query_k} neighbours per query, union without duplicates"
+        if data.per_query_k is not None
+        else f"a budget of {data.budget} images spread evenly over the query classes"
+    )
+    return DatasetCard.from_template(card_data, template_str=template, **fields)
+
+
+def _size_category(n: int) -> str:
+    for limit, label in (
+        (1_000, "n<1K"),
+        (10_000, "1K<n<10K"),
+        (100_000, "10K<n<100K"),
+        (1_000_000, "100K<n<1M"),
+    ):
+        if n < limit:
+            return label
+    return "1M<n<10M" if n < 10_000_000 else "n>10M"

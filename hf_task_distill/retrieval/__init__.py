@@ -4,7 +4,17 @@ from .builder import RetrievalConfig, RetrievalTransferSetBuilder, TransferSetSt
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, embed_pool
 from .index_choice import IndexPlan, candidate_plans, choose_index, default_nlist, estimate
-from .search import build_index, check_embeddings, exact_search, recall_at_k, search, tune_nprobe
+from .output import contact_sheet, push_transfer_set, save_transfer_set
+from .search import (
+    build_index,
+    check_embeddings,
+    exact_search,
+    pilot_probe_fraction,
+    plan_index,
+    recall_at_k,
+    search,
+    tune_nprobe,
+)
 
 __all__ = [
     "EmbeddingStore",
@@ -17,12 +27,17 @@ __all__ = [
     "candidate_plans",
     "check_embeddings",
     "choose_index",
+    "contact_sheet",
     "default_nlist",
     "embed_pool",
     "estimate",
     "exact_search",
     "leakage_mask",
+    "pilot_probe_fraction",
+    "plan_index",
+    "push_transfer_set",
     "recall_at_k",
+    "save_transfer_set",
     "search",
     "tune_nprobe",
     "union_of_neighbours",

@@ -20,8 +20,7 @@ from ..data.loading import find_label_column
 from ..data.validation import UNLABELLED, label_array
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, embed_pool
-from .index_choice import choose_index
-from .search import build_index, check_embeddings, search, tune_nprobe
+from .search import build_index, check_embeddings, plan_index, search, tune_nprobe
 
 __all__ = ["RetrievalConfig", "RetrievalTransferSetBuilder", "TransferSetStats"]
 
@@ -145,8 +144,8 @@ class RetrievalTransferSetBuilder:
         stats.k = k
 
         budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
-        plan = choose_index(
-            len(pool_vectors), pool_vectors.shape[1], len(query_vectors), memory_budget_bytes=budget
+        plan, _ = plan_index(
+            pool_vectors, query_vectors, k, cfg.recall_target, memory_budget_bytes=budget, seed=cfg.seed
         )
         index = build_index(pool_vectors, plan, seed=cfg.seed)
         stats.index = plan.factory

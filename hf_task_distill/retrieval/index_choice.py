@@ -12,11 +12,27 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["IndexPlan", "candidate_plans", "choose_index", "default_nlist", "estimate"]
+__all__ = [
+    "OPTIMISTIC_PROBE_FRACTION",
+    "IndexPlan",
+    "candidate_plans",
+    "choose_index",
+    "default_nlist",
+    "estimate",
+]
 
 KMEANS_ITERATIONS = 10  # faiss default niter for IVF coarse quantisers
-POINTS_PER_CENTROID = 256  # faiss trains on at most this many points per centroid
-ASSUMED_PROBE_FRACTION = 1 / 16  # nprobe/nlist assumed before tuning (overlapping clusters need ~1/32-1/16)
+POINTS_PER_CENTROID = 64  # k-means training sample per list (faiss' default is 256; 64 builds 4x faster)
+ASSUMED_PROBE_FRACTION = 1 / 8  # nprobe/nlist assumed before tuning: pessimistic (overlapping clusters)
+OPTIMISTIC_PROBE_FRACTION = 1 / 256  # well-separated data: if IVF loses even then, no pilot is needed
+
+# Relative cost of one multiply-add in each kind of work, measured with faiss on 2 CPU cores
+# (benchmarks/retrieval_index.py at 10^5 x 384): exact search is one BLAS matrix product (6.2e10
+# MAC/s); k-means training and assignment ran at about half that; scanning inverted lists is not a
+# matrix product and ran 7-9x slower per multiply-add. These weights turn operation counts into time.
+WEIGHT_EXACT = 1.0
+WEIGHT_KMEANS = 2.0
+WEIGHT_LIST_SCAN = {"ivf_flat": 9.0, "ivf_sq8": 7.0, "ivf_pq": 9.0}
 
 
 @dataclass(frozen=True)
@@ -46,51 +62,76 @@ def default_nlist(num_vectors: int) -> int:
 
 
 def estimate(
-    factory_kind: str, num_vectors: int, dim: int, num_queries: int, nlist: int = 0, pq_m: int = 0
+    factory_kind: str,
+    num_vectors: int,
+    dim: int,
+    num_queries: int,
+    nlist: int = 0,
+    pq_m: int = 0,
+    probe_fraction: float = ASSUMED_PROBE_FRACTION,
 ) -> IndexPlan:
     """Memory (bytes) and cost (multiply-adds) of one index kind: ``flat``, ``ivf_flat``, ``ivf_sq8``, ``ivf_pq``."""
     n, d, q = num_vectors, dim, num_queries
     if factory_kind == "flat":
-        return IndexPlan("Flat", memory_bytes=4 * n * d, search_cost=float(q) * n * d)
-    nprobe = max(1, round(nlist * ASSUMED_PROBE_FRACTION))
+        return IndexPlan("Flat", memory_bytes=4 * n * d, search_cost=WEIGHT_EXACT * float(q) * n * d)
+    nprobe = max(1, round(nlist * probe_fraction))
     train_points = min(n, POINTS_PER_CENTROID * nlist)
-    build = KMEANS_ITERATIONS * train_points * nlist * d + n * nlist * d  # k-means + assigning every vector
+    # k-means on the training sample, then assigning every vector to its list
+    build = WEIGHT_KMEANS * (KMEANS_ITERATIONS * train_points * nlist * d + n * nlist * d)
     scanned = nprobe * n / nlist  # vectors compared per query
-    coarse = nlist * d
+    coarse = WEIGHT_KMEANS * nlist * d  # choosing the lists to probe
+    scan = WEIGHT_LIST_SCAN[factory_kind]
     bytes_per_vector = {"ivf_flat": 4 * d, "ivf_sq8": d, "ivf_pq": pq_m}[factory_kind]
     if factory_kind == "ivf_pq":
-        build += KMEANS_ITERATIONS * min(n, 256 * POINTS_PER_CENTROID) * 256 * d  # PQ codebooks
-        per_query = coarse + nprobe * 256 * d + scanned * pq_m  # lookup tables, then table sums
+        build += (
+            WEIGHT_KMEANS * KMEANS_ITERATIONS * min(n, 256 * POINTS_PER_CENTROID) * 256 * d
+        )  # PQ codebooks
+        per_query = coarse + scan * (nprobe * 256 * d + scanned * pq_m)  # lookup tables, then table sums
         factory = f"IVF{nlist},PQ{pq_m}"
     else:
-        per_query = coarse + scanned * d
+        per_query = coarse + scan * scanned * d
         factory = f"IVF{nlist},{'Flat' if factory_kind == 'ivf_flat' else 'SQ8'}"
     memory = n * (bytes_per_vector + 8) + 4 * nlist * d  # codes + ids + centroids
     return IndexPlan(factory, nlist, nprobe, int(memory), float(build), float(q) * per_query)
 
 
-def candidate_plans(num_vectors: int, dim: int, num_queries: int) -> list[IndexPlan]:
+def candidate_plans(
+    num_vectors: int, dim: int, num_queries: int, probe_fraction: float = ASSUMED_PROBE_FRACTION
+) -> list[IndexPlan]:
     """Exact search plus IVF-Flat, IVF-SQ8 and IVF-PQ at the default list count."""
     plans = [estimate("flat", num_vectors, dim, num_queries)]
-    if num_vectors >= 4 * POINTS_PER_CENTROID:  # IVF needs enough points to train its lists
+    if num_vectors >= 1024:  # IVF needs enough points to train its lists
         nlist = min(default_nlist(num_vectors), max(16, num_vectors // 39))
         pq_m = next(m for m in (64, 48, 32, 24, 16, 12, 8, 4, 2, 1) if dim % m == 0 and m <= dim)
         for kind in ("ivf_flat", "ivf_sq8", "ivf_pq"):
-            plans.append(estimate(kind, num_vectors, dim, num_queries, nlist=nlist, pq_m=pq_m))
+            plans.append(
+                estimate(
+                    kind, num_vectors, dim, num_queries, nlist=nlist, pq_m=pq_m, probe_fraction=probe_fraction
+                )
+            )
     return plans
 
 
 def choose_index(
-    num_vectors: int, dim: int, num_queries: int, *, memory_budget_bytes: int | None = None
+    num_vectors: int,
+    dim: int,
+    num_queries: int,
+    *,
+    memory_budget_bytes: int | None = None,
+    probe_fraction: float = ASSUMED_PROBE_FRACTION,
 ) -> IndexPlan:
     """The cheapest plan (build + search) that fits the memory budget.
 
+    ``probe_fraction`` is the share of lists a query must scan to reach the recall target; it
+    depends on the data, so the builder measures it on a pilot index when IVF could pay off
+    (:func:`~hf_task_distill.retrieval.search.pilot_probe_fraction`); the default is pessimistic.
+
     Exact search is preferred on ties (no recall loss). Compressed codes (SQ8, PQ) are only
-    chosen when they are cheaper or the others do not fit. Raises if nothing fits.
+    chosen when float vectors do not fit. Raises if nothing fits.
     """
     if num_vectors < 1 or dim < 1:
         raise ValueError(f"cannot plan an index for {num_vectors} vectors of dimension {dim}")
-    plans = candidate_plans(num_vectors, dim, max(1, num_queries))
+    plans = candidate_plans(num_vectors, dim, max(1, num_queries), probe_fraction)
     fitting = [p for p in plans if memory_budget_bytes is None or p.memory_bytes <= memory_budget_bytes]
     if not fitting:
         smallest = min(plans, key=lambda p: p.memory_bytes)
@@ -98,4 +139,7 @@ def choose_index(
             f"no index for {num_vectors} x {dim} vectors fits {memory_budget_bytes / 2**30:.2f} GiB; the smallest "
             f"({smallest.factory}) needs {smallest.memory_bytes / 2**30:.2f} GiB: raise the budget or use an on-disk index"
         )
-    return min(fitting, key=lambda p: (p.total_cost, not p.exact))
+    # Lossy codes cap the reachable recall (SQ8 stayed below 0.95 at full scan on tight clusters), so
+    # they are used only when float vectors do not fit.
+    lossless = [p for p in fitting if p.exact or p.factory.endswith(",Flat")]
+    return min(lossless or fitting, key=lambda p: (p.total_cost, not p.exact))

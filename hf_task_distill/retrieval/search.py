@@ -4,9 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from .index_choice import IndexPlan
+from .index_choice import (
+    OPTIMISTIC_PROBE_FRACTION,
+    POINTS_PER_CENTROID,
+    IndexPlan,
+    choose_index,
+    default_nlist,
+    estimate,
+)
 
-__all__ = ["build_index", "check_embeddings", "exact_search", "recall_at_k", "search", "tune_nprobe"]
+__all__ = [
+    "build_index",
+    "check_embeddings",
+    "exact_search",
+    "pilot_probe_fraction",
+    "plan_index",
+    "recall_at_k",
+    "search",
+    "tune_nprobe",
+]
 
 
 def check_embeddings(vectors: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
@@ -36,6 +52,7 @@ def build_index(pool: np.ndarray, plan: IndexPlan, *, use_gpu: bool = False, see
         ivf = faiss.extract_index_ivf(index) if plan.nlist else None
         if ivf is not None:
             ivf.cp.seed = seed
+            ivf.cp.max_points_per_centroid = POINTS_PER_CENTROID
         index.train(pool)
     index.add(pool)
     if plan.nprobe:
@@ -77,3 +94,48 @@ def tune_nprobe(
         if recall >= target_recall or nprobe >= nlist:
             return nprobe, recall
         nprobe *= 2
+
+
+def pilot_probe_fraction(
+    pool: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    target_recall: float,
+    *,
+    pilot_size: int = 100_000,
+    seed: int = 0,
+) -> float:
+    """The share of IVF lists a query must scan to reach ``target_recall``, measured on a pilot index.
+
+    The pilot indexes a random subsample with the same number of vectors per list as the full index
+    would have, so the fraction carries over; it costs a small k-means and a few searches.
+    """
+    n = len(pool)
+    rng = np.random.default_rng(seed)
+    sample = pool[np.sort(rng.choice(n, min(n, pilot_size), replace=False))] if n > pilot_size else pool
+    per_list = n / default_nlist(n)
+    nlist = max(16, int(round(len(sample) / per_list)))
+    index = build_index(sample, estimate("ivf_flat", len(sample), pool.shape[1], 1, nlist=nlist), seed=seed)
+    probes = queries[rng.choice(len(queries), min(256, len(queries)), replace=False)]
+    nprobe, _ = tune_nprobe(index, sample, probes, min(k, len(sample)), target_recall)
+    return nprobe / nlist
+
+
+def plan_index(
+    pool: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    target_recall: float,
+    *,
+    memory_budget_bytes=None,
+    seed: int = 0,
+) -> tuple[IndexPlan, float | None]:
+    """``choose_index`` with the probe fraction measured on a pilot when IVF could pay off at all."""
+    n, d, q = len(pool), pool.shape[1], len(queries)
+    optimistic = choose_index(
+        n, d, q, memory_budget_bytes=memory_budget_bytes, probe_fraction=OPTIMISTIC_PROBE_FRACTION
+    )
+    if optimistic.exact:
+        return choose_index(n, d, q, memory_budget_bytes=memory_budget_bytes), None
+    fraction = pilot_probe_fraction(pool, queries, k, target_recall, seed=seed)
+    return choose_index(n, d, q, memory_budget_bytes=memory_budget_bytes, probe_fraction=fraction), fraction
