@@ -199,3 +199,36 @@ def test_a_total_budget_is_spread_evenly_over_query_classes(tmp_path):
     themes = np.array(transfer["theme"])
     assert len(transfer) == 10 and stats.removed_budget > 0
     assert (themes == 3).sum() == 5 and (themes == 5).sum() == 5  # even per class, not per query
+
+
+def test_saved_transfer_set_has_a_card_and_a_contact_sheet(tmp_path, themed):
+    from datasets import load_from_disk
+    from PIL import Image
+
+    from hf_task_distill.hub import TransferSetCardData
+    from hf_task_distill.retrieval import contact_sheet, save_transfer_set
+
+    pool = themed["pool"]
+    pool.info.license = "cc-by-4.0"
+    pool.info.dataset_name = "themed-test-pool"
+    builder = RetrievalTransferSetBuilder(pixel_encoder(), per_query_k=6, leakage_threshold=0.99)
+    transfer, stats = builder.build(
+        pool, themed["queries"], heldout=[themed["test"]], embeddings_dir=tmp_path / "emb"
+    )
+    sheet = contact_sheet(themed["queries"], transfer, per_query=4, thumb=32)
+    assert sheet.size == (5 * 36 + 4, 3 * 36 + 4)  # 3 queries, each with its query and 4 neighbours
+    card = TransferSetCardData.from_build(
+        builder, transfer, pool, name="themed-transfer", task_name="theme 3"
+    )
+    out = save_transfer_set(transfer, tmp_path / "out", card, sheet)
+
+    text = (tmp_path / "out" / "README.md").read_text()
+    assert "Pool: `themed-test-pool` (164 images; 0 unreadable, skipped)" in text
+    assert (
+        f"| near-duplicates of validation/test images removed (cosine >= 0.99) | {stats.removed_leakage} |"
+        in text
+    )
+    assert f"| **final** | **{stats.final}** |" in text and "top 6 neighbours per query" in text
+    assert "cc-by-4.0" in text and "![contact sheet](contact_sheet.png)" in text and "task_categories" in text
+    assert Image.open(tmp_path / "out" / "contact_sheet.png").size == sheet.size
+    assert load_from_disk(out)["pool_index"] == transfer["pool_index"]
