@@ -232,3 +232,24 @@ def test_saved_transfer_set_has_a_card_and_a_contact_sheet(tmp_path, themed):
     assert "cc-by-4.0" in text and "![contact sheet](contact_sheet.png)" in text and "task_categories" in text
     assert Image.open(tmp_path / "out" / "contact_sheet.png").size == sheet.size
     assert load_from_disk(out)["pool_index"] == transfer["pool_index"]
+
+
+def test_precomputed_pool_embeddings_are_reused_and_checked(tmp_path, themed):
+    encoder = tiny_encoder()
+    store = embed_pool(themed["pool"], encoder, tmp_path / "pool", process_index=0, num_processes=1)
+    vectors, rows = store.load()
+    builder = RetrievalTransferSetBuilder(encoder, per_query_k=8)
+    from_store, _ = builder.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path)
+    given, stats = builder.build(
+        themed["pool"], themed["queries"], embeddings_dir=tmp_path / "other", pool_embeddings=(vectors, rows)
+    )
+    assert given["pool_index"] == from_store["pool_index"] and stats.pool_embedded == len(themed["pool"])
+    assert not (tmp_path / "other" / "pool").exists()  # nothing re-embedded
+    with pytest.raises(ValueError, match="query embeddings have dimension 32 but the pool has 16"):
+        builder.build(
+            themed["pool"], themed["queries"], embeddings_dir=tmp_path, pool_embeddings=vectors[:, :16]
+        )
+    zeros = vectors.copy()
+    zeros[4] = 0.0  # a zero vector cannot be normalised: reported as non-finite, with its row
+    with pytest.raises(ValueError, match=r"NaN/inf values \(first: row 4\)"):
+        builder.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path, pool_embeddings=zeros)

@@ -107,13 +107,15 @@ class RetrievalTransferSetBuilder:
         vectors, rows = store.load()
         return vectors, rows, store
 
-    def build(self, pool, queries, *, heldout=(), embeddings_dir: str | os.PathLike):
+    def build(self, pool, queries, *, heldout=(), embeddings_dir: str | os.PathLike, pool_embeddings=None):
         """Return ``(transfer_set, stats)``.
 
         ``pool``: a ``datasets.Dataset`` of images. ``queries``: the labelled target images (labels, if
         present, spread a ``budget`` evenly over classes). ``heldout``: datasets whose near-duplicates
         must never enter the transfer set (validation, test). Embeddings are cached under
-        ``embeddings_dir`` and reused by later runs.
+        ``embeddings_dir`` and reused by later runs. ``pool_embeddings``: precomputed pool vectors,
+        either ``[len(pool), d]`` or ``(vectors, pool_rows)``; they must come from the same encoder
+        (a different dimension is refused) and are L2-normalised here.
         """
         cfg, stats = self.config, TransferSetStats(encoder=self.encoder.name)
         embeddings_dir = os.fspath(embeddings_dir)
@@ -121,12 +123,12 @@ class RetrievalTransferSetBuilder:
             raise ValueError("the pool is empty: nothing to retrieve from")
         if len(queries) == 0:
             raise ValueError("there are no query images")
-        pool_vectors, pool_rows, pool_store = self._embed(pool, os.path.join(embeddings_dir, "pool"))
-        stats.pool_rows, stats.pool_embedded, stats.pool_unreadable = (
-            len(pool),
-            len(pool_rows),
-            pool_store.skipped,
-        )
+        if pool_embeddings is None:
+            pool_vectors, pool_rows, pool_store = self._embed(pool, os.path.join(embeddings_dir, "pool"))
+            stats.pool_unreadable = pool_store.skipped
+        else:
+            pool_vectors, pool_rows = _precomputed(pool_embeddings, len(pool))
+        stats.pool_rows, stats.pool_embedded = len(pool), len(pool_rows)
         pool_vectors = check_embeddings(pool_vectors, "pool embeddings")
         query_vectors, query_rows, _ = self._embed(queries, os.path.join(embeddings_dir, "queries"))
         query_vectors = check_embeddings(query_vectors, "query embeddings", dim=pool_vectors.shape[1])
@@ -220,3 +222,19 @@ class RetrievalTransferSetBuilder:
             keep[rows[np.argsort(-picked["score"][rows], kind="stable")[:share]]] = True
         stats.removed_budget = int((~keep).sum())
         return {name: column[keep] for name, column in picked.items()}
+
+
+def _precomputed(pool_embeddings, pool_size: int) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(pool_embeddings, tuple):
+        vectors, rows = (np.asarray(a) for a in pool_embeddings)
+    else:
+        vectors, rows = np.asarray(pool_embeddings), np.arange(len(pool_embeddings))
+    if len(vectors) != len(rows) or (len(rows) and (rows.min() < 0 or rows.max() >= pool_size)):
+        raise ValueError(
+            f"precomputed pool embeddings: {len(vectors)} vectors for rows outside [0, {pool_size})"
+        )
+    vectors = vectors.astype(np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.divide(vectors, norms, out=np.full_like(vectors, np.nan), where=norms > 0), rows.astype(
+        np.int64
+    )
