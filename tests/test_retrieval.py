@@ -20,6 +20,7 @@ from hf_task_distill.retrieval import (
     choose_index,
     embed_pool,
     exact_search,
+    pilot_probe_fraction,
     recall_at_k,
     search,
     tune_nprobe,
@@ -163,8 +164,14 @@ def test_ivf_recall_is_tuned_against_exact_search():
     index = build_index(pool, plan)
     nprobe, recall = tune_nprobe(index, pool, queries[:100], 10, target_recall=0.95)
     held_out = recall_at_k(search(index, queries[100:], 10)[1], exact_search(pool, queries[100:], 10)[1])
-    print(f"\n{plan.factory}: nprobe={nprobe}, recall@10 tuned {recall:.3f}, held-out {held_out:.3f}")
+    pilot = pilot_probe_fraction(pool, queries, 10, 0.95, nlist=plan.nlist)
+    print(
+        f"\n{plan.factory}: nprobe={nprobe}, recall@10 tuned {recall:.3f}, held-out {held_out:.3f}, pilot {pilot:.4f}"
+    )
     assert recall >= 0.95 and held_out >= 0.9
+    assert (
+        nprobe / plan.nlist / 4 <= pilot <= 4 * nprobe / plan.nlist
+    )  # the cheap estimate is in the right range
 
 
 def test_index_choice_weighs_build_cost_against_queries_and_memory():

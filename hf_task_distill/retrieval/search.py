@@ -10,7 +10,6 @@ from .index_choice import (
     IndexPlan,
     choose_index,
     default_nlist,
-    estimate,
 )
 
 __all__ = [
@@ -66,11 +65,15 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def exact_search(pool: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k, without copying the pool into an index."""
     import faiss
 
-    index = faiss.IndexFlatIP(pool.shape[1])
-    index.add(np.ascontiguousarray(pool, dtype=np.float32))
-    return search(index, queries, k)
+    return faiss.knn(
+        np.ascontiguousarray(queries, dtype=np.float32),
+        np.ascontiguousarray(pool, dtype=np.float32),
+        k,
+        metric=faiss.METRIC_INNER_PRODUCT,
+    )
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -102,23 +105,43 @@ def pilot_probe_fraction(
     k: int,
     target_recall: float,
     *,
-    pilot_size: int = 100_000,
+    nlist: int | None = None,
     seed: int = 0,
 ) -> float:
-    """The share of IVF lists a query must scan to reach ``target_recall``, measured on a pilot index.
+    """The share of IVF lists a query must scan to reach ``target_recall``, estimated without building the index.
 
-    The pilot indexes a random subsample with the same number of vectors per list as the full index
-    would have, so the fraction carries over; it costs a small k-means and a few searches.
+    A coarse quantiser is trained cheaply (4 k-means iterations on 8 points per list); the exact
+    top-k of up to 128 sample queries are found by brute force; each true neighbour is assigned to
+    its list, and the recall an ``nprobe`` would give is read off from where those lists rank among
+    the query's nearest centroids. Costs a small k-means and 256 exact searches, not a full build.
     """
-    n = len(pool)
+    import faiss
+
+    n, d = pool.shape
+    nlist = nlist or default_nlist(n)
     rng = np.random.default_rng(seed)
-    sample = pool[np.sort(rng.choice(n, min(n, pilot_size), replace=False))] if n > pilot_size else pool
-    per_list = n / default_nlist(n)
-    nlist = max(16, int(round(len(sample) / per_list)))
-    index = build_index(sample, estimate("ivf_flat", len(sample), pool.shape[1], 1, nlist=nlist), seed=seed)
-    probes = queries[rng.choice(len(queries), min(256, len(queries)), replace=False)]
-    nprobe, _ = tune_nprobe(index, sample, probes, min(k, len(sample)), target_recall)
-    return nprobe / nlist
+    sample = pool[rng.choice(n, min(n, 8 * nlist), replace=False)]
+    kmeans = faiss.Kmeans(d, nlist, niter=4, max_points_per_centroid=8, seed=seed, spherical=True)
+    kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
+    centroids = kmeans.centroids
+    probes = np.ascontiguousarray(
+        queries[rng.choice(len(queries), min(128, len(queries)), replace=False)], dtype=np.float32
+    )
+    neighbours = exact_search(pool, probes, min(k, n))[1]
+    list_of = faiss.knn(
+        np.ascontiguousarray(pool[neighbours.reshape(-1)], dtype=np.float32),
+        centroids,
+        1,
+        metric=faiss.METRIC_INNER_PRODUCT,
+    )[1].reshape(neighbours.shape)
+    ranking = faiss.knn(probes, centroids, nlist, metric=faiss.METRIC_INNER_PRODUCT)[1]  # lists by closeness
+    position = np.empty_like(ranking)
+    position[np.arange(len(ranking))[:, None], ranking] = np.arange(nlist)[None, :]
+    needed = np.take_along_axis(position, list_of, axis=1)  # probes needed to reach each true neighbour
+    nprobe = 1
+    while nprobe < nlist and (needed < nprobe).mean() < target_recall:
+        nprobe *= 2
+    return min(nprobe, nlist) / nlist
 
 
 def plan_index(
