@@ -49,12 +49,12 @@ def load_teacher(
                 "finetune it on the task first, or pass labels= to attach a new head for finetuning"
             )
         return AutoModelForImageClassification.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+            name_or_path, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
         )
     label_kwargs = label_config_kwargs(labels)
     if has_classification_head(config) and label_names_of(config) == list(label_kwargs["id2label"].values()):
         return AutoModelForImageClassification.from_pretrained(
-            name_or_path, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+            name_or_path, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
         )
     logger.warning(
         "Attaching a new, untrained %d-class head to '%s': finetune it on the task before distilling from it.",
