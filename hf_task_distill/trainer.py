@@ -20,6 +20,7 @@ from transformers import Trainer, TrainingArguments
 from .data.loading import find_label_column
 from .data.validation import UNLABELLED, check_label_ids, label_array
 from .data.views import PairedViews
+from .devices import has_accelerator, launched_processes
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.labels import check_label_spaces_match
@@ -59,7 +60,7 @@ class DistillationArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not self.use_cpu and not _has_accelerator():
+        if launched_processes() > 1 and not self.use_cpu and not has_accelerator():
             # Launched as several processes on a machine without an accelerator: unless told it runs on CPU,
             # accelerate initialises the process group but trains each rank alone, without gradient sync.
             self.use_cpu = True
@@ -70,15 +71,6 @@ class DistillationArguments(TrainingArguments):
             )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-
-
-def _has_accelerator() -> bool:
-    if torch.cuda.is_available() or torch.backends.mps.is_available():
-        return True
-    return any(
-        hasattr(getattr(torch, name, None), "is_available") and getattr(torch, name).is_available()
-        for name in ("xpu", "npu", "mlu", "musa")
-    )
 
 
 @dataclass

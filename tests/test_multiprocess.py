@@ -59,3 +59,38 @@ def test_two_processes_match_one(tmp_path):
     )
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-5)
+
+
+BUILD_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "build_transfer_set_run.py")
+
+
+@pytest.mark.slow
+def test_pool_embedding_is_split_across_processes_and_gives_the_same_transfer_set(tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    _run([sys.executable, BUILD_SCRIPT, "--output_dir", str(single)], tmp_path)
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29536",
+    ]
+    _run(launcher + [BUILD_SCRIPT, "--output_dir", str(double)], tmp_path)
+    one = json.loads((single / "result.json").read_text())
+    two = json.loads((double / "result.json").read_text())
+    assert one["num_processes"] == 1 and two["num_processes"] == 2
+    assert one["shards_by_process"] == [0] and two["shards_by_process"] == [
+        0,
+        1,
+    ]  # each rank embedded its share
+    assert one["shards"] == two["shards"] == 11
+    assert two["pool_index"] == one["pool_index"] and np.allclose(two["score"], one["score"])

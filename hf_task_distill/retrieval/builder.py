@@ -18,6 +18,7 @@ import numpy as np
 
 from ..data.loading import find_label_column
 from ..data.validation import UNLABELLED, label_array
+from ..devices import process_state
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, embed_pool
 from .search import build_index, check_embeddings, plan_index, search, tune_nprobe
@@ -95,15 +96,19 @@ class RetrievalTransferSetBuilder:
         self.stats = TransferSetStats()
 
     def _embed(self, dataset, directory: str) -> tuple[np.ndarray, np.ndarray, EmbeddingStore]:
+        """Embed ``dataset`` (shards split across accelerate processes), then load every shard."""
+        state = process_state()
         store = embed_pool(
             dataset,
             self.encoder,
             directory,
             shard_size=self.config.shard_size,
             batch_size=self.config.batch_size,
-            process_index=0,
-            num_processes=1,
+            process_index=state.process_index,
+            num_processes=state.num_processes,
+            progress=state.is_local_main_process,
         )
+        state.wait_for_everyone()
         vectors, rows = store.load()
         return vectors, rows, store
 

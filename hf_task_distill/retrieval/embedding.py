@@ -23,6 +23,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..data.images import load_rgb_image
 from ..data.loading import find_image_column
 from ..data.views import ViewSpec, eval_view, render_view
+from ..devices import process_state
 
 __all__ = ["EmbeddingStore", "ImageEncoder", "embed_pool"]
 
@@ -139,9 +140,7 @@ def embed_pool(
             f"the pool has no image column '{image_column}' (columns: {', '.join(pool.column_names)})"
         )
     if process_index is None or num_processes is None:
-        from accelerate import PartialState
-
-        state = PartialState()
+        state = process_state()
         process_index, num_processes = state.process_index, state.num_processes
     raw = pool.select_columns([image_column]).cast_column(image_column, _undecoded_image_feature())
     num_shards = (len(pool) + shard_size - 1) // shard_size
@@ -195,6 +194,7 @@ def embed_pool(
             "dim": int(dim),
             "skipped": skipped,
             "encoder": encoder.name,
+            "process": process_index,
         }
         _write_atomically(
             os.path.join(output_dir, _shard_name(shard) + ".json"),

@@ -1,0 +1,35 @@
+"""Which devices and processes a run has, decided in one place."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["has_accelerator", "launched_processes", "process_state"]
+
+
+def has_accelerator() -> bool:
+    """Whether torch sees any accelerator (CUDA, MPS, XPU, NPU, ...)."""
+    if torch.cuda.is_available() or torch.backends.mps.is_available():
+        return True
+    return any(
+        hasattr(getattr(torch, name, None), "is_available") and getattr(torch, name).is_available()
+        for name in ("xpu", "npu", "mlu", "musa")
+    )
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``), 1 when run directly."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def process_state():
+    """accelerate's ``PartialState``, told to use the CPU when several processes run without an accelerator.
+
+    Without that, accelerate initialises the process group but reports a single process on each
+    rank, so work meant to be split is done twice and gradients are never synchronised.
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=launched_processes() > 1 and not has_accelerator())
