@@ -21,27 +21,19 @@ def _run(cmd, cwd):
     return done
 
 
+def _run_two_ranks(script_and_args, cwd, port):
+    """``accelerate launch --multi_gpu --num_processes 2``: two CPU ranks over gloo on this machine."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                "--main_process_port", str(port)]  # fmt: skip
+    return _run(launcher + script_and_args, cwd)
+
+
 @pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     _run([sys.executable, SCRIPT, "--output_dir", str(single), "--per_device_batch", "32"], tmp_path)
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29533",
-    ]
-    _run(launcher + [SCRIPT, "--output_dir", str(double), "--per_device_batch", "16"], tmp_path)
+    _run_two_ranks([SCRIPT, "--output_dir", str(double), "--per_device_batch", "16"], tmp_path, port=29533)
 
     one = json.loads((single / "result.json").read_text())
     two = json.loads((double / "result.json").read_text())
@@ -68,23 +60,7 @@ BUILD_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "build_transfe
 def test_pool_embedding_is_split_across_processes_and_gives_the_same_transfer_set(tmp_path):
     single, double = tmp_path / "single", tmp_path / "double"
     _run([sys.executable, BUILD_SCRIPT, "--output_dir", str(single)], tmp_path)
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29536",
-    ]
-    _run(launcher + [BUILD_SCRIPT, "--output_dir", str(double)], tmp_path)
+    _run_two_ranks([BUILD_SCRIPT, "--output_dir", str(double)], tmp_path, port=29536)
     one = json.loads((single / "result.json").read_text())
     two = json.loads((double / "result.json").read_text())
     assert one["num_processes"] == 1 and two["num_processes"] == 2

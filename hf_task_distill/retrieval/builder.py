@@ -139,7 +139,8 @@ class RetrievalTransferSetBuilder:
         query_vectors = check_embeddings(query_vectors, "query embeddings", dim=pool_vectors.shape[1])
         stats.queries = len(query_rows)
 
-        k = self._neighbours_per_query(queries, query_rows)
+        query_labels = self._query_labels(queries, query_rows)  # None when unlabelled
+        k = self._neighbours_per_query(query_labels, len(query_rows))
         if k > len(pool_vectors):
             logger.warning(
                 "k=%d is more than the %d embedded pool images: using k=%d",
@@ -179,7 +180,7 @@ class RetrievalTransferSetBuilder:
             leaked, _ = leakage_mask(pool_vectors[picked["pool_index"]], held, cfg.leakage_threshold)
             picked = {name: column[~leaked] for name, column in picked.items()}
             stats.removed_leakage = int(leaked.sum())
-        picked = self._apply_budget(picked, queries, query_rows, stats)
+        picked = self._apply_budget(picked, query_labels, stats)
 
         picked["pool_index"] = pool_rows[picked["pool_index"]]  # embedding row -> pool row
         picked["query_index"] = query_rows[picked["query_index"]]
@@ -198,24 +199,22 @@ class RetrievalTransferSetBuilder:
         labels = label_array(queries, column)[query_rows]
         return labels if (labels != UNLABELLED).all() else None
 
-    def _neighbours_per_query(self, queries, query_rows: np.ndarray) -> int:
+    def _neighbours_per_query(self, labels: np.ndarray | None, num_queries: int) -> int:
         cfg = self.config
         if cfg.per_query_k is not None:
             return cfg.per_query_k
-        labels = self._query_labels(queries, query_rows)
         if labels is None:
-            return math.ceil(cfg.budget / len(query_rows))
+            return math.ceil(cfg.budget / num_queries)
         per_class = cfg.budget / len(np.unique(labels))
         smallest_class = np.bincount(labels)[np.unique(labels)].min()
         return math.ceil(per_class / smallest_class) * 2  # headroom for duplicates across queries
 
     def _apply_budget(
-        self, picked: dict[str, np.ndarray], queries, query_rows, stats
+        self, picked: dict[str, np.ndarray], labels: np.ndarray | None, stats
     ) -> dict[str, np.ndarray]:
         cfg = self.config
         if cfg.budget is None or len(picked["pool_index"]) <= cfg.budget:
             return picked
-        labels = self._query_labels(queries, query_rows)
         groups = (
             labels[picked["query_index"]] if labels is not None else np.zeros(len(picked["pool_index"]), int)
         )
