@@ -22,6 +22,7 @@ from hf_task_distill.retrieval import (
     exact_search,
     pilot_probe_fraction,
     recall_at_k,
+    retrieve,
     search,
     tune_nprobe,
     union_of_neighbours,
@@ -152,6 +153,25 @@ def test_union_keeps_each_pool_item_once_with_its_best_query():
     assert picked["query_index"].tolist() == [1, 0, 1] and picked["rank"].tolist() == [0, 0, 1]
 
 
+def test_blocked_float16_search_matches_one_float32_product():
+    """The pool stays float16 and is searched block by block: the neighbours must not change."""
+    import faiss
+
+    rng = np.random.default_rng(3)
+    pool = rng.normal(size=(5000, 24)).astype(np.float16)
+    queries = rng.normal(size=(40, 24)).astype(np.float32)
+    scores, ids = faiss.knn(queries, pool.astype(np.float32), 12, metric=faiss.METRIC_INNER_PRODUCT)
+    blocked_scores, blocked_ids = exact_search(pool, queries, 12, block_rows=333)
+    assert np.array_equal(ids, blocked_ids)
+    np.testing.assert_allclose(scores, blocked_scores, rtol=1e-6)
+    assert check_embeddings(pool, "pool embeddings").dtype == np.float16  # never widened as a whole
+    plan = choose_index(5000, 24, 10**7, probe_fraction=1 / 64)
+    assert plan.factory.startswith("IVF")
+    _, found, nprobe, tuned = retrieve(pool, queries, 12, plan, recall_target=0.9)
+    assert nprobe >= 1 and tuned >= 0.9
+    assert recall_at_k(found, ids) >= 0.85  # random data is the hard case for IVF; the tuning still holds
+
+
 def test_ivf_recall_is_tuned_against_exact_search():
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(50, 32))
@@ -260,3 +280,90 @@ def test_precomputed_pool_embeddings_are_reused_and_checked(tmp_path, themed):
     zeros[4] = 0.0  # a zero vector cannot be normalised: reported as non-finite, with its row
     with pytest.raises(ValueError, match=r"NaN/inf values \(first: row 4\)"):
         builder.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path, pool_embeddings=zeros)
+
+
+def _write_pool_files(pool, folder):
+    """The same pool as an image folder, a parquet file and two webdataset shards, in pool order."""
+    import io
+    import tarfile
+
+    images = folder / "images"
+    images.mkdir(parents=True)
+    for row, example in enumerate(pool):
+        example["image"].save(images / f"{row:05d}.png")
+    pool.to_parquet(str(folder / "pool.parquet"))
+    (folder / "wds").mkdir()
+    for shard, rows in enumerate((range(0, 80), range(80, len(pool)))):
+        with tarfile.open(folder / "wds" / f"pool-{shard:03d}.tar", "w") as tar:
+            for row in rows:
+                buffer = io.BytesIO()
+                pool[row]["image"].save(buffer, format="PNG")
+                info = tarfile.TarInfo(f"{row:05d}.png")
+                info.size = buffer.tell()
+                buffer.seek(0)
+                tar.addfile(info, buffer)
+    return {"folder": images, "parquet": folder / "pool.parquet", "webdataset": str(folder / "wds" / "*.tar")}
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_every_pool_format_gives_the_same_transfer_set(tmp_path, themed, streaming):
+    """Image folder, parquet, webdataset shards, in memory or streamed: same rows, same scores, same pixels."""
+    from hf_task_distill.retrieval import load_pool
+
+    encoder = pixel_encoder()
+    reference, _ = RetrievalTransferSetBuilder(encoder, per_query_k=8, shard_size=32).build(
+        themed["pool"], themed["queries"], embeddings_dir=tmp_path / "reference"
+    )
+    sources = _write_pool_files(themed["pool"], tmp_path / "files")
+    for kind, source in sources.items():
+        pool = load_pool(source, streaming=streaming)
+        builder = RetrievalTransferSetBuilder(encoder, per_query_k=8, shard_size=32)
+        transfer, stats = builder.build(
+            pool, themed["queries"], embeddings_dir=tmp_path / f"{kind}-{streaming}"
+        )
+        assert transfer["pool_index"] == reference["pool_index"], kind
+        np.testing.assert_allclose(transfer["score"], reference["score"], rtol=1e-5, err_msg=kind)
+        assert stats.pool_rows == len(themed["pool"]), kind
+        column = "png" if kind == "webdataset" else "image"
+        first = np.asarray(transfer[0][column].convert("RGB"))
+        assert np.array_equal(first, np.asarray(themed["pool"][reference["pool_index"][0]]["image"])), kind
+
+
+def test_a_streamed_pool_resumes_from_its_finished_shards(tmp_path, themed):
+    stream = themed["pool"].to_iterable_dataset(num_shards=3)
+    encoder = tiny_encoder()
+    full = embed_pool(stream, encoder, tmp_path / "full", shard_size=32, process_index=0, num_processes=1)
+    for name in ("shard-00001.json", "shard-00003.json"):  # as if killed before these were finished
+        os.remove(tmp_path / "full" / name)
+    mtimes = {n: os.path.getmtime(tmp_path / "full" / n) for n in ("shard-00000.npz", "shard-00002.npz")}
+    resumed = embed_pool(stream, encoder, tmp_path / "full", shard_size=32, process_index=0, num_processes=1)
+    assert {n: os.path.getmtime(tmp_path / "full" / n) for n in mtimes} == mtimes  # finished shards untouched
+    fresh = embed_pool(
+        themed["pool"], encoder, tmp_path / "fresh", shard_size=32, process_index=0, num_processes=1
+    )
+    (a, rows_a), (b, rows_b) = resumed.load(), fresh.load()
+    assert np.array_equal(rows_a, rows_b) and np.array_equal(a, b)
+    assert resumed.rows_seen == len(themed["pool"]) and len(resumed.manifests()) == 6
+    from datasets import IterableDataset
+
+    def nothing():
+        yield from ()
+
+    empty = IterableDataset.from_generator(nothing, features=themed["pool"].features)
+    with pytest.raises(ValueError, match="the pool is empty"):
+        embed_pool(empty, encoder, tmp_path / "empty", process_index=0, num_processes=1)
+
+
+def test_pool_paths_that_do_not_exist_or_mix_formats_are_refused(tmp_path):
+    from hf_task_distill.retrieval import load_pool
+
+    with pytest.raises(FileNotFoundError, match="no pool files match"):
+        load_pool(str(tmp_path / "missing" / "*.parquet"))
+    (tmp_path / "mixed").mkdir()
+    (tmp_path / "mixed" / "a.parquet").write_bytes(b"")
+    (tmp_path / "mixed" / "b.tar").write_bytes(b"")
+    with pytest.raises(ValueError, match="a pool must be one kind of file"):
+        load_pool(tmp_path / "mixed")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="is empty"):
+        load_pool(tmp_path / "empty")

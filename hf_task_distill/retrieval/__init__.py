@@ -5,18 +5,23 @@ from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, embed_pool
 from .index_choice import IndexPlan, candidate_plans, choose_index, default_nlist, estimate
 from .output import contact_sheet, push_transfer_set, save_transfer_set
+from .pool import load_pool
 from .search import (
+    POOL_BLOCK_ROWS,
     build_index,
     check_embeddings,
     exact_search,
+    gpu_available,
     pilot_probe_fraction,
     plan_index,
     recall_at_k,
+    retrieve,
     search,
     tune_nprobe,
 )
 
 __all__ = [
+    "POOL_BLOCK_ROWS",
     "EmbeddingStore",
     "ImageEncoder",
     "IndexPlan",
@@ -32,11 +37,14 @@ __all__ = [
     "embed_pool",
     "estimate",
     "exact_search",
+    "gpu_available",
     "leakage_mask",
+    "load_pool",
     "pilot_probe_fraction",
     "plan_index",
     "push_transfer_set",
     "recall_at_k",
+    "retrieve",
     "save_transfer_set",
     "search",
     "tune_nprobe",

@@ -21,7 +21,7 @@ from ..data.validation import UNLABELLED, label_array
 from ..devices import process_state
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, embed_pool
-from .search import build_index, check_embeddings, plan_index, search, tune_nprobe
+from .search import check_embeddings, plan_index, retrieve
 
 __all__ = ["RetrievalConfig", "RetrievalTransferSetBuilder", "TransferSetStats"]
 
@@ -124,7 +124,8 @@ class RetrievalTransferSetBuilder:
         """
         cfg, stats = self.config, TransferSetStats(encoder=self.encoder.name)
         embeddings_dir = os.fspath(embeddings_dir)
-        if len(pool) == 0:
+        streamed = _is_streamed(pool)
+        if not streamed and len(pool) == 0:
             raise ValueError("the pool is empty: nothing to retrieve from")
         if len(queries) == 0:
             raise ValueError("there are no query images")
@@ -132,11 +133,16 @@ class RetrievalTransferSetBuilder:
             pool_vectors, pool_rows, pool_store = self._embed(pool, os.path.join(embeddings_dir, "pool"))
             stats.pool_unreadable = pool_store.skipped
         else:
+            if streamed:
+                raise ValueError("precomputed pool embeddings need a map-style pool (a datasets.Dataset)")
             pool_vectors, pool_rows = _precomputed(pool_embeddings, len(pool))
-        stats.pool_rows, stats.pool_embedded = len(pool), len(pool_rows)
+        stats.pool_rows = pool_store.rows_seen if streamed else len(pool)
+        stats.pool_embedded = len(pool_rows)
         pool_vectors = check_embeddings(pool_vectors, "pool embeddings")
         query_vectors, query_rows, _ = self._embed(queries, os.path.join(embeddings_dir, "queries"))
-        query_vectors = check_embeddings(query_vectors, "query embeddings", dim=pool_vectors.shape[1])
+        query_vectors = check_embeddings(
+            query_vectors.astype(np.float32), "query embeddings", dim=pool_vectors.shape[1]
+        )
         stats.queries = len(query_rows)
 
         query_labels = self._query_labels(queries, query_rows)  # None when unlabelled
@@ -155,17 +161,10 @@ class RetrievalTransferSetBuilder:
         plan, _ = plan_index(
             pool_vectors, query_vectors, k, cfg.recall_target, memory_budget_bytes=budget, seed=cfg.seed
         )
-        index = build_index(pool_vectors, plan, seed=cfg.seed)
+        scores, ids, stats.nprobe, stats.recall_at_k = retrieve(
+            pool_vectors, query_vectors, k, plan, recall_target=cfg.recall_target, seed=cfg.seed
+        )
         stats.index = plan.factory
-        if not plan.exact:
-            rng = np.random.default_rng(cfg.seed)
-            sample = query_vectors[
-                rng.choice(len(query_vectors), min(256, len(query_vectors)), replace=False)
-            ]
-            stats.nprobe, stats.recall_at_k = tune_nprobe(index, pool_vectors, sample, k, cfg.recall_target)
-        else:
-            stats.recall_at_k = 1.0
-        scores, ids = search(index, query_vectors, k)
         stats.neighbours = int((ids >= 0).sum())
 
         picked = union_of_neighbours(scores, ids, min_similarity=cfg.min_similarity)
@@ -177,7 +176,8 @@ class RetrievalTransferSetBuilder:
             held = check_embeddings(
                 np.concatenate(heldout_vectors), "held-out embeddings", dim=pool_vectors.shape[1]
             )
-            leaked, _ = leakage_mask(pool_vectors[picked["pool_index"]], held, cfg.leakage_threshold)
+            candidates = pool_vectors[picked["pool_index"]].astype(np.float32)
+            leaked, _ = leakage_mask(candidates, held, cfg.leakage_threshold)
             picked = {name: column[~leaked] for name, column in picked.items()}
             stats.removed_leakage = int(leaked.sum())
         picked = self._apply_budget(picked, query_labels, stats)
@@ -185,7 +185,7 @@ class RetrievalTransferSetBuilder:
         picked["pool_index"] = pool_rows[picked["pool_index"]]  # embedding row -> pool row
         picked["query_index"] = query_rows[picked["query_index"]]
         stats.final = len(picked["pool_index"])
-        transfer = pool.select(picked["pool_index"].tolist())
+        transfer = _select_rows(pool, picked["pool_index"])
         for name in ("pool_index", "query_index", "score", "rank"):
             values = picked[name].astype(np.float32 if name == "score" else np.int64)
             transfer = transfer.add_column(name, values.tolist())
@@ -226,6 +226,40 @@ class RetrievalTransferSetBuilder:
             keep[rows[np.argsort(-picked["score"][rows], kind="stable")[:share]]] = True
         stats.removed_budget = int((~keep).sum())
         return {name: column[keep] for name, column in picked.items()}
+
+
+def _is_streamed(pool) -> bool:
+    import datasets
+
+    return isinstance(pool, datasets.IterableDataset)
+
+
+def _select_rows(pool, rows: np.ndarray):
+    """``pool.select(rows)``; a streamed pool is read once more and the chosen rows written to a Dataset."""
+    if not _is_streamed(pool):
+        return pool.select(rows.tolist())
+    import datasets
+    from datasets.fingerprint import Hasher
+
+    order = np.argsort(rows, kind="stable")
+
+    def chosen(wanted: np.ndarray):
+        position = 0
+        for row, example in enumerate(pool):
+            if position == len(wanted):
+                return
+            if row == wanted[position]:
+                yield example
+                position += 1
+
+    wanted = rows[order]
+    materialised = datasets.Dataset.from_generator(
+        chosen,
+        features=pool.features,
+        gen_kwargs={"wanted": wanted},
+        fingerprint=Hasher.hash((pool._fingerprint if hasattr(pool, "_fingerprint") else repr(pool), wanted)),
+    )
+    return materialised.select(np.argsort(order, kind="stable").tolist())  # back to the caller's order
 
 
 def _precomputed(pool_embeddings, pool_size: int) -> tuple[np.ndarray, np.ndarray]:

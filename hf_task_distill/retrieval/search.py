@@ -1,6 +1,15 @@
-"""faiss index building, search, and recall measured against exact search."""
+"""faiss index building, search, and recall measured against exact search.
+
+The pool is held as the float16 array the embedding store keeps (2 bytes per value) and converted
+to float32 one block of rows at a time, so the float32 pool never exists in memory: exact search
+merges per-block top-k results, IVF indexes train on a sample and are filled block by block. Peak
+memory is the float16 pool plus the index plus one block (``POOL_BLOCK_ROWS`` x d x 4 bytes).
+"""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -13,19 +22,34 @@ from .index_choice import (
 )
 
 __all__ = [
+    "POOL_BLOCK_ROWS",
     "build_index",
     "check_embeddings",
     "exact_search",
     "pilot_probe_fraction",
     "plan_index",
     "recall_at_k",
+    "retrieve",
     "search",
     "tune_nprobe",
 ]
 
+logger = logging.getLogger(__name__)
+
+POOL_BLOCK_ROWS = 1 << 17  # 131,072 rows: 192 MiB of float32 at d=384, large enough for full-speed BLAS
+
+
+def _float32_blocks(pool: np.ndarray, block_rows: int = POOL_BLOCK_ROWS) -> Iterator[tuple[int, np.ndarray]]:
+    for start in range(0, len(pool), block_rows):
+        yield start, np.ascontiguousarray(pool[start : start + block_rows], dtype=np.float32)
+
 
 def check_embeddings(vectors: np.ndarray, name: str, dim: int | None = None) -> np.ndarray:
-    """float32, 2-D, finite, of the expected dimension; errors name the problem and the first bad row."""
+    """2-D, finite, of the expected dimension; errors name the problem and the first bad row.
+
+    float16 stays float16 (the pool's storage type, converted per block when searched); anything
+    else becomes contiguous float32.
+    """
     vectors = np.asarray(vectors)
     if vectors.ndim != 2 or vectors.shape[0] == 0:
         raise ValueError(f"{name} must be a non-empty [n, d] array, got shape {vectors.shape}")
@@ -33,27 +57,49 @@ def check_embeddings(vectors: np.ndarray, name: str, dim: int | None = None) -> 
         raise ValueError(
             f"{name} have dimension {vectors.shape[1]} but the pool has {dim}: embed both with the same model"
         )
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
+    dtype = np.float16 if vectors.dtype == np.float16 else np.float32
+    vectors = np.ascontiguousarray(vectors, dtype=dtype)
+    bad = [
+        start + np.flatnonzero(~np.isfinite(vectors[start : start + POOL_BLOCK_ROWS]).all(axis=1))
+        for start in range(0, len(vectors), POOL_BLOCK_ROWS)
+    ]
+    bad = np.concatenate(bad)
+    if bad.size:
         raise ValueError(f"{name} hold {bad.size} row(s) with NaN/inf values (first: row {bad[0]})")
-    return np.ascontiguousarray(vectors, dtype=np.float32)
+    return vectors
 
 
-def build_index(pool: np.ndarray, plan: IndexPlan, *, use_gpu: bool = False, seed: int = 0):
-    """Train and fill the index ``plan`` describes, for inner-product search on normalised vectors."""
+def gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees a GPU (``pip install faiss-gpu-cu12``)."""
+    import faiss
+
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def build_index(pool: np.ndarray, plan: IndexPlan, *, use_gpu: bool | None = None, seed: int = 0):
+    """Train and fill the index ``plan`` describes, for inner-product search on normalised vectors.
+
+    IVF quantisers train on a random sample of ``POINTS_PER_CENTROID`` rows per list (what faiss
+    would subsample anyway); the index is then filled one float32 block at a time. ``use_gpu``
+    (default: when available) moves the index to every visible GPU.
+    """
     import faiss
 
     index = faiss.index_factory(pool.shape[1], plan.factory, faiss.METRIC_INNER_PRODUCT)
-    if use_gpu and hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+    if use_gpu is None:
+        use_gpu = gpu_available()
+    if use_gpu:
         index = faiss.index_cpu_to_all_gpus(index)
     if not index.is_trained:
         ivf = faiss.extract_index_ivf(index) if plan.nlist else None
         if ivf is not None:
             ivf.cp.seed = seed
             ivf.cp.max_points_per_centroid = POINTS_PER_CENTROID
-        index.train(pool)
-    index.add(pool)
+        sample_size = min(len(pool), POINTS_PER_CENTROID * max(plan.nlist, 256))
+        rows = np.sort(np.random.default_rng(seed).choice(len(pool), sample_size, replace=False))
+        index.train(np.ascontiguousarray(pool[rows], dtype=np.float32))
+    for _, block in _float32_blocks(pool):
+        index.add(block)
     if plan.nprobe:
         faiss.ParameterSpace().set_index_parameter(index, "nprobe", plan.nprobe)
     return index
@@ -64,16 +110,26 @@ def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return scores, ids
 
 
-def exact_search(pool: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Brute-force inner-product top-k, without copying the pool into an index."""
+def exact_search(
+    pool: np.ndarray, queries: np.ndarray, k: int, *, block_rows: int = POOL_BLOCK_ROWS
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brute-force inner-product top-k over the pool, block by block, without building an index.
+
+    Each float32 block is searched with ``faiss.knn`` (one BLAS product) and the per-block top-k are
+    merged in a heap, so a float16 pool is never converted as a whole.
+    """
     import faiss
 
-    return faiss.knn(
-        np.ascontiguousarray(queries, dtype=np.float32),
-        np.ascontiguousarray(pool, dtype=np.float32),
-        k,
-        metric=faiss.METRIC_INNER_PRODUCT,
-    )
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if len(pool) <= block_rows:
+        pool = np.ascontiguousarray(pool, dtype=np.float32)
+        return faiss.knn(queries, pool, k, metric=faiss.METRIC_INNER_PRODUCT)
+    heap = faiss.ResultHeap(len(queries), k, keep_max=True)
+    for start, block in _float32_blocks(pool, block_rows):
+        scores, ids = faiss.knn(queries, block, min(k, len(block)), metric=faiss.METRIC_INNER_PRODUCT)
+        heap.add_result(scores, np.where(ids >= 0, ids + start, -1))
+    heap.finalize()
+    return heap.D, heap.I
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -120,7 +176,7 @@ def pilot_probe_fraction(
     n, d = pool.shape
     nlist = nlist or default_nlist(n)
     rng = np.random.default_rng(seed)
-    sample = pool[rng.choice(n, min(n, 8 * nlist), replace=False)]
+    sample = pool[np.sort(rng.choice(n, min(n, 8 * nlist), replace=False))]
     kmeans = faiss.Kmeans(d, nlist, niter=4, max_points_per_centroid=8, seed=seed, spherical=True)
     kmeans.train(np.ascontiguousarray(sample, dtype=np.float32))
     centroids = kmeans.centroids
@@ -162,3 +218,41 @@ def plan_index(
         return choose_index(n, d, q, memory_budget_bytes=memory_budget_bytes), None
     fraction = pilot_probe_fraction(pool, queries, k, target_recall, seed=seed)
     return choose_index(n, d, q, memory_budget_bytes=memory_budget_bytes, probe_fraction=fraction), fraction
+
+
+def retrieve(
+    pool: np.ndarray,
+    queries: np.ndarray,
+    k: int,
+    plan: IndexPlan,
+    *,
+    recall_target: float = 0.95,
+    tune_queries: int = 256,
+    use_gpu: bool | None = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, int, float]:
+    """Top-``k`` pool neighbours of every query with the index ``plan`` describes.
+
+    Exact plans search the pool directly (recall 1.0, nothing built). IVF plans are built, then
+    ``nprobe`` is tuned on ``tune_queries`` random queries to reach ``recall_target`` against exact
+    search. Returns ``(scores, ids, nprobe, tuned recall)``; the builder and the benchmark both
+    come through here, so what is benchmarked is what runs.
+    """
+    if plan.exact:
+        scores, ids = exact_search(pool, queries, k)
+        return scores, ids, 0, 1.0
+    index = build_index(pool, plan, use_gpu=use_gpu, seed=seed)
+    rng = np.random.default_rng(seed)
+    sample = queries[np.sort(rng.choice(len(queries), min(tune_queries, len(queries)), replace=False))]
+    nprobe, recall = tune_nprobe(index, pool, sample, k, recall_target)
+    if recall < recall_target:
+        logger.warning(
+            "%s reaches recall@%d %.3f < %.2f even scanning every list: lossy codes cap recall; "
+            "give a larger memory budget for float vectors or exact search",
+            plan.factory,
+            k,
+            recall,
+            recall_target,
+        )
+    scores, ids = search(index, queries, k)
+    return scores, ids, nprobe, recall
