@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_themed_pool, pixel_encoder, tiny_encoder
 
 from hf_task_distill.retrieval import (
@@ -332,7 +333,7 @@ def test_every_pool_format_gives_the_same_transfer_set(tmp_path, themed, streami
 def test_a_streamed_pool_resumes_from_its_finished_shards(tmp_path, themed):
     stream = themed["pool"].to_iterable_dataset(num_shards=3)
     encoder = tiny_encoder()
-    full = embed_pool(stream, encoder, tmp_path / "full", shard_size=32, process_index=0, num_processes=1)
+    embed_pool(stream, encoder, tmp_path / "full", shard_size=32, process_index=0, num_processes=1)
     for name in ("shard-00001.json", "shard-00003.json"):  # as if killed before these were finished
         os.remove(tmp_path / "full" / name)
     mtimes = {n: os.path.getmtime(tmp_path / "full" / n) for n in ("shard-00000.npz", "shard-00002.npz")}
@@ -367,3 +368,57 @@ def test_pool_paths_that_do_not_exist_or_mix_formats_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="is empty"):
         load_pool(tmp_path / "empty")
+
+
+class _ColourTeacher(torch.nn.Module):
+    """A 'finetuned teacher' that is sure (class 0) on theme-3 colours and unsure on anything else."""
+
+    def __init__(self, spec):
+        super().__init__()
+        yellow = torch.tensor([220.0, 210.0, 30.0]) / 255
+        self.register_buffer("centre", (yellow - torch.tensor(spec.mean)) / torch.tensor(spec.std))
+
+    def forward(self, pixel_values):
+        from transformers.modeling_outputs import ImageClassifierOutput
+
+        distance = (pixel_values.mean(dim=(2, 3)) - self.centre).norm(dim=1)
+        sure = 6.0 - 8.0 * distance  # large near the theme colour, negative far from it
+        return ImageClassifierOutput(logits=torch.stack([sure, -sure, -sure], dim=1))
+
+
+def test_the_teacher_confidence_filter_drops_what_the_teacher_is_unsure_about(tmp_path, themed):
+    from hf_task_distill.retrieval import TeacherConfidence
+
+    encoder = pixel_encoder()
+    teacher = TeacherConfidence(_ColourTeacher(encoder.spec), encoder.spec, name="colour-teacher")
+    loose = RetrievalTransferSetBuilder(encoder, per_query_k=40)
+    everything, _ = loose.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path, teacher=teacher)
+    themes = np.array(everything["theme"])
+    confidence = np.array(everything["teacher_confidence"])
+    assert (themes != 3).any()  # k=40 reaches past the 16 theme-3 images
+    assert confidence[themes == 3].min() > 0.9 > confidence[themes != 3].max()
+
+    strict = RetrievalTransferSetBuilder(encoder, per_query_k=40, min_teacher_confidence=0.9)
+    kept, stats = strict.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path, teacher=teacher)
+    assert set(kept["theme"]) == {3} and len(kept) == (themes == 3).sum()
+    assert stats.removed_low_confidence == (themes != 3).sum() and stats.final == len(kept)
+    from hf_task_distill.hub import TransferSetCardData
+    from hf_task_distill.hub.cards import render_transfer_set_card
+
+    card = str(
+        render_transfer_set_card(
+            TransferSetCardData.from_build(strict, kept, themed["pool"], name="t", task_name="theme 3")
+        )
+    )
+    assert f"(top-class probability < 0.9) | {stats.removed_low_confidence} |" in card
+    assert "`teacher_confidence`" in card
+    with pytest.raises(ValueError, match="min_teacher_confidence needs a teacher"):
+        strict.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path)
+
+
+def test_an_embedding_folder_from_another_encoder_is_refused(tmp_path, themed):
+    embed_pool(themed["pool"], pixel_encoder(), tmp_path, shard_size=64, process_index=0, num_processes=1)
+    with pytest.raises(ValueError, match="holds embeddings from encoder 'pixels'.*uses 'tiny-dinov2'"):
+        embed_pool(themed["pool"], tiny_encoder(), tmp_path, shard_size=64, process_index=0, num_processes=1)
+    with pytest.raises(ValueError, match="shard_size=32"):
+        embed_pool(themed["pool"], pixel_encoder(), tmp_path, shard_size=32, process_index=0, num_processes=1)

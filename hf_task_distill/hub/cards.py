@@ -105,6 +105,8 @@ class TransferSetCardData:
     per_query_k: int | None = None
     budget: int | None = None
     leakage_threshold: float = 0.95
+    min_teacher_confidence: float | None = None
+    has_confidence: bool = False
     pool_license: str | None = None
     pool_citation: str | None = None
     contact_sheet: str | None = None
@@ -124,6 +126,8 @@ class TransferSetCardData:
             per_query_k=builder.config.per_query_k,
             budget=builder.config.budget,
             leakage_threshold=builder.config.leakage_threshold,
+            min_teacher_confidence=builder.config.min_teacher_confidence,
+            has_confidence="teacher_confidence" in (transfer.column_names or []),
             pool_license=(getattr(info, "license", None) or None),
             pool_citation=(getattr(info, "citation", None) or None),
             contact_sheet=contact_sheet,

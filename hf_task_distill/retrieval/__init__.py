@@ -2,7 +2,7 @@
 
 from .builder import RetrievalConfig, RetrievalTransferSetBuilder, TransferSetStats
 from .curation import leakage_mask, union_of_neighbours
-from .embedding import EmbeddingStore, ImageEncoder, embed_pool
+from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
 from .index_choice import IndexPlan, candidate_plans, choose_index, default_nlist, estimate
 from .output import contact_sheet, push_transfer_set, save_transfer_set
 from .pool import load_pool
@@ -27,6 +27,7 @@ __all__ = [
     "IndexPlan",
     "RetrievalConfig",
     "RetrievalTransferSetBuilder",
+    "TeacherConfidence",
     "TransferSetStats",
     "build_index",
     "candidate_plans",

@@ -20,7 +20,7 @@ from ..data.loading import find_label_column
 from ..data.validation import UNLABELLED, label_array
 from ..devices import process_state
 from .curation import leakage_mask, union_of_neighbours
-from .embedding import EmbeddingStore, ImageEncoder, embed_pool
+from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
 from .search import check_embeddings, plan_index, retrieve
 
 __all__ = ["RetrievalConfig", "RetrievalTransferSetBuilder", "TransferSetStats"]
@@ -44,6 +44,10 @@ class RetrievalConfig:
     )
     min_similarity: float | None = field(
         default=None, metadata={"help": "Drop neighbours less similar than this."}
+    )
+    min_teacher_confidence: float | None = field(
+        default=None,
+        metadata={"help": "With a teacher: drop retrieved images whose top class probability is lower."},
     )
     memory_budget_gb: float | None = field(default=None, metadata={"help": "Memory the index may use."})
     recall_target: float = field(
@@ -74,6 +78,7 @@ class TransferSetStats:
     neighbours: int = 0
     after_dedup: int = 0
     removed_leakage: int = 0
+    removed_low_confidence: int = 0
     removed_budget: int = 0
     final: int = 0
     index: str = ""
@@ -95,12 +100,12 @@ class RetrievalTransferSetBuilder:
         self.config = config or RetrievalConfig(**config_overrides)
         self.stats = TransferSetStats()
 
-    def _embed(self, dataset, directory: str) -> tuple[np.ndarray, np.ndarray, EmbeddingStore]:
+    def _embed(self, dataset, directory: str, encoder=None) -> tuple[np.ndarray, np.ndarray, EmbeddingStore]:
         """Embed ``dataset`` (shards split across accelerate processes), then load every shard."""
         state = process_state()
         store = embed_pool(
             dataset,
-            self.encoder,
+            encoder or self.encoder,
             directory,
             shard_size=self.config.shard_size,
             batch_size=self.config.batch_size,
@@ -112,7 +117,16 @@ class RetrievalTransferSetBuilder:
         vectors, rows = store.load()
         return vectors, rows, store
 
-    def build(self, pool, queries, *, heldout=(), embeddings_dir: str | os.PathLike, pool_embeddings=None):
+    def build(
+        self,
+        pool,
+        queries,
+        *,
+        heldout=(),
+        embeddings_dir: str | os.PathLike,
+        pool_embeddings=None,
+        teacher=None,
+    ):
         """Return ``(transfer_set, stats)``.
 
         ``pool``: a ``datasets.Dataset`` of images. ``queries``: the labelled target images (labels, if
@@ -120,7 +134,10 @@ class RetrievalTransferSetBuilder:
         must never enter the transfer set (validation, test). Embeddings are cached under
         ``embeddings_dir`` and reused by later runs. ``pool_embeddings``: precomputed pool vectors,
         either ``[len(pool), d]`` or ``(vectors, pool_rows)``; they must come from the same encoder
-        (a different dimension is refused) and are L2-normalised here.
+        (a different dimension is refused) and are L2-normalised here. ``teacher``: a finetuned
+        classifier (or a :class:`TeacherConfidence`); its top-class probability on each retrieved
+        image becomes a ``teacher_confidence`` column, and ``min_teacher_confidence`` drops the
+        images it is unsure about before the budget is applied.
         """
         cfg, stats = self.config, TransferSetStats(encoder=self.encoder.name)
         embeddings_dir = os.fspath(embeddings_dir)
@@ -129,6 +146,8 @@ class RetrievalTransferSetBuilder:
             raise ValueError("the pool is empty: nothing to retrieve from")
         if len(queries) == 0:
             raise ValueError("there are no query images")
+        if cfg.min_teacher_confidence is not None and teacher is None:
+            raise ValueError("min_teacher_confidence needs a teacher: pass teacher= to build()")
         if pool_embeddings is None:
             pool_vectors, pool_rows, pool_store = self._embed(pool, os.path.join(embeddings_dir, "pool"))
             stats.pool_unreadable = pool_store.skipped
@@ -180,15 +199,29 @@ class RetrievalTransferSetBuilder:
             leaked, _ = leakage_mask(candidates, held, cfg.leakage_threshold)
             picked = {name: column[~leaked] for name, column in picked.items()}
             stats.removed_leakage = int(leaked.sum())
-        picked = self._apply_budget(picked, query_labels, stats)
-
         picked["pool_index"] = pool_rows[picked["pool_index"]]  # embedding row -> pool row
         picked["query_index"] = query_rows[picked["query_index"]]
+        candidates = None
+        if teacher is not None:
+            candidates = _select_rows(pool, picked["pool_index"])
+            confidence = self._teacher_confidence(candidates, teacher, embeddings_dir, picked["pool_index"])
+            keep = confidence >= (
+                cfg.min_teacher_confidence if cfg.min_teacher_confidence is not None else -1
+            )
+            stats.removed_low_confidence = int((~keep).sum())
+            picked = {name: column[keep] for name, column in picked.items()}
+            picked["teacher_confidence"] = confidence[keep]
+            candidates = candidates.select(np.flatnonzero(keep).tolist())
+        keep = self._budget_mask(picked, query_labels, query_rows, stats)
+        picked = {name: column[keep] for name, column in picked.items()}
         stats.final = len(picked["pool_index"])
-        transfer = _select_rows(pool, picked["pool_index"])
-        for name in ("pool_index", "query_index", "score", "rank"):
-            values = picked[name].astype(np.float32 if name == "score" else np.int64)
-            transfer = transfer.add_column(name, values.tolist())
+        if candidates is not None:
+            transfer = candidates.select(np.flatnonzero(keep).tolist())
+        else:
+            transfer = _select_rows(pool, picked["pool_index"])
+        for name, values in picked.items():
+            dtype = np.int64 if name in ("pool_index", "query_index", "rank") else np.float32
+            transfer = transfer.add_column(name, values.astype(dtype).tolist())
         self.stats = stats
         return transfer, stats
 
@@ -209,23 +242,46 @@ class RetrievalTransferSetBuilder:
         smallest_class = np.bincount(labels)[np.unique(labels)].min()
         return math.ceil(per_class / smallest_class) * 2  # headroom for duplicates across queries
 
-    def _apply_budget(
-        self, picked: dict[str, np.ndarray], labels: np.ndarray | None, stats
-    ) -> dict[str, np.ndarray]:
-        cfg = self.config
-        if cfg.budget is None or len(picked["pool_index"]) <= cfg.budget:
-            return picked
-        groups = (
-            labels[picked["query_index"]] if labels is not None else np.zeros(len(picked["pool_index"]), int)
+    def _teacher_confidence(
+        self, candidates, teacher, embeddings_dir: str, pool_rows: np.ndarray
+    ) -> np.ndarray:
+        """The teacher's top-class probability per candidate row; unreadable rows get 0 (dropped).
+
+        Cached under a folder named after the teacher and the candidate rows, so a later run with
+        other candidates never reads these scores.
+        """
+        from datasets.fingerprint import Hasher
+
+        scorer = teacher if isinstance(teacher, TeacherConfidence) else TeacherConfidence(teacher)
+        key = Hasher.hash((scorer.name, pool_rows.tolist()))[:16]
+        values, rows, _ = self._embed(
+            candidates, os.path.join(embeddings_dir, f"teacher-{key}"), encoder=scorer
         )
+        confidence = np.zeros(len(candidates), dtype=np.float32)
+        confidence[rows] = values[:, 0]
+        return confidence
+
+    def _budget_mask(
+        self, picked: dict[str, np.ndarray], labels: np.ndarray | None, query_rows: np.ndarray, stats
+    ) -> np.ndarray:
+        """Which rows a total budget keeps: the best-scored ``budget / classes`` per query class."""
+        cfg = self.config
+        keep = np.ones(len(picked["pool_index"]), dtype=bool)
+        if cfg.budget is None or keep.size <= cfg.budget:
+            return keep
+        if labels is None:
+            groups = np.zeros(keep.size, dtype=int)
+        else:
+            label_of_row = dict(zip(query_rows.tolist(), labels.tolist(), strict=True))
+            groups = np.array([label_of_row[q] for q in picked["query_index"].tolist()])
         classes = np.unique(groups)
         share = cfg.budget // len(classes)
-        keep = np.zeros(len(groups), dtype=bool)
+        keep[:] = False
         for cls in classes:
             rows = np.flatnonzero(groups == cls)
             keep[rows[np.argsort(-picked["score"][rows], kind="stable")[:share]]] = True
         stats.removed_budget = int((~keep).sum())
-        return {name: column[keep] for name, column in picked.items()}
+        return keep
 
 
 def _is_streamed(pool) -> bool:

@@ -25,9 +25,15 @@ from ..data.loading import find_image_column
 from ..data.views import ViewSpec, eval_view, render_view
 from ..devices import process_state
 
-__all__ = ["EmbeddingStore", "ImageEncoder", "embed_pool"]
+__all__ = ["EmbeddingStore", "ImageEncoder", "TeacherConfidence", "embed_pool"]
 
 logger = logging.getLogger(__name__)
+
+
+def _model_device(model: torch.nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
 
 
 class ImageEncoder:
@@ -53,7 +59,7 @@ class ImageEncoder:
 
     @torch.inference_mode()
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        device = next(self.model.parameters()).device
+        device = _model_device(self.model)
         pixel_values = pixel_values.to(device)
         if hasattr(self.model, "get_image_features"):
             features = self.model.get_image_features(pixel_values=pixel_values)
@@ -63,6 +69,25 @@ class ImageEncoder:
             pooled = getattr(outputs, "pooler_output", None)
             features = pooled if pooled is not None else outputs.last_hidden_state[:, 0]
         return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+class TeacherConfidence:
+    """A finetuned teacher as a one-number "embedding": its top softmax probability for each image.
+
+    Goes through :func:`embed_pool` like an encoder, so scoring retrieved images gets the same
+    batching, resumable shards and skip-and-count handling of unreadable files.
+    """
+
+    def __init__(self, model: torch.nn.Module, spec: ViewSpec | None = None, name: str = ""):
+        self.model = model.eval()
+        self.spec = spec or ViewSpec.from_model(model)
+        self.name = name or getattr(getattr(model, "config", None), "_name_or_path", type(model).__name__)
+
+    @torch.inference_mode()
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        device = _model_device(self.model)
+        logits = self.model(pixel_values=pixel_values.to(device)).logits
+        return logits.float().softmax(-1).amax(-1, keepdim=True)
 
 
 @dataclass
@@ -221,7 +246,15 @@ def embed_pool(
         state = process_state()
         process_index, num_processes = state.process_index, state.num_processes
     raw = pool.select_columns([image_column]).cast_column(image_column, _undecoded_image_feature())
-    done = {m["shard"] for m in EmbeddingStore(output_dir).manifests()}
+    existing = EmbeddingStore(output_dir).manifests()
+    for manifest in existing:  # a folder filled by another encoder or shard size must not be mixed in
+        if manifest["encoder"] != encoder.name or manifest["start"] != manifest["shard"] * shard_size:
+            raise ValueError(
+                f"{output_dir} holds embeddings from encoder '{manifest['encoder']}' in shards starting at "
+                f"row {manifest['start']}; this run uses '{encoder.name}' with shard_size={shard_size}: "
+                "use another folder or delete it"
+            )
+    done = {m["shard"] for m in existing}
 
     def wanted(shard: int) -> bool:
         return shard % num_processes == process_index and shard not in done
