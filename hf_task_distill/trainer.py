@@ -209,14 +209,20 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
             if label_column is not None:
                 check_label_ids(label_array(raw, label_column), num_labels, label_column, where=where)
             return dataset
+        if self.views is None:
+            raise ValueError(
+                f"{where} holds raw images and there is no teacher to derive views from: pass views="
+            )
+        return self.views.apply(dataset, train=train, num_labels=num_labels, where=where)
+
+    @property
+    def views(self) -> PairedViews | None:
+        """The teacher and student view specs (from ``views=``, else from the two models)."""
         if self._views is None:
             teacher, student, processor = self._views_source
-            if teacher is None:
-                raise ValueError(
-                    f"{where} holds raw images and there is no teacher to derive views from: pass views="
-                )
-            self._views = PairedViews.from_models(teacher, student, teacher_processor=processor)
-        return self._views.apply(dataset, train=train, num_labels=num_labels, where=where)
+            if teacher is not None:
+                self._views = PairedViews.from_models(teacher, student, teacher_processor=processor)
+        return self._views
 
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()

@@ -117,6 +117,10 @@ def load_target_task(
     elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         splits = datasets.load_dataset("imagefolder", data_dir=os.fspath(source), **load_dataset_kwargs)
         task_name = name or os.path.basename(os.path.normpath(os.fspath(source)))
+    elif isinstance(source, str) and source.lower() == "digits":  # ships with scikit-learn: no network
+        from .digits import load_digits_task
+
+        return load_digits_task(**load_dataset_kwargs)
     elif isinstance(source, str) and source.lower() in list_tasks():
         spec = get_task_spec(source)
         raw = datasets.load_dataset(spec.hub_id, spec.config_name, **load_dataset_kwargs)
@@ -134,7 +138,7 @@ def load_target_task(
         splits, task_name = datasets.load_dataset(source, **load_dataset_kwargs), name or source
     else:
         raise ValueError(
-            f"cannot load a task from {source!r}: not a known task ({', '.join(list_tasks())}), "
+            f"cannot load a task from {source!r}: not a known task ({', '.join(['digits', *list_tasks()])}), "
             "an existing folder, a Hub dataset id ('owner/name') or a datasets.Dataset/DatasetDict"
         )
     return _standardize(splits, task_name, image_column, label_column, label_names, spec)

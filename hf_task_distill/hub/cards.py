@@ -9,8 +9,10 @@ from importlib import resources
 from typing import Any
 
 __all__ = [
+    "StudentCardData",
     "TeacherCardData",
     "TransferSetCardData",
+    "render_student_card",
     "render_teacher_card",
     "render_transfer_set_card",
     "write_teacher_card",
@@ -167,3 +169,86 @@ def _size_category(n: int) -> str:
         if n < limit:
             return label
     return "1M<n<10M" if n < 10_000_000 else "n>10M"
+
+
+@dataclass
+class StudentCardData:
+    """Everything a published student's card says: lineage, results and the compute it cost."""
+
+    model_name: str
+    architecture: str
+    task_name: str
+    label_names: list[str]
+    teacher_base: str
+    teacher_strategy: str
+    distill_loss: str
+    temperature: float
+    transfer_description: str
+    train_size: int
+    image_size: int
+    eval_split: str
+    eval_images: int
+    results: dict[str, dict[str, float]]
+    ledger: str = ""
+    base_model: str | None = None
+    teacher_repo: str | None = None
+    transfer_repo: str | None = None
+    dataset_id: str | None = None
+    license: str | None = None
+    label_budget: dict[str, Any] | None = None
+    student_result: str = "student, distilled + finetuned"
+
+
+def render_student_card(data: StudentCardData):
+    """A ``huggingface_hub.ModelCard`` for a distilled student, with a ``model-index`` of its metrics."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    mine = data.results.get(data.student_result, {})
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            dataset_type=data.dataset_id or data.task_name,
+            dataset_name=data.task_name,
+            dataset_split=data.eval_split,
+            metric_type=metric,
+            metric_value=float(mine[metric]),
+        )
+        for metric in ("accuracy", "balanced_accuracy", "macro_f1")
+        if metric in mine
+    ]
+    datasets_used = [d for d in (data.dataset_id, data.transfer_repo) if d]
+    card_data = ModelCardData(
+        model_name=data.model_name,
+        base_model=data.base_model,
+        library_name="timm",
+        pipeline_tag="image-classification",
+        tags=[
+            "hf-task-distill",
+            "knowledge-distillation",
+            "image-classification",
+            "transformers",
+            f"teacher:{data.teacher_base}",
+            *([f"transfer-set:{data.transfer_repo}"] if data.transfer_repo else []),
+        ],
+        datasets=datasets_used or None,
+        license=data.license if data.license and " " not in data.license else None,
+        eval_results=eval_results or None,
+    )
+    template = (
+        resources.files("hf_task_distill.hub")
+        .joinpath("templates/student_card.md")
+        .read_text(encoding="utf-8")
+    )
+    fields = asdict(data)
+    fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None
+    fields["num_labels"] = len(data.label_names)
+    fields["label_names"] = ", ".join(data.label_names)
+    fields["results"] = {name: _Metrics(**m) for name, m in data.results.items()}
+    return ModelCard.from_template(card_data, template_str=template, **fields)
+
+
+@dataclass
+class _Metrics:
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float

@@ -212,6 +212,13 @@ class RetrievalTransferSetBuilder:
             picked = {name: column[keep] for name, column in picked.items()}
             picked["teacher_confidence"] = confidence[keep]
             candidates = candidates.select(np.flatnonzero(keep).tolist())
+        if len(picked["pool_index"]) == 0:
+            raise ValueError(
+                f"no pool image is left for the transfer set: {stats.after_dedup} retrieved, "
+                f"{stats.removed_leakage} removed as near-duplicates of validation/test images (cosine >= "
+                f"{cfg.leakage_threshold}), {stats.removed_low_confidence} removed for low teacher confidence. "
+                "An encoder whose embeddings are all alike (e.g. untrained) makes everything look like a copy"
+            )
         keep = self._budget_mask(picked, query_labels, query_rows, stats)
         picked = {name: column[keep] for name, column in picked.items()}
         stats.final = len(picked["pool_index"])

@@ -1,0 +1,149 @@
+"""``hf-task-distill``: the pipeline from the command line.
+
+    hf-task-distill run --dataset eurosat --per_class 10 --teacher facebook/dinov2-large \\
+        --student mobilevitv2_100 --output_dir runs/eurosat-10shot
+    hf-task-distill run runs/eurosat.yaml          # the same flags from a .json/.yaml file
+    hf-task-distill demo                           # offline, CPU, a few minutes
+
+Every command takes the same flags (``hf-task-distill <command> --help``); a command runs its
+stages in order and skips those already complete in the run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import tempfile
+
+from .config import ARGUMENT_GROUPS, STAGES, PipelineConfig
+from .pipeline import StageNotReady
+
+COMMANDS = {
+    "run": (
+        "Run every stage: teacher, transfer set, distillation, finetuning, evaluation, publishing.",
+        None,
+    ),
+    "finetune-teacher": ("Stage 1: finetune the VFM with a task head on the labelled images.", ("teacher",)),
+    "build-transfer-set": (
+        "Stage 2: the unlabelled transfer set (task images, retrieval or a dataset).",
+        ("transfer",),
+    ),
+    "distill": (
+        "Stages 1-3: teacher, transfer set, then distil it into the student.",
+        ("teacher", "transfer", "distill"),
+    ),
+    "finetune": (
+        "Stages 1-4: ... then finetune the distilled student on the labels.",
+        ("teacher", "transfer", "distill", "finetune"),
+    ),
+    "evaluate": ("Everything up to evaluation on the test split; prints the results table.", None),
+    "push": ("Publish the student (and a retrieved transfer set) to the Hub; needs --hub_model_id.", None),
+    "demo": ("The offline demo: scikit-learn digits, a small CPU teacher, a few minutes on 2 cores.", None),
+}
+
+
+class CommandLineError(Exception):
+    """A problem with what the user asked for: one line, no traceback."""
+
+
+def _usage() -> str:
+    width = max(len(c) for c in COMMANDS)
+    lines = [
+        "usage: hf-task-distill <command> [--flags | config.json | config.yaml]",
+        "",
+        "Task-oriented knowledge transfer from a vision foundation model to a small student.",
+        "",
+        "commands:",
+    ]
+    lines += [f"  {name:<{width}}  {text}" for name, (text, _) in COMMANDS.items()]
+    lines += ["", "hf-task-distill <command> --help lists every flag."]
+    return "\n".join(lines)
+
+
+def parse_config(command: str, argv: list[str]) -> PipelineConfig:
+    """Flags (or one .json/.yaml path) into a :class:`PipelineConfig`."""
+    from transformers import HfArgumentParser
+
+    parser = HfArgumentParser(
+        ARGUMENT_GROUPS, prog=f"hf-task-distill {command}", description=COMMANDS[command][0]
+    )
+    if command == "demo":
+        from .demo import demo_defaults
+
+        defaults = demo_defaults()
+        parser.set_defaults(**defaults)
+        for action in parser._actions:  # a flag with a demo default is no longer required
+            if action.dest in defaults:
+                action.required = False
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        if not os.path.isfile(argv[0]):
+            raise CommandLineError(f"config file {argv[0]} does not exist")
+        if argv[0].endswith(".json"):
+            groups = parser.parse_json_file(argv[0], allow_extra_keys=False)
+        else:
+            groups = parser.parse_yaml_file(argv[0], allow_extra_keys=False)
+    else:
+        groups = parser.parse_args_into_dataclasses(args=argv)
+    return PipelineConfig.from_groups(groups)
+
+
+def _check_writable(path: str) -> None:
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise CommandLineError(f"cannot write to the output directory {path}: {err.strerror or err}") from err
+
+
+def run_command(command: str, config: PipelineConfig) -> str:
+    """Run a command's stages and return the one-screen summary."""
+    from .pipeline import Pipeline
+
+    _check_writable(config.run.output_dir)
+    if command == "demo":
+        from .demo import run_demo
+
+        return run_demo(config)
+    if command == "push":
+        config.run.push_to_hub = True
+        if not config.run.hub_model_id:
+            raise CommandLineError("push needs --hub_model_id (e.g. me/mobilevitv2-cub)")
+    pipeline = Pipeline(config)
+    stages = COMMANDS[command][1]
+    if command == "evaluate":
+        stages = [s for s in STAGES if s != "publish" and (s != "baseline" or config.student.baseline)]
+    pipeline.run(stages)
+    return pipeline.summary()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"hf-task-distill: error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        config = parse_config(command, rest)
+        summary = run_command(command, config)
+    except (CommandLineError, StageNotReady, ValueError, FileNotFoundError, ImportError) as err:
+        print(f"hf-task-distill: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:  # e.g. a model or dataset that cannot be found (Hub offline, typo)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"hf-task-distill: error: {first}", file=sys.stderr)
+        return 2
+    from .devices import process_state
+
+    if process_state().is_main_process:
+        print(summary)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

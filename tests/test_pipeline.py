@@ -1,0 +1,348 @@
+"""The pipeline end to end: stages, manifests, resume after a kill, the CLI, the compute ledger,
+and the published folders checked with the real clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import LABELS, make_colour_dataset
+
+from hf_task_distill.cli import main, parse_config
+from hf_task_distill.compute import ComputeLedger, LedgerEntry, count_flops_per_image
+from hf_task_distill.config import PipelineConfig
+
+CLI = [sys.executable, "-m", "hf_task_distill.cli"]
+
+
+# -- compute ledger --------------------------------------------------------------------------------
+class _LinearClassifier(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(3 * 8 * 8, 10)
+
+    def forward(self, pixel_values):
+        from transformers.modeling_outputs import ImageClassifierOutput
+
+        return ImageClassifierOutput(logits=self.head(pixel_values.flatten(1)))
+
+
+def test_flops_are_counted_on_the_real_model_not_guessed():
+    model = _LinearClassifier()
+    assert count_flops_per_image(model, 8) == 2 * 192 * 10  # one matmul: 2 FLOPs per multiply-add
+    # training adds the weight gradient (another matmul); the input needs no gradient
+    assert count_flops_per_image(model, 8, training=True) == 2 * (2 * 192 * 10)
+    assert model.training and model.head.weight.grad is None  # mode restored, gradients untouched
+    model.eval()
+    count_flops_per_image(model, 8, training=True)
+    assert not model.training
+
+    from hf_task_distill.models import create_student
+
+    student = create_student("test_resnet", LABELS, image_size=32)
+    forward = count_flops_per_image(student, 32)
+    assert forward == count_flops_per_image(student, 32)  # deterministic
+    assert 2.0 <= count_flops_per_image(student, 32, training=True) / forward <= 3.0
+    assert count_flops_per_image(student, 64) == pytest.approx(4 * forward, rel=0.05)  # scales with pixels
+
+
+def test_ledger_totals_per_stage_and_round_trips(tmp_path):
+    ledger = ComputeLedger()
+    ledger.add(LedgerEntry("distill", "teacher forward", "t", 1000, 2e9, "cpu"))
+    ledger.add(LedgerEntry("distill", "student training", "s", 1000, 3e8, "cpu"))
+    ledger.add(LedgerEntry("finetune", "student training", "s", 50, 3e8, "cpu"))
+    ledger.wall_s.update(distill=12.0, finetune=1.5)
+    totals = ledger.stage_totals()
+    assert totals["distill"] == {"flops": 2.3e12, "wall_s": 12.0}
+    assert ledger.total_flops == pytest.approx(2.3e12 + 1.5e10)
+    ledger.save(tmp_path / "ledger.json")
+    again = ComputeLedger.load(tmp_path / "ledger.json")
+    assert again.as_dict() == ledger.as_dict()
+    table = ledger.markdown()
+    assert "| distill | teacher forward | t | 1,000 | 2 | 2 | 12.0 s | cpu |" in table
+    assert "| **total** | | | | | **2.315** | 13.5 s | |" in table
+
+
+# -- configuration -----------------------------------------------------------------------------------
+def test_flags_json_and_yaml_give_the_same_config(tmp_path):
+    flags = ["--dataset", "eurosat", "--per_class", "10", "--student", "fastvit_t8", "--distill_epochs", "3"]
+    from_flags = parse_config("run", flags)
+    values = {"dataset": "eurosat", "per_class": 10, "student": "fastvit_t8", "distill_epochs": 3}
+    (tmp_path / "c.json").write_text(json.dumps(values))
+    (tmp_path / "c.yaml").write_text("\n".join(f"{k}: {v}" for k, v in values.items()))
+    assert parse_config("run", [str(tmp_path / "c.json")]) == from_flags
+    assert parse_config("run", [str(tmp_path / "c.yaml")]) == from_flags
+    assert PipelineConfig.from_dict(from_flags.to_dict()) == from_flags
+    assert from_flags.student.distill_epochs == 3.0 and from_flags.teacher.teacher == "facebook/dinov2-large"
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "--dataset", "no-such-task"], "cannot load a task from 'no-such-task'"),
+        (["run", "--dataset", "digits", "--per_class", "0"], "--per_class must be at least 1, got 0"),
+        (["run", "--dataset", "digits", "--overwrite_stage", "teachr"], "unknown stage(s) ['teachr']"),
+        (["frobnicate"], "unknown command 'frobnicate'"),
+        (["push", "--dataset", "digits"], "push needs --hub_model_id"),
+        (["run", "missing.yaml"], "config file missing.yaml does not exist"),
+    ],
+)
+def test_bad_command_lines_get_one_clear_line_and_a_nonzero_exit(tmp_path, capsys, argv, message):
+    argv = argv + (["--output_dir", str(tmp_path / "run")] if len(argv) > 2 else [])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_an_unknown_teacher_and_an_unwritable_output_dir_are_one_line_errors(tmp_path, capsys):
+    code = main(
+        ["run", "--dataset", "digits", "--teacher", "nobody/no-such-vfm", "--output_dir", str(tmp_path / "r")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("hf-task-distill: error:") and len(err.strip().splitlines()) == 1
+    assert "nobody/no-such-vfm" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")  # a directory cannot be made under a file, even as root
+    code = main(["run", "--dataset", "digits", "--output_dir", str(blocker / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot write to the output directory" in err and len(err.strip().splitlines()) == 1
+
+
+def test_help_lists_every_command_and_flag(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for command in ("run", "finetune-teacher", "build-transfer-set", "distill", "evaluate", "push", "demo"):
+        assert command in out
+    with pytest.raises(SystemExit) as stop:
+        main(["distill", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--per_class",
+        "--teacher_strategy",
+        "--per_query_k",
+        "--distill_epochs",
+        "--overwrite_stage",
+    ):
+        assert flag in out
+
+
+# -- the whole pipeline from the command line ------------------------------------------------------
+def _save_folder(dataset, folder, *, labelled=True):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, row in enumerate(dataset):
+        target = folder / LABELS[row["label"]] if labelled else folder
+        target.mkdir(exist_ok=True)
+        row["image"].save(target / f"{i:04d}.png")
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory, vfm_dirs):
+    """A task as an image folder, a pool folder, a locally 'pretrained' student; one full CLI run,
+    killed once during distillation and rerun."""
+    from hf_task_distill.models import create_student
+
+    root = tmp_path_factory.mktemp("cli")
+    _save_folder(make_colour_dataset(48, seed=11), root / "task" / "train")
+    _save_folder(make_colour_dataset(32, seed=12), root / "task" / "test")
+    _save_folder(make_colour_dataset(160, seed=13), root / "pool", labelled=False)
+    create_student("test_resnet", LABELS, image_size=32).save_pretrained(root / "student-start")
+    run = root / "run"
+    argv = [
+        "--dataset", str(root / "task"), "--per_class", "6",
+        "--teacher", str(vfm_dirs["dinov2"]), "--teacher_strategy", "full", "--teacher_epochs", "3",
+        "--teacher_learning_rate", "1e-3",
+        "--transfer", "retrieval", "--pool", str(root / "pool"), "--per_query_k", "8",
+        "--leakage_threshold", "0.9999",  # the random test encoder makes every colour image look alike
+        "--student", str(root / "student-start"), "--pretrained_student",
+        "--distill_epochs", "8", "--distill_learning_rate", "3e-3", "--temperature", "2",
+        "--finetune_epochs", "2", "--finetune_learning_rate", "1e-3",
+        "--batch_size", "16", "--logging_steps", "1", "--output_dir", str(run),
+        "--hub_model_id", "me/colour-student", "--hub_dataset_id", "me/colour-transfer",
+    ]  # fmt: skip
+    log = open(root / "first-run.log", "w")  # noqa: SIM115 - kept open for the child
+    process = subprocess.Popen([*CLI, "run", *argv], stdout=log, stderr=log)
+    checkpoints = run / "distill" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        done = [c for c in checkpoints.glob("checkpoint-*") if (c / "trainer_state.json").exists()]
+        if done:
+            break
+        time.sleep(0.05)
+    process_ended = process.poll() is not None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    log.close()
+    assert not process_ended, "the run ended early:\n" + (root / "first-run.log").read_text()[-3000:]
+    before = {s: json.loads((run / s / "manifest.json").read_text()) for s in ("teacher", "transfer")}
+    assert not (run / "distill" / "manifest.json").exists()
+    finished = subprocess.run([*CLI, "run", *argv], capture_output=True, text=True, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return {"root": root, "run": run, "argv": argv, "before": before, "output": finished}
+
+
+def test_a_run_killed_in_distillation_resumes_without_redoing_finished_stages(cli_run):
+    run = cli_run["run"]
+    manifests = {s: json.loads((run / s / "manifest.json").read_text()) for s in
+                 ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate", "publish")}  # fmt: skip
+    for stage in ("teacher", "transfer"):  # completed before the kill: not redone
+        assert manifests[stage]["run_id"] == cli_run["before"][stage]["run_id"]
+    assert "stage teacher: complete" in cli_run["output"].stderr
+    resumed = manifests["distill"]["outputs"]["resumed_from"]
+    assert resumed is not None and "checkpoint-" in resumed  # picked up from the last checkpoint
+    assert 0 < manifests["distill"]["outputs"]["resumed_at_epoch"] < 8
+    assert (
+        manifests["distill"]["ledger"]["entries"][0]["images"] == 8 * manifests["transfer"]["outputs"]["rows"]
+    )
+    out = cli_run["output"].stdout
+    assert (
+        "| teacher |" in out
+        and "| student, labels only |" in out
+        and "| student, distilled + finetuned |" in out
+    )
+    assert "Compute per stage:" in out and "| distill | teacher forward |" in out
+
+    again = subprocess.run([*CLI, "evaluate", *cli_run["argv"]], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0
+    for stage in ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate"):
+        assert f"stage {stage}: complete" in again.stderr  # a rerun does nothing again
+
+
+def test_overwrite_stage_redoes_that_stage_and_what_depends_on_it(cli_run, tmp_path):
+    import shutil
+
+    run = tmp_path / "copy"
+    shutil.copytree(cli_run["run"], run)
+    argv = [a if a != str(cli_run["run"]) else str(run) for a in cli_run["argv"]]
+    before = {
+        s: json.loads((run / s / "manifest.json").read_text())["run_id"]
+        for s in ("transfer", "finetune", "baseline")
+    }
+    result = subprocess.run(
+        [*CLI, "evaluate", *argv, "--overwrite_stage", "finetune"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    after = {
+        s: json.loads((run / s / "manifest.json").read_text())["run_id"]
+        for s in ("transfer", "finetune", "baseline")
+    }
+    assert after["transfer"] == before["transfer"] and after["baseline"] == before["baseline"]
+    assert after["finetune"] != before["finetune"]
+    assert "stage finetune: redoing, --overwrite_stage" in result.stderr
+
+
+def test_published_folders_load_with_the_real_clients(cli_run):
+    import timm
+    from datasets import load_dataset, load_from_disk
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForImageClassification, pipeline
+
+    publish = cli_run["run"] / "publish"
+    student_dir = publish / "student"
+    assert not (student_dir / "training_args.bin").exists()  # no pickles are published
+    model = AutoModelForImageClassification.from_pretrained(student_dir).eval()
+    assert model.config.id2label == dict(enumerate(LABELS))
+    classifier = pipeline("image-classification", model=str(student_dir))
+    image = make_colour_dataset(1, seed=99)[0]["image"]
+    assert classifier(image)[0]["label"] in LABELS
+    native = timm.create_model(f"local-dir:{student_dir}", pretrained=True).eval()
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(native(pixels), model(pixel_values=pixels).logits)
+
+    transfer = load_dataset(str(publish / "transfer_set"), split="train")
+    original = load_from_disk(str(cli_run["run"] / "transfer" / "data"))
+    assert transfer["pool_index"] == original["pool_index"] and len(transfer) > 0
+    assert np.array_equal(np.asarray(transfer[0]["image"]), np.asarray(original[0]["image"]))
+
+    card = ModelCard.load(student_dir / "README.md")
+    results = json.loads((student_dir / "results.json").read_text())["results"]
+    assert card.data.base_model == "timm/test_resnet.r160_in1k"  # the student's own starting point
+    assert "me/colour-transfer" in card.data.datasets
+    assert any(tag.startswith("teacher:") for tag in card.data.tags)
+    accuracy = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
+    assert accuracy.metric_value == pytest.approx(results["student, distilled + finetuned"]["accuracy"])
+    assert 'timm.create_model("hf-hub:me/colour-student"' in card.text
+    ledger = json.loads((student_dir / "compute_ledger.json").read_text())
+    assert {e["stage"] for e in ledger["entries"]} >= {"teacher", "transfer", "distill", "finetune"}
+
+
+def test_push_uploads_the_checked_folders_and_never_writes_the_token(cli_run, tmp_path, monkeypatch):
+    """Only the Hub's HTTP boundary is stubbed: huggingface_hub's own client runs against it."""
+    import base64
+    import shutil
+
+    import httpx2 as httpx  # huggingface_hub's HTTP client
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.utils._http import default_client_factory, hf_request_event_hook
+
+    token = "hf_thisIsATestTokenValue0123456789"
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    run = tmp_path / "copy"
+    shutil.copytree(cli_run["run"], run)
+    argv = [a if a != str(cli_run["run"]) else str(run) for a in cli_run["argv"]]
+    calls, committed = [], {}
+
+    def hub(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        calls.append((request.method, path, request.headers.get("authorization")))
+        if path == "/api/repos/create":
+            body = json.loads(request.content)
+            return httpx.Response(
+                200, json={"url": f"https://huggingface.co/{body['organization']}/{body['name']}"}
+            )
+        if path == "/api/validate-yaml":  # the model card's metadata
+            return httpx.Response(200, json={"errors": [], "warnings": []})
+        if "/preupload/" in path:
+            files = json.loads(request.content)["files"]
+            return httpx.Response(
+                200,
+                json={
+                    "files": [
+                        {"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files
+                    ]
+                },
+            )
+        if "/commit/" in path:
+            repo = path.split("/api/")[1].split("/commit/")[0]
+            for line in request.content.decode().splitlines():
+                item = json.loads(line)
+                if item["key"] == "file":
+                    committed.setdefault(repo, {})[item["value"]["path"]] = base64.b64decode(
+                        item["value"]["content"]
+                    )
+            url = f"https://huggingface.co/{repo.removeprefix('models/')}/commit/{'a' * 40}"
+            return httpx.Response(200, json={"commitUrl": url, "commitOid": "a" * 40})
+        return httpx.Response(404, json={"error": f"not stubbed: {request.method} {path}"})
+
+    huggingface_hub.set_client_factory(
+        lambda: httpx.Client(
+            transport=httpx.MockTransport(hub), event_hooks={"request": [hf_request_event_hook]}
+        )
+    )
+    try:
+        assert main(["push", *argv]) == 0
+    finally:
+        huggingface_hub.set_client_factory(default_client_factory)
+    student = committed["models/me/colour-student"]
+    assert {"README.md", "config.json", "model.safetensors", "compute_ledger.json"} <= set(student)
+    assert student["model.safetensors"] == (run / "publish" / "student" / "model.safetensors").read_bytes()
+    dataset = committed["datasets/me/colour-transfer"]
+    assert "README.md" in dataset and any(p.startswith("data/") and p.endswith(".parquet") for p in dataset)
+    assert all(auth == f"Bearer {token}" for _, _, auth in calls)  # huggingface_hub found the token itself
+    for folder, _, files in os.walk(run):
+        for name in files:
+            assert token.encode() not in open(os.path.join(folder, name), "rb").read(), name
+    assert all(token.encode() not in content for repo in committed.values() for content in repo.values())
