@@ -223,6 +223,12 @@ def main() -> None:
         queries, overlapping = specs[name]
         report.append(workload(name, cli.pool, cli.dim, queries, overlapping, folder, budget))
     os.makedirs(RESULTS, exist_ok=True)
+    previous_path = os.path.join(RESULTS, "retrieval_index.json")
+    if not cli.replan and os.path.exists(previous_path):  # a subset rerun keeps the other workloads
+        with open(previous_path) as f:
+            kept = [w for w in json.load(f) if w["workload"] not in {r["workload"] for r in report}]
+        order = list(specs)
+        report = sorted(kept + report, key=lambda w: order.index(w["workload"]))
     with open(os.path.join(RESULTS, "retrieval_index.json"), "w") as f:
         json.dump(report, f, indent=2)
     lines = [

@@ -83,6 +83,16 @@ def _checkpoint_epoch(checkpoint: str | None) -> float | None:
         return json.load(f).get("epoch")
 
 
+def _read_json(path: str) -> dict[str, Any]:
+    """The JSON object in ``path``, or ``{}`` when it is missing or unreadable (never trusted half-written)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            value = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def _write_json_atomically(path: str, payload: dict[str, Any]) -> None:
     tmp = f"{path}.tmp-{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -237,11 +247,11 @@ class Pipeline:
             logger.info("stage %s: redoing, %s", name, reason)
         started = os.path.join(directory, STARTED)
         resumable = (
-            os.path.exists(started)
-            and json.load(open(started, encoding="utf-8")).get("fingerprint") == fingerprint
+            manifest is None and not overwrite and _read_json(started).get("fingerprint") == fingerprint
         )
+        self.state.wait_for_everyone()  # every process has decided before the folder changes
         if self.state.is_main_process:
-            if (overwrite or manifest is not None or not resumable) and os.path.isdir(directory):
+            if not resumable and os.path.isdir(directory):
                 shutil.rmtree(directory)  # stale or explicitly redone: nothing in it may be reused
             os.makedirs(directory, exist_ok=True)
             _write_json_atomically(started, {"fingerprint": fingerprint, "inputs": inputs})

@@ -94,3 +94,20 @@ def test_run_finetune_teacher_example(tmp_path, vfm_dirs):
     card = (out / "README.md").read_text()
     assert "label budget: per_class=4, seed=0" in card
     assert (out / "preprocessor_config.json").exists() and (out / "model.safetensors").exists()
+
+
+def test_pipeline_examples_are_the_cli_with_every_flag():
+    for script, description in (
+        ("run_distill.py", "Run every stage"),
+        ("run_build_transfer_set.py", "Stage 2"),
+    ):
+        done = subprocess.run(
+            [sys.executable, os.path.join(ROOT, "examples", script), "--help"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert description in done.stdout
+        for flag in ("--dataset", "--per_class", "--teacher", "--transfer", "--pool", "--student"):
+            assert flag in done.stdout, (script, flag)

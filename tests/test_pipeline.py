@@ -346,3 +346,26 @@ def test_push_uploads_the_checked_folders_and_never_writes_the_token(cli_run, tm
         for name in files:
             assert token.encode() not in open(os.path.join(folder, name), "rb").read(), name
     assert all(token.encode() not in content for repo in committed.values() for content in repo.values())
+
+
+def test_the_offline_demo_runs_every_stage_and_prints_the_table(tmp_path):
+    """The README's demo command, with short schedules: all stages, offline, the table at the end."""
+    out_dir = tmp_path / "demo"
+    short = ["--teacher_epochs", "2", "--distill_epochs", "1", "--finetune_epochs", "1", "--per_class", "3"]
+    result = subprocess.run(
+        [*CLI, "demo", "--output_dir", str(out_dir), *short], capture_output=True, text=True, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for row in (
+        "| teacher |",
+        "| student, labels only |",
+        "| student, distilled |",
+        "| student, distilled + finetuned |",
+    ):
+        assert row in out
+    assert "What it does not show" in out and "Compute per stage:" in out
+    evaluation = json.loads((out_dir / "evaluate" / "manifest.json").read_text())["outputs"]
+    assert evaluation["split"] == "test" and evaluation["images"] == 539
+    assert all(0.0 <= m["accuracy"] <= 1.0 for m in evaluation["results"].values())
+    assert (out_dir / "publish" / "student" / "model.safetensors").exists()
