@@ -24,6 +24,16 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def cpu_ranks_need_use_cpu(use_cpu: bool) -> bool:
+    """Whether ``TrainingArguments.use_cpu`` must be forced on: several launched processes, no accelerator.
+
+    Unless told it runs on CPU, accelerate initialises the process group but trains each rank
+    alone, without gradient synchronisation. Every ``TrainingArguments`` the project builds or
+    subclasses goes through this.
+    """
+    return launched_processes() > 1 and not use_cpu and not has_accelerator()
+
+
 def process_state():
     """accelerate's ``PartialState``, told to use the CPU when several processes run without an accelerator.
 

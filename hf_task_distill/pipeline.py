@@ -24,7 +24,7 @@ from typing import Any
 
 from .compute import ComputeLedger, LedgerEntry, Stopwatch, count_flops_per_image, describe_device
 from .config import STAGES, PipelineConfig
-from .devices import process_state
+from .devices import cpu_ranks_need_use_cpu, process_state
 
 __all__ = ["Pipeline", "StageNotReady"]
 
@@ -325,6 +325,7 @@ class Pipeline:
         run = self.config.run
         return cls(
             output_dir=output_dir,
+            use_cpu=cpu_ranks_need_use_cpu(False),
             per_device_train_batch_size=run.batch_size,
             per_device_eval_batch_size=run.batch_size,
             seed=run.seed,

@@ -35,6 +35,7 @@ from .data.budget import stratified_holdout_indices
 from .data.loading import TargetTask, load_target_task
 from .data.validation import UNLABELLED, label_array
 from .data.views import ViewAugmentation, ViewSpec, single_view_dataset
+from .devices import cpu_ranks_need_use_cpu
 from .metrics import make_compute_metrics
 from .models.teacher import load_teacher
 from .trainer import NativeCheckpointsMixin
@@ -134,6 +135,8 @@ class TeacherFinetuningArguments(TrainingArguments):
             raise ValueError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         if self.probe_views < 1:
             raise ValueError(f"probe_views must be >= 1, got {self.probe_views}")
+        if cpu_ranks_need_use_cpu(self.use_cpu):
+            self.use_cpu = True
         super().__post_init__()
 
 

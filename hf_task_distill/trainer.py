@@ -20,7 +20,7 @@ from transformers import Trainer, TrainingArguments
 from .data.loading import find_label_column
 from .data.validation import UNLABELLED, check_label_ids, label_array
 from .data.views import PairedViews
-from .devices import has_accelerator, launched_processes
+from .devices import cpu_ranks_need_use_cpu
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.labels import check_label_spaces_match
@@ -60,9 +60,7 @@ class DistillationArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if launched_processes() > 1 and not self.use_cpu and not has_accelerator():
-            # Launched as several processes on a machine without an accelerator: unless told it runs on CPU,
-            # accelerate initialises the process group but trains each rank alone, without gradient sync.
+        if cpu_ranks_need_use_cpu(self.use_cpu):
             self.use_cpu = True
         super().__post_init__()
         if self.loss_name not in available_losses():

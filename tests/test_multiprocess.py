@@ -70,3 +70,37 @@ def test_pool_embedding_is_split_across_processes_and_gives_the_same_transfer_se
     ]  # each rank embedded its share
     assert one["shards"] == two["shards"] == 11
     assert two["pool_index"] == one["pool_index"] and np.allclose(two["score"], one["score"])
+
+
+@pytest.mark.slow
+def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
+    """``accelerate launch examples/run_distill.py`` as users run it: two CPU ranks, every stage."""
+    from conftest import LABELS, make_colour_dataset, tiny_dinov2, tiny_processor
+    from transformers import Dinov2Model
+
+    for split, n, seed in (("train", 32, 21), ("test", 16, 22)):
+        for i, row in enumerate(make_colour_dataset(n, seed=seed)):
+            folder = tmp_path / "task" / split / LABELS[row["label"]]
+            folder.mkdir(parents=True, exist_ok=True)
+            row["image"].save(folder / f"{i}.png")
+    torch.manual_seed(0)
+    Dinov2Model(tiny_dinov2().config).save_pretrained(tmp_path / "vfm")
+    tiny_processor().save_pretrained(tmp_path / "vfm")
+    run = tmp_path / "run"
+    script = os.path.join(os.path.dirname(os.path.dirname(__file__)), "examples", "run_distill.py")
+    args = [
+        "--dataset", str(tmp_path / "task"), "--teacher", str(tmp_path / "vfm"),
+        "--teacher_strategy", "full", "--teacher_epochs", "1", "--student", "test_resnet",
+        "--student_image_size", "32", "--distill_epochs", "2", "--finetune_epochs", "1",
+        "--no_baseline", "--batch_size", "8", "--output_dir", str(run),
+    ]  # fmt: skip
+    _run_two_ranks([script, *args], tmp_path, port=29541)
+    manifests = {s: json.loads((run / s / "manifest.json").read_text()) for s in
+                 ("teacher", "transfer", "distill", "finetune", "evaluate", "publish")}  # fmt: skip
+    assert all(m["num_processes"] == 2 for m in manifests.values())
+    distill = manifests["distill"]
+    # both ranks shared the epochs: 32 images x 2 epochs counted once, not once per rank
+    assert distill["ledger"]["entries"][1]["images"] == 2 * 32
+    state = json.loads((run / "distill" / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4  # 32 images / (8 per rank x 2 ranks) = 2 steps per epoch
+    assert (run / "publish" / "student" / "model.safetensors").exists()
