@@ -174,6 +174,12 @@ class RunArguments:
     bf16: bool = field(default=False, metadata={"help": "bf16 mixed precision (GPUs that support it)."})
     fp16: bool = field(default=False, metadata={"help": "fp16 mixed precision."})
     dataloader_num_workers: int = field(default=0, metadata={"help": "Data-loading worker processes."})
+    crop_min_scale: float = field(
+        default=0.25, metadata={"help": "Smallest random-resized-crop area when training, every stage."}
+    )
+    hflip_probability: float = field(
+        default=0.5, metadata={"help": "Horizontal-flip probability when training (0 for text, digits...)."}
+    )
     report_to: str = field(
         default="none", metadata={"help": "Trainer loggers: none, tensorboard, wandb, all, ..."}
     )
@@ -188,6 +194,10 @@ class RunArguments:
     hub_private: bool = field(default=False, metadata={"help": "Create private repos."})
 
     def __post_init__(self):
+        if not 0.0 < self.crop_min_scale <= 1.0:
+            raise ValueError(f"--crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
+        if not 0.0 <= self.hflip_probability <= 1.0:
+            raise ValueError(f"--hflip_probability must be in [0, 1], got {self.hflip_probability}")
         unknown = [s for s in self.overwrite_stage if s not in STAGES]
         if unknown:
             raise ValueError(f"--overwrite_stage: unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")

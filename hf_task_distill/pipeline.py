@@ -169,6 +169,8 @@ class Pipeline:
             "seed": c.run.seed,
             "bf16": c.run.bf16,
             "fp16": c.run.fp16,
+            "crop_min_scale": c.run.crop_min_scale,
+            "hflip": c.run.hflip_probability,
         }
         student = {
             "student": c.student.student,
@@ -338,6 +340,14 @@ class Pipeline:
             **kwargs,
         )
 
+    @property
+    def augmentation(self):
+        """The random crop and flip every training stage shares (``--crop_min_scale``, ``--hflip_probability``)."""
+        from .data import ViewAugmentation
+
+        run = self.config.run
+        return ViewAugmentation(scale=(run.crop_min_scale, 1.0), hflip=run.hflip_probability)
+
     def _new_student(self):
         from .models import create_student
 
@@ -364,6 +374,8 @@ class Pipeline:
             learning_rate=cfg.teacher_learning_rate,
             probe_epochs=cfg.teacher_probe_epochs,
             layer_decay=cfg.teacher_layer_decay,
+            crop_min_scale=self.config.run.crop_min_scale,
+            hflip_probability=self.config.run.hflip_probability,
         )
         finetuner = TeacherFinetuner(cfg.teacher, self.task, args, trust_remote_code=cfg.trust_remote_code)
         with _loading("teacher", cfg.teacher):
@@ -470,6 +482,7 @@ class Pipeline:
         return {"kind": "retrieval", "path": path, "rows": len(transfer), "stats": stats.as_dict()}
 
     def _stage_distill(self, directory: str, ledger: ComputeLedger) -> dict[str, Any]:
+        from .data import PairedViews
         from .models import load_teacher
         from .trainer import DistillationArguments, DistillationTrainer
 
@@ -491,7 +504,10 @@ class Pipeline:
             loss_name=cfg.distill_loss,
             save_strategy="epoch",
         )
-        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=transfer)
+        views = PairedViews.from_models(teacher, student, augmentation=self.augmentation)
+        trainer = DistillationTrainer(
+            model=student, teacher_model=teacher, args=args, train_dataset=transfer, views=views
+        )
         last = last_complete_checkpoint(checkpoints)
         resumed_at = _checkpoint_epoch(last)  # read now: the Trainer rotates old checkpoints away
         trainer.train(resume_from_checkpoint=last)
@@ -542,6 +558,7 @@ class Pipeline:
             task["train"],
             spec,
             train=True,
+            augmentation=self.augmentation,
             image_column=task.image_column,
             label_column=task.label_column,
             num_labels=task.num_labels,
