@@ -76,6 +76,20 @@ def last_complete_checkpoint(folder: str) -> str | None:
     return None
 
 
+def _train_resuming(trainer, checkpoints: str, directory: str) -> tuple[str, str | None, float | None]:
+    """Train from the newest complete checkpoint (if any), save to ``<directory>/model``.
+
+    Returns the model folder, the checkpoint resumed from and its epoch (read before training:
+    the Trainer rotates old checkpoints away).
+    """
+    last = last_complete_checkpoint(checkpoints)
+    resumed_at = _checkpoint_epoch(last)
+    trainer.train(resume_from_checkpoint=last)
+    model_dir = os.path.join(directory, "model")
+    trainer.save_model(model_dir)
+    return model_dir, last, resumed_at
+
+
 def _checkpoint_epoch(checkpoint: str | None) -> float | None:
     if checkpoint is None:
         return None
@@ -407,7 +421,9 @@ class Pipeline:
         ledger.add(
             LedgerEntry(
                 "teacher",
-                "teacher forward (probe features, validation)",
+                "teacher forward (probe features, validation)"
+                if cfg.teacher_strategy in ("linear", "lp-ft")
+                else "teacher forward (validation)",
                 cfg.teacher,
                 probe_images,
                 forward,
@@ -508,11 +524,7 @@ class Pipeline:
         trainer = DistillationTrainer(
             model=student, teacher_model=teacher, args=args, train_dataset=transfer, views=views
         )
-        last = last_complete_checkpoint(checkpoints)
-        resumed_at = _checkpoint_epoch(last)  # read now: the Trainer rotates old checkpoints away
-        trainer.train(resume_from_checkpoint=last)
-        model_dir = os.path.join(directory, "model")
-        trainer.save_model(model_dir)
+        model_dir, last, resumed_at = _train_resuming(trainer, checkpoints, directory)
         images = round(trainer.state.epoch * len(transfer))
         views = trainer.views
         ledger.add(
@@ -573,11 +585,7 @@ class Pipeline:
             remove_unused_columns=False,
         )
         trainer = _StudentTrainer(model=model, args=args, train_dataset=train)
-        last = last_complete_checkpoint(checkpoints)
-        resumed_at = _checkpoint_epoch(last)  # read now: the Trainer rotates old checkpoints away
-        trainer.train(resume_from_checkpoint=last)
-        model_dir = os.path.join(directory, "model")
-        trainer.save_model(model_dir)
+        model_dir, last, resumed_at = _train_resuming(trainer, checkpoints, directory)
         images = round(trainer.state.epoch * len(train))
         ledger.add(
             LedgerEntry(

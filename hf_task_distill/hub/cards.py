@@ -18,6 +18,11 @@ __all__ = [
     "write_teacher_card",
 ]
 
+
+def _template(name: str) -> str:
+    return resources.files("hf_task_distill.hub").joinpath(f"templates/{name}.md").read_text(encoding="utf-8")
+
+
 STRATEGY_DESCRIPTIONS = {
     "linear": "linear probe on frozen features",
     "full": "full finetuning with layer-wise learning-rate decay",
@@ -77,11 +82,7 @@ def render_teacher_card(data: TeacherCardData):
         datasets=[data.dataset_id] if data.dataset_id else None,
         license=data.license if data.license and " " not in data.license else None,
     )
-    template = (
-        resources.files("hf_task_distill.hub")
-        .joinpath("templates/teacher_card.md")
-        .read_text(encoding="utf-8")
-    )
+    template = _template("teacher_card")
     fields = asdict(data)
     fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None
     fields["strategy_description"] = STRATEGY_DESCRIPTIONS.get(data.strategy, data.strategy)
@@ -145,11 +146,7 @@ def render_transfer_set_card(data: TransferSetCardData):
         tags=["hf-task-distill", "transfer-set", "knowledge-distillation", "retrieval"],
         size_categories=[_size_category(int(data.stats.get("final", 0)))],
     )
-    template = (
-        resources.files("hf_task_distill.hub")
-        .joinpath("templates/transfer_set_card.md")
-        .read_text(encoding="utf-8")
-    )
+    template = _template("transfer_set_card")
     fields = asdict(data)
     fields["selection"] = (
         f"top {data.per_query_k} neighbours per query, union without duplicates"
@@ -234,11 +231,7 @@ def render_student_card(data: StudentCardData):
         license=data.license if data.license and " " not in data.license else None,
         eval_results=eval_results or None,
     )
-    template = (
-        resources.files("hf_task_distill.hub")
-        .joinpath("templates/student_card.md")
-        .read_text(encoding="utf-8")
-    )
+    template = _template("student_card")
     fields = asdict(data)
     fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None
     fields["num_labels"] = len(data.label_names)
