@@ -133,11 +133,15 @@ class ComputeLedger:
             json.dump(self.as_dict(), f, indent=2)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> ComputeLedger:
-        with open(path, encoding="utf-8") as f:
-            payload = json.load(f)
+    def from_dict(cls, payload: dict[str, Any]) -> ComputeLedger:
+        """The inverse of :meth:`as_dict` (derived fields are recomputed, not read)."""
         entries = [LedgerEntry(**{k: v for k, v in e.items() if k != "flops"}) for e in payload["entries"]]
         return cls(entries, dict(payload.get("wall_s", {})))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> ComputeLedger:
+        with open(path, encoding="utf-8") as f:
+            return cls.from_dict(json.load(f))
 
     def markdown(self) -> str:
         """A table for the run summary and the model card."""

@@ -303,25 +303,13 @@ class Pipeline:
         for name in STAGES:
             manifest = self.manifest(name)
             if manifest is not None:
-                part = manifest["ledger"]
-                total.extend(
-                    ComputeLedger(
-                        [
-                            LedgerEntry(**{k: v for k, v in e.items() if k != "flops"})
-                            for e in part["entries"]
-                        ],
-                        dict(part.get("wall_s", {})),
-                    )
-                )
+                total.extend(ComputeLedger.from_dict(manifest["ledger"]))
         return total
 
     # -- models and data -------------------------------------------------------------------------
     def teacher_path(self) -> str:
-        return (
-            self.manifest("teacher")["outputs"]["model"]
-            if self.manifest("teacher")
-            else self.config.teacher.teacher
-        )
+        manifest = self.manifest("teacher")
+        return manifest["outputs"]["model"] if manifest else self.config.teacher.teacher
 
     def transfer_dataset(self):
         outputs = (self.manifest("transfer") or {}).get("outputs")

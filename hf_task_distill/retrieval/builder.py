@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -302,7 +303,6 @@ def _select_rows(pool, rows: np.ndarray):
     if not _is_streamed(pool):
         return pool.select(rows.tolist())
     import datasets
-    from datasets.fingerprint import Hasher
 
     order = np.argsort(rows, kind="stable")
 
@@ -320,7 +320,8 @@ def _select_rows(pool, rows: np.ndarray):
         chosen,
         features=pool.features,
         gen_kwargs={"wanted": wanted},
-        fingerprint=Hasher.hash((pool._fingerprint if hasattr(pool, "_fingerprint") else repr(pool), wanted)),
+        # a stream has no content fingerprint: a fresh one, so another pool's cached rows are never reused
+        fingerprint=uuid.uuid4().hex,
     )
     return materialised.select(np.argsort(order, kind="stable").tolist())  # back to the caller's order
 
