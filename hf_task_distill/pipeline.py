@@ -603,6 +603,8 @@ class Pipeline:
 
         from .evaluation import evaluate_classifier
 
+        if not self.state.is_main_process:
+            return {}  # only the main process writes the manifest: the others would repeat its work
         models = {"teacher": self.teacher_path()}
         if self.manifest("baseline") is not None and self.config.student.baseline:
             models["student, labels only"] = self.manifest("baseline")["outputs"]["model"]
