@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from .data import ViewSpec, single_view_dataset
+from .data.views import stack_single_views
 from .devices import process_state
 from .metrics import classification_metrics
 
@@ -35,7 +36,7 @@ def evaluate_classifier(
         prepared,
         batch_size=batch_size,
         num_workers=num_workers,
-        collate_fn=lambda rows: {k: torch.stack([torch.as_tensor(r[k]) for r in rows]) for k in rows[0]},
+        collate_fn=stack_single_views,
     )
     predictions, labels = [], []
     for batch in loader:

@@ -34,7 +34,7 @@ from transformers import Trainer, TrainingArguments
 from .data.budget import stratified_holdout_indices
 from .data.loading import TargetTask, load_target_task
 from .data.validation import UNLABELLED, label_array
-from .data.views import ViewAugmentation, ViewSpec, single_view_dataset
+from .data.views import ViewAugmentation, ViewSpec, single_view_dataset, stack_single_views
 from .devices import cpu_ranks_need_use_cpu
 from .metrics import make_compute_metrics
 from .models.teacher import load_teacher
@@ -440,7 +440,7 @@ class TeacherFinetuner:
                     prepared,
                     batch_size=self.args.per_device_eval_batch_size,
                     num_workers=self.args.dataloader_num_workers,
-                    collate_fn=_stack,
+                    collate_fn=stack_single_views,
                 )
                 for batch in loader:
                     captured.clear()
@@ -529,13 +529,6 @@ class TeacherFinetuner:
 class _EvalPrediction:
     predictions: np.ndarray
     label_ids: np.ndarray
-
-
-def _stack(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-    return {
-        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
-        "labels": torch.tensor([r.get("labels", UNLABELLED) for r in rows]),
-    }
 
 
 def _strip_eval_prefix(metrics: dict[str, float]) -> dict[str, float]:

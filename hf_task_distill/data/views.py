@@ -326,6 +326,14 @@ def single_view_dataset(
     )
 
 
+def stack_single_views(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Collate rows of :func:`single_view_dataset` into ``pixel_values`` and ``labels`` (unlabelled rows: -100)."""
+    return {
+        "pixel_values": torch.stack([r["pixel_values"] for r in rows]),
+        "labels": torch.tensor([r.get("labels", UNLABELLED) for r in rows]),
+    }
+
+
 def _label_or_unlabelled(value: Any) -> int:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return UNLABELLED

@@ -19,6 +19,13 @@ __all__ = [
 ]
 
 
+def label_budget_summary(task) -> dict[str, Any] | None:
+    """The settings of a task's label budget worth printing (per_class/fraction, seed, size)."""
+    if not task.label_budget:
+        return None
+    return {k: v for k, v in task.label_budget.items() if v is not None and k != "split"}
+
+
 def _template(name: str) -> str:
     return resources.files("hf_task_distill.hub").joinpath(f"templates/{name}.md").read_text(encoding="utf-8")
 
@@ -50,9 +57,7 @@ class TeacherCardData:
     @classmethod
     def from_finetuner(cls, finetuner) -> TeacherCardData:
         task, result = finetuner.task, finetuner.result
-        budget = None
-        if task.label_budget:
-            budget = {k: v for k, v in task.label_budget.items() if v is not None and k != "split"}
+        budget = label_budget_summary(task)
         return cls(
             model_name=os.path.basename(os.path.normpath(os.fspath(finetuner.args.output_dir))),
             base_model=finetuner.model_name_or_path,

@@ -52,9 +52,7 @@ def upload_folder(folder: str, repo_id: str, *, repo_type: str, private: bool = 
     return str(getattr(info, "commit_url", info))
 
 
-def _transfer_description(pipeline) -> str:
-    outputs = pipeline.manifest("transfer")["outputs"]
-    cfg = pipeline.config.transfer
+def _transfer_description(outputs: dict[str, Any], cfg) -> str:
     if outputs["kind"] == "task":
         return f"the task's own {outputs['rows']:,} training images (labels unused)"
     if outputs["kind"] == "dataset":
@@ -67,11 +65,12 @@ def publish_run(pipeline, directory: str) -> dict[str, Any]:
     """Write ``student/`` (and ``transfer_set/``) under ``directory``; push them if asked."""
     from transformers import AutoConfig
 
-    from .cards import StudentCardData, render_student_card
+    from .cards import StudentCardData, label_budget_summary, render_student_card
 
     config, task = pipeline.config, pipeline.task
     finetuned = pipeline.manifest("finetune")["outputs"]["model"]
     evaluation = pipeline.manifest("evaluate")["outputs"]
+    transfer = pipeline.manifest("transfer")["outputs"]
     student_dir = os.path.join(directory, "student")
     outputs: dict[str, Any] = {"student": student_dir}
     if pipeline.state.is_main_process:
@@ -92,7 +91,7 @@ def publish_run(pipeline, directory: str) -> dict[str, Any]:
             teacher_strategy=teacher_outputs.get("strategy", config.teacher.teacher_strategy),
             distill_loss=config.student.distill_loss,
             temperature=config.student.temperature,
-            transfer_description=_transfer_description(pipeline),
+            transfer_description=_transfer_description(transfer, config.transfer),
             train_size=len(task["train"]),
             image_size=int(pretrained_cfg.get("input_size", (3, 0, 0))[1]) or 0,
             eval_split=evaluation["split"],
@@ -101,21 +100,16 @@ def publish_run(pipeline, directory: str) -> dict[str, Any]:
             ledger=ledger.markdown(),
             base_model=pretrained_cfg.get("hf_hub_id") if config.student.pretrained_student else None,
             teacher_repo=config.teacher.teacher if config.teacher.teacher_strategy == "none" else None,
-            transfer_repo=config.run.hub_dataset_id
-            if pipeline.manifest("transfer")["outputs"]["kind"] == "retrieval"
-            else None,
+            transfer_repo=config.run.hub_dataset_id if transfer["kind"] == "retrieval" else None,
             dataset_id=task.spec.hub_id if task.spec is not None else None,
             license=task.spec.license if task.spec is not None else None,
-            label_budget={
-                k: v for k, v in (task.label_budget or {}).items() if v is not None and k != "split"
-            },
+            label_budget=label_budget_summary(task),
         )
         render_student_card(card).save(os.path.join(student_dir, "README.md"))
         ledger.save(os.path.join(student_dir, "compute_ledger.json"))
         with open(os.path.join(student_dir, "results.json"), "w", encoding="utf-8") as f:
             json.dump(evaluation, f, indent=2)
 
-        transfer = pipeline.manifest("transfer")["outputs"]
         if transfer["kind"] == "retrieval":
             from datasets import load_from_disk
 
