@@ -25,6 +25,7 @@ from typing import Any
 from .compute import ComputeLedger, LedgerEntry, Stopwatch, count_flops_per_image, describe_device
 from .config import STAGES, PipelineConfig
 from .devices import cpu_ranks_need_use_cpu, process_state
+from .files import read_json, write_json_atomically
 
 __all__ = ["Pipeline", "StageNotReady"]
 
@@ -95,25 +96,6 @@ def _checkpoint_epoch(checkpoint: str | None) -> float | None:
         return None
     with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
         return json.load(f).get("epoch")
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    """The JSON object in ``path``, or ``{}`` when it is missing or unreadable (never trusted half-written)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            value = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _write_json_atomically(path: str, payload: dict[str, Any]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class Pipeline:
@@ -263,14 +245,14 @@ class Pipeline:
             logger.info("stage %s: redoing, %s", name, reason)
         started = os.path.join(directory, STARTED)
         resumable = (
-            manifest is None and not overwrite and _read_json(started).get("fingerprint") == fingerprint
+            manifest is None and not overwrite and read_json(started).get("fingerprint") == fingerprint
         )
         self.state.wait_for_everyone()  # every process has decided before the folder changes
         if self.state.is_main_process:
             if not resumable and os.path.isdir(directory):
                 shutil.rmtree(directory)  # stale or explicitly redone: nothing in it may be reused
             os.makedirs(directory, exist_ok=True)
-            _write_json_atomically(started, {"fingerprint": fingerprint, "inputs": inputs})
+            write_json_atomically(started, {"fingerprint": fingerprint, "inputs": inputs})
         self.state.wait_for_everyone()
         if resumable:
             logger.info("stage %s: resuming an interrupted run", name)
@@ -290,7 +272,7 @@ class Pipeline:
             "versions": _versions(),
         }
         if self.state.is_main_process:
-            _write_json_atomically(os.path.join(directory, MANIFEST), manifest)
+            write_json_atomically(os.path.join(directory, MANIFEST), manifest)
         self.state.wait_for_everyone()
         manifest = self.manifest(name)  # every process continues from what was written
         self._redone.add(name)

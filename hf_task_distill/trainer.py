@@ -10,21 +10,23 @@ teacher-student agreement.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .data.loading import find_label_column
 from .data.validation import UNLABELLED, check_label_ids, label_array
-from .data.views import PairedViews
+from .data.views import PairedViews, ViewSpec
 from .devices import cpu_ranks_need_use_cpu
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.labels import check_label_spaces_match
 from .models.teacher import load_teacher
+from .teacher_cache import CachedTeacherDataset, TeacherCache
 
 __all__ = ["DistillationArguments", "DistillationTrainer", "NativeCheckpointsMixin"]
 
@@ -82,6 +84,20 @@ class _AccumulationWindow:
         return {"all": self.all, "labelled": self.labelled}
 
 
+class _ReplayEpoch(TrainerCallback):
+    """Tell a cached transfer set which epoch starts, so that it replays that epoch's stored views.
+
+    accelerate forwards ``set_epoch`` to the sampler *or* the dataset, not both; this makes it
+    explicit and also covers resumed runs (the epoch comes from the restored ``TrainerState``).
+    """
+
+    def __init__(self, dataset: CachedTeacherDataset):
+        self.dataset = dataset
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.dataset.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
+
+
 class NativeCheckpointsMixin:
     """Write training checkpoints with the model's own parameter names.
 
@@ -120,6 +136,10 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
     """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
 
     ``teacher_model`` is a model or a Hub id/folder of a finetuned classifier (see ``load_teacher``).
+    ``teacher_cache`` (a :class:`~hf_task_distill.teacher_cache.TeacherCache` or its folder) replaces
+    it for training: the student sees the cached views and learns from the stored logits, and no
+    teacher runs. The cache is checked against ``train_dataset`` (and ``teacher_model`` when both are
+    given, which then serves evaluation) and refused if it was built for anything else.
 
     Datasets may be raw ``datasets.Dataset`` s with an image column (paired teacher/student views are
     then attached from each model's preprocessing, see :class:`~hf_task_distill.data.PairedViews`), or
@@ -141,6 +161,7 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
         *,
         loss: DistillationLoss | None = None,
         views: PairedViews | None = None,
+        teacher_cache=None,
         teacher_processor: Any = None,
         compute_metrics=None,
         **kwargs,
@@ -156,18 +177,30 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
         )
         if isinstance(teacher_model, (str, os.PathLike)):
             teacher_model = load_teacher(os.fspath(teacher_model))
-        if teacher_model is None and self.distillation_loss.requires_teacher:
-            raise ValueError(f"loss '{args.loss_name}' needs a teacher: pass teacher_model=")
+        if isinstance(teacher_cache, (str, os.PathLike)):
+            teacher_cache = TeacherCache(teacher_cache)
+        if teacher_model is None and teacher_cache is None and self.distillation_loss.requires_teacher:
+            raise ValueError(
+                f"loss '{args.loss_name}' needs a teacher: pass teacher_model= or teacher_cache="
+            )
         if teacher_model is not None:
             check_label_spaces_match(teacher_model, model)
             teacher_model.requires_grad_(False)
             teacher_model.eval()
+        if teacher_cache is not None:
+            teacher_cache.check(teacher=teacher_model, num_labels=model.config.num_labels, where="this run")
+            if train_dataset is None:
+                raise ValueError("teacher_cache= needs the train_dataset it was built on")
+        self.teacher_cache = teacher_cache
         self._views = views
         self._views_source = (teacher_model, model, teacher_processor)
         num_labels = model.config.num_labels
-        train_dataset = self._prepare_dataset(
-            train_dataset, train=True, num_labels=num_labels, where="train_dataset"
-        )
+        if teacher_cache is not None:
+            train_dataset = self._cached_dataset(train_dataset, model, num_labels)
+        else:
+            train_dataset = self._prepare_dataset(
+                train_dataset, train=True, num_labels=num_labels, where="train_dataset"
+            )
         if isinstance(eval_dataset, dict):
             eval_dataset = {
                 name: self._prepare_dataset(
@@ -187,6 +220,8 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
             compute_metrics=compute_metrics or distillation_metrics,
             **kwargs,
         )
+        if isinstance(train_dataset, CachedTeacherDataset):
+            self.add_callback(_ReplayEpoch(train_dataset))
         self._teacher = teacher_model
         self._teacher_prepared = False
         self._part_sums: dict[str, torch.Tensor] = {}
@@ -211,15 +246,42 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
             raise ValueError(
                 f"{where} holds raw images and there is no teacher to derive views from: pass views="
             )
-        return self.views.apply(dataset, train=train, num_labels=num_labels, where=where)
+        outputs = None
+        if (
+            self._views_source[0] is None
+        ):  # distilling from a cache: evaluation renders the student's view only
+            outputs = {"pixel_values": self.views.student}
+        return self.views.apply(dataset, train=train, num_labels=num_labels, where=where, outputs=outputs)
+
+    def _cached_dataset(self, dataset, model, num_labels: int) -> CachedTeacherDataset:
+        if not hasattr(dataset, "with_format"):
+            raise TypeError(
+                "teacher_cache= needs the transfer set as a datasets.Dataset with its image column"
+            )
+        if len(dataset) == 0:
+            raise ValueError("train_dataset is empty")
+        self.teacher_cache.check(dataset=dataset, where="train_dataset")
+        label_column = find_label_column(dataset.features)
+        if label_column is not None:
+            check_label_ids(
+                label_array(dataset, label_column), num_labels, label_column, where="train_dataset"
+            )
+        return CachedTeacherDataset(
+            dataset, self.teacher_cache, self.views.student, label_column=label_column
+        )
 
     @property
     def views(self) -> PairedViews | None:
-        """The teacher and student view specs (from ``views=``, else from the two models)."""
+        """The teacher and student view specs (from ``views=``, else from the models or the cache)."""
         if self._views is None:
             teacher, student, processor = self._views_source
             if teacher is not None:
                 self._views = PairedViews.from_models(teacher, student, teacher_processor=processor)
+            elif self.teacher_cache is not None:
+                cache = self.teacher_cache
+                self._views = PairedViews(
+                    cache.teacher_view, ViewSpec.from_model(student), cache.augmentation
+                )
         return self._views
 
     def _set_signature_columns_if_needed(self):
@@ -266,7 +328,12 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         student_logits = model(pixel_values=inputs["pixel_values"]).logits
-        teacher_logits = self.teacher_logits(inputs) if self._teacher is not None else None
+        teacher_logits = inputs.get("teacher_logits")  # from a teacher cache
+        if teacher_logits is None and self._teacher is not None:
+            teacher_logits = self.teacher_logits(inputs)
+        elif teacher_logits is None and not model.training and self.distillation_loss.requires_teacher:
+            # evaluating while distilling from a cache: no teacher to compare with, report the label loss
+            return self._label_loss(student_logits, labels, return_outputs)
         window = num_items_in_batch if isinstance(num_items_in_batch, _AccumulationWindow) else None
         loss, parts = self.distillation_loss(
             LossInputs(student_logits, teacher_logits, labels), window.as_counts() if window else None
@@ -279,6 +346,12 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
         if return_outputs:
             return loss, {"logits": student_logits, "teacher_logits": teacher_logits}
         return loss
+
+    def _label_loss(self, student_logits, labels, return_outputs):
+        loss = student_logits.new_zeros(())
+        if labels is not None and bool((labels != UNLABELLED).any()):
+            loss = torch.nn.functional.cross_entropy(student_logits.float(), labels, ignore_index=UNLABELLED)
+        return (loss, {"logits": student_logits, "teacher_logits": None}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         inputs = self._prepare_inputs(inputs)

@@ -28,6 +28,7 @@ __all__ = [
     "ViewParams",
     "ViewSpec",
     "eval_view",
+    "label_or_unlabelled",
     "render_view",
     "sample_view",
 ]
@@ -296,7 +297,7 @@ class ViewTransform:
                 out[name].append(render_view(pixels, view, spec))
             params.append(first)
         if self.label_column is not None and self.label_column in batch:
-            out["labels"] = [_label_or_unlabelled(v) for v in batch[self.label_column]]
+            out["labels"] = [label_or_unlabelled(v) for v in batch[self.label_column]]
         if self.return_view_params:
             out["view_params"] = params
         return out
@@ -334,7 +335,8 @@ def stack_single_views(rows: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
     }
 
 
-def _label_or_unlabelled(value: Any) -> int:
+def label_or_unlabelled(value: Any) -> int:
+    """A label id, or ``-100`` for missing, ``None``, NaN, ``-1`` and ``-100`` (unlabelled rows)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return UNLABELLED
     value = int(value)

@@ -24,6 +24,7 @@ from ..data.images import load_rgb_image
 from ..data.loading import find_image_column
 from ..data.views import ViewSpec, eval_view, render_view
 from ..devices import process_state
+from ..files import write_atomically, write_json_atomically
 
 __all__ = ["EmbeddingStore", "ImageEncoder", "TeacherConfidence", "embed_pool"]
 
@@ -146,13 +147,6 @@ def _shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-def _write_atomically(path: str, write, *args, **kwargs) -> None:
-    """``write(tmp, ...)`` then rename over ``path``: readers see the old file or the whole new one."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    write(tmp, *args, **kwargs)
-    os.replace(tmp, path)
-
-
 class _ShardWriter:
     """Decode, embed in batches and write one shard: the npz first, the manifest last, both atomically."""
 
@@ -188,7 +182,7 @@ class _ShardWriter:
         dim = self.vectors[0].shape[1] if self.vectors else 0
         embeddings = np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float16)
         data_file = _shard_name(self.shard) + ".npz"
-        _write_atomically(
+        write_atomically(
             os.path.join(self.output_dir, data_file),
             _save_npz,
             embeddings=embeddings,
@@ -205,8 +199,8 @@ class _ShardWriter:
             "encoder": self.encoder.name,
             "process": process_index,
         }
-        _write_atomically(
-            os.path.join(self.output_dir, _shard_name(self.shard) + ".json"), _write_json, manifest
+        write_json_atomically(
+            os.path.join(self.output_dir, _shard_name(self.shard) + ".json"), manifest, indent=None
         )
         if self.skipped:
             logger.warning("Pool shard %d: skipped %d unreadable image(s)", self.shard, len(self.skipped))
@@ -328,12 +322,5 @@ def _undecoded_image_feature():
 def _save_npz(path: str, **arrays) -> None:
     with open(path, "wb") as f:
         np.savez(f, **arrays)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_json(path: str, payload: dict) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(payload, f)
         f.flush()
         os.fsync(f.fileno())

@@ -1,0 +1,646 @@
+"""Teacher-output cache: run the teacher once on K views of every transfer image, then distil from disk.
+
+With the teacher online, a distillation epoch costs a teacher forward plus a student step per image,
+and the teacher (a ViT-L: ~60 GFLOPs) dwarfs the student (~1-2 GFLOPs). The cache pays the teacher
+once per *view*: for each transfer image it draws ``num_views`` random-resized-crop/flip views
+(:class:`~hf_task_distill.data.ViewParams`, from a generator seeded by ``(seed, row)``), stores the
+teacher's logits with the view parameters, and training replays exactly those views to the student.
+The student's target therefore always belongs to the view it sees (consistent teaching), which a
+cache of one prediction per image would break.
+
+Layout of a cache folder::
+
+    build.json                  what is being built (fingerprint), written first
+    shard-00000.safetensors     rows [0, shard_size): logits, view boxes, flips, row ids
+    ...
+    cache.json                  written last, once every shard exists: the cache is complete
+
+Each shard is written to a temporary name and renamed into place, and carries the cache fingerprint
+in its header, so a build killed at any moment resumes at the missing shards and never reads a
+partial or foreign file. Shards are split round-robin across accelerate processes. The fingerprint
+covers the teacher's weights, the transfer set, the teacher's view spec, the augmentation, the view
+count, the storage (top-k) and the seed: a cache is refused, with what differs, wherever any of them
+does not match.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from .data.images import load_rgb_image
+from .data.loading import find_image_column, find_label_column
+from .data.views import (
+    ViewAugmentation,
+    ViewParams,
+    ViewSpec,
+    label_or_unlabelled,
+    render_view,
+    sample_view,
+)
+from .devices import process_state
+from .files import read_json, write_atomically, write_json_atomically
+
+__all__ = [
+    "CachedTeacherDataset",
+    "TeacherCache",
+    "TeacherCacheConfig",
+    "TeacherCacheMismatch",
+    "build_teacher_cache",
+    "dataset_fingerprint",
+    "model_fingerprint",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+BUILD_FILE, COMPLETE_FILE = "build.json", "cache.json"
+_UNDECODABLE = (OSError, ValueError, SyntaxError)
+_OPEN_SHARDS = 64
+
+
+class TeacherCacheMismatch(ValueError):
+    """A cache was built for another teacher, transfer set, view spec or view count."""
+
+
+@dataclass(frozen=True)
+class TeacherCacheConfig:
+    """How the cache is built. Everything here is part of the cache's fingerprint except the last three."""
+
+    num_views: int = field(
+        default=4,
+        metadata={
+            "help": "Augmented views stored per image. Each epoch replays one of them, so epochs beyond "
+            "num_views repeat views; the teacher runs num_views times per image in total."
+        },
+    )
+    top_k: int | None = field(
+        default=None,
+        metadata={
+            "help": "Store only the k largest logits per view plus the remaining probability mass "
+            "(spread evenly over the other classes when read back). None: every logit, float16."
+        },
+    )
+    seed: int = field(default=0, metadata={"help": "Seed of the view parameters."})
+    shard_size: int = field(default=1024, metadata={"help": "Images per shard (the unit of resuming)."})
+    batch_size: int = field(default=64, metadata={"help": "Views per teacher forward pass."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding and rendering views."})
+    precision: str = field(
+        default="auto",
+        metadata={"help": "'auto' (bf16/fp16 autocast on CUDA, fp32 elsewhere), 'fp32', 'bf16' or 'fp16'."},
+    )
+
+    def __post_init__(self):
+        if self.num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {self.num_views}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
+        if self.shard_size < 1 or self.batch_size < 1:
+            raise ValueError("shard_size and batch_size must be >= 1")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+
+
+# ---- fingerprints ---------------------------------------------------------------------------------
+def model_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of a model's class, parameter/buffer names, dtypes, shapes and bytes (16 hex digits).
+
+    Hashing every weight costs about a second for a ViT-L and is the only check that catches a
+    teacher finetuned differently under the same name.
+    """
+    digest = hashlib.sha256(type(model).__name__.encode())
+    for name, tensor in model.state_dict().items():
+        tensor = tensor.detach()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def dataset_fingerprint(dataset, image_column: str, *, samples: int = 64) -> str:
+    """Rows, columns, the image bytes of ``samples`` evenly spaced rows and any ``pool_index`` column.
+
+    Cheap at any size (reading every image of a 10^6-image transfer set to check a cache would cost
+    as much as a distillation epoch) and sensitive to what changes a cache's validity: a different
+    retrieval (``pool_index``), different rows, or different images at the same rows.
+    """
+    import datasets
+
+    digest = hashlib.sha256(f"{len(dataset)}|{sorted(dataset.column_names)}".encode())
+    raw = dataset.with_format(None).select_columns([image_column])
+    if isinstance(raw.features.get(image_column), datasets.Image):
+        raw = raw.cast_column(image_column, datasets.Image(decode=False))
+    count = min(samples, len(dataset))
+    rows = sorted({round(i * (len(dataset) - 1) / max(1, count - 1)) for i in range(count)})
+    for row in rows:
+        digest.update(_image_bytes(raw[row][image_column]))
+    if "pool_index" in dataset.column_names:
+        pool_index = np.asarray(dataset.with_format(None)["pool_index"], dtype=np.int64)
+        digest.update(pool_index.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _image_bytes(cell: Any) -> bytes:
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return bytes(cell["bytes"])
+        if cell.get("path"):
+            with open(cell["path"], "rb") as f:
+                return f.read()
+    if hasattr(cell, "tobytes"):  # a decoded PIL image or an array
+        return cell.tobytes()
+    return repr(cell).encode()
+
+
+def _describe_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
+    names = {
+        "teacher": "teacher weights",
+        "dataset": "transfer set",
+        "num_views": "view count",
+        "teacher_view": "teacher view spec",
+        "augmentation": "augmentation",
+        "top_k": "top-k storage",
+        "seed": "view seed",
+        "shard_size": "shard size",
+        "num_labels": "number of labels",
+        "format": "cache format",
+    }
+    diffs = [
+        f"{names.get(key, key)}: cache has {found.get(key)!r}, expected {expected.get(key)!r}"
+        for key in names
+        if key in expected and found.get(key) != expected.get(key)
+    ]
+    return "; ".join(diffs) or "fingerprints differ"
+
+
+# ---- the cache on disk ----------------------------------------------------------------------------
+def _shard_file(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def _view_seed(seed: int, row: int) -> int:
+    return (int(seed) % 2**31) * 2**32 + int(row)
+
+
+def sample_views(
+    image_size: tuple[int, int], augmentation: ViewAugmentation, num_views: int, seed: int, row: int
+):
+    """The ``num_views`` views of image ``row``: a function of ``(seed, row)`` only, so any process,
+    shard layout or resumed run draws the same ones."""
+    generator = torch.Generator().manual_seed(_view_seed(seed, row))
+    return [sample_view(image_size, augmentation, generator) for _ in range(num_views)]
+
+
+class TeacherCache:
+    """A complete teacher-output cache: lookup of ``(row, view) -> (teacher logits, view params)``."""
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = os.fspath(directory)
+        info = read_json(os.path.join(self.directory, COMPLETE_FILE))
+        if not info:
+            started = os.path.exists(os.path.join(self.directory, BUILD_FILE))
+            raise FileNotFoundError(
+                f"{self.directory} is not a complete teacher cache"
+                + (
+                    ": its build stopped before the end; run build_teacher_cache again to resume it"
+                    if started
+                    else f" (no {COMPLETE_FILE})"
+                )
+            )
+        if info.get("format") != FORMAT_VERSION:
+            raise TeacherCacheMismatch(
+                f"{self.directory} uses cache format {info.get('format')}, this version reads {FORMAT_VERSION}"
+            )
+        self.info = info
+        self.fingerprint: dict[str, Any] = info["fingerprint"]
+        self.num_views = int(self.fingerprint["num_views"])
+        self.num_labels = int(self.fingerprint["num_labels"])
+        self.top_k = self.fingerprint["top_k"]
+        self.teacher_view = ViewSpec(**_tuples(self.fingerprint["teacher_view"]))
+        self.augmentation = ViewAugmentation(**_tuples(self.fingerprint["augmentation"]))
+        self.id2label = {int(k): v for k, v in info.get("id2label", {}).items()}
+        self.skipped: list[dict[str, Any]] = info.get("skipped", [])
+        self._handles: dict[int, Any] = {}
+        self._pid = os.getpid()
+        rows, shards, offsets = [], [], []
+        for shard in range(int(info["num_shards"])):
+            shard_rows = self._open(shard).get_tensor("rows").numpy()
+            rows.append(shard_rows)
+            shards.append(np.full(len(shard_rows), shard, dtype=np.int32))
+            offsets.append(np.arange(len(shard_rows), dtype=np.int32))
+        self.rows = np.concatenate(rows)  # transfer-set rows that have targets, ascending
+        self._shards, self._offsets = np.concatenate(shards), np.concatenate(offsets)
+        self._handles = {}  # opened again lazily, in whichever process reads
+
+    @property
+    def image_column(self) -> str:
+        return self.info["image_column"]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self):  # open file handles stay in the process that opened them
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+    def _open(self, shard: int):
+        from safetensors import safe_open
+
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        handle = self._handles.get(shard)
+        if handle is None:
+            if len(self._handles) >= _OPEN_SHARDS:  # bounded: a big cache has more shards than file handles
+                self._handles.pop(next(iter(self._handles)))
+            handle = safe_open(os.path.join(self.directory, _shard_file(shard)), framework="pt")
+            self._handles[shard] = handle
+        return handle
+
+    def view(self, row: int, view: int) -> ViewParams:
+        shard, offset = self._locate(row)
+        handle = self._open(shard)
+        box = handle.get_slice("boxes")[offset : offset + 1, view][0].tolist()
+        flip = bool(handle.get_slice("flips")[offset : offset + 1, view][0])
+        return ViewParams(*box, flip=flip)
+
+    def logits(self, row: int, view: int) -> torch.Tensor:
+        """The teacher's logits for view ``view`` of image ``row`` (float32 ``[num_labels]``).
+
+        With top-k storage the k stored logits are exact and the remaining probability mass is
+        spread evenly over the other classes (so softmax at T=1 reproduces the stored top-k
+        probabilities and the total mass).
+        """
+        shard, offset = self._locate(row)
+        handle = self._open(shard)
+        if self.top_k is None:
+            return handle.get_slice("logits")[offset : offset + 1, view][0].float()
+        values = handle.get_slice("topk_logits")[offset : offset + 1, view][0].float()
+        indices = handle.get_slice("topk_indices")[offset : offset + 1, view][0].long()
+        lse = handle.get_slice("logsumexp")[offset : offset + 1, view][0].float()
+        return _dense_from_top_k(values, indices, lse, self.num_labels)
+
+    def _locate(self, row: int) -> tuple[int, int]:
+        position = int(np.searchsorted(self.rows, row))
+        if position >= len(self.rows) or self.rows[position] != row:
+            raise KeyError(f"row {row} has no cached teacher output (skipped or outside the transfer set)")
+        return int(self._shards[position]), int(self._offsets[position])
+
+    def view_for_epoch(self, row: int, epoch: int) -> int:
+        """Which stored view image ``row`` replays in ``epoch``: every view once per ``num_views``
+        epochs, starting at a per-row offset so one epoch mixes all view indices."""
+        offset = int(hashlib.sha256(f"{self.fingerprint['seed']}|{row}".encode()).hexdigest()[:8], 16)
+        return (offset + int(epoch)) % self.num_views
+
+    def check(
+        self,
+        *,
+        dataset=None,
+        teacher: torch.nn.Module | None = None,
+        num_views: int | None = None,
+        num_labels: int | None = None,
+        teacher_view: ViewSpec | None = None,
+        where: str = "the transfer set",
+    ) -> None:
+        """Refuse (:class:`TeacherCacheMismatch`) a cache that does not belong to these inputs."""
+        expected: dict[str, Any] = {}
+        if dataset is not None:
+            expected["dataset"] = dataset_fingerprint(dataset, self.image_column)
+        if teacher is not None:
+            expected["teacher"] = model_fingerprint(teacher)
+        if num_views is not None:
+            expected["num_views"] = int(num_views)
+        if num_labels is not None:
+            expected["num_labels"] = int(num_labels)
+        if teacher_view is not None:
+            expected["teacher_view"] = _jsonable(asdict(teacher_view))
+        found = {k: self.fingerprint.get(k) for k in expected}
+        if found != expected:
+            raise TeacherCacheMismatch(
+                f"the teacher cache in {self.directory} was built for other inputs than {where}: "
+                f"{_describe_mismatch(expected, found)}. Rebuild it (build_teacher_cache into a new folder)"
+            )
+
+
+def _dense_from_top_k(values, indices, lse, num_classes: int) -> torch.Tensor:
+    k = values.shape[-1]
+    if k >= num_classes:
+        return torch.empty(num_classes).scatter_(0, indices, values)
+    kept = torch.exp(values - lse).sum().clamp(max=1.0)
+    remainder = torch.clamp(1.0 - kept, min=1e-12)
+    fill = lse + torch.log(remainder / (num_classes - k))
+    return torch.full((num_classes,), float(fill)).scatter_(0, indices, values)
+
+
+def _tuples(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+# ---- building -------------------------------------------------------------------------------------
+class _ShardViews(torch.utils.data.Dataset):
+    """Rows ``[start, stop)`` of the transfer set -> the teacher's rendering of each row's K views."""
+
+    def __init__(self, raw, image_column, start, stop, spec, augmentation, num_views, seed):
+        self.raw, self.image_column, self.start, self.stop = raw, image_column, start, stop
+        self.spec, self.augmentation, self.num_views, self.seed = spec, augmentation, num_views, seed
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = self.start + i
+        try:
+            image = load_rgb_image(self.raw[row][self.image_column])
+        except _UNDECODABLE as err:  # an unreadable transfer image is skipped and counted
+            return {"row": row, "error": f"{type(err).__name__}: {err}"[:200]}
+        pixels = TF.pil_to_tensor(image)
+        views = sample_views(image.size, self.augmentation, self.num_views, self.seed, row)
+        return {
+            "row": row,
+            "pixels": torch.stack([render_view(pixels, v, self.spec) for v in views]),
+            "boxes": torch.tensor([[v.top, v.left, v.height, v.width] for v in views], dtype=torch.int32),
+            "flips": torch.tensor([v.flip for v in views], dtype=torch.uint8),
+        }
+
+
+def _keep_as_list(items):
+    return items
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def _save_shard(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    save_file(tensors, path, metadata=metadata)
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _shard_is_complete(path: str, fingerprint_hash: str) -> bool:
+    if not os.path.exists(path):
+        return False
+    try:
+        return _shard_metadata(path).get("fingerprint") == fingerprint_hash
+    except Exception:  # unreadable: rebuilt
+        return False
+
+
+def _shard_metadata(path: str) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return json.loads((f.metadata() or {}).get("hf_task_distill", "{}"))
+
+
+def build_teacher_cache(
+    teacher: torch.nn.Module,
+    dataset,
+    output_dir: str | os.PathLike,
+    *,
+    config: TeacherCacheConfig | None = None,
+    teacher_view: ViewSpec | None = None,
+    augmentation: ViewAugmentation | None = None,
+    image_column: str | None = None,
+    progress: bool = True,
+) -> TeacherCache:
+    """Run ``teacher`` on ``config.num_views`` augmented views of every image of ``dataset``; resumable.
+
+    ``dataset`` is the transfer set (a ``datasets.Dataset`` with an image column); ``teacher_view``
+    defaults to the teacher's own preprocessing and ``augmentation`` to :class:`ViewAugmentation`'s
+    defaults. Finished shards in ``output_dir`` are kept; a folder built for other inputs is refused.
+    Under ``accelerate launch`` the shards are split across processes and every process returns the
+    complete cache.
+    """
+    from tqdm.auto import tqdm
+
+    config = config or TeacherCacheConfig()
+    output_dir = os.fspath(output_dir)
+    if len(dataset) == 0:
+        raise ValueError("the transfer set is empty: nothing to cache")
+    image_column = image_column or find_image_column(dataset.features) or "image"
+    if image_column not in dataset.column_names:
+        raise ValueError(
+            f"the transfer set has no image column '{image_column}' (columns: {', '.join(dataset.column_names)})"
+        )
+    teacher_view = teacher_view or ViewSpec.from_model(teacher)
+    augmentation = augmentation or ViewAugmentation()
+    num_labels = int(teacher.config.num_labels)
+    if config.top_k is not None and config.top_k > num_labels:
+        raise ValueError(f"top_k={config.top_k} exceeds the teacher's {num_labels} labels")
+    state = process_state()
+    fingerprint = {
+        "format": FORMAT_VERSION,
+        "teacher": model_fingerprint(teacher),
+        "dataset": dataset_fingerprint(dataset, image_column),
+        "num_views": config.num_views,
+        "top_k": config.top_k,
+        "seed": config.seed,
+        "shard_size": config.shard_size,
+        "num_labels": num_labels,
+        "teacher_view": _jsonable(asdict(teacher_view)),
+        "augmentation": _jsonable(asdict(augmentation)),
+    }
+    fingerprint_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    os.makedirs(output_dir, exist_ok=True)
+    for name in (COMPLETE_FILE, BUILD_FILE):
+        previous = read_json(os.path.join(output_dir, name)).get("fingerprint")
+        if previous is not None and previous != fingerprint:
+            raise TeacherCacheMismatch(
+                f"{output_dir} holds a teacher cache built for other inputs ({_describe_mismatch(fingerprint, previous)}): "
+                "use another folder or delete it"
+            )
+    if state.is_main_process and not os.path.exists(os.path.join(output_dir, BUILD_FILE)):
+        write_json_atomically(os.path.join(output_dir, BUILD_FILE), {"fingerprint": fingerprint})
+    if os.path.exists(os.path.join(output_dir, COMPLETE_FILE)):
+        return TeacherCache(output_dir)
+
+    import datasets
+
+    raw = dataset.with_format(None).select_columns([image_column])
+    if isinstance(raw.features.get(image_column), datasets.Image):
+        raw = raw.cast_column(image_column, datasets.Image(decode=False))
+    num_shards = (len(dataset) + config.shard_size - 1) // config.shard_size
+    mine = [s for s in range(num_shards) if s % state.num_processes == state.process_index]
+    todo = [
+        s for s in mine if not _shard_is_complete(os.path.join(output_dir, _shard_file(s)), fingerprint_hash)
+    ]
+    if len(todo) < len(mine):
+        logger.info(
+            "Resuming the teacher cache: %d of %d shard(s) already complete", len(mine) - len(todo), len(mine)
+        )
+    device = next(teacher.parameters()).device
+    teacher.eval()
+    images_per_batch = max(1, config.batch_size // config.num_views)
+    bar = tqdm(
+        total=sum(min(config.shard_size, len(dataset) - s * config.shard_size) for s in todo)
+        * config.num_views,
+        disable=not progress or not state.is_local_main_process,
+        desc="caching teacher outputs",
+        unit="view",
+    )
+    for shard in todo:
+        start, stop = shard * config.shard_size, min(len(dataset), (shard + 1) * config.shard_size)
+        views = _ShardViews(
+            raw, image_column, start, stop, teacher_view, augmentation, config.num_views, config.seed
+        )
+        loader = torch.utils.data.DataLoader(
+            views, batch_size=images_per_batch, num_workers=config.num_workers, collate_fn=_keep_as_list
+        )
+        parts: dict[str, list[torch.Tensor]] = {"rows": [], "boxes": [], "flips": [], "logits": []}
+        skipped: list[dict[str, Any]] = []
+        for items in loader:
+            good = [item for item in items if "error" not in item]
+            skipped.extend({"row": item["row"], "error": item["error"]} for item in items if "error" in item)
+            if good:
+                pixels = torch.cat([item["pixels"] for item in good]).to(device, non_blocking=True)
+                with torch.inference_mode(), _autocast(device, config.precision):
+                    logits = teacher(pixel_values=pixels.to(next(teacher.parameters()).dtype)).logits
+                logits = logits.float().reshape(len(good), config.num_views, -1).cpu()
+                if not torch.isfinite(logits).all():
+                    bad = [good[i]["row"] for i in range(len(good)) if not torch.isfinite(logits[i]).all()]
+                    raise FloatingPointError(
+                        f"the teacher produced non-finite logits for transfer rows {bad[:10]}"
+                    )
+                parts["logits"].append(logits)
+                parts["rows"].append(torch.tensor([item["row"] for item in good], dtype=torch.int64))
+                parts["boxes"].append(torch.stack([item["boxes"] for item in good]))
+                parts["flips"].append(torch.stack([item["flips"] for item in good]))
+            bar.update(len(items) * config.num_views)
+        tensors = _shard_tensors(parts, config, num_labels)
+        # one metadata entry: safetensors writes several in a process-dependent order, and identical
+        # inputs must give byte-identical shards
+        metadata = {
+            "hf_task_distill": json.dumps(
+                {
+                    "fingerprint": fingerprint_hash,
+                    "shard": shard,
+                    "start": start,
+                    "stop": stop,
+                    "skipped": skipped,
+                },
+                sort_keys=True,
+            )
+        }
+        write_atomically(os.path.join(output_dir, _shard_file(shard)), _save_shard, tensors, metadata)
+        if skipped:
+            logger.warning("Teacher cache shard %d: skipped %d unreadable image(s)", shard, len(skipped))
+    bar.close()
+    state.wait_for_everyone()
+    if state.is_main_process:
+        _finish(output_dir, fingerprint, fingerprint_hash, num_shards, image_column, teacher)
+    state.wait_for_everyone()
+    return TeacherCache(output_dir)
+
+
+def _shard_tensors(parts, config: TeacherCacheConfig, num_labels: int) -> dict[str, torch.Tensor]:
+    k = config.num_views
+    if parts["rows"]:
+        rows, boxes = torch.cat(parts["rows"]), torch.cat(parts["boxes"])
+        flips, logits = torch.cat(parts["flips"]), torch.cat(parts["logits"])
+    else:
+        rows, boxes = torch.zeros(0, dtype=torch.int64), torch.zeros(0, k, 4, dtype=torch.int32)
+        flips, logits = torch.zeros(0, k, dtype=torch.uint8), torch.zeros(0, k, num_labels)
+    tensors = {"rows": rows, "boxes": boxes, "flips": flips}
+    if config.top_k is None:
+        tensors["logits"] = logits.to(torch.float16)
+    else:
+        values, indices = logits.topk(config.top_k, dim=-1)
+        tensors["topk_logits"] = values.to(torch.float16)
+        tensors["topk_indices"] = indices.to(torch.int32)
+        # the mass of the stored logits is computed from their float16 values, as they are read back
+        tensors["logsumexp"] = torch.logsumexp(logits, dim=-1)
+    return {name: t.contiguous() for name, t in tensors.items()}
+
+
+def _finish(output_dir, fingerprint, fingerprint_hash, num_shards, image_column, teacher) -> None:
+    """Check every shard, index them and write ``cache.json`` last."""
+    from safetensors import safe_open
+
+    rows, skipped = 0, []
+    for shard in range(num_shards):
+        path = os.path.join(output_dir, _shard_file(shard))
+        if not _shard_is_complete(path, fingerprint_hash):
+            raise RuntimeError(f"teacher cache shard {shard} is missing from {output_dir} after the build")
+        with safe_open(path, framework="pt") as f:
+            rows += f.get_slice("rows").get_shape()[0]
+        skipped.extend(_shard_metadata(path)["skipped"])
+    if rows == 0:
+        raise ValueError(
+            f"none of the {len(skipped)} transfer images could be decoded: the teacher cache is empty"
+        )
+    id2label = getattr(teacher.config, "id2label", None) or {}
+    info = {
+        "format": FORMAT_VERSION,
+        "fingerprint": fingerprint,
+        "image_column": image_column,
+        "num_shards": num_shards,
+        "rows": rows,
+        "skipped": skipped,
+        "id2label": {str(k): v for k, v in id2label.items()},
+    }
+    write_json_atomically(os.path.join(output_dir, COMPLETE_FILE), info)
+
+
+# ---- training on the cache ------------------------------------------------------------------------
+class CachedTeacherDataset(torch.utils.data.Dataset):
+    """The transfer set as training rows: the student's rendering of a cached view, its teacher logits.
+
+    Epoch ``e`` replays view :meth:`TeacherCache.view_for_epoch` of each image (the Trainer calls
+    :meth:`set_epoch` through accelerate's data loader). Rows the cache skipped as unreadable are
+    left out. ``labels`` is ``-100`` for unlabelled rows, as everywhere else.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        cache: TeacherCache,
+        student_view: ViewSpec,
+        *,
+        image_column: str | None = None,
+        label_column: str | None = None,
+    ):
+        self.cache, self.student_view = cache, student_view
+        self.image_column = image_column or cache.image_column
+        self.label_column = label_column or find_label_column(dataset.features)
+        columns = [self.image_column] + ([self.label_column] if self.label_column else [])
+        self.dataset = dataset.with_format(None).select_columns(columns)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        row = int(self.cache.rows[i])
+        view_index = self.cache.view_for_epoch(row, self.epoch)
+        example = self.dataset[row]
+        pixels = TF.pil_to_tensor(load_rgb_image(example[self.image_column]))
+        item = {
+            "pixel_values": render_view(pixels, self.cache.view(row, view_index), self.student_view),
+            "teacher_logits": self.cache.logits(row, view_index),
+        }
+        if self.label_column:
+            item["labels"] = label_or_unlabelled(example[self.label_column])
+        return item

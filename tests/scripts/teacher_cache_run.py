@@ -1,0 +1,40 @@
+"""Build a teacher cache of the colour transfer set; with --slow, pause per batch so a test can kill it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import conftest  # noqa: E402,F401  (offline Hub settings)
+from conftest import make_colour_dataset, tiny_dinov2, tiny_processor  # noqa: E402
+
+from hf_task_distill.data import ViewSpec  # noqa: E402
+from hf_task_distill.teacher_cache import TeacherCacheConfig, build_teacher_cache  # noqa: E402
+
+CONFIG = TeacherCacheConfig(num_views=3, shard_size=16, batch_size=12, seed=7)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--slow", action="store_true")
+    cli = parser.parse_args()
+    teacher = tiny_dinov2()
+    if cli.slow:
+        teacher.register_forward_pre_hook(lambda module, args: time.sleep(0.15))
+    build_teacher_cache(
+        teacher,
+        make_colour_dataset(160, seed=2, labelled=False),
+        cli.output_dir,
+        config=CONFIG,
+        teacher_view=ViewSpec.from_image_processor(tiny_processor()),
+        progress=False,
+    )
+
+
+if __name__ == "__main__":
+    main()
