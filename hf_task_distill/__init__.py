@@ -31,6 +31,9 @@ _EXPORTS = {
     "create_student": "models",
     "load_teacher": "models",
     "check_label_spaces_match": "models",
+    "TeacherCache": "teacher_cache",
+    "TeacherCacheConfig": "teacher_cache",
+    "build_teacher_cache": "teacher_cache",
     "PairedViews": "data",
     "ViewAugmentation": "data",
     "ViewSpec": "data",
@@ -79,4 +82,5 @@ if TYPE_CHECKING:  # pragma: no cover
     from .metrics import classification_metrics, distillation_metrics
     from .models import check_label_spaces_match, create_student, load_teacher
     from .teacher import FinetuningResult, TeacherFinetuner, TeacherFinetuningArguments
+    from .teacher_cache import TeacherCache, TeacherCacheConfig, build_teacher_cache
     from .trainer import DistillationArguments, DistillationTrainer

@@ -151,6 +151,18 @@ class StudentArguments:
             "help": "Loss from the registry: function_matching (KL to the teacher only; paper), kd (+ CE on labelled rows)."
         },
     )
+    teacher_cache_views: int = field(
+        default=0,
+        metadata={
+            "help": "0: run the teacher on every distillation step (fresh views every epoch). K > 0: run it "
+            "once on K augmented views of each transfer image, stored in distill/teacher_cache, and "
+            "replay those; cheaper as soon as distill_epochs > K (see docs/performance.md)."
+        },
+    )
+    teacher_cache_top_k: int | None = field(
+        default=None,
+        metadata={"help": "Store only the top-k teacher logits per view (plus the remaining mass)."},
+    )
     finetune_epochs: float = field(
         default=20.0, metadata={"help": "Epochs of finetuning on the labels after distillation."}
     )

@@ -189,6 +189,8 @@ class Pipeline:
                 "lr": c.student.distill_learning_rate,
                 "temperature": c.student.temperature,
                 "loss": c.student.distill_loss,
+                "teacher_cache_views": c.student.teacher_cache_views,
+                "teacher_cache_top_k": c.student.teacher_cache_top_k,
                 "teacher": self._upstream("teacher"),
                 "transfer": self._upstream("transfer"),
             }
@@ -491,19 +493,33 @@ class Pipeline:
             save_strategy="epoch",
         )
         views = PairedViews.from_models(teacher, student, augmentation=self.augmentation)
-        trainer = DistillationTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=transfer, views=views
-        )
+        teacher_flops = count_flops_per_image(teacher, views.teacher.size)
+        if cfg.teacher_cache_views:
+            cache = self._build_teacher_cache(
+                teacher, transfer, views, os.path.join(directory, "teacher_cache")
+            )
+            del teacher  # the teacher's work is done: free its memory for the student
+            trainer = DistillationTrainer(
+                model=student, teacher_cache=cache, args=args, train_dataset=transfer, views=views
+            )
+            teacher_work, teacher_images = (
+                f"teacher forward (cache of {cache.num_views} views)",
+                len(transfer) * cache.num_views,
+            )
+        else:
+            trainer = DistillationTrainer(
+                model=student, teacher_model=teacher, args=args, train_dataset=transfer, views=views
+            )
+            teacher_work, teacher_images = "teacher forward", None
         model_dir, last, resumed_at = _train_resuming(trainer, checkpoints, directory)
         images = round(trainer.state.epoch * len(transfer))
-        views = trainer.views
         ledger.add(
             LedgerEntry(
                 "distill",
-                "teacher forward",
+                teacher_work,
                 self.teacher_path(),
-                images,
-                count_flops_per_image(teacher, views.teacher.size),
+                teacher_images if teacher_images is not None else images,
+                teacher_flops,
                 describe_device(),
             )
         )
@@ -524,6 +540,28 @@ class Pipeline:
             "resumed_at_epoch": resumed_at,
             "train_loss": trainer.state.log_history[-1].get("train_loss"),
         }
+
+    def _build_teacher_cache(self, teacher, transfer, views, folder: str):
+        from .teacher_cache import TeacherCacheConfig, build_teacher_cache
+
+        cfg, run = self.config.student, self.config.run
+        state = process_state()
+        config = TeacherCacheConfig(
+            num_views=cfg.teacher_cache_views,
+            top_k=cfg.teacher_cache_top_k,
+            seed=run.seed,
+            batch_size=run.batch_size,
+            num_workers=run.dataloader_num_workers,
+            precision="bf16" if run.bf16 else "fp16" if run.fp16 else "auto",
+        )
+        return build_teacher_cache(
+            teacher.to(state.device),
+            transfer,
+            folder,
+            config=config,
+            teacher_view=views.teacher,
+            augmentation=views.augmentation,
+        )
 
     def _train_on_labels(self, model, directory: str, stage: str, ledger: ComputeLedger) -> dict[str, Any]:
         from transformers import Trainer, TrainingArguments

@@ -241,6 +241,40 @@ def test_overwrite_stage_redoes_that_stage_and_what_depends_on_it(cli_run, tmp_p
     assert "stage finetune: redoing, --overwrite_stage" in result.stderr
 
 
+def test_distilling_from_a_teacher_cache_redoes_only_distillation_and_charges_k_teacher_passes(
+    cli_run, tmp_path
+):
+    import shutil
+
+    from hf_task_distill import TeacherCache
+
+    run = tmp_path / "cached"
+    shutil.copytree(cli_run["run"], run)
+    argv = [a if a != str(cli_run["run"]) else str(run) for a in cli_run["argv"]]
+    before = {
+        s: json.loads((run / s / "manifest.json").read_text())["run_id"] for s in ("teacher", "transfer")
+    }
+    result = subprocess.run(
+        [*CLI, "distill", *argv, "--teacher_cache_views", "2", "--distill_epochs", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "stage distill: redoing, its inputs changed" in result.stderr
+    manifests = {
+        s: json.loads((run / s / "manifest.json").read_text()) for s in ("teacher", "transfer", "distill")
+    }
+    assert all(manifests[s]["run_id"] == before[s] for s in ("teacher", "transfer"))
+    rows = manifests["transfer"]["outputs"]["rows"]
+    teacher_entry, student_entry = manifests["distill"]["ledger"]["entries"]
+    assert teacher_entry["work"] == "teacher forward (cache of 2 views)"
+    assert teacher_entry["images"] == 2 * rows  # K teacher passes per image, not one per epoch
+    assert student_entry["images"] == 3 * rows
+    cache = TeacherCache(run / "distill" / "teacher_cache")
+    assert len(cache) == rows and cache.num_views == 2
+
+
 def test_published_folders_load_with_the_real_clients(cli_run):
     import timm
     from datasets import load_dataset, load_from_disk
