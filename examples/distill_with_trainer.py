@@ -6,6 +6,9 @@
         --output_dir students/mobilevitv2-cub --num_train_epochs 100 --bf16
 
 ``--teacher`` must already be finetuned on the task (a classifier whose labels are the task's).
+With ``--teacher_cache_dir``, the teacher runs once on ``--num_views`` augmented views of every
+transfer image (a resumable cache in that folder) and training replays them instead of running the
+teacher every step: cheaper as soon as the epochs outnumber the views.
 ``--transfer_dataset`` is any image dataset (Hub id, folder); its labels, if any, are ignored unless
 ``--ce_weight`` > 0. Without it, the task's own training images are the transfer set. Every
 ``TrainingArguments``/``DistillationArguments`` flag works (``--help`` lists them).
@@ -20,6 +23,8 @@ from transformers import HfArgumentParser
 from hf_task_distill import (
     DistillationArguments,
     DistillationTrainer,
+    TeacherCacheConfig,
+    build_teacher_cache,
     create_student,
     load_target_task,
     load_teacher,
@@ -46,10 +51,15 @@ class ScriptArguments:
     pretrained_student: bool = field(
         default=False, metadata={"help": "Start the student from pretrained weights."}
     )
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": "Build (or resume) a teacher-output cache here and distil from it."},
+    )
 
 
 def main() -> None:
-    script, args = HfArgumentParser((ScriptArguments, DistillationArguments)).parse_args_into_dataclasses()
+    parser = HfArgumentParser((ScriptArguments, DistillationArguments, TeacherCacheConfig))
+    script, args, cache_config = parser.parse_args_into_dataclasses()
     task = load_target_task(script.dataset)
     teacher = load_teacher(script.teacher)
     student = create_student(
@@ -64,9 +74,17 @@ def main() -> None:
         else task["train"]
     )
     eval_split = "validation" if "validation" in task.splits else "test" if "test" in task.splits else None
+    cache = None
+    if script.teacher_cache_dir:
+        from accelerate import PartialState
+
+        cache = build_teacher_cache(
+            teacher.to(PartialState().device), transfer, script.teacher_cache_dir, config=cache_config
+        )
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
+        teacher_cache=cache,
         args=args,
         train_dataset=transfer,
         eval_dataset=task[eval_split] if eval_split else None,

@@ -549,7 +549,7 @@ class Pipeline:
         config = TeacherCacheConfig(
             num_views=cfg.teacher_cache_views,
             top_k=cfg.teacher_cache_top_k,
-            seed=run.seed,
+            view_seed=run.seed,
             batch_size=run.batch_size,
             num_workers=run.dataloader_num_workers,
             precision="bf16" if run.bf16 else "fp16" if run.fp16 else "auto",

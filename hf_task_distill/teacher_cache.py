@@ -90,7 +90,7 @@ class TeacherCacheConfig:
             "(spread evenly over the other classes when read back). None: every logit, float16."
         },
     )
-    seed: int = field(default=0, metadata={"help": "Seed of the view parameters."})
+    view_seed: int = field(default=0, metadata={"help": "Seed of the cached views' crop boxes and flips."})
     shard_size: int = field(default=1024, metadata={"help": "Images per shard (the unit of resuming)."})
     batch_size: int = field(default=64, metadata={"help": "Views per teacher forward pass."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader workers decoding and rendering views."})
@@ -454,7 +454,7 @@ def build_teacher_cache(
         "dataset": dataset_fingerprint(dataset, image_column),
         "num_views": config.num_views,
         "top_k": config.top_k,
-        "seed": config.seed,
+        "seed": config.view_seed,
         "shard_size": config.shard_size,
         "num_labels": num_labels,
         "teacher_view": _jsonable(asdict(teacher_view)),
@@ -501,7 +501,7 @@ def build_teacher_cache(
     for shard in todo:
         start, stop = shard * config.shard_size, min(len(dataset), (shard + 1) * config.shard_size)
         views = _ShardViews(
-            raw, image_column, start, stop, teacher_view, augmentation, config.num_views, config.seed
+            raw, image_column, start, stop, teacher_view, augmentation, config.num_views, config.view_seed
         )
         loader = torch.utils.data.DataLoader(
             views, batch_size=images_per_batch, num_workers=config.num_workers, collate_fn=_keep_as_list

@@ -327,11 +327,13 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
-        student_logits = model(pixel_values=inputs["pixel_values"]).logits
         teacher_logits = inputs.get("teacher_logits")  # from a teacher cache
         if teacher_logits is None and self._teacher is not None:
+            # The teacher runs first: its activations are freed before the student's autograd graph
+            # exists. In the other order the step measured 1.19x (teacher + student) on a CPU, 1.01x here.
             teacher_logits = self.teacher_logits(inputs)
-        elif teacher_logits is None and not model.training and self.distillation_loss.requires_teacher:
+        student_logits = model(pixel_values=inputs["pixel_values"]).logits
+        if teacher_logits is None and not model.training and self.distillation_loss.requires_teacher:
             # evaluating while distilling from a cache: no teacher to compare with, report the label loss
             return self._label_loss(student_logits, labels, return_outputs)
         window = num_items_in_batch if isinstance(num_items_in_batch, _AccumulationWindow) else None

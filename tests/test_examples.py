@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from conftest import LABELS, colour_image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +24,8 @@ def _image_folder(root, per_class, seed):
     return root
 
 
-def test_distill_with_trainer_example(tmp_path, trained_teacher_dir):
+@pytest.mark.parametrize("cached", [False, True], ids=["online", "teacher-cache"])
+def test_distill_with_trainer_example(tmp_path, trained_teacher_dir, cached):
     task = _image_folder(tmp_path / "task" / "train", 6, seed=0).parent
     _image_folder(tmp_path / "task" / "test", 3, seed=1)
     transfer = tmp_path / "transfer"
@@ -54,10 +56,15 @@ def test_distill_with_trainer_example(tmp_path, trained_teacher_dir):
         "no",
         "--use_cpu",
     ]
+    if cached:
+        cmd += ["--teacher_cache_dir", str(tmp_path / "cache"), "--num_views", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=os.environ.copy())
     assert done.returncode == 0, done.stderr[-4000:]
     metrics = json.loads((out / "eval_results.json").read_text())
     assert {"eval_accuracy", "eval_agreement", "eval_teacher_accuracy"} <= set(metrics)
+    if cached:
+        info = json.loads((tmp_path / "cache" / "cache.json").read_text())
+        assert info["fingerprint"]["num_views"] == 2 and info["rows"] == 32
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
 
 

@@ -72,6 +72,26 @@ def test_pool_embedding_is_split_across_processes_and_gives_the_same_transfer_se
     assert two["pool_index"] == one["pool_index"] and np.allclose(two["score"], one["score"])
 
 
+CACHE_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "teacher_cache_run.py")
+
+
+@pytest.mark.slow
+def test_the_teacher_cache_build_is_split_across_processes_into_the_same_shards(tmp_path):
+    single, double = tmp_path / "single", tmp_path / "double"
+    _run([sys.executable, CACHE_SCRIPT, "--output_dir", str(single)], tmp_path)
+    _run_two_ranks([CACHE_SCRIPT, "--output_dir", str(double)], tmp_path, port=29538)
+    one = json.loads((single / "calls-0.json").read_text())
+    ranks = [json.loads((double / f"calls-{r}.json").read_text()) for r in (0, 1)]
+    assert one["num_processes"] == 1 and all(r["num_processes"] == 2 for r in ranks)
+    # 10 shards of 16 images x 3 views, 4 images per forward: 40 passes, 20 on each rank
+    assert one["calls"] == 40 and [r["calls"] for r in ranks] == [20, 20]
+    assert one["rows"] == ranks[0]["rows"] == ranks[1]["rows"] == 160  # every rank gets the whole cache
+    shards = sorted(p.name for p in single.glob("shard-*.safetensors"))
+    assert len(shards) == 10
+    for name in shards:
+        assert (single / name).read_bytes() == (double / name).read_bytes(), name
+
+
 @pytest.mark.slow
 def test_the_pipeline_runs_under_accelerate_launch_with_two_processes(tmp_path):
     """``accelerate launch examples/run_distill.py`` as users run it: two CPU ranks, every stage."""

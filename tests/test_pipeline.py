@@ -53,6 +53,28 @@ def test_flops_are_counted_on_the_real_model_not_guessed():
     assert count_flops_per_image(student, 64) == pytest.approx(4 * forward, rel=0.05)  # scales with pixels
 
 
+class _DepthwiseNet(torch.nn.Module):
+    def __init__(self, groups: int):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 64, 3, padding=1)
+        self.depthwise = torch.nn.Conv2d(64, 64, 3, padding=1, groups=groups)
+
+    def forward(self, pixel_values):
+        return self.depthwise(self.conv(pixel_values)).mean((2, 3))
+
+
+@pytest.mark.parametrize("groups", [1, 64])
+def test_training_flops_of_depthwise_convolutions_are_about_three_forwards(groups):
+    """torch's own convolution-backward formula charges a depthwise conv ~groups x too much."""
+    model = _DepthwiseNet(groups)
+    forward = count_flops_per_image(model, 16)
+    conv_forward = 2 * 3 * 9 * 64 * 16 * 16
+    depthwise_forward = 2 * (64 // groups) * 9 * 64 * 16 * 16
+    assert forward == conv_forward + depthwise_forward
+    # the first conv needs only its weight gradient (its input is the image), the depthwise both
+    assert count_flops_per_image(model, 16, training=True) == forward + conv_forward + 2 * depthwise_forward
+
+
 def test_ledger_totals_per_stage_and_round_trips(tmp_path):
     ledger = ComputeLedger()
     ledger.add(LedgerEntry("distill", "teacher forward", "t", 1000, 2e9, "cpu"))

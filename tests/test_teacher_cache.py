@@ -46,7 +46,7 @@ def test_cached_targets_are_the_online_teachers_on_the_same_view(
 ):
     teacher = load_teacher(str(trained_teacher_dir))
     transfer = colour_splits["transfer"].select(range(40))
-    config = TeacherCacheConfig(num_views=3, shard_size=16, batch_size=10, seed=3)
+    config = TeacherCacheConfig(num_views=3, shard_size=16, batch_size=10, view_seed=3)
     cache = build_teacher_cache(teacher, transfer, tmp_path / "cache", config=config, progress=False)
     assert len(cache) == 40 and cache.num_views == 3 and cache.teacher_view == TEACHER_VIEW
 

@@ -1,8 +1,13 @@
-"""Build a teacher cache of the colour transfer set; with --slow, pause per batch so a test can kill it."""
+"""Build a teacher cache of the colour transfer set; with --slow, pause per batch so a test can kill it.
+
+Each process writes ``calls-<rank>.json`` next to the cache: how many teacher forward passes it ran
+and how many rows the cache it got back holds.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -15,7 +20,7 @@ from conftest import make_colour_dataset, tiny_dinov2, tiny_processor  # noqa: E
 from hf_task_distill.data import ViewSpec  # noqa: E402
 from hf_task_distill.teacher_cache import TeacherCacheConfig, build_teacher_cache  # noqa: E402
 
-CONFIG = TeacherCacheConfig(num_views=3, shard_size=16, batch_size=12, seed=7)
+CONFIG = TeacherCacheConfig(num_views=3, shard_size=16, batch_size=12, view_seed=7)
 
 
 def main() -> None:
@@ -24,9 +29,11 @@ def main() -> None:
     parser.add_argument("--slow", action="store_true")
     cli = parser.parse_args()
     teacher = tiny_dinov2()
+    calls = []
+    teacher.register_forward_pre_hook(lambda module, args: calls.append(1))
     if cli.slow:
         teacher.register_forward_pre_hook(lambda module, args: time.sleep(0.15))
-    build_teacher_cache(
+    cache = build_teacher_cache(
         teacher,
         make_colour_dataset(160, seed=2, labelled=False),
         cli.output_dir,
@@ -34,6 +41,11 @@ def main() -> None:
         teacher_view=ViewSpec.from_image_processor(tiny_processor()),
         progress=False,
     )
+    from hf_task_distill.devices import process_state
+
+    state = process_state()
+    with open(os.path.join(cli.output_dir, f"calls-{state.process_index}.json"), "w") as f:
+        json.dump({"calls": len(calls), "rows": len(cache), "num_processes": state.num_processes}, f)
 
 
 if __name__ == "__main__":
