@@ -435,6 +435,11 @@ def build_teacher_cache(
 
     config = config or TeacherCacheConfig()
     output_dir = os.fspath(output_dir)
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "with_format"):
+        raise TypeError(
+            f"a teacher cache is built on a map-style datasets.Dataset (rows are addressed by index), "
+            f"got {type(dataset).__name__}; materialise a streamed transfer set first"
+        )
     if len(dataset) == 0:
         raise ValueError("the transfer set is empty: nothing to cache")
     image_column = image_column or find_image_column(dataset.features) or "image"

@@ -254,9 +254,10 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
         return self.views.apply(dataset, train=train, num_labels=num_labels, where=where, outputs=outputs)
 
     def _cached_dataset(self, dataset, model, num_labels: int) -> CachedTeacherDataset:
-        if not hasattr(dataset, "with_format"):
+        if not hasattr(dataset, "with_format") or not hasattr(dataset, "__len__"):
             raise TypeError(
-                "teacher_cache= needs the transfer set as a datasets.Dataset with its image column"
+                "teacher_cache= needs the transfer set it was built on, as a map-style datasets.Dataset, "
+                f"got {type(dataset).__name__}"
             )
         if len(dataset) == 0:
             raise ValueError("train_dataset is empty")

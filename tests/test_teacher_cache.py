@@ -194,6 +194,14 @@ def test_a_cache_for_other_inputs_is_refused(tmp_path, colour_splits):
             args=args,
             train_dataset=transfer,
         )
+    with pytest.raises(TypeError, match="map-style datasets.Dataset, got IterableDataset"):
+        DistillationTrainer(
+            model=student, teacher_cache=cache, args=args, train_dataset=transfer.to_iterable_dataset()
+        )
+    with pytest.raises(TypeError, match="got IterableDataset; materialise"):
+        build_teacher_cache(
+            teacher, transfer.to_iterable_dataset(), tmp_path / "stream", config=config, **kwargs
+        )
     # building into the folder with other settings, teacher or images: refused, nothing overwritten
     before = {n: (tmp_path / "cache" / n).read_bytes() for n in os.listdir(tmp_path / "cache")}
     with pytest.raises(TeacherCacheMismatch, match="view count"):
