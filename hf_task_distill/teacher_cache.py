@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from .data.images import load_rgb_image
+from .data.images import ImageDecodeError, load_rgb_image
 from .data.loading import find_image_column, find_label_column
 from .data.views import (
     ViewAugmentation,
@@ -64,7 +64,6 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 BUILD_FILE, COMPLETE_FILE = "build.json", "cache.json"
-_UNDECODABLE = (OSError, ValueError, SyntaxError)
 _OPEN_SHARDS = 64
 
 
@@ -363,7 +362,7 @@ class _ShardViews(torch.utils.data.Dataset):
         row = self.start + i
         try:
             image = load_rgb_image(self.raw[row][self.image_column])
-        except _UNDECODABLE as err:  # an unreadable transfer image is skipped and counted
+        except ImageDecodeError as err:  # an unreadable transfer image is skipped and counted
             return {"row": row, "error": f"{type(err).__name__}: {err}"[:200]}
         pixels = TF.pil_to_tensor(image)
         views = sample_views(image.size, self.augmentation, self.num_views, self.seed, row)

@@ -1,8 +1,12 @@
-"""Turn whatever a dataset row holds into an 8-bit RGB PIL image.
+"""Turn whatever a dataset row holds into an 8-bit RGB PIL image, or fail with one documented error.
 
 Web images and medical scans arrive as greyscale, palette, RGBA, CMYK or 16-bit files; models want
 three 8-bit channels. Every decode in the package goes through :func:`load_rgb_image` so that the
-conversion rules live in one place.
+conversion rules live in one place, and so does the policy for hostile input: a truncated, corrupt,
+empty or non-image file, a decompression bomb (more than :data:`MAX_PIXELS` pixels, checked from the
+header before any pixel is decoded) or an absurd aspect ratio (more than :data:`MAX_ASPECT_RATIO`)
+raises :class:`ImageDecodeError` and nothing else. Callers decide what that means: an error naming
+the row in a labelled target set, a counted skip in a web pool or transfer set.
 """
 
 from __future__ import annotations
@@ -14,7 +18,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["load_rgb_image", "to_rgb"]
+__all__ = ["MAX_ASPECT_RATIO", "MAX_PIXELS", "ImageDecodeError", "load_rgb_image", "to_rgb"]
+
+MAX_PIXELS = 89_478_485  # PIL's own warning threshold (about 9,459 x 9,459): far above any training image
+MAX_ASPECT_RATIO = 100.0  # longer side / shorter side; banners beyond this carry no usable crop
+
+
+class ImageDecodeError(ValueError):
+    """A dataset cell that is not a usable image (corrupt, truncated, empty, too large, degenerate)."""
+
 
 # Background used when flattening transparent images: neutral grey keeps the composite close to the
 # dataset mean instead of biasing towards black (PIL's default drop of alpha) or white.
@@ -51,7 +63,45 @@ def _high_bit_depth_to_rgb(image: Image.Image) -> Image.Image:
 
 
 def load_rgb_image(value: Any) -> Image.Image:
-    """Decode a dataset cell (PIL image, ``{"bytes", "path"}`` dict, path, bytes or array) to RGB."""
+    """Decode a dataset cell (PIL image, ``{"bytes", "path"}`` dict, path, bytes or array) to RGB.
+
+    Raises :class:`ImageDecodeError` for anything that does not decode to a usable image, and
+    ``TypeError`` for a cell of a type that cannot hold an image at all (a programming error).
+    """
+    try:
+        image = _open(value)
+        _check_size(image)
+        image.load()  # decode now: truncation and corrupt data surface here, not in a later stage
+        return to_rgb(image)
+    except (ImageDecodeError, TypeError):
+        raise
+    except Image.DecompressionBombError as err:  # PIL refuses at open above twice its own limit
+        raise ImageDecodeError(
+            f"image is above the {MAX_PIXELS:,}-pixel limit (a decompression-bomb guard; {err})"
+        ) from err
+    except MemoryError as err:
+        raise ImageDecodeError(f"not enough memory to decode the image: {err}") from err
+    except Exception as err:  # PIL raises a zoo (OSError, SyntaxError, struct.error, IndexError, ...)
+        raise ImageDecodeError(f"cannot decode image ({type(err).__name__}: {err})"[:300]) from err
+
+
+def _check_size(image: Image.Image) -> None:
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise ImageDecodeError(f"image has no pixels ({width} x {height})")
+    if width * height > MAX_PIXELS:
+        raise ImageDecodeError(
+            f"image is {width} x {height} = {width * height:,} pixels, above the {MAX_PIXELS:,}-pixel limit "
+            "(a decompression-bomb guard); raise hf_task_distill.data.images.MAX_PIXELS if the file is genuine"
+        )
+    if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
+        raise ImageDecodeError(
+            f"image is {width} x {height}: aspect ratio above {MAX_ASPECT_RATIO:g} (no usable crop); "
+            "raise hf_task_distill.data.images.MAX_ASPECT_RATIO if such images are expected"
+        )
+
+
+def _open(value: Any) -> Image.Image:
     if isinstance(value, Image.Image):
         image = value
     elif isinstance(value, dict) and ("bytes" in value or "path" in value):
@@ -60,7 +110,7 @@ def load_rgb_image(value: Any) -> Image.Image:
         elif value.get("path"):
             image = Image.open(value["path"])
         else:
-            raise ValueError("image cell has neither bytes nor a path")
+            raise ImageDecodeError("image cell has neither bytes nor a path")
     elif isinstance(value, (str, os.PathLike)):
         image = Image.open(value)
     elif isinstance(value, (bytes, bytearray)):
@@ -68,7 +118,7 @@ def load_rgb_image(value: Any) -> Image.Image:
     elif isinstance(value, np.ndarray):
         image = Image.fromarray(value)
     elif value is None:
-        raise ValueError("image cell is empty (None)")
+        raise ImageDecodeError("image cell is empty (None)")
     else:
         raise TypeError(f"cannot read an image from a value of type {type(value).__name__}")
-    return to_rgb(image)
+    return image

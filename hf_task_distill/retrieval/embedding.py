@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ..data.images import load_rgb_image
+from ..data.images import ImageDecodeError, load_rgb_image
 from ..data.loading import find_image_column
 from ..data.views import ViewSpec, eval_view, render_view
 from ..devices import process_state
@@ -162,7 +162,7 @@ class _ShardWriter:
         try:
             image = load_rgb_image(cell)
             tensor = TF.pil_to_tensor(image)
-        except (OSError, ValueError, SyntaxError) as err:  # undecodable file: skip and count
+        except ImageDecodeError as err:  # undecodable file: skip and count
             self.skipped.append({"row": row, "error": f"{type(err).__name__}: {err}"[:200]})
             return
         spec = self.encoder.spec
