@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .labels import label_config_kwargs
+from .safe_loading import safetensors_required
 
 __all__ = ["create_student", "is_timm_architecture"]
 
@@ -63,9 +64,11 @@ def create_student(
         if model_args:
             config.model_args = {**(getattr(config, "model_args", None) or {}), **model_args}
         return AutoModelForImageClassification.from_config(config)
-    return AutoModelForImageClassification.from_pretrained(
-        name_or_path, ignore_mismatched_sizes=True, **label_kwargs, **from_pretrained_kwargs
-    )
+    from_pretrained_kwargs.setdefault("use_safetensors", True)
+    with safetensors_required(name_or_path):
+        return AutoModelForImageClassification.from_pretrained(
+            name_or_path, ignore_mismatched_sizes=True, **label_kwargs, **from_pretrained_kwargs
+        )
 
 
 def _wrap_timm(

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .labels import label_config_kwargs, label_names_of
+from .safe_loading import safetensors_required
 
 __all__ = ["has_classification_head", "load_teacher"]
 
@@ -34,11 +35,15 @@ def load_teacher(
     task); a bare backbone such as ``facebook/dinov2-large`` is refused, because distilling from an
     untrained head transfers nothing. With ``labels`` (the task's label names) a checkpoint whose head
     already predicts exactly those labels is loaded as it is; otherwise a new, untrained head for them
-    is attached to the backbone, ready for teacher finetuning. Weights load from safetensors; remote
-    code runs only with ``trust_remote_code=True``.
+    is attached to the backbone, ready for teacher finetuning.
+
+    Weights load from safetensors only: a checkpoint with just pickle files (``pytorch_model.bin``)
+    is refused, because unpickling can run code (``use_safetensors=False`` loads it anyway, through
+    ``torch.load(weights_only=True)``). Code shipped in a repo runs only with ``trust_remote_code=True``.
     """
     from transformers import AutoConfig, AutoModelForImageClassification
 
+    from_pretrained_kwargs.setdefault("use_safetensors", True)
     config = AutoConfig.from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code, **_config_kwargs(from_pretrained_kwargs)
     )
@@ -48,26 +53,29 @@ def load_teacher(
                 f"'{name_or_path}' is a backbone without a classification head ({', '.join(config.architectures or ['?'])}); "
                 "finetune it on the task first, or pass labels= to attach a new head for finetuning"
             )
-        return AutoModelForImageClassification.from_pretrained(
-            name_or_path, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
-        )
+        with safetensors_required(name_or_path):
+            return AutoModelForImageClassification.from_pretrained(
+                name_or_path, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+            )
     label_kwargs = label_config_kwargs(labels)
     if has_classification_head(config) and label_names_of(config) == list(label_kwargs["id2label"].values()):
-        return AutoModelForImageClassification.from_pretrained(
-            name_or_path, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
-        )
+        with safetensors_required(name_or_path):
+            return AutoModelForImageClassification.from_pretrained(
+                name_or_path, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
+            )
     logger.warning(
         "Attaching a new, untrained %d-class head to '%s': finetune it on the task before distilling from it.",
         label_kwargs["num_labels"],
         name_or_path,
     )
-    return AutoModelForImageClassification.from_pretrained(
-        name_or_path,
-        trust_remote_code=trust_remote_code,
-        ignore_mismatched_sizes=True,
-        **label_kwargs,
-        **from_pretrained_kwargs,
-    )
+    with safetensors_required(name_or_path):
+        return AutoModelForImageClassification.from_pretrained(
+            name_or_path,
+            trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,
+            **label_kwargs,
+            **from_pretrained_kwargs,
+        )
 
 
 def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -54,7 +54,11 @@ class ImageEncoder:
     ) -> ImageEncoder:
         from transformers import AutoImageProcessor, AutoModel
 
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
+        from ..models.safe_loading import safetensors_required
+
+        kwargs.setdefault("use_safetensors", True)
+        with safetensors_required(name_or_path):
+            model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
         processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         return cls(model, ViewSpec.from_image_processor(processor), name=name_or_path)
 
@@ -126,7 +130,7 @@ class EmbeddingStore:
         rows = np.empty(total, dtype=np.int64)
         filled = 0
         for manifest in manifests:
-            with np.load(os.path.join(self.directory, manifest["file"])) as shard:
+            with np.load(os.path.join(self.directory, manifest["file"]), allow_pickle=False) as shard:
                 count = len(shard["rows"])
                 vectors[filled : filled + count] = shard["embeddings"]
                 rows[filled : filled + count] = shard["rows"]
