@@ -333,6 +333,8 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
             # The teacher runs first: its activations are freed before the student's autograd graph
             # exists. In the other order the step measured 1.19x (teacher + student) on a CPU, 1.01x here.
             teacher_logits = self.teacher_logits(inputs)
+        if teacher_logits is not None:
+            self._check_finite(teacher_logits, "teacher logits")
         student_logits = model(pixel_values=inputs["pixel_values"]).logits
         if teacher_logits is None and not model.training and self.distillation_loss.requires_teacher:
             # evaluating while distilling from a cache: no teacher to compare with, report the label loss
@@ -341,6 +343,8 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
         loss, parts = self.distillation_loss(
             LossInputs(student_logits, teacher_logits, labels), window.as_counts() if window else None
         )
+        if model.training and not self.args.fp16:  # fp16: the Trainer's grad scaler skips overflowing steps
+            self._check_finite(loss, "the loss")
         if window is not None:
             for name, value in parts.items():
                 self._part_sums[name] = self._part_sums.get(name, 0.0) + value.detach()
@@ -349,6 +353,29 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
         if return_outputs:
             return loss, {"logits": student_logits, "teacher_logits": teacher_logits}
         return loss
+
+    def _check_finite(self, values: torch.Tensor, what: str) -> None:
+        """Stop before a non-finite target or loss reaches the weights, naming the batch.
+
+        One device sync per check; the Trainer already syncs on the loss every step when
+        ``logging_nan_inf_filter`` is on (its default).
+        """
+        bad = ~torch.isfinite(values.detach())
+        if not bool(bad.any()):
+            return
+        phase = "optimizer step" if self.model.training else "evaluation after step"
+        step = self.state.global_step + (1 if self.model.training else 0)
+        where = f"in {phase} {step} (epoch {self.state.epoch or 0:.2f})"
+        if values.dim() == 0:
+            raise FloatingPointError(
+                f"{what} is {values.item()} {where}: the step was stopped before the weights were updated. "
+                "Check that batch's images and the teacher's outputs; the last checkpoint is intact"
+            )
+        rows = bad.reshape(bad.shape[0], -1).any(-1).nonzero().flatten().tolist()
+        raise FloatingPointError(
+            f"{what} are not finite for {len(rows)} row(s) of the batch {where} (batch rows {rows[:10]}): "
+            "the step was stopped before the weights were updated"
+        )
 
     def _label_loss(self, student_logits, labels, return_outputs):
         loss = student_logits.new_zeros(())

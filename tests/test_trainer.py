@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LABELS, distill_args, make_colour_dataset, tiny_dinov2
+from transformers import TrainerCallback
 
 from hf_task_distill import DistillationTrainer, create_student, load_teacher
 from hf_task_distill.losses import DistillationLoss, LabelCrossEntropy, SoftTargetKL, register_loss
@@ -275,3 +276,46 @@ def test_unusual_image_modes_flow_through_training(tmp_path, trained_teacher_dir
     )
     trainer.train()
     assert np.isfinite(trainer.state.log_history[-1]["train_loss"])
+
+
+def _poisoned(dataset, row: int, column: str):
+    """``dataset`` with NaN pixels in one row of ``column``."""
+    from datasets import Dataset
+
+    data = dataset.with_format("numpy")[:]
+    data[column][row] = np.nan
+    return Dataset.from_dict(data).with_format("torch")
+
+
+@pytest.mark.parametrize(
+    ("column", "message"),
+    [
+        (
+            "teacher_pixel_values",
+            r"teacher logits are not finite for 1 row\(s\) of the batch in optimizer step 2",
+        ),
+        ("pixel_values", r"the loss is nan in optimizer step 2"),
+    ],
+    ids=["teacher", "student"],
+)
+def test_a_non_finite_batch_stops_training_before_the_weights_change(tmp_path, column, message):
+    dataset = _poisoned(_tensor_dataset(16, seed=3), row=13, column=column)  # second batch of 8
+    torch.manual_seed(0)
+    teacher = tiny_dinov2()
+    student = create_student("test_convnext", teacher.config.id2label, image_size=32)
+    args = _args(tmp_path, per_device_train_batch_size=8, max_steps=2, learning_rate=0.05, optim="sgd")
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=dataset)
+    snapshots = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            snapshots.append(_state(student))
+
+    trainer.add_callback(Snapshot())
+    trainer._get_train_sampler = lambda *a, **k: torch.utils.data.SequentialSampler(dataset)
+    with pytest.raises(FloatingPointError, match=message):
+        trainer.train()
+    assert len(snapshots) == 1  # the first step ran; the poisoned second one never reached the weights
+    after = _state(student)
+    assert all(torch.equal(snapshots[0][k], after[k]) for k in after)
+    assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
