@@ -582,6 +582,8 @@ class Pipeline:
             image_column=task.image_column,
             label_column=task.label_column,
             num_labels=task.num_labels,
+            where=f"{task.name} training split",
+            check_images=True,
         )
         checkpoints = os.path.join(directory, "checkpoints")
         args = self._training_args(

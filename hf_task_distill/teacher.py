@@ -33,7 +33,7 @@ from transformers import Trainer, TrainingArguments
 
 from .data.budget import stratified_holdout_indices
 from .data.loading import TargetTask, load_target_task
-from .data.validation import UNLABELLED, label_array
+from .data.validation import UNLABELLED, check_images_decode, label_array
 from .data.views import ViewAugmentation, ViewSpec, single_view_dataset, stack_single_views
 from .devices import cpu_ranks_need_use_cpu
 from .metrics import make_compute_metrics
@@ -366,6 +366,9 @@ class TeacherFinetuner:
     # -- training --
     def train(self) -> FinetuningResult:
         args = self.args
+        # labelled images are few: a bad file among them is an error naming its row, before any step
+        for name, split in (("training", self.train_split), ("validation", self.validation_split)):
+            check_images_decode(split, self.task.image_column, where=f"{self.task.name} {name} split")
         model = load_teacher(
             self.model_name_or_path,
             labels=self.task.label_names,

@@ -145,3 +145,34 @@ def test_exif_rotation_is_applied():
 def test_limits_are_at_the_documented_values():
     assert MAX_ASPECT_RATIO == 100.0
     assert load_rgb_image({"bytes": _encoded("PNG", size=(1, 100)), "path": None}).size == (1, 100)
+
+
+def test_a_bad_image_in_the_labelled_set_is_an_error_naming_its_row_and_file(tmp_path, colour_splits):
+    from datasets import Image as ImageFeature
+    from datasets import concatenate_datasets
+
+    from hf_task_distill import TeacherFinetuner, TeacherFinetuningArguments
+    from hf_task_distill.data import TargetTask
+    from hf_task_distill.data.validation import check_images_decode
+
+    broken = tmp_path / "scan_0042.png"
+    broken.write_bytes(_encoded("PNG")[:40])
+    train = colour_splits["train"].select(range(5)).cast_column("image", ImageFeature(decode=False))
+    bad_row = train.select([0]).map(lambda _: {"image": {"bytes": None, "path": str(broken)}})
+    train = concatenate_datasets([train, bad_row.cast(train.features)])
+    with pytest.raises(
+        ImageDecodeError, match=r"training split: image in row 5 \(.*scan_0042.png\) is unusable"
+    ):
+        check_images_decode(train, "image", where="training split")
+
+    task = TargetTask(
+        name="colours", splits={"train": train, "test": train}, label_names=["a", "b", "c", "d"]
+    )
+    args = TeacherFinetuningArguments(
+        output_dir=str(tmp_path / "out"), strategy="full", use_cpu=True, report_to="none"
+    )
+    finetuner = TeacherFinetuner("unused-because-the-check-comes-first", task, args)
+    with pytest.raises(
+        ImageDecodeError, match=r"colours (training|validation) split: image in row \d+ \(.*scan_0042.png\)"
+    ):
+        finetuner.train()

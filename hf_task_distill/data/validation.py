@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["UNLABELLED", "check_image_column", "check_label_ids", "label_array"]
+__all__ = ["UNLABELLED", "check_image_column", "check_images_decode", "check_label_ids", "label_array"]
 
 #: Label id of a row that has no label (the cross-entropy ``ignore_index``). ``-1`` (the
 #: ``datasets.ClassLabel`` convention) and ``None`` are read as unlabelled too.
@@ -58,3 +58,29 @@ def check_label_ids(labels: np.ndarray, num_labels: int, label_column: str, wher
             f"{where}: label column '{label_column}' has {bad.size} id(s) outside [0, {num_labels}) "
             f"({examples}); the models have {num_labels} classes"
         )
+
+
+def check_images_decode(dataset, image_column: str, where: str = "dataset", batch_size: int = 256) -> None:
+    """Decode every image once and raise :class:`~hf_task_distill.data.images.ImageDecodeError`
+    naming the first bad row (and its file, when the cell has a path).
+
+    For labelled training sets, which are small by construction (a label budget): a bad file there
+    is an error to fix, and finding it before the first step beats failing mid-epoch without a name.
+    """
+    import datasets
+
+    from .images import ImageDecodeError, load_rgb_image
+
+    raw = dataset.with_format(None).select_columns([image_column])
+    if isinstance(raw.features.get(image_column), datasets.Image):
+        raw = raw.cast_column(image_column, datasets.Image(decode=False))
+    row = 0
+    for batch in raw.iter(batch_size=batch_size):
+        for cell in batch[image_column]:
+            try:
+                load_rgb_image(cell)
+            except ImageDecodeError as err:
+                path = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+                named = f" ({path})" if path else ""
+                raise ImageDecodeError(f"{where}: image in row {row}{named} is unusable: {err}") from err
+            row += 1

@@ -18,7 +18,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from .images import load_rgb_image
-from .validation import UNLABELLED, check_image_column, check_label_ids, label_array
+from .validation import UNLABELLED, check_image_column, check_images_decode, check_label_ids, label_array
 
 __all__ = [
     "PairedViews",
@@ -313,8 +313,13 @@ def single_view_dataset(
     label_column: str | None = None,
     num_labels: int | None = None,
     where: str = "dataset",
+    check_images: bool = False,
 ):
-    """``dataset`` with one model's views (``pixel_values``) and ``labels``: for finetuning or embedding."""
+    """``dataset`` with one model's views (``pixel_values``) and ``labels``: for finetuning or embedding.
+
+    ``check_images`` decodes every image up front (for small labelled training sets), so that a bad
+    file is an error naming its row before training starts.
+    """
     views = PairedViews(teacher=spec, student=spec, augmentation=augmentation or ViewAugmentation())
     return views.apply(
         dataset,
@@ -324,6 +329,7 @@ def single_view_dataset(
         num_labels=num_labels,
         where=where,
         outputs={"pixel_values": spec},
+        check_images=check_images,
     )
 
 
@@ -395,6 +401,7 @@ class PairedViews:
         num_labels: int | None = None,
         where: str = "dataset",
         outputs: dict[str, ViewSpec] | None = None,
+        check_images: bool = False,
     ):
         """Check ``dataset`` and return it with the paired-view transform attached (``with_transform``).
 
@@ -416,6 +423,8 @@ class PairedViews:
             )
         if label_column is not None and num_labels is not None:
             check_label_ids(label_array(dataset, label_column), num_labels, label_column, where=where)
+        if check_images:
+            check_images_decode(dataset, image_column, where=where)
         transform = self.transform(
             train=train, image_column=image_column, label_column=label_column, outputs=outputs
         )
