@@ -567,9 +567,9 @@ class Pipeline:
         from transformers import Trainer, TrainingArguments
 
         from .data import ViewSpec, single_view_dataset
-        from .trainer import NativeCheckpointsMixin
+        from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin
 
-        class _StudentTrainer(NativeCheckpointsMixin, Trainer):
+        class _StudentTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer):
             pass
 
         cfg, task = self.config.student, self.task
@@ -584,6 +584,7 @@ class Pipeline:
             num_labels=task.num_labels,
             where=f"{task.name} training split",
             check_images=True,
+            seed=self.config.run.seed,
         )
         checkpoints = os.path.join(directory, "checkpoints")
         args = self._training_args(

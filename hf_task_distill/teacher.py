@@ -38,7 +38,7 @@ from .data.views import ViewAugmentation, ViewSpec, single_view_dataset, stack_s
 from .devices import cpu_ranks_need_use_cpu
 from .metrics import make_compute_metrics
 from .models.teacher import load_teacher
-from .trainer import NativeCheckpointsMixin
+from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin
 
 __all__ = [
     "STRATEGIES",
@@ -236,7 +236,7 @@ def layer_decay_parameter_groups(
     return [groups[k] for k in sorted(groups)]
 
 
-class _LayerDecayTrainer(NativeCheckpointsMixin, Trainer):
+class _LayerDecayTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer):
     """A plain classification Trainer whose optimizer uses layer-wise learning-rate decay."""
 
     def __init__(self, *args, layer_decay: float = 1.0, **kwargs):
@@ -361,6 +361,7 @@ class TeacherFinetuner:
             image_column=self.task.image_column,
             label_column=self.task.label_column,
             num_labels=self.task.num_labels,
+            seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 
     # -- training --
@@ -437,8 +438,10 @@ class TeacherFinetuner:
         model.to(device).eval()
         features, labels = [], []
         try:
-            for _ in range(views):
+            for view in range(views):
                 prepared = self._dataset(dataset, spec, train=views > 1)
+                if hasattr(prepared, "set_epoch"):
+                    prepared.set_epoch(view)  # view k of every image: drawn from (seed, k, row)
                 loader = torch.utils.data.DataLoader(
                     prepared,
                     batch_size=self.args.per_device_eval_batch_size,

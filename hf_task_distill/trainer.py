@@ -28,7 +28,7 @@ from .models.labels import check_label_spaces_match
 from .models.teacher import load_teacher
 from .teacher_cache import CachedTeacherDataset, TeacherCache
 
-__all__ = ["DistillationArguments", "DistillationTrainer", "NativeCheckpointsMixin"]
+__all__ = ["DistillationArguments", "DistillationTrainer", "EpochSeededViewsMixin", "NativeCheckpointsMixin"]
 
 
 @dataclass
@@ -84,18 +84,28 @@ class _AccumulationWindow:
         return {"all": self.all, "labelled": self.labelled}
 
 
-class _ReplayEpoch(TrainerCallback):
-    """Tell a cached transfer set which epoch starts, so that it replays that epoch's stored views.
+class _SetEpoch(TrainerCallback):
+    """Tell a training dataset which epoch starts, so that it draws (or replays) that epoch's views.
 
     accelerate forwards ``set_epoch`` to the sampler *or* the dataset, not both; this makes it
     explicit and also covers resumed runs (the epoch comes from the restored ``TrainerState``).
     """
 
-    def __init__(self, dataset: CachedTeacherDataset):
+    def __init__(self, dataset):
         self.dataset = dataset
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
+
+
+class EpochSeededViewsMixin:
+    """For a Trainer whose training rows draw their views from ``(seed, epoch, row)``
+    (:class:`~hf_task_distill.data.RandomViewDataset`, a teacher cache): announce each epoch to them."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if hasattr(self.train_dataset, "set_epoch"):
+            self.add_callback(_SetEpoch(self.train_dataset))
 
 
 class NativeCheckpointsMixin:
@@ -132,7 +142,7 @@ class NativeCheckpointsMixin:
             del model.save_pretrained
 
 
-class DistillationTrainer(NativeCheckpointsMixin, Trainer):
+class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer):
     """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
 
     ``teacher_model`` is a model or a Hub id/folder of a finetuned classifier (see ``load_teacher``).
@@ -199,7 +209,11 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
             train_dataset = self._cached_dataset(train_dataset, model, num_labels)
         else:
             train_dataset = self._prepare_dataset(
-                train_dataset, train=True, num_labels=num_labels, where="train_dataset"
+                train_dataset,
+                train=True,
+                num_labels=num_labels,
+                where="train_dataset",
+                seed=args.data_seed if args.data_seed is not None else args.seed,
             )
         if isinstance(eval_dataset, dict):
             eval_dataset = {
@@ -220,15 +234,13 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
             compute_metrics=compute_metrics or distillation_metrics,
             **kwargs,
         )
-        if isinstance(train_dataset, CachedTeacherDataset):
-            self.add_callback(_ReplayEpoch(train_dataset))
         self._teacher = teacher_model
         self._teacher_prepared = False
         self._part_sums: dict[str, torch.Tensor] = {}
         self._windows_since_log = 0
 
     # ---- data -------------------------------------------------------------------------------
-    def _prepare_dataset(self, dataset, *, train: bool, num_labels: int, where: str):
+    def _prepare_dataset(self, dataset, *, train: bool, num_labels: int, where: str, seed: int = 0):
         """Check a dataset up front; attach paired views to raw image datasets."""
         if dataset is None:
             return None
@@ -251,7 +263,9 @@ class DistillationTrainer(NativeCheckpointsMixin, Trainer):
             self._views_source[0] is None
         ):  # distilling from a cache: evaluation renders the student's view only
             outputs = {"pixel_values": self.views.student}
-        return self.views.apply(dataset, train=train, num_labels=num_labels, where=where, outputs=outputs)
+        return self.views.apply(
+            dataset, train=train, num_labels=num_labels, where=where, outputs=outputs, seed=seed
+        )
 
     def _cached_dataset(self, dataset, model, num_labels: int) -> CachedTeacherDataset:
         if not hasattr(dataset, "with_format") or not hasattr(dataset, "__len__"):

@@ -319,3 +319,35 @@ def test_a_non_finite_batch_stops_training_before_the_weights_change(tmp_path, c
     after = _state(student)
     assert all(torch.equal(snapshots[0][k], after[k]) for k in after)
     assert all(torch.isfinite(v).all() for v in after.values() if v.is_floating_point())
+
+
+RESUME_SCRIPT = os.path.join(os.path.dirname(__file__), "scripts", "distill_resume_run.py")
+
+
+def test_a_distillation_killed_between_checkpoints_resumes_to_the_uninterrupted_result(tmp_path):
+    """Optimizer, scheduler, RNG (the random views) and data position all come back from the checkpoint."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    process = subprocess.Popen([sys.executable, RESUME_SCRIPT, "--output_dir", str(killed), "--slow"])
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "checkpoint-4" / "trainer_state.json").exists():
+        time.sleep(0.05)
+    time.sleep(0.7)  # into step 5 or 6, past the checkpoint
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "checkpoint-4").exists() and not (killed / "final.safetensors").exists()
+    for folder, extra in ((killed, ["--resume"]), (clean, [])):
+        done = subprocess.run(
+            [sys.executable, RESUME_SCRIPT, "--output_dir", str(folder), *extra], timeout=300
+        )
+        assert done.returncode == 0
+    resumed, uninterrupted = load_file(killed / "final.safetensors"), load_file(clean / "final.safetensors")
+    assert resumed.keys() == uninterrupted.keys()
+    for key in resumed:
+        assert torch.equal(resumed[key], uninterrupted[key]), key  # bit-identical on CPU

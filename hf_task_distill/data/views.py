@@ -9,6 +9,7 @@ parameters, not the pixels, also lets a teacher-output cache replay the exact vi
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from .validation import UNLABELLED, check_image_column, check_images_decode, che
 
 __all__ = [
     "PairedViews",
+    "RandomViewDataset",
     "ViewTransform",
     "single_view_dataset",
     "ViewAugmentation",
@@ -303,6 +305,52 @@ class ViewTransform:
         return out
 
 
+class RandomViewDataset(torch.utils.data.Dataset):
+    """Training rows whose random view is a function of ``(seed, epoch, row)`` only.
+
+    A view drawn from the global RNG depends on how far that RNG has run: on the worker count, on
+    the batch the data loader prefetched before a checkpoint, on what else drew numbers. Drawing it
+    from a generator seeded by ``(seed, epoch, row)`` makes a resumed run see exactly the views of
+    an uninterrupted one. The Trainer subclasses call :meth:`set_epoch` at every epoch start.
+    """
+
+    def __init__(
+        self,
+        dataset,
+        outputs: dict[str, ViewSpec],
+        *,
+        augmentation: ViewAugmentation,
+        image_column: str,
+        label_column: str | None,
+        seed: int = 0,
+    ):
+        columns = [image_column] + ([label_column] if label_column else [])
+        self.raw = dataset.with_format(None).select_columns(columns)
+        self.outputs, self.augmentation = dict(outputs), augmentation
+        self.image_column, self.label_column, self.seed = image_column, label_column, int(seed)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def view_generator(self, row: int) -> torch.Generator:
+        key = hashlib.sha256(f"{self.seed}|{self.epoch}|{int(row)}".encode()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+
+    def __getitem__(self, row: int) -> dict[str, Any]:
+        example = self.raw[int(row)]
+        image = load_rgb_image(example[self.image_column])
+        pixels = TF.pil_to_tensor(image)
+        view = sample_view(image.size, self.augmentation, self.view_generator(row))
+        item: dict[str, Any] = {name: render_view(pixels, view, spec) for name, spec in self.outputs.items()}
+        if self.label_column is not None:
+            item["labels"] = label_or_unlabelled(example[self.label_column])
+        return item
+
+
 def single_view_dataset(
     dataset,
     spec: ViewSpec,
@@ -314,6 +362,7 @@ def single_view_dataset(
     num_labels: int | None = None,
     where: str = "dataset",
     check_images: bool = False,
+    seed: int = 0,
 ):
     """``dataset`` with one model's views (``pixel_values``) and ``labels``: for finetuning or embedding.
 
@@ -330,6 +379,7 @@ def single_view_dataset(
         where=where,
         outputs={"pixel_values": spec},
         check_images=check_images,
+        seed=seed,
     )
 
 
@@ -402,8 +452,11 @@ class PairedViews:
         where: str = "dataset",
         outputs: dict[str, ViewSpec] | None = None,
         check_images: bool = False,
+        seed: int = 0,
     ):
-        """Check ``dataset`` and return it with the paired-view transform attached (``with_transform``).
+        """Check ``dataset`` and return it ready for a model: for evaluation, with the deterministic
+        views attached (``with_transform``); for training, as a :class:`RandomViewDataset` whose random
+        views are drawn from ``(seed, epoch, row)``.
 
         Image and label columns are found from the features unless named (a dataset without labels is
         fine: a transfer set). With ``num_labels`` the label ids are checked to be in range up front.
@@ -425,6 +478,15 @@ class PairedViews:
             check_label_ids(label_array(dataset, label_column), num_labels, label_column, where=where)
         if check_images:
             check_images_decode(dataset, image_column, where=where)
+        if train:
+            return RandomViewDataset(
+                dataset,
+                outputs or {"pixel_values": self.student, "teacher_pixel_values": self.teacher},
+                augmentation=self.augmentation,
+                image_column=image_column,
+                label_column=label_column,
+                seed=seed,
+            )
         transform = self.transform(
             train=train, image_column=image_column, label_column=label_column, outputs=outputs
         )
