@@ -438,8 +438,8 @@ class TeacherFinetuner:
         model.to(device).eval()
         features, labels = [], []
         try:
+            prepared = self._dataset(dataset, spec, train=views > 1)
             for view in range(views):
-                prepared = self._dataset(dataset, spec, train=views > 1)
                 if hasattr(prepared, "set_epoch"):
                     prepared.set_epoch(view)  # view k of every image: drawn from (seed, k, row)
                 loader = torch.utils.data.DataLoader(

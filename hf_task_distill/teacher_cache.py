@@ -43,9 +43,11 @@ from .data.views import (
     ViewAugmentation,
     ViewParams,
     ViewSpec,
+    derived_seed,
     label_or_unlabelled,
     render_view,
     sample_view,
+    seeded_generator,
 )
 from .devices import process_state
 from .files import read_json, write_atomically, write_json_atomically
@@ -185,16 +187,12 @@ def _shard_file(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
 
 
-def _view_seed(seed: int, row: int) -> int:
-    return (int(seed) % 2**31) * 2**32 + int(row)
-
-
 def sample_views(
     image_size: tuple[int, int], augmentation: ViewAugmentation, num_views: int, seed: int, row: int
 ):
     """The ``num_views`` views of image ``row``: a function of ``(seed, row)`` only, so any process,
     shard layout or resumed run draws the same ones."""
-    generator = torch.Generator().manual_seed(_view_seed(seed, row))
+    generator = seeded_generator(seed, int(row))
     return [sample_view(image_size, augmentation, generator) for _ in range(num_views)]
 
 
@@ -296,8 +294,7 @@ class TeacherCache:
     def view_for_epoch(self, row: int, epoch: int) -> int:
         """Which stored view image ``row`` replays in ``epoch``: every view once per ``num_views``
         epochs, starting at a per-row offset so one epoch mixes all view indices."""
-        offset = int(hashlib.sha256(f"{self.fingerprint['seed']}|{row}".encode()).hexdigest()[:8], 16)
-        return (offset + int(epoch)) % self.num_views
+        return (derived_seed(self.fingerprint["seed"], int(row)) + int(epoch)) % self.num_views
 
     def check(
         self,

@@ -206,7 +206,7 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
         self._views_source = (teacher_model, model, teacher_processor)
         num_labels = model.config.num_labels
         if teacher_cache is not None:
-            train_dataset = self._cached_dataset(train_dataset, model, num_labels)
+            train_dataset = self._cached_dataset(train_dataset, num_labels)
         else:
             train_dataset = self._prepare_dataset(
                 train_dataset,
@@ -267,7 +267,7 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
             dataset, train=train, num_labels=num_labels, where=where, outputs=outputs, seed=seed
         )
 
-    def _cached_dataset(self, dataset, model, num_labels: int) -> CachedTeacherDataset:
+    def _cached_dataset(self, dataset, num_labels: int) -> CachedTeacherDataset:
         if not hasattr(dataset, "with_format") or not hasattr(dataset, "__len__"):
             raise TypeError(
                 "teacher_cache= needs the transfer set it was built on, as a map-style datasets.Dataset, "

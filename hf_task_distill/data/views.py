@@ -29,10 +29,12 @@ __all__ = [
     "ViewAugmentation",
     "ViewParams",
     "ViewSpec",
+    "derived_seed",
     "eval_view",
     "label_or_unlabelled",
     "render_view",
     "sample_view",
+    "seeded_generator",
 ]
 
 _PIL_RESAMPLE_TO_MODE = {
@@ -305,6 +307,17 @@ class ViewTransform:
         return out
 
 
+def derived_seed(*parts: Any) -> int:
+    """A 63-bit seed that is a function of ``parts`` only (e.g. ``(seed, epoch, row)``)."""
+    key = hashlib.sha256("|".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(key[:8], "little") >> 1
+
+
+def seeded_generator(*parts: Any) -> torch.Generator:
+    """A generator seeded by :func:`derived_seed`: random draws that no other code can shift."""
+    return torch.Generator().manual_seed(derived_seed(*parts))
+
+
 class RandomViewDataset(torch.utils.data.Dataset):
     """Training rows whose random view is a function of ``(seed, epoch, row)`` only.
 
@@ -337,8 +350,7 @@ class RandomViewDataset(torch.utils.data.Dataset):
         return len(self.raw)
 
     def view_generator(self, row: int) -> torch.Generator:
-        key = hashlib.sha256(f"{self.seed}|{self.epoch}|{int(row)}".encode()).digest()
-        return torch.Generator().manual_seed(int.from_bytes(key[:8], "little") >> 1)
+        return seeded_generator(self.seed, self.epoch, row)
 
     def __getitem__(self, row: int) -> dict[str, Any]:
         example = self.raw[int(row)]
