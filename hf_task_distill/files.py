@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["read_json", "write_atomically", "write_json_atomically"]
+__all__ = [
+    "content_hashes",
+    "read_json",
+    "write_atomically",
+    "write_folder_atomically",
+    "write_json_atomically",
+]
+
+
+_DATASETS_CACHE = re.compile(r"^cache-[0-9a-f]+\.arrow$")
 
 
 def write_atomically(path: str, write: Callable[..., None], *args: Any, **kwargs: Any) -> None:
@@ -44,3 +56,56 @@ def read_json(path: str) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def write_folder_atomically(path: str | os.PathLike, write: Callable[[str], None]) -> str:
+    """``write(tmp_folder)``, then move the whole folder to ``path`` (replacing one already there).
+
+    A reader of ``path`` never sees a folder that is half written; a killed writer leaves only a
+    ``.tmp-<pid>`` folder next to it, removed by the next successful write.
+    """
+    path = os.path.abspath(os.fspath(path))
+    tmp = f"{path}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        write(tmp)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    parent = os.path.dirname(path)
+    stem = os.path.basename(path) + ".tmp-"
+    for name in os.listdir(parent):  # left by killed writers
+        if name.startswith(stem) and name[len(stem) :].isdigit():
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+    return path
+
+
+def _sha256(path: str, chunk: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_hashes(folder: str | os.PathLike, *, exclude: tuple[str, ...] = ()) -> dict[str, str]:
+    """``{relative path: sha256}`` of every file under ``folder``, skipping top-level entries named in
+    ``exclude``, ``.tmp-`` leftovers and the ``cache-*.arrow`` files ``datasets`` adds next to a
+    saved dataset when it is read: what a manifest records so that a changed, truncated or missing
+    output is noticed before it is reused."""
+    folder = os.fspath(folder)
+    out: dict[str, str] = {}
+    for root, dirs, files in os.walk(folder):
+        rel_root = os.path.relpath(root, folder)
+        if rel_root == ".":
+            dirs[:] = [d for d in dirs if d not in exclude]
+            files = [f for f in files if f not in exclude]
+        dirs[:] = sorted(d for d in dirs if ".tmp-" not in d)
+        for name in sorted(files):
+            if ".tmp-" in name or _DATASETS_CACHE.match(name):
+                continue
+            full = os.path.join(root, name)
+            out[os.path.relpath(full, folder).replace(os.sep, "/")] = _sha256(full)
+    return out

@@ -22,10 +22,11 @@ import shutil
 import uuid
 from typing import Any
 
+from .checkpoints import last_complete_checkpoint
 from .compute import ComputeLedger, LedgerEntry, Stopwatch, count_flops_per_image, describe_device
 from .config import STAGES, PipelineConfig
 from .devices import cpu_ranks_need_use_cpu, process_state
-from .files import read_json, write_json_atomically
+from .files import content_hashes, read_json, write_json_atomically
 
 __all__ = ["Pipeline", "StageNotReady"]
 
@@ -33,6 +34,10 @@ logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 STARTED = "started.json"
+#: Not covered by a manifest's content hashes: the manifest itself, Trainer checkpoints (only read to
+#: resume an incomplete stage), and the pool embeddings and teacher cache, whose shards carry their
+#: own fingerprints and are checked when read.
+_NOT_HASHED = (MANIFEST, STARTED, "checkpoints", "embeddings", "teacher_cache")
 
 
 class StageNotReady(RuntimeError):
@@ -51,30 +56,6 @@ def _loading(what: str, name: str):
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise OSError(f"cannot load the {what} '{name}': {first}") from err
-
-
-def last_complete_checkpoint(folder: str) -> str | None:
-    """The newest ``checkpoint-N`` whose ``trainer_state.json`` (the Trainer writes it last) parses.
-
-    A process killed while writing a checkpoint leaves one without it; that one is skipped, so a
-    resumed run never loads half-written weights or optimizer state.
-    """
-    if not os.path.isdir(folder):
-        return None
-    steps = sorted(
-        (int(name.split("-")[1]), name)
-        for name in os.listdir(folder)
-        if name.startswith("checkpoint-") and name.split("-")[1].isdigit()
-    )
-    for _, name in reversed(steps):
-        try:
-            with open(os.path.join(folder, name, "trainer_state.json"), encoding="utf-8") as f:
-                json.load(f)
-        except (OSError, ValueError):
-            logger.warning("ignoring incomplete checkpoint %s", os.path.join(folder, name))
-            continue
-        return os.path.join(folder, name)
-    return None
 
 
 def _train_resuming(trainer, checkpoints: str, directory: str) -> tuple[str, str | None, float | None]:
@@ -140,11 +121,29 @@ class Pipeline:
         return os.path.join(self.run_dir, name)
 
     def manifest(self, name: str) -> dict[str, Any] | None:
+        """The stage's manifest, or ``None`` when it is missing or unreadable (the stage is then not complete)."""
         path = os.path.join(self.stage_dir(name), MANIFEST)
-        if not os.path.exists(path):
+        manifest = read_json(path)
+        if not manifest and os.path.exists(path):
+            logger.warning("stage %s: %s is unreadable; the stage counts as not complete", name, path)
+        required = ("stage", "run_id", "fingerprint", "outputs", "ledger")
+        if manifest and not all(key in manifest for key in required):
+            logger.warning("stage %s: %s lacks %s; the stage counts as not complete", name, path,
+                           [k for k in required if k not in manifest])  # fmt: skip
             return None
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        return manifest or None
+
+    def _changed_output(self, name: str, manifest: dict[str, Any]) -> str | None:
+        """The first output file (relative to the stage folder) that is missing, added or differs
+        from the hash its manifest recorded, or ``None`` when every one matches."""
+        recorded = manifest.get("content")
+        if not isinstance(recorded, dict):
+            return MANIFEST  # written by a version that recorded no hashes: cannot be checked
+        found = content_hashes(self.stage_dir(name), exclude=_NOT_HASHED)
+        for path in sorted(set(recorded) | set(found)):
+            if recorded.get(path) != found.get(path):
+                return path
+        return None
 
     def _upstream(self, name: str) -> str:
         manifest = self.manifest(name)
@@ -239,11 +238,20 @@ class Pipeline:
         directory = self.stage_dir(name)
         manifest = self.manifest(name)
         overwrite = name in self.config.run.overwrite_stage and name not in self._redone
-        if manifest is not None and manifest["fingerprint"] == fingerprint and not overwrite:
-            logger.info("stage %s: complete (%s), skipped", name, manifest["run_id"])
-            return manifest
+        changed = None
+        if manifest is not None and manifest.get("fingerprint") == fingerprint and not overwrite:
+            changed = self._changed_output(name, manifest)
+            if changed is None:
+                logger.info("stage %s: complete (%s), skipped", name, manifest["run_id"])
+                return manifest
         if manifest is not None:
-            reason = "--overwrite_stage" if overwrite else "its inputs changed"
+            reason = (
+                "--overwrite_stage"
+                if overwrite
+                else f"its output {changed} is not what it wrote"
+                if changed
+                else "its inputs changed"
+            )
             logger.info("stage %s: redoing, %s", name, reason)
         started = os.path.join(directory, STARTED)
         resumable = (
@@ -273,7 +281,9 @@ class Pipeline:
             "num_processes": self.state.num_processes,
             "versions": _versions(),
         }
+        self.state.wait_for_everyone()  # every process's outputs are on disk before they are hashed
         if self.state.is_main_process:
+            manifest["content"] = content_hashes(directory, exclude=_NOT_HASHED)
             write_json_atomically(os.path.join(directory, MANIFEST), manifest)
         self.state.wait_for_everyone()
         manifest = self.manifest(name)  # every process continues from what was written
@@ -335,9 +345,12 @@ class Pipeline:
         return ViewAugmentation(scale=(run.crop_min_scale, 1.0), hflip=run.hflip_probability)
 
     def _new_student(self):
+        from transformers import set_seed
+
         from .models import create_student
 
         cfg = self.config.student
+        set_seed(self.config.run.seed)  # a new head (or a whole new student) starts the same in every rerun
         return create_student(
             cfg.student,
             self.task.id2label,
@@ -366,7 +379,9 @@ class Pipeline:
         finetuner = TeacherFinetuner(cfg.teacher, self.task, args, trust_remote_code=cfg.trust_remote_code)
         with _loading("teacher", cfg.teacher):
             finetuner.processor  # noqa: B018 - fails early, with the name, if the model cannot be found
-        result = finetuner.train()
+        last = last_complete_checkpoint(args.output_dir)
+        resumed_at = _checkpoint_epoch(last)
+        result = finetuner.train(resume_from_checkpoint=last)
         model_dir = os.path.join(directory, "model")
         if self.state.is_main_process:
             finetuner.save(model_dir)
@@ -407,6 +422,8 @@ class Pipeline:
             "strategy": result.strategy,
             "metrics": result.metrics,
             "validation_source": result.validation_source,
+            "resumed_from": last,
+            "resumed_at_epoch": resumed_at,
         }
 
     def _stage_transfer(self, directory: str, ledger: ComputeLedger) -> dict[str, Any]:
@@ -512,6 +529,7 @@ class Pipeline:
             )
             teacher_work, teacher_images = "teacher forward", None
         model_dir, last, resumed_at = _train_resuming(trainer, checkpoints, directory)
+        unreadable = [s["row"] for s in cache.skipped] if cfg.teacher_cache_views else trainer.skipped_rows
         images = round(trainer.state.epoch * len(transfer))
         ledger.add(
             LedgerEntry(
@@ -536,6 +554,8 @@ class Pipeline:
         return {
             "model": model_dir,
             "transfer_rows": len(transfer),
+            "transfer_unreadable": len(unreadable),
+            "transfer_unreadable_rows": unreadable[:1000],
             "resumed_from": last,
             "resumed_at_epoch": resumed_at,
             "train_loss": trainer.state.log_history[-1].get("train_loss"),
@@ -650,6 +670,16 @@ class Pipeline:
         return publish_run(self, directory)
 
     # -- summary ---------------------------------------------------------------------------------
+    def skipped_images(self) -> dict[str, int]:
+        """Images skipped because they could not be decoded, per where they were met (non-zero only)."""
+        transfer = (self.manifest("transfer") or {}).get("outputs", {})
+        distill = (self.manifest("distill") or {}).get("outputs", {})
+        counts = {
+            "retrieval pool": transfer.get("stats", {}).get("pool_unreadable", 0),
+            "transfer set (distillation)": distill.get("transfer_unreadable", 0),
+        }
+        return {where: n for where, n in counts.items() if n}
+
     def summary(self) -> str:
         """The results table and the compute per stage, one screen."""
         lines = [f"Run directory: {self.run_dir}"]
@@ -667,6 +697,12 @@ class Pipeline:
                 lines.append(
                     f"| {name} | {m['accuracy']:.4f} | {m['balanced_accuracy']:.4f} | {m['macro_f1']:.4f} |"
                 )
+        skipped = self.skipped_images()
+        if skipped:
+            lines += [
+                "",
+                "Skipped (unreadable) images: " + "; ".join(f"{n} in the {w}" for w, n in skipped.items()),
+            ]
         ledger = self.ledger()
         if ledger.entries or ledger.wall_s:
             lines += ["", "Compute per stage:", "", ledger.markdown()]

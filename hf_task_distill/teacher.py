@@ -18,7 +18,6 @@ load directly.
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import math
 import os
@@ -29,13 +28,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 
+from .checkpoints import last_complete_checkpoint
 from .data.budget import stratified_holdout_indices
 from .data.loading import TargetTask, load_target_task
 from .data.validation import UNLABELLED, check_images_decode, label_array
 from .data.views import ViewAugmentation, ViewSpec, single_view_dataset, stack_single_views
 from .devices import cpu_ranks_need_use_cpu
+from .files import write_json_atomically
 from .metrics import make_compute_metrics
 from .models.teacher import load_teacher
 from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin
@@ -365,11 +366,24 @@ class TeacherFinetuner:
         )
 
     # -- training --
-    def train(self) -> FinetuningResult:
+    def train(self, resume_from_checkpoint: str | os.PathLike | bool | None = None) -> FinetuningResult:
+        """Finetune with ``args.strategy``; returns the model and its validation metrics.
+
+        ``resume_from_checkpoint``: a checkpoint folder, or ``True`` for the newest complete one in
+        ``args.output_dir`` (none yet: start fresh). A killed run resumes with its optimizer,
+        scheduler and data position, and ends with the weights an uninterrupted run would have.
+        The linear probe has no checkpoints; it is recomputed (it is seconds of work).
+        """
         args = self.args
+        if resume_from_checkpoint is True:
+            resume_from_checkpoint = last_complete_checkpoint(args.output_dir)
+        resume = os.fspath(resume_from_checkpoint) if resume_from_checkpoint else None
         # labelled images are few: a bad file among them is an error naming its row, before any step
         for name, split in (("training", self.train_split), ("validation", self.validation_split)):
             check_images_decode(split, self.task.image_column, where=f"{self.task.name} {name} split")
+        set_seed(
+            args.seed
+        )  # the new head's initialisation: a rerun, or a run killed before its first checkpoint, gets the same teacher
         model = load_teacher(
             self.model_name_or_path,
             labels=self.task.label_names,
@@ -382,9 +396,9 @@ class TeacherFinetuner:
             history = self.linear_probe(model, spec)
         metrics = history[-1]["best"] if history else {}
         if args.strategy in ("full", "lp-ft"):
-            metrics = self._train_through_backbone(model, spec)
+            metrics = self._train_through_backbone(model, spec, resume)
         elif args.strategy == "lora":
-            model, metrics = self._train_lora(model, spec)
+            model, metrics = self._train_lora(model, spec, resume)
         model.eval()
         self.result = FinetuningResult(model, args.strategy, metrics, self.validation_source, history)
         return self.result
@@ -400,13 +414,13 @@ class TeacherFinetuner:
             **kwargs,
         )
 
-    def _train_through_backbone(self, model, spec: ViewSpec) -> dict[str, float]:
+    def _train_through_backbone(self, model, spec: ViewSpec, resume: str | None) -> dict[str, float]:
         model.requires_grad_(True)
         trainer = self.trainer = self._trainer(model, spec, layer_decay=self.args.layer_decay)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
         return _strip_eval_prefix(trainer.evaluate())
 
-    def _train_lora(self, model, spec: ViewSpec):
+    def _train_lora(self, model, spec: ViewSpec, resume: str | None):
         from peft import LoraConfig, get_peft_model
 
         args = self.args
@@ -420,7 +434,7 @@ class TeacherFinetuner:
         )
         peft_model = get_peft_model(model, config)
         trainer = self.trainer = self._trainer(peft_model, spec)
-        trainer.train()
+        trainer.train(resume_from_checkpoint=resume)
         metrics = _strip_eval_prefix(trainer.evaluate())
         self.peft_model = peft_model
         merged = copy.deepcopy(peft_model).merge_and_unload()
@@ -526,8 +540,7 @@ class TeacherFinetuner:
             "label_budget": self.task.label_budget,
             "metrics": self.result.metrics,
         }
-        with open(os.path.join(output_dir, "finetuning_results.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=2)
+        write_json_atomically(os.path.join(output_dir, "finetuning_results.json"), summary)
         return output_dir
 
 

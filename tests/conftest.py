@@ -54,6 +54,15 @@ def make_colour_dataset(n: int, seed: int, *, labelled: bool = True, sizes=((40,
     return Dataset.from_dict({"image": images, "label": labels.tolist()}, features=features)
 
 
+def save_image_folder(dataset, folder, *, labelled: bool = True) -> None:
+    """Write a colour dataset as an image folder (one sub-folder per class when labelled)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, row in enumerate(dataset):
+        target = folder / LABELS[row["label"]] if labelled else folder
+        target.mkdir(exist_ok=True)
+        row["image"].save(target / f"{i:04d}.png")
+
+
 def tiny_vit_kwargs(image_size: int = 32) -> dict:
     """A 2-layer, 32-wide ViT: the shape of every tiny 'foundation model' in the tests."""
     return dict(

@@ -9,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from ..data.images import load_rgb_image
 from ..data.loading import find_image_column
+from ..files import write_folder_atomically
 
 __all__ = ["contact_sheet", "push_transfer_set", "save_transfer_set"]
 
@@ -40,16 +41,21 @@ def contact_sheet(
 def save_transfer_set(
     transfer, output_dir: str | os.PathLike, card_data, sheet: Image.Image | None = None
 ) -> str:
-    """``save_to_disk`` plus ``README.md`` (the dataset card) and ``contact_sheet.png``."""
+    """``save_to_disk`` plus ``README.md`` (the dataset card) and ``contact_sheet.png``.
+
+    The folder is written under a temporary name and moved into place whole, so a killed save
+    never leaves a folder that ``load_from_disk`` would read as a (shorter) transfer set.
+    """
     from ..hub.cards import render_transfer_set_card
 
-    output_dir = os.fspath(output_dir)
-    transfer.save_to_disk(output_dir)
-    if sheet is not None:
-        sheet.save(os.path.join(output_dir, "contact_sheet.png"))
-        card_data.contact_sheet = "contact_sheet.png"
-    render_transfer_set_card(card_data).save(os.path.join(output_dir, "README.md"))
-    return output_dir
+    def write(folder: str) -> None:
+        transfer.save_to_disk(folder)
+        if sheet is not None:
+            sheet.save(os.path.join(folder, "contact_sheet.png"))
+            card_data.contact_sheet = "contact_sheet.png"
+        render_transfer_set_card(card_data).save(os.path.join(folder, "README.md"))
+
+    return write_folder_atomically(output_dir, write)
 
 
 def push_transfer_set(
