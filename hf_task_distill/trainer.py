@@ -10,6 +10,7 @@ teacher-student agreement.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,15 +19,18 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .data.images import ImageDecodeError
 from .data.loading import find_label_column
 from .data.validation import UNLABELLED, check_label_ids, label_array
-from .data.views import PairedViews, ViewSpec
+from .data.views import UNREADABLE_ROW, PairedViews, RandomViewDataset, ViewSpec
 from .devices import cpu_ranks_need_use_cpu
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.labels import check_label_spaces_match
 from .models.teacher import load_teacher
 from .teacher_cache import CachedTeacherDataset, TeacherCache
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["DistillationArguments", "DistillationTrainer", "EpochSeededViewsMixin", "NativeCheckpointsMixin"]
 
@@ -96,6 +100,28 @@ class _SetEpoch(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
+
+
+#: Batch key under which :func:`collate_skipping_unreadable` hands the skipped rows to the trainer.
+UNREADABLE_ROWS = "unreadable_rows"
+
+
+def collate_skipping_unreadable(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``default_data_collator`` over the rows whose image decoded; the others' row ids ride along
+    as ``unreadable_rows`` (they are counted in the training process, not in a loader worker)."""
+    from transformers import default_data_collator
+
+    kept = [r for r in rows if UNREADABLE_ROW not in r]
+    skipped = [r[UNREADABLE_ROW] for r in rows if UNREADABLE_ROW in r]
+    if not kept:
+        raise ImageDecodeError(
+            f"no image of a whole batch could be decoded (transfer-set rows {skipped[:10]}): "
+            "is the transfer set readable at all?"
+        )
+    batch = default_data_collator(kept)
+    if skipped:
+        batch[UNREADABLE_ROWS] = torch.tensor(skipped)
+    return batch
 
 
 class EpochSeededViewsMixin:
@@ -226,6 +252,8 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
             eval_dataset = self._prepare_dataset(
                 eval_dataset, train=False, num_labels=num_labels, where="eval_dataset"
             )
+        if isinstance(train_dataset, RandomViewDataset) and train_dataset.skip_unreadable:
+            kwargs.setdefault("data_collator", collate_skipping_unreadable)
         super().__init__(
             model=model,
             args=args,
@@ -234,6 +262,7 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
             compute_metrics=compute_metrics or distillation_metrics,
             **kwargs,
         )
+        self._unreadable_rows: set[int] = set()
         self._teacher = teacher_model
         self._teacher_prepared = False
         self._part_sums: dict[str, torch.Tensor] = {}
@@ -263,8 +292,15 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
             self._views_source[0] is None
         ):  # distilling from a cache: evaluation renders the student's view only
             outputs = {"pixel_values": self.views.student}
+        # a transfer set is web-scale and unchecked: an undecodable image is skipped and counted
         return self.views.apply(
-            dataset, train=train, num_labels=num_labels, where=where, outputs=outputs, seed=seed
+            dataset,
+            train=train,
+            num_labels=num_labels,
+            where=where,
+            outputs=outputs,
+            seed=seed,
+            skip_unreadable=train,
         )
 
     def _cached_dataset(self, dataset, num_labels: int) -> CachedTeacherDataset:
@@ -328,8 +364,33 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
         return teacher(pixel_values=pixels.to(dtype)).logits
 
     # ---- loss ---------------------------------------------------------------------------------
+    @property
+    def skipped_rows(self) -> list[int]:
+        """Transfer-set rows skipped because their image could not be decoded (all processes, after
+        ``train()``; this process's so far, during it)."""
+        return sorted(self._unreadable_rows)
+
+    def train(self, *args, **kwargs):
+        try:
+            return super().train(*args, **kwargs)
+        finally:
+            if self.args.world_size > 1:
+                from accelerate.utils import gather_object
+
+                self._unreadable_rows = set(gather_object(sorted(self._unreadable_rows)))
+            if self._unreadable_rows:
+                logger.warning(
+                    "skipped %d transfer-set row(s) whose image could not be decoded: %s",
+                    len(self._unreadable_rows),
+                    self.skipped_rows[:20],
+                )
+
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        for batch in batch_samples:
+            skipped = batch.pop(UNREADABLE_ROWS, None)
+            if skipped is not None:
+                self._unreadable_rows.update(int(r) for r in skipped.tolist())
         rows = sum(int(batch["pixel_values"].shape[0]) for batch in batch_samples)
         labelled = sum(
             int((batch["labels"] != UNLABELLED).sum()) for batch in batch_samples if "labels" in batch

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, make_colour_dataset
+from conftest import LABELS, make_colour_dataset, save_image_folder
 
 from hf_task_distill.cli import main, parse_config
 from hf_task_distill.compute import ComputeLedger, LedgerEntry, count_flops_per_image
@@ -157,14 +157,6 @@ def test_help_lists_every_command_and_flag(capsys):
 
 
 # -- the whole pipeline from the command line ------------------------------------------------------
-def _save_folder(dataset, folder, *, labelled=True):
-    folder.mkdir(parents=True, exist_ok=True)
-    for i, row in enumerate(dataset):
-        target = folder / LABELS[row["label"]] if labelled else folder
-        target.mkdir(exist_ok=True)
-        row["image"].save(target / f"{i:04d}.png")
-
-
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory, vfm_dirs):
     """A task as an image folder, a pool folder, a locally 'pretrained' student; one full CLI run,
@@ -172,9 +164,11 @@ def cli_run(tmp_path_factory, vfm_dirs):
     from hf_task_distill.models import create_student
 
     root = tmp_path_factory.mktemp("cli")
-    _save_folder(make_colour_dataset(48, seed=11), root / "task" / "train")
-    _save_folder(make_colour_dataset(32, seed=12), root / "task" / "test")
-    _save_folder(make_colour_dataset(160, seed=13), root / "pool", labelled=False)
+    save_image_folder(make_colour_dataset(48, seed=11), root / "task" / "train")
+    save_image_folder(make_colour_dataset(32, seed=12), root / "task" / "test")
+    save_image_folder(make_colour_dataset(160, seed=13), root / "pool", labelled=False)
+    (root / "pool" / "zz-broken.png").write_bytes(b"not a png")  # a web pool has these: skipped, counted
+    (root / "pool" / "zz-empty.jpg").write_bytes(b"")
     create_student("test_resnet", LABELS, image_size=32).save_pretrained(root / "student-start")
     run = root / "run"
     argv = [
@@ -230,11 +224,16 @@ def test_a_run_killed_in_distillation_resumes_without_redoing_finished_stages(cl
         and "| student, distilled + finetuned |" in out
     )
     assert "Compute per stage:" in out and "| distill | teacher forward |" in out
+    assert "Skipped (unreadable) images: 2 in the retrieval pool" in out
+    card = (run / "transfer" / "data" / "README.md").read_text()
+    assert "(162 images; 2 unreadable, skipped)" in card
 
     again = subprocess.run([*CLI, "evaluate", *cli_run["argv"]], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0
     for stage in ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate"):
-        assert f"stage {stage}: complete" in again.stderr  # a rerun does nothing again
+        assert f"stage {stage}: complete" in again.stderr, "\n".join(
+            l for l in again.stderr.splitlines() if "stage" in l
+        )  # a rerun does nothing again
 
 
 def test_overwrite_stage_redoes_that_stage_and_what_depends_on_it(cli_run, tmp_path):

@@ -7,10 +7,11 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, distill_args, make_colour_dataset, tiny_dinov2
+from conftest import LABELS, distill_args, make_colour_dataset, tiny_dinov2, tiny_processor
 from transformers import TrainerCallback
 
 from hf_task_distill import DistillationTrainer, create_student, load_teacher
+from hf_task_distill.data.images import ImageDecodeError
 from hf_task_distill.losses import DistillationLoss, LabelCrossEntropy, SoftTargetKL, register_loss
 
 _args = distill_args
@@ -351,3 +352,35 @@ def test_a_distillation_killed_between_checkpoints_resumes_to_the_uninterrupted_
     assert resumed.keys() == uninterrupted.keys()
     for key in resumed:
         assert torch.equal(resumed[key], uninterrupted[key]), key  # bit-identical on CPU
+
+
+def test_unreadable_transfer_images_are_skipped_counted_and_the_rest_trained_on(tmp_path):
+    """Online distillation on an unchecked transfer set: bad rows are dropped from their batch and
+    counted (every epoch meets them again; each is counted once); the good rows train as usual."""
+    from datasets import Dataset, Features, concatenate_datasets
+    from datasets import Image as ImageFeature
+
+    good = make_colour_dataset(12, seed=5, labelled=False).cast_column("image", ImageFeature(decode=False))
+    cells = [{"bytes": b"not an image", "path": None}, {"bytes": b"", "path": "empty.jpg"}]
+    bad = Dataset.from_dict({"image": cells}, features=Features({"image": ImageFeature(decode=False)}))
+    transfer = concatenate_datasets([good.select(range(5)), bad, good.select(range(5, 12))])
+    torch.manual_seed(0)
+    teacher = tiny_dinov2()
+    student = create_student("test_convnext", teacher.config.id2label, image_size=32)
+    before = _state(student)
+    args = distill_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=2, logging_steps=1)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        teacher_processor=tiny_processor(),
+        args=args,
+        train_dataset=transfer,
+    )
+    trainer.train()
+    assert trainer.skipped_rows == [5, 6]
+    assert trainer.state.global_step == 8  # 14 rows in batches of 4, two epochs: no batch was lost
+    assert any(not torch.equal(before[k], v) for k, v in _state(student).items())
+    # without skipping (a labelled set) the same row is an error that names it
+    views = trainer.views.apply(transfer, train=True)
+    with pytest.raises(ImageDecodeError, match=r"row 6 \(empty.jpg\): cannot decode"):
+        views[6]

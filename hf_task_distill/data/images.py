@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["MAX_ASPECT_RATIO", "MAX_PIXELS", "ImageDecodeError", "load_rgb_image", "to_rgb"]
+__all__ = ["MAX_ASPECT_RATIO", "MAX_PIXELS", "ImageDecodeError", "image_source", "load_rgb_image", "to_rgb"]
 
 MAX_PIXELS = 89_478_485  # PIL's own warning threshold (about 9,459 x 9,459): far above any training image
 MAX_ASPECT_RATIO = 100.0  # longer side / shorter side; banners beyond this carry no usable crop
@@ -60,6 +60,15 @@ def _high_bit_depth_to_rgb(image: Image.Image) -> Image.Image:
         scaled = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
     grey = np.clip(np.nan_to_num(scaled) * 255.0 + 0.5, 0, 255).astype(np.uint8)
     return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def image_source(value: Any) -> str | None:
+    """The file an image cell came from (a path, or a ``{"path": ...}`` cell), for error messages."""
+    if isinstance(value, dict):
+        return value.get("path") or None
+    if isinstance(value, (str, os.PathLike)):
+        return os.fspath(value)
+    return getattr(value, "filename", None) or None
 
 
 def load_rgb_image(value: Any) -> Image.Image:

@@ -69,7 +69,7 @@ def check_images_decode(dataset, image_column: str, where: str = "dataset", batc
     """
     import datasets
 
-    from .images import ImageDecodeError, load_rgb_image
+    from .images import ImageDecodeError, image_source, load_rgb_image
 
     raw = dataset.with_format(None).select_columns([image_column])
     if isinstance(raw.features.get(image_column), datasets.Image):
@@ -80,7 +80,7 @@ def check_images_decode(dataset, image_column: str, where: str = "dataset", batc
             try:
                 load_rgb_image(cell)
             except ImageDecodeError as err:
-                path = cell.get("path") if isinstance(cell, dict) else cell if isinstance(cell, str) else None
+                path = image_source(cell)
                 named = f" ({path})" if path else ""
                 raise ImageDecodeError(f"{where}: image in row {row}{named} is unusable: {err}") from err
             row += 1

@@ -18,10 +18,11 @@ import torch
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from .images import load_rgb_image
+from .images import ImageDecodeError, image_source, load_rgb_image
 from .validation import UNLABELLED, check_image_column, check_images_decode, check_label_ids, label_array
 
 __all__ = [
+    "UNREADABLE_ROW",
     "PairedViews",
     "RandomViewDataset",
     "ViewTransform",
@@ -36,6 +37,10 @@ __all__ = [
     "sample_view",
     "seeded_generator",
 ]
+
+#: Key of the placeholder a :class:`RandomViewDataset` with ``skip_unreadable`` returns for a row
+#: whose image cannot be decoded; its value is the row.
+UNREADABLE_ROW = "unreadable_row"
 
 _PIL_RESAMPLE_TO_MODE = {
     0: InterpolationMode.NEAREST,
@@ -336,11 +341,13 @@ class RandomViewDataset(torch.utils.data.Dataset):
         image_column: str,
         label_column: str | None,
         seed: int = 0,
+        skip_unreadable: bool = False,
     ):
         columns = [image_column] + ([label_column] if label_column else [])
         self.raw = dataset.with_format(None).select_columns(columns)
         self.outputs, self.augmentation = dict(outputs), augmentation
         self.image_column, self.label_column, self.seed = image_column, label_column, int(seed)
+        self.skip_unreadable = skip_unreadable
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -354,7 +361,13 @@ class RandomViewDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, row: int) -> dict[str, Any]:
         example = self.raw[int(row)]
-        image = load_rgb_image(example[self.image_column])
+        try:
+            image = load_rgb_image(example[self.image_column])
+        except ImageDecodeError as err:
+            if not self.skip_unreadable:
+                source = image_source(example[self.image_column])
+                raise ImageDecodeError(f"row {row}{f' ({source})' if source else ''}: {err}") from err
+            return {UNREADABLE_ROW: int(row)}  # dropped by the collator, counted by the trainer
         pixels = TF.pil_to_tensor(image)
         view = sample_view(image.size, self.augmentation, self.view_generator(row))
         item: dict[str, Any] = {name: render_view(pixels, view, spec) for name, spec in self.outputs.items()}
@@ -465,6 +478,7 @@ class PairedViews:
         outputs: dict[str, ViewSpec] | None = None,
         check_images: bool = False,
         seed: int = 0,
+        skip_unreadable: bool = False,
     ):
         """Check ``dataset`` and return it ready for a model: for evaluation, with the deterministic
         views attached (``with_transform``); for training, as a :class:`RandomViewDataset` whose random
@@ -472,7 +486,9 @@ class PairedViews:
 
         Image and label columns are found from the features unless named (a dataset without labels is
         fine: a transfer set). With ``num_labels`` the label ids are checked to be in range up front.
-        Rows may be labelled, unlabelled, or a mix.
+        Rows may be labelled, unlabelled, or a mix. ``skip_unreadable`` (training only): a row whose
+        image cannot be decoded yields an ``UNREADABLE_ROW`` placeholder instead of an error, for a
+        web-scale transfer set that nobody has checked.
         """
         from .loading import find_image_column, find_label_column
 
@@ -498,6 +514,7 @@ class PairedViews:
                 image_column=image_column,
                 label_column=label_column,
                 seed=seed,
+                skip_unreadable=skip_unreadable,
             )
         transform = self.transform(
             train=train, image_column=image_column, label_column=label_column, outputs=outputs
