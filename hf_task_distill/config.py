@@ -148,7 +148,9 @@ class StudentArguments:
     distill_loss: str = field(
         default="function_matching",
         metadata={
-            "help": "Loss from the registry: function_matching (KL to the teacher only; paper), kd (+ CE on labelled rows)."
+            "help": "Loss from the registry: function_matching (KL to the teacher only; paper), kd (+ CE on "
+            "labelled rows), feature_cosine / feature_contrastive (task-agnostic: match the teacher's image "
+            "features through a learned projection; the paper's baseline, finetune after)."
         },
     )
     teacher_cache_views: int = field(
@@ -170,6 +172,13 @@ class StudentArguments:
     baseline: bool = field(
         default=True, metadata={"help": "Also train the student on the labels alone, for comparison."}
     )
+
+    def __post_init__(self):
+        if self.teacher_cache_views and self.distill_loss.startswith("feature_"):
+            raise ValueError(
+                f"--distill_loss {self.distill_loss} matches the teacher's features, which a teacher cache "
+                "does not store: use --teacher_cache_views 0"
+            )
 
 
 @dataclass

@@ -23,6 +23,8 @@ from .data.validation import UNLABELLED
 
 __all__ = [
     "DistillationLoss",
+    "FeatureContrastive",
+    "FeatureCosine",
     "LabelCrossEntropy",
     "LossInputs",
     "LossTerm",
@@ -40,6 +42,10 @@ class LossInputs:
     student_logits: torch.Tensor
     teacher_logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
+    #: For feature terms: the student's image features mapped to the teacher's width by the
+    #: trainer's learned projection, and the teacher's image features (each ``[batch, dim]``).
+    student_features: torch.Tensor | None = None
+    teacher_features: torch.Tensor | None = None
 
     def labelled_mask(self) -> torch.Tensor:
         if self.labels is None:
@@ -59,6 +65,7 @@ class LossTerm(nn.Module):
 
     rows: str = "all"  # "all" or "labelled": the rows this term is averaged over
     requires_teacher: bool = False
+    requires_features: bool = False  # the trainer then supplies projected student and teacher features
 
     def per_row(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - interface
         raise NotImplementedError
@@ -112,6 +119,46 @@ class LabelCrossEntropy(LossTerm):
         )
 
 
+def _feature_pair(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
+    if inputs.student_features is None or inputs.teacher_features is None:
+        raise ValueError("a feature term needs student and teacher features, but the batch has none")
+    return _at_least_fp32(inputs.student_features), _at_least_fp32(inputs.teacher_features)
+
+
+class FeatureCosine(LossTerm):
+    """``1 - cos(projected student features, teacher features)`` per row: the task-agnostic feature
+    distillation baseline of the paper (match the foundation model's image embedding)."""
+
+    rows = "all"
+    requires_teacher = True
+    requires_features = True
+
+    def per_row(self, inputs: LossInputs) -> torch.Tensor:
+        student, teacher = _feature_pair(inputs)
+        return 1.0 - F.cosine_similarity(student, teacher, dim=-1)
+
+
+class FeatureContrastive(LossTerm):
+    """InfoNCE between projected student and teacher features within a batch: each student row must
+    pick its own image's teacher feature among the batch's (the contrastive variant of the baseline)."""
+
+    rows = "all"
+    requires_teacher = True
+    requires_features = True
+
+    def __init__(self, temperature: float = 0.1):
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = float(temperature)
+
+    def per_row(self, inputs: LossInputs) -> torch.Tensor:
+        student, teacher = _feature_pair(inputs)
+        similarity = F.normalize(student, dim=-1) @ F.normalize(teacher, dim=-1).T / self.temperature
+        targets = torch.arange(similarity.shape[0], device=similarity.device)
+        return F.cross_entropy(similarity, targets, reduction="none")
+
+
 class DistillationLoss(nn.Module):
     """A weighted sum of named :class:`LossTerm` s, each averaged over the rows it covers."""
 
@@ -126,6 +173,14 @@ class DistillationLoss(nn.Module):
     @property
     def requires_teacher(self) -> bool:
         return any(term.requires_teacher for term in self.terms.values())
+
+    @property
+    def requires_features(self) -> bool:
+        return any(term.requires_features for term in self.terms.values())
+
+    @property
+    def requires_teacher_logits(self) -> bool:
+        return any(term.requires_teacher and not term.requires_features for term in self.terms.values())
 
     @staticmethod
     def row_counts(inputs: LossInputs) -> dict[str, torch.Tensor]:
@@ -200,3 +255,20 @@ def _function_matching(
 def _supervised(**_: Any) -> DistillationLoss:
     """Cross-entropy on labels only (student finetuning); needs no teacher."""
     return DistillationLoss({"ce": (1.0, LabelCrossEntropy())})
+
+
+@register_loss("feature_cosine")
+def _feature_cosine(*, kd_weight: float = 1.0, ce_weight: float = 0.0, **_: Any) -> DistillationLoss:
+    """Task-agnostic distillation: the student's features, through a learned linear projection, match
+    the teacher's image features (cosine); the teacher's predictions are not used. Finetune after."""
+    return DistillationLoss({"feature": (kd_weight, FeatureCosine()), "ce": (ce_weight, LabelCrossEntropy())})
+
+
+@register_loss("feature_contrastive")
+def _feature_contrastive(
+    *, temperature: float = 0.1, kd_weight: float = 1.0, ce_weight: float = 0.0, **_: Any
+) -> DistillationLoss:
+    """Task-agnostic distillation with a contrastive (InfoNCE) feature loss at ``temperature``."""
+    return DistillationLoss(
+        {"feature": (kd_weight, FeatureContrastive(temperature)), "ce": (ce_weight, LabelCrossEntropy())}
+    )

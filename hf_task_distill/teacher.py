@@ -38,6 +38,7 @@ from .data.views import ViewAugmentation, ViewSpec, single_view_dataset, stack_s
 from .devices import cpu_ranks_need_use_cpu
 from .files import write_json_atomically
 from .metrics import make_compute_metrics
+from .models.heads import capture_head_inputs, find_classification_head
 from .models.teacher import load_teacher
 from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin
 
@@ -153,22 +154,6 @@ class FinetuningResult:
 
 
 # ---- pieces that depend only on the model ------------------------------------------------------
-
-
-def find_classification_head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The linear layer that maps features to the task's classes (``classifier`` in transformers)."""
-    num_labels = model.config.num_labels
-    candidates = [
-        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_labels
-    ]
-    for name, module in candidates:
-        if name.split(".")[-1] in ("classifier", "head", "fc"):
-            return name, module
-    if not candidates:
-        raise ValueError(
-            f"{type(model).__name__} has no linear layer with {num_labels} outputs to serve as the head"
-        )
-    return candidates[-1]
 
 
 def lora_target_modules(model: nn.Module) -> list[str]:
@@ -443,15 +428,10 @@ class TeacherFinetuner:
     @torch.inference_mode()
     def embed(self, model, dataset, spec: ViewSpec, *, views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Head inputs for every image (``views`` random augmented views each if > 1), computed once."""
-        _, head = find_classification_head(model)
-        captured: list[torch.Tensor] = []
-        hook = head.register_forward_pre_hook(
-            lambda _m, inputs: captured.append(inputs[0].detach().float().cpu())
-        )
         device = self.args.device
         model.to(device).eval()
         features, labels = [], []
-        try:
+        with capture_head_inputs(model) as captured:
             prepared = self._dataset(dataset, spec, train=views > 1)
             for view in range(views):
                 if hasattr(prepared, "set_epoch"):
@@ -465,10 +445,8 @@ class TeacherFinetuner:
                 for batch in loader:
                     captured.clear()
                     model(pixel_values=batch["pixel_values"].to(device))
-                    features.append(captured[-1])
+                    features.append(captured[-1].float().cpu())
                     labels.append(batch["labels"])
-        finally:
-            hook.remove()
         return torch.cat(features), torch.cat(labels)
 
     def linear_probe(self, model, spec: ViewSpec) -> list[dict[str, Any]]:

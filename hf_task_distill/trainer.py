@@ -26,6 +26,7 @@ from .data.views import UNREADABLE_ROW, PairedViews, RandomViewDataset, ViewSpec
 from .devices import cpu_ranks_need_use_cpu
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
+from .models.heads import capture_head_inputs, find_classification_head
 from .models.labels import check_label_spaces_match
 from .models.teacher import load_teacher
 from .teacher_cache import CachedTeacherDataset, TeacherCache
@@ -100,6 +101,18 @@ class _SetEpoch(TrainerCallback):
 
     def on_epoch_begin(self, args, state, control, **kwargs):
         self.dataset.set_epoch(math.floor(state.epoch + 1e-6) if state.epoch else 0)
+
+
+def _attach_feature_projection(student, teacher, *, seed: int) -> None:
+    """Give the student a linear map from its features to the teacher's width, as a submodule, so
+    that the Trainer's optimizer trains it and its checkpoints carry it. Seeded: reruns start alike."""
+    width = {
+        name: find_classification_head(model)[1].in_features
+        for name, model in (("student", student), ("teacher", teacher))
+    }
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        student.feature_projection = torch.nn.Linear(width["student"], width["teacher"])
 
 
 #: Batch key under which :func:`collate_skipping_unreadable` hands the skipped rows to the trainer.
@@ -215,14 +228,22 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
             teacher_model = load_teacher(os.fspath(teacher_model))
         if isinstance(teacher_cache, (str, os.PathLike)):
             teacher_cache = TeacherCache(teacher_cache)
+        if teacher_model is None and self.distillation_loss.requires_features:
+            raise ValueError(
+                f"loss '{args.loss_name}' matches the teacher's image features: pass teacher_model= "
+                "(a teacher cache stores logits only)"
+            )
         if teacher_model is None and teacher_cache is None and self.distillation_loss.requires_teacher:
             raise ValueError(
                 f"loss '{args.loss_name}' needs a teacher: pass teacher_model= or teacher_cache="
             )
         if teacher_model is not None:
-            check_label_spaces_match(teacher_model, model)
+            if not self.distillation_loss.requires_features:  # features need no shared label space
+                check_label_spaces_match(teacher_model, model)
             teacher_model.requires_grad_(False)
             teacher_model.eval()
+        if self.distillation_loss.requires_features:
+            _attach_feature_projection(model, teacher_model, seed=args.seed)
         if teacher_cache is not None:
             teacher_cache.check(teacher=teacher_model, num_labels=model.config.num_labels, where="this run")
             if train_dataset is None:
@@ -353,7 +374,8 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
         return self._teacher
 
     @torch.no_grad()
-    def teacher_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def teacher_outputs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The teacher's logits, and its image features (its head's input) when the loss needs them."""
         teacher = self.teacher_model
         if teacher.training:
             teacher.eval()
@@ -361,7 +383,36 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
         if pixels is None:
             pixels = inputs["pixel_values"]
         dtype = next(teacher.parameters()).dtype
-        return teacher(pixel_values=pixels.to(dtype)).logits
+        if not self.distillation_loss.requires_features:
+            return teacher(pixel_values=pixels.to(dtype)).logits, None
+        with capture_head_inputs(self.accelerator.unwrap_model(teacher)) as captured:
+            logits = teacher(pixel_values=pixels.to(dtype)).logits
+        return logits, captured[-1].flatten(1)
+
+    def teacher_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.teacher_outputs(inputs)[0]
+
+    def _student_outputs(self, model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The student's logits, and (for feature losses) its features through the learned projection."""
+        if not self.distillation_loss.requires_features:
+            return model(pixel_values=pixels).logits, None
+        student = self.accelerator.unwrap_model(model)
+        with capture_head_inputs(student) as captured:
+            logits = model(pixel_values=pixels).logits
+        return logits, student.feature_projection(captured[-1].flatten(1))
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Checkpoints keep the feature projection (a resumed run needs it); the saved model does not
+        (it is only the bridge to the teacher's features, and the student's own class would not load it)."""
+        model = self.accelerator.unwrap_model(self.model)
+        projection = None
+        if not self._writing_checkpoint and "feature_projection" in model._modules:
+            projection = model._modules.pop("feature_projection")
+        try:
+            return super().save_model(output_dir, _internal_call)
+        finally:
+            if projection is not None:
+                model.feature_projection = projection
 
     # ---- loss ---------------------------------------------------------------------------------
     @property
@@ -404,19 +455,23 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         teacher_logits = inputs.get("teacher_logits")  # from a teacher cache
+        teacher_features = None
         if teacher_logits is None and self._teacher is not None:
             # The teacher runs first: its activations are freed before the student's autograd graph
             # exists. In the other order the step measured 1.19x (teacher + student) on a CPU, 1.01x here.
-            teacher_logits = self.teacher_logits(inputs)
+            teacher_logits, teacher_features = self.teacher_outputs(inputs)
         if teacher_logits is not None:
             self._check_finite(teacher_logits, "teacher logits")
-        student_logits = model(pixel_values=inputs["pixel_values"]).logits
+        if teacher_features is not None:
+            self._check_finite(teacher_features, "teacher features")
+        student_logits, student_features = self._student_outputs(model, inputs["pixel_values"])
         if teacher_logits is None and not model.training and self.distillation_loss.requires_teacher:
             # evaluating while distilling from a cache: no teacher to compare with, report the label loss
             return self._label_loss(student_logits, labels, return_outputs)
         window = num_items_in_batch if isinstance(num_items_in_batch, _AccumulationWindow) else None
         loss, parts = self.distillation_loss(
-            LossInputs(student_logits, teacher_logits, labels), window.as_counts() if window else None
+            LossInputs(student_logits, teacher_logits, labels, student_features, teacher_features),
+            window.as_counts() if window else None,
         )
         if model.training and not self.args.fp16:  # fp16: the Trainer's grad scaler skips overflowing steps
             self._check_finite(loss, "the loss")

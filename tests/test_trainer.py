@@ -384,3 +384,51 @@ def test_unreadable_transfer_images_are_skipped_counted_and_the_rest_trained_on(
     views = trainer.views.apply(transfer, train=True)
     with pytest.raises(ImageDecodeError, match=r"row 6 \(empty.jpg\): cannot decode"):
         views[6]
+
+
+@pytest.mark.parametrize("loss_name", ["feature_cosine", "feature_contrastive"])
+def test_task_agnostic_feature_distillation_aligns_features_and_saves_a_plain_student(
+    tmp_path, trained_teacher_dir, colour_splits, loss_name
+):
+    """The paper's baseline as a loss: a learned projection of the student's features matches the
+    teacher's image features; no label space is shared, and the saved student has no projection."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForImageClassification
+
+    teacher = load_teacher(str(trained_teacher_dir))
+    student = create_student("test_resnet", ["a", "b"], image_size=32)  # another label space
+    args = _args(
+        tmp_path,
+        loss_name=loss_name,
+        temperature=0.1,
+        num_train_epochs=6,
+        save_strategy="epoch",
+        save_total_limit=1,
+    )
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=args,
+        train_dataset=colour_splits["transfer"],
+        eval_dataset=colour_splits["test"].remove_columns("label"),  # its labels are not the student's
+    )
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()
+    after = trainer.evaluate()["eval_loss"]
+    print(f"\n{loss_name}: eval loss {before:.4f} -> {after:.4f}")
+    assert after < 0.5 * before, (before, after)
+
+    checkpoint = [d for d in os.listdir(args.output_dir) if d.startswith("checkpoint-")][0]
+    saved = load_file(os.path.join(args.output_dir, checkpoint, "model.safetensors"))
+    assert "feature_projection.weight" in saved  # a resumed run gets its projection back
+    trainer.save_model(str(tmp_path / "student"))
+    final = load_file(str(tmp_path / "student" / "model.safetensors"))
+    assert not any("feature_projection" in k for k in final)
+    reloaded = AutoModelForImageClassification.from_pretrained(tmp_path / "student")
+    assert reloaded.config.num_labels == 2 and hasattr(student, "feature_projection")
+
+
+def test_feature_distillation_needs_a_teacher_model_not_a_cache(tmp_path):
+    student = create_student("test_resnet", LABELS, image_size=32)
+    with pytest.raises(ValueError, match="matches the teacher's image features: pass teacher_model="):
+        DistillationTrainer(model=student, args=_args(tmp_path, loss_name="feature_cosine"))
