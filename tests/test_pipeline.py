@@ -232,7 +232,7 @@ def test_a_run_killed_in_distillation_resumes_without_redoing_finished_stages(cl
     assert again.returncode == 0
     for stage in ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate"):
         assert f"stage {stage}: complete" in again.stderr, "\n".join(
-            l for l in again.stderr.splitlines() if "stage" in l
+            line for line in again.stderr.splitlines() if "stage" in line
         )  # a rerun does nothing again
 
 
