@@ -29,7 +29,9 @@ def last_complete_checkpoint(folder: str | os.PathLike) -> str | None:
     for _, name in reversed(steps):
         try:
             with open(os.path.join(folder, name, "trainer_state.json"), encoding="utf-8") as f:
-                json.load(f)
+                state = json.load(f)
+            if not isinstance(state, dict):  # valid JSON but not a trainer state (e.g. `null` or a list)
+                raise ValueError("not a JSON object")
         except (OSError, ValueError):
             logger.warning("ignoring incomplete checkpoint %s", os.path.join(folder, name))
             continue

@@ -79,13 +79,27 @@ def parse_config(command: str, argv: list[str]) -> PipelineConfig:
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         if not os.path.isfile(argv[0]):
             raise CommandLineError(f"config file {argv[0]} does not exist")
-        if argv[0].endswith(".json"):
-            groups = parser.parse_json_file(argv[0], allow_extra_keys=False)
-        else:
-            groups = parser.parse_yaml_file(argv[0], allow_extra_keys=False)
+        groups = _parse_config_file(parser, argv[0])
     else:
         groups = parser.parse_args_into_dataclasses(args=argv)
     return PipelineConfig.from_groups(groups)
+
+
+def _parse_config_file(parser, path: str):
+    """A .json/.yaml config file into dataclasses; a file that does not parse is named, in one line."""
+    import json
+
+    import yaml
+
+    try:
+        if path.endswith(".json"):
+            return parser.parse_json_file(path, allow_extra_keys=False)
+        return parser.parse_yaml_file(path, allow_extra_keys=False)
+    except (json.JSONDecodeError, yaml.YAMLError, AttributeError) as err:
+        # the parsers' own messages name a line and column but not the file; AttributeError: a file
+        # that parses to a list or a string instead of a mapping of flags
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CommandLineError(f"config file {path} is not a mapping of flags to values ({first})") from err
 
 
 def _check_writable(path: str) -> None:

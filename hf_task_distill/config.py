@@ -126,6 +126,22 @@ class TransferArguments:
         metadata={"help": "Cosine above which a pool image is a copy of a validation/test image."},
     )
 
+    def __post_init__(self):
+        # checked here, not when stage 2 starts: a typo must not cost a finetuned teacher first
+        for flag in ("per_query_k", "transfer_budget"):
+            value = getattr(self, flag)
+            if value is not None and value < 1:
+                raise ValueError(f"--{flag} must be at least 1, got {value}")
+        if self.transfer == "retrieval":
+            if self.pool is None:
+                raise ValueError(
+                    "--transfer retrieval needs --pool (a Hub id, image folder or parquet/webdataset files)"
+                )
+            if (self.per_query_k is None) == (self.transfer_budget is None):
+                raise ValueError(
+                    "--transfer retrieval needs exactly one of --per_query_k or --transfer_budget"
+                )
+
 
 @dataclass
 class StudentArguments:
@@ -174,6 +190,19 @@ class StudentArguments:
     )
 
     def __post_init__(self):
+        from .losses import available_losses  # the registry, so losses registered by the user count
+
+        # checked here, not when stage 3 starts: a typo must not cost a finetuned teacher first
+        if self.distill_loss not in available_losses():
+            raise ValueError(
+                f"--distill_loss: unknown loss '{self.distill_loss}'; registered: {', '.join(available_losses())}"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
+        if self.teacher_cache_views < 0:
+            raise ValueError(f"--teacher_cache_views must be >= 0, got {self.teacher_cache_views}")
+        if self.teacher_cache_top_k is not None and self.teacher_cache_top_k < 1:
+            raise ValueError(f"--teacher_cache_top_k must be at least 1, got {self.teacher_cache_top_k}")
         if self.teacher_cache_views and self.distill_loss.startswith("feature_"):
             raise ValueError(
                 f"--distill_loss {self.distill_loss} matches the teacher's features, which a teacher cache "
@@ -215,6 +244,8 @@ class RunArguments:
     hub_private: bool = field(default=False, metadata={"help": "Create private repos."})
 
     def __post_init__(self):
+        if self.bf16 and self.fp16:
+            raise ValueError("--bf16 and --fp16 are exclusive: choose one mixed precision")
         if not 0.0 < self.crop_min_scale <= 1.0:
             raise ValueError(f"--crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
         if not 0.0 <= self.hflip_probability <= 1.0:

@@ -443,12 +443,6 @@ class Pipeline:
             save_transfer_set,
         )
 
-        if cfg.pool is None:
-            raise ValueError(
-                "--transfer retrieval needs --pool (a Hub id, image folder or parquet/webdataset files)"
-            )
-        if (cfg.per_query_k is None) == (cfg.transfer_budget is None):
-            raise ValueError("--transfer retrieval needs exactly one of --per_query_k or --transfer_budget")
         encoder_name = cfg.retrieval_encoder or self.config.teacher.teacher
         with _loading("retrieval encoder", encoder_name):
             encoder = ImageEncoder.from_pretrained(

@@ -154,8 +154,11 @@ def _image_bytes(cell: Any) -> bytes:
         if cell.get("bytes"):
             return bytes(cell["bytes"])
         if cell.get("path"):
-            with open(cell["path"], "rb") as f:
-                return f.read()
+            try:
+                with open(cell["path"], "rb") as f:
+                    return f.read()
+            except OSError:  # a missing file is skipped and counted by the build, not a crash here
+                return f"unreadable:{cell['path']}".encode()
     if hasattr(cell, "tobytes"):  # a decoded PIL image or an array
         return cell.tobytes()
     return repr(cell).encode()
@@ -202,6 +205,12 @@ class TeacherCache:
     def __init__(self, directory: str | os.PathLike):
         self.directory = os.fspath(directory)
         info = read_json(os.path.join(self.directory, COMPLETE_FILE))
+        if not info and os.path.exists(os.path.join(self.directory, COMPLETE_FILE)):
+            # not "stopped before the end": the shards may be fine, only the index is damaged
+            raise ValueError(
+                f"{os.path.join(self.directory, COMPLETE_FILE)} is unreadable (not a JSON object): run "
+                "build_teacher_cache again to rewrite it from the finished shards"
+            )
         if not info:
             started = os.path.exists(os.path.join(self.directory, BUILD_FILE))
             raise FileNotFoundError(
@@ -228,14 +237,38 @@ class TeacherCache:
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
         rows, shards, offsets = [], [], []
+        expected = _fingerprint_hash(self.fingerprint)
         for shard in range(int(info["num_shards"])):
-            shard_rows = self._open(shard).get_tensor("rows").numpy()
+            shard_rows = self._checked_shard_rows(shard, expected)
             rows.append(shard_rows)
             shards.append(np.full(len(shard_rows), shard, dtype=np.int32))
             offsets.append(np.arange(len(shard_rows), dtype=np.int32))
         self.rows = np.concatenate(rows)  # transfer-set rows that have targets, ascending
         self._shards, self._offsets = np.concatenate(shards), np.concatenate(offsets)
         self._handles = {}  # opened again lazily, in whichever process reads
+
+    def _checked_shard_rows(self, shard: int, expected_hash: str) -> np.ndarray:
+        """The row ids of a shard, refusing one that is missing, unreadable or from another cache
+        (a shard replaced after the build would otherwise give silently wrong targets)."""
+        from safetensors import SafetensorError
+
+        path = os.path.join(self.directory, _shard_file(shard))
+        redo = f"delete {os.path.join(self.directory, COMPLETE_FILE)} and run build_teacher_cache again to rebuild it"
+        try:
+            handle = self._open(shard)
+            metadata = json.loads((handle.metadata() or {}).get("hf_task_distill", "{}"))
+            shard_rows = handle.get_tensor("rows").numpy()
+        except (SafetensorError, OSError, ValueError) as err:
+            detail = f"{type(err).__name__}: {err}"[:200]
+            raise ValueError(
+                f"teacher cache shard {path} is missing or unreadable ({detail}); {redo}"
+            ) from err
+        if metadata.get("fingerprint") != expected_hash:
+            raise TeacherCacheMismatch(
+                f"teacher cache shard {path} belongs to another cache (fingerprint {metadata.get('fingerprint')!r}, "
+                f"expected {expected_hash!r}); {redo}"
+            )
+        return shard_rows
 
     @property
     def image_column(self) -> str:
@@ -384,6 +417,11 @@ def _autocast(device: torch.device, precision: str):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def _fingerprint_hash(fingerprint: dict[str, Any]) -> str:
+    """The short hash every shard of a cache carries in its header."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def _save_shard(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
@@ -461,7 +499,7 @@ def build_teacher_cache(
         "teacher_view": _jsonable(asdict(teacher_view)),
         "augmentation": _jsonable(asdict(augmentation)),
     }
-    fingerprint_hash = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+    fingerprint_hash = _fingerprint_hash(fingerprint)
     os.makedirs(output_dir, exist_ok=True)
     for name in (COMPLETE_FILE, BUILD_FILE):
         previous = read_json(os.path.join(output_dir, name)).get("fingerprint")
@@ -472,7 +510,7 @@ def build_teacher_cache(
             )
     if state.is_main_process and not os.path.exists(os.path.join(output_dir, BUILD_FILE)):
         write_json_atomically(os.path.join(output_dir, BUILD_FILE), {"fingerprint": fingerprint})
-    if os.path.exists(os.path.join(output_dir, COMPLETE_FILE)):
+    if read_json(os.path.join(output_dir, COMPLETE_FILE)):  # an unreadable cache.json is rewritten below
         return TeacherCache(output_dir)
 
     import datasets

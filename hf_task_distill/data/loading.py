@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import datasets
+import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
 from .budget import select_label_budget
@@ -176,8 +177,9 @@ def _standardize(splits, task_name, image_column, label_column, label_names, spe
         )
     label_column = label_column or find_label_column(features)
     if label_column is None or label_column not in features:
+        named = f" '{label_column}'" if label_column else ""
         raise ValueError(
-            f"task '{task_name}' has no label column '{label_column}' (columns: {', '.join(features)}); pass label_column="
+            f"task '{task_name}' has no label column{named} (columns: {', '.join(features)}); pass label_column="
         )
     for split_name, split in splits.items():
         check_image_column(split, image_column, where=f"task '{task_name}' split '{split_name}'")
@@ -188,23 +190,44 @@ def _standardize(splits, task_name, image_column, label_column, label_names, spe
         label_names = label_names or list(feature.names)
     elif label_names is None:
         label_names = _infer_label_names(splits, label_column, is_string)
+    # ClassLabel would refuse repeated names too, but without saying which; a repeat makes two output
+    # indices mean one class
+    repeated = sorted({str(n) for n in label_names if [str(m) for m in label_names].count(str(n)) > 1})
+    if repeated:
+        raise ValueError(f"task '{task_name}': label names must be unique; repeated: {repeated[:5]}")
     if spec is not None and spec.num_classes is not None and len(label_names) != spec.num_classes:
         raise ValueError(
             f"task '{task_name}' should have {spec.num_classes} classes, found {len(label_names)}"
         )
+    trained: set[int] = set()  # class ids with at least one labelled training row
     for split_name, split in splits.items():
         where = f"task '{task_name}' split '{split_name}'"
         if is_string:
-            unknown = sorted(set(v for v in split.unique(label_column) if v is not None) - set(label_names))
+            values = set(v for v in split.unique(label_column) if v is not None)
+            unknown = sorted(values - set(label_names))
             if unknown:
                 raise ValueError(
                     f"{where}: label(s) {unknown[:5]} in '{label_column}' are not among the task's label names"
                 )
+            if split_name == "train":
+                trained = {i for i, n in enumerate(label_names) if n in values}
             continue
-        labels = label_array(split, label_column)
+        try:  # NaN in a labelled split is a broken label, not "unlabelled": name the split and rows
+            labels = label_array(split, label_column, nan_is_unlabelled=False)
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from err
         check_label_ids(labels, len(label_names), label_column, where=where)
-        if split_name == "train" and not (labels != UNLABELLED).any():
-            raise ValueError(f"task '{task_name}': the train split has no labelled rows")
+        if split_name == "train":
+            if not (labels != UNLABELLED).any():
+                raise ValueError(f"task '{task_name}': the train split has no labelled rows")
+            trained = set(np.unique(labels[labels != UNLABELLED]).tolist())
+    # a teacher cannot learn a class it never sees: found here, not after an epoch of finetuning
+    missing = [str(n) for i, n in enumerate(label_names) if i not in trained]
+    if missing:
+        raise ValueError(
+            f"task '{task_name}': {len(missing)} class(es) have no labelled training image: {missing[:10]}; "
+            "a teacher cannot learn a class it never sees. Add examples or drop these labels"
+        )
     if not isinstance(feature, ClassLabel):
         splits = DatasetDict(
             {k: v.cast_column(label_column, ClassLabel(names=list(label_names))) for k, v in splits.items()}
@@ -233,7 +256,10 @@ def _infer_label_names(splits: DatasetDict, label_column: str, is_string: bool) 
         for split in splits.values():
             values.update(v for v in split.unique(label_column) if v is not None)
         return sorted(values)
-    labels = label_array(splits["train"], label_column)
+    try:
+        labels = label_array(splits["train"], label_column, nan_is_unlabelled=False)
+    except ValueError as err:
+        raise ValueError(f"split 'train': {err}") from err
     labelled = labels[labels != UNLABELLED]
     if labelled.size and labelled.min() < 0:
         raise ValueError(f"label column '{label_column}' has negative ids (e.g. {int(labelled.min())})")

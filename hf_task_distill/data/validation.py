@@ -11,8 +11,13 @@ __all__ = ["UNLABELLED", "check_image_column", "check_images_decode", "check_lab
 UNLABELLED = -100
 
 
-def label_array(dataset, label_column: str) -> np.ndarray:
-    """The label column as an int64 array, unlabelled rows (``None``, ``-1``, ``-100``) set to ``UNLABELLED``."""
+def label_array(dataset, label_column: str, *, nan_is_unlabelled: bool = True) -> np.ndarray:
+    """The label column as an int64 array, unlabelled rows (``None``, ``-1``, ``-100``) set to ``UNLABELLED``.
+
+    A float NaN is read as unlabelled too, unless ``nan_is_unlabelled=False`` (a split loaded as a
+    labelled task): there NaN is far more often a broken export than a deliberate "no label", so it
+    is an error naming the rows.
+    """
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -23,6 +28,12 @@ def label_array(dataset, label_column: str) -> np.ndarray:
         filled = pc.fill_null(column, float(UNLABELLED))
         values = filled.to_numpy()
         nan_rows = np.isnan(values)
+        if nan_rows.any() and not nan_is_unlabelled:
+            rows = np.flatnonzero(nan_rows)
+            raise ValueError(
+                f"label column '{label_column}' holds NaN in {rows.size} row(s) (rows {rows[:5].tolist()}); "
+                "mark unlabelled rows with None or -1, or fix the labels"
+            )
         not_integral = ~nan_rows & (values != np.round(values))
         if not_integral.any():
             i = int(np.flatnonzero(not_integral)[0])
@@ -45,6 +56,13 @@ def check_image_column(dataset, image_column: str, where: str = "dataset") -> No
         raise ValueError(
             f"{where} has no image column '{image_column}' (columns: {', '.join(dataset.column_names) or 'none'}); "
             "pass image_column= to name the column that holds the images"
+        )
+    # a named column of numbers or booleans can hold no image: say so now, not at the first decode
+    feature = (getattr(dataset, "features", None) or {}).get(image_column)
+    dtype = getattr(feature, "dtype", None) if type(feature).__name__ == "Value" else None
+    if dtype is not None and (dtype == "bool" or dtype.startswith(("int", "uint", "float"))):
+        raise TypeError(
+            f"{where}: column '{image_column}' holds {dtype} values, not images (image files, paths or bytes)"
         )
 
 
@@ -83,4 +101,8 @@ def check_images_decode(dataset, image_column: str, where: str = "dataset", batc
                 path = image_source(cell)
                 named = f" ({path})" if path else ""
                 raise ImageDecodeError(f"{where}: image in row {row}{named} is unusable: {err}") from err
+            except TypeError as err:  # a column of numbers or lists: name the row, not just the type
+                raise TypeError(
+                    f"{where}: row {row} of column '{image_column}' is not an image: {err}"
+                ) from err
             row += 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,8 +110,18 @@ class EmbeddingStore:
         )
         out = []
         for name in names:
-            with open(os.path.join(self.directory, name), encoding="utf-8") as f:
-                out.append(json.load(f))
+            path = os.path.join(self.directory, name)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    manifest = json.load(f)
+            except ValueError:  # written atomically, so this is damage from outside: name the file
+                manifest = None
+            if not isinstance(manifest, dict) or not _MANIFEST_KEYS <= set(manifest):
+                raise ValueError(
+                    f"embedding shard manifest {path} is unreadable or incomplete: delete it (and its .npz) "
+                    "to embed that shard again"
+                )
+            out.append(manifest)
         return out
 
     def load(self, dtype=np.float16) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +130,14 @@ class EmbeddingStore:
         float16 by default, as stored: the search code converts one block at a time, so a pool of
         10^6 x 384 takes 0.77 GB here instead of 1.5 GB. The array is allocated once and filled.
         """
-        manifests = [m for m in self.manifests() if m["count"]]
+        everything = self.manifests()
+        manifests = [m for m in everything if m["count"]]
+        if everything and not manifests:  # say why: "no shard" would send the user looking for files
+            skipped = sum(len(m["skipped"]) for m in everything)
+            raise ValueError(
+                f"none of the {skipped} images embedded in {self.directory} could be decoded "
+                "(every one was skipped as unreadable)"
+            )
         if not manifests:
             raise ValueError(f"no complete embedding shard in {self.directory}")
         dims = {m["dim"] for m in manifests}
@@ -130,10 +148,17 @@ class EmbeddingStore:
         rows = np.empty(total, dtype=np.int64)
         filled = 0
         for manifest in manifests:
-            with np.load(os.path.join(self.directory, manifest["file"]), allow_pickle=False) as shard:
-                count = len(shard["rows"])
-                vectors[filled : filled + count] = shard["embeddings"]
-                rows[filled : filled + count] = shard["rows"]
+            path = os.path.join(self.directory, manifest["file"])
+            try:  # numpy's errors name no file
+                with np.load(path, allow_pickle=False) as shard:
+                    count = len(shard["rows"])
+                    vectors[filled : filled + count] = shard["embeddings"]
+                    rows[filled : filled + count] = shard["rows"]
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+                raise ValueError(
+                    f"embedding shard {path} is missing or unreadable ({type(err).__name__}: {err}); delete it "
+                    f"and {_shard_name(manifest['shard'])}.json to embed that shard again"
+                ) from err
             filled += count
         return vectors, rows
 
@@ -145,6 +170,9 @@ class EmbeddingStore:
     @property
     def skipped(self) -> int:
         return sum(len(m["skipped"]) for m in self.manifests())
+
+
+_MANIFEST_KEYS = {"shard", "file", "start", "stop", "count", "dim", "skipped", "encoder"}
 
 
 def _shard_name(index: int) -> str:
