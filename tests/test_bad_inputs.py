@@ -378,6 +378,12 @@ def _embeddings_from_another_encoder(tmp_path, kit):
     )
 
 
+def _embeddings_of_another_dataset(tmp_path, kit):
+    folder = kit.copy(kit.embeddings_dir, tmp_path)
+    others = make_colour_dataset(8, seed=3, labelled=False)  # same size and encoder, other images
+    return lambda: embed_pool(others, tiny_encoder(), folder, shard_size=4, num_processes=1, process_index=0)
+
+
 # ---- checkpoints ------------------------------------------------------------------------------------
 
 
@@ -778,6 +784,11 @@ CASES = [
         _embeddings_from_another_encoder,
         Raises(ValueError, r"holds embeddings from encoder 'tiny-dinov2' .*this run uses 'pixels'"),
         id="embeddings-from-another-encoder",
+    ),
+    pytest.param(
+        _embeddings_of_another_dataset,
+        Raises(ValueError, r"holds embeddings of another dataset \(fingerprint \w+, this one \w+\)"),
+        id="embeddings-of-another-dataset",
     ),
     # checkpoints: an incomplete one is passed over, the older complete one is resumed from
     pytest.param(_checkpoints(None), Counted(_check_checkpoint), id="checkpoint-trainer-state-missing"),

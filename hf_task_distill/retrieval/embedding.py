@@ -25,7 +25,7 @@ from ..data.images import ImageDecodeError, load_rgb_image
 from ..data.loading import find_image_column
 from ..data.views import ViewSpec, eval_view, render_view
 from ..devices import process_state
-from ..files import write_atomically, write_json_atomically
+from ..files import read_json, write_atomically, write_json_atomically
 
 __all__ = ["EmbeddingStore", "ImageEncoder", "TeacherConfidence", "embed_pool"]
 
@@ -172,6 +172,8 @@ class EmbeddingStore:
         return sum(len(m["skipped"]) for m in self.manifests())
 
 
+#: Written first in an embedding folder: which dataset its shards embed (``dataset_fingerprint``).
+DATASET_FILE = "dataset.json"
 _MANIFEST_KEYS = {"shard", "file", "start", "stop", "count", "dim", "skipped", "encoder"}
 
 
@@ -238,6 +240,28 @@ class _ShardWriter:
             logger.warning("Pool shard %d: skipped %d unreadable image(s)", self.shard, len(self.skipped))
 
 
+def _claim_folder_for(pool, image_column: str, output_dir: str) -> None:
+    """Refuse a folder whose shards embed another dataset (same encoder and shard size would
+    otherwise pass: different query images in a reused folder were read as the old ones)."""
+    from ..data.fingerprints import dataset_fingerprint
+
+    path = os.path.join(output_dir, DATASET_FILE)
+    fingerprint = dataset_fingerprint(pool, image_column)
+    recorded = read_json(path).get("dataset")
+    if recorded is None and EmbeddingStore(output_dir).manifests():
+        raise ValueError(
+            f"{output_dir} holds embedding shards that do not say which dataset they embed: "
+            "use another folder or delete it"
+        )
+    if recorded is not None and recorded != fingerprint:
+        raise ValueError(
+            f"{output_dir} holds embeddings of another dataset (fingerprint {recorded}, this one "
+            f"{fingerprint}): use another folder or delete it"
+        )
+    if recorded is None:
+        write_json_atomically(path, {"dataset": fingerprint, "rows": len(pool)})
+
+
 def embed_pool(
     pool,
     encoder: ImageEncoder,
@@ -272,6 +296,8 @@ def embed_pool(
         state = process_state()
         process_index, num_processes = state.process_index, state.num_processes
     raw = pool.select_columns([image_column]).cast_column(image_column, _undecoded_image_feature())
+    if not isinstance(pool, _iterable_dataset_type()):
+        _claim_folder_for(pool, image_column, output_dir)
     existing = EmbeddingStore(output_dir).manifests()
     for manifest in existing:  # a folder filled by another encoder or shard size must not be mixed in
         if manifest["encoder"] != encoder.name or manifest["start"] != manifest["shard"] * shard_size:
