@@ -4,14 +4,16 @@ string concatenation. Tokens never enter a card: only what is passed in the data
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from typing import Any
 
 __all__ = [
+    "MiniVFMCardData",
     "StudentCardData",
     "TeacherCardData",
     "TransferSetCardData",
+    "render_mini_vfm_card",
     "render_student_card",
     "render_teacher_card",
     "render_transfer_set_card",
@@ -250,3 +252,56 @@ class _Metrics:
     accuracy: float
     balanced_accuracy: float
     macro_f1: float
+
+
+@dataclass
+class MiniVFMCardData:
+    """What the shipped mini-VFM's card says: how it was pretrained and how well."""
+
+    architecture: str
+    model_args: dict[str, Any]
+    image_size: int
+    parameters: int
+    num_classes: int
+    train_images: int
+    validation_images: int
+    pool_seed: int
+    validation_seed: int
+    epochs: float
+    batch_size: int
+    learning_rate: float
+    weight_decay: float
+    crop_min_scale: float
+    seed: int
+    validation_accuracy: float
+    validation_balanced_accuracy: float
+    wall_s: float
+    device: str | None = None
+
+    @classmethod
+    def from_pretraining(cls, config, architecture, label_names) -> MiniVFMCardData:
+        from ..compute import describe_device
+
+        settings = {k: v for k, v in asdict(config).items() if k != "results"}
+        return cls(
+            architecture=architecture.name,
+            model_args={
+                k: list(v) if isinstance(v, tuple) else v for k, v in architecture.model_args.items()
+            },
+            image_size=architecture.image_size,
+            device=describe_device(),
+            **settings,
+            **{k: v for k, v in config.results.items() if k in {f.name for f in fields(cls)}},
+        )
+
+
+def render_mini_vfm_card(data: MiniVFMCardData):
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card_data = ModelCardData(
+        library_name="timm",
+        pipeline_tag="image-classification",
+        tags=["hf-task-distill", "mini-vfm", "synthetic-data"],
+        license="apache-2.0",
+    )
+    return ModelCard.from_template(card_data, template_str=_template("mini_vfm_card"), **asdict(data))
