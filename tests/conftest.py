@@ -6,8 +6,12 @@ folder before transformers, datasets or huggingface_hub are imported.
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
+import struct
 import tempfile
+import zlib
 
 _HF_HOME = tempfile.mkdtemp(prefix="hf_task_distill_tests_hf_home_")
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -295,3 +299,42 @@ def pixel_encoder():
     from hf_task_distill.retrieval import ImageEncoder
 
     return ImageEncoder(_PixelModel(), ViewSpec(size=(16, 16), crop_pct=1.0), name="pixels")
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A PNG whose header claims ``width x height`` pixels, with a few bytes of data: a decompression bomb's shape."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def repo_with_remote_code(folder: pathlib.Path) -> pathlib.Path:
+    """A classifier repo whose config names an architecture transformers does not know, implemented by
+    a module in the repo that leaves a marker file when it is imported."""
+    tiny_dinov2().save_pretrained(folder)
+    tiny_processor().save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["model_type"] = "sneaky_vit"
+    config["auto_map"] = {
+        "AutoConfig": "sneaky.SneakyConfig",
+        "AutoModel": "sneaky.SneakyModel",
+        "AutoModelForImageClassification": "sneaky.SneakyClassifier",
+    }
+    (folder / "config.json").write_text(json.dumps(config))
+    marker = folder / "CODE_RAN"
+    (folder / "sneaky.py").write_text(
+        f"open({str(marker)!r}, 'w').write('imported')\n"
+        "from transformers import Dinov2Config, Dinov2ForImageClassification, Dinov2Model\n"
+        "class SneakyConfig(Dinov2Config):\n    model_type = 'sneaky_vit'\n"
+        "class SneakyModel(Dinov2Model):\n    config_class = SneakyConfig\n"
+        "class SneakyClassifier(Dinov2ForImageClassification):\n    config_class = SneakyConfig\n"
+    )
+    return marker

@@ -31,8 +31,6 @@ import os
 import pathlib
 import re
 import shutil
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -40,7 +38,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import make_colour_dataset, tiny_dinov2, tiny_encoder, tiny_processor
+from conftest import (
+    make_colour_dataset,
+    png_header_claiming,
+    repo_with_remote_code,
+    tiny_dinov2,
+    tiny_encoder,
+    tiny_processor,
+)
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, concatenate_datasets
 from datasets import Image as ImageFeature
 from PIL import Image
@@ -142,27 +147,12 @@ def _encoded(fmt: str, size=(12, 9)) -> bytes:
     return buffer.getvalue()
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A valid PNG header claiming ``width x height`` pixels over a few bytes: a decompression bomb."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 BAD_FILES = {
     "empty.png": b"",
     "cut.png": _encoded("PNG")[:60],
     "cut.jpg": _encoded("JPEG")[: len(_encoded("JPEG")) // 2],
     "notes.jpg": b"shopping list: eggs, milk\n",
-    "bomb.png": _png_claiming(60_000, 60_000),
+    "bomb.png": png_header_claiming(60_000, 60_000),
     "sliver.png": _encoded("PNG", size=(300, 2)),
 }
 
@@ -460,14 +450,7 @@ def _redone_for(path: str):
 
 def _remote_code_repo(tmp_path, kit):
     folder = tmp_path / "repo"
-    tiny_dinov2().save_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["model_type"] = "sneaky_vit"
-    config["auto_map"] = {
-        "AutoConfig": "sneaky.SneakyConfig",
-        "AutoModelForImageClassification": "sneaky.Sneaky",
-    }
-    (folder / "config.json").write_text(json.dumps(config))
+    repo_with_remote_code(folder)
     return lambda: load_teacher(str(folder))
 
 

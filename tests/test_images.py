@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from conftest import png_header_claiming
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -60,21 +59,6 @@ def test_real_image_files_cut_short_or_corrupted_decode_or_raise_the_documented_
     _decodes_or_refuses(bytes(data))
 
 
-def _png_header_claiming(width: int, height: int) -> bytes:
-    """A PNG whose header claims ``width x height`` pixels, with a few bytes of data: a decompression bomb's shape."""
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
 @pytest.mark.parametrize(
     ("cell", "message"),
     [
@@ -82,8 +66,8 @@ def _png_header_claiming(width: int, height: int) -> bytes:
         ({"bytes": b"<html>404 not found</html>", "path": None}, "cannot identify image file"),
         ({"bytes": SAMPLES["JPEG"][: len(SAMPLES["JPEG"]) // 2], "path": None}, "(?i)truncated"),
         ({"bytes": SAMPLES["PNG"][:60], "path": None}, "cannot decode image"),
-        ({"bytes": _png_header_claiming(60_000, 60_000), "path": None}, "above the 89,478,485-pixel limit"),
-        ({"bytes": _png_header_claiming(10_000, 10_000), "path": None}, "100,000,000 pixels, above the"),
+        ({"bytes": png_header_claiming(60_000, 60_000), "path": None}, "above the 89,478,485-pixel limit"),
+        ({"bytes": png_header_claiming(10_000, 10_000), "path": None}, "100,000,000 pixels, above the"),
         ({"bytes": _encoded("PNG", size=(1, 150)), "path": None}, "aspect ratio above 100"),
         ({"bytes": None, "path": None}, "neither bytes nor a path"),
         (None, "image cell is empty"),

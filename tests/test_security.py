@@ -2,43 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import re
 
 import pytest
 import torch
-from conftest import tiny_dinov2, tiny_processor
+from conftest import repo_with_remote_code, tiny_dinov2
 
 from hf_task_distill import load_teacher
 from hf_task_distill.retrieval import ImageEncoder
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "hf_task_distill"
-
-
-def _repo_with_remote_code(folder: pathlib.Path) -> pathlib.Path:
-    """A classifier repo whose config names an architecture transformers does not know, implemented by
-    a module in the repo that leaves a marker file when it is imported."""
-    tiny_dinov2().save_pretrained(folder)
-    tiny_processor().save_pretrained(folder)
-    config = json.loads((folder / "config.json").read_text())
-    config["model_type"] = "sneaky_vit"
-    config["auto_map"] = {
-        "AutoConfig": "sneaky.SneakyConfig",
-        "AutoModel": "sneaky.SneakyModel",
-        "AutoModelForImageClassification": "sneaky.SneakyClassifier",
-    }
-    (folder / "config.json").write_text(json.dumps(config))
-    marker = folder / "CODE_RAN"
-    (folder / "sneaky.py").write_text(
-        f"open({str(marker)!r}, 'w').write('imported')\n"
-        "from transformers import Dinov2Config, Dinov2ForImageClassification, Dinov2Model\n"
-        "class SneakyConfig(Dinov2Config):\n    model_type = 'sneaky_vit'\n"
-        "class SneakyModel(Dinov2Model):\n    config_class = SneakyConfig\n"
-        "class SneakyClassifier(Dinov2ForImageClassification):\n    config_class = SneakyConfig\n"
-    )
-    return marker
 
 
 @pytest.mark.parametrize(
@@ -47,7 +22,7 @@ def _repo_with_remote_code(folder: pathlib.Path) -> pathlib.Path:
     ids=["teacher", "retrieval-encoder"],
 )
 def test_code_in_a_model_repo_runs_only_with_trust_remote_code(tmp_path, load):
-    marker = _repo_with_remote_code(tmp_path / "repo")
+    marker = repo_with_remote_code(tmp_path / "repo")
     with pytest.raises(ValueError, match="trust_remote_code=True"):
         load(str(tmp_path / "repo"))
     assert not marker.exists()  # refused before anything from the repo was imported
