@@ -422,19 +422,20 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
         return sorted(self._unreadable_rows)
 
     def train(self, *args, **kwargs):
-        try:
-            return super().train(*args, **kwargs)
-        finally:
-            if self.args.world_size > 1:
-                from accelerate.utils import gather_object
+        output = super().train(*args, **kwargs)
+        if (
+            self.args.world_size > 1
+        ):  # only after a normal end: a rank that raised would leave the others waiting
+            from accelerate.utils import gather_object
 
-                self._unreadable_rows = set(gather_object(sorted(self._unreadable_rows)))
-            if self._unreadable_rows:
-                logger.warning(
-                    "skipped %d transfer-set row(s) whose image could not be decoded: %s",
-                    len(self._unreadable_rows),
-                    self.skipped_rows[:20],
-                )
+            self._unreadable_rows = set(gather_object(sorted(self._unreadable_rows)))
+        if self._unreadable_rows:
+            logger.warning(
+                "skipped %d transfer-set row(s) whose image could not be decoded: %s",
+                len(self._unreadable_rows),
+                self.skipped_rows[:20],
+            )
+        return output
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
