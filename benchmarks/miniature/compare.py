@@ -105,9 +105,11 @@ def train_student(model, dataset, *, teacher=None, loss="ce", epochs, lr, seed, 
         logging_strategy="no",
         disable_tqdm=True,
     )
-    views = None if teacher is not None else student_views(model)
-    if teacher is not None:
-        views = PairedViews(ViewSpec.from_model(teacher), ViewSpec.from_model(model), AUGMENTATION)
+    views = (
+        student_views(model)
+        if teacher is None
+        else PairedViews(ViewSpec.from_model(teacher), ViewSpec.from_model(model), AUGMENTATION)
+    )
     trainer = DistillationTrainer(
         model=model, teacher_model=teacher, args=args, train_dataset=dataset, views=views
     )
