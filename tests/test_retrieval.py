@@ -229,6 +229,33 @@ def test_a_total_budget_is_spread_evenly_over_query_classes(tmp_path):
     assert (themes == 3).sum() == 5 and (themes == 5).sum() == 5  # even per class, not per query
 
 
+def test_a_class_with_too_few_neighbours_leaves_its_share_to_the_others(tmp_path):
+    """Budgets compare methods at equal size: a short class must not shrink the set below budget."""
+    from conftest import _theme_image
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Image as ImageFeature
+    from PIL import Image
+
+    rng = np.random.default_rng(7)
+    themes = [3] * 17 + [5] * 3 + [-1] * 5
+    grey = [Image.fromarray(rng.integers(100, 156, (32, 32, 3), dtype=np.uint8)) for _ in range(5)]
+    pool = Dataset.from_dict(
+        {"image": [_theme_image(t, rng) for t in themes[:20]] + grey, "theme": themes},
+        features=Features({"image": ImageFeature(), "theme": Value("int64")}),
+    )
+    queries = Dataset.from_dict(
+        {"image": [_theme_image(3, rng), _theme_image(3, rng), _theme_image(5, rng)], "label": [0, 0, 1]},
+        features=Features({"image": ImageFeature(), "label": ClassLabel(names=["a", "b"])}),
+    )
+    transfer, stats = RetrievalTransferSetBuilder(tiny_encoder(), budget=20).build(
+        pool, queries, embeddings_dir=tmp_path
+    )
+    from_b = np.isin(transfer["query_index"], [2]).sum()
+    assert stats.after_dedup == 25 and from_b < 10  # class b's share of 10 could not be met
+    assert len(transfer) == 20 and stats.removed_budget == 5  # ... so class a's leftovers filled it
+    assert set(np.flatnonzero(np.array(themes) == 5)) <= set(transfer["pool_index"])
+
+
 def test_saved_transfer_set_has_a_card_and_a_contact_sheet(tmp_path, themed):
     from datasets import load_from_disk
     from PIL import Image

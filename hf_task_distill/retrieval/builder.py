@@ -223,6 +223,16 @@ class RetrievalTransferSetBuilder:
         keep = self._budget_mask(picked, query_labels, query_rows, stats)
         picked = {name: column[keep] for name, column in picked.items()}
         stats.final = len(picked["pool_index"])
+        if cfg.budget is not None and stats.final < cfg.budget:
+            logger.warning(
+                "the transfer set holds %d images, fewer than budget=%d: the search found only %d unique "
+                "neighbours (k=%d per query) and %d were removed; a larger pool or fewer filters gives more",
+                stats.final,
+                cfg.budget,
+                stats.after_dedup,
+                k,
+                stats.removed_leakage + stats.removed_low_confidence,
+            )
         if candidates is not None:
             transfer = candidates.select(np.flatnonzero(keep).tolist())
         else:
@@ -272,7 +282,12 @@ class RetrievalTransferSetBuilder:
     def _budget_mask(
         self, picked: dict[str, np.ndarray], labels: np.ndarray | None, query_rows: np.ndarray, stats
     ) -> np.ndarray:
-        """Which rows a total budget keeps: the best-scored ``budget / classes`` per query class."""
+        """Which rows a total budget keeps: the best-scored ``budget / classes`` per query class.
+
+        A class whose neighbours (after de-duplication) number fewer than its share leaves the rest
+        of its share to the other classes' best-scored leftovers, so the set holds ``budget`` images
+        whenever the search found that many: methods compared at one budget see as many images.
+        """
         cfg = self.config
         keep = np.ones(len(picked["pool_index"]), dtype=bool)
         if cfg.budget is None or keep.size <= cfg.budget:
@@ -288,6 +303,9 @@ class RetrievalTransferSetBuilder:
         for cls in classes:
             rows = np.flatnonzero(groups == cls)
             keep[rows[np.argsort(-picked["score"][rows], kind="stable")[:share]]] = True
+        leftovers = np.flatnonzero(~keep)
+        shortfall = cfg.budget - int(keep.sum())
+        keep[leftovers[np.argsort(-picked["score"][leftovers], kind="stable")[:shortfall]]] = True
         stats.removed_budget = int((~keep).sum())
         return keep
 
