@@ -25,6 +25,7 @@ Writes ``benchmarks/results/miniature.{json,md,png}``.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -59,6 +60,10 @@ METHODS = {
     "c": "task-oriented KD, generic pool sample + finetune",
     "d": "task-oriented KD, retrieved transfer set + finetune",
     "e": "finetuned teacher (mini-VFM)",
+}
+BEFORE_FINETUNING = {  # the distilled students alone: does the last stage add anything?
+    "c_distilled": "(c) before finetuning",
+    "d_distilled": "(d) before finetuning",
 }
 AUGMENTATION = ViewAugmentation(scale=(0.6, 1.0), hflip=0.0)  # a mirrored digit is another glyph
 
@@ -123,7 +128,9 @@ def accuracy(model, test, task) -> float:
     return float(evaluate_classifier(model, test, task=task, batch_size=256)["accuracy"])
 
 
-def run(per_class: int, seed: int, world, encoder, pool_embeddings, cli) -> dict[str, float]:
+def run(per_class: int, seed: int, world, encoder, pool_embeddings, agnostic: dict, cli) -> dict[str, float]:
+    """One (N, seed) cell. ``agnostic`` keeps (b)'s distilled student per seed: task-agnostic
+    distillation sees no labels, so, as in the paper, it is done once and finetuned for every N."""
     train, test, pool = world
     labels = np.asarray(train["label"])
     labelled = train.select(sorted(label_budget_indices(labels, per_class=per_class, seed=seed)))
@@ -166,16 +173,21 @@ def run(per_class: int, seed: int, world, encoder, pool_embeddings, cli) -> dict
         generic = pool.select(sorted(rng.choice(len(pool), cli.budget, replace=False).tolist()))
 
         # (b) task-agnostic: features of the raw mini-VFM, then finetune
-        vfm = load_teacher(mini_vfm_path(), labels=task.label_names)
-        student = train_student(
-            fresh_student(), generic, teacher=vfm, loss=cli.feature_loss, **kd, output_dir=tmp
-        )
+        if seed not in agnostic:
+            vfm = load_teacher(mini_vfm_path(), labels=task.label_names)
+            distilled = train_student(
+                fresh_student(), generic, teacher=vfm, loss=cli.feature_loss, **kd, output_dir=tmp
+            )
+            agnostic[seed] = copy.deepcopy(distilled.state_dict())
+        student = fresh_student()
+        student.load_state_dict(agnostic[seed])
         out["b"] = accuracy(train_student(student, labelled, **ft, output_dir=tmp), test, task)
 
         # (c) task-oriented KD on the generic sample, then finetune
         student = train_student(
             fresh_student(), generic, teacher=teacher, loss="function_matching", **kd, output_dir=tmp
         )
+        out["c_distilled"] = accuracy(student, test, task)
         out["c"] = accuracy(train_student(student, labelled, **ft, output_dir=tmp), test, task)
 
         # (d) task-oriented KD on the retrieved transfer set, then finetune
@@ -189,6 +201,7 @@ def run(per_class: int, seed: int, world, encoder, pool_embeddings, cli) -> dict
         student = train_student(
             fresh_student(), retrieved, teacher=teacher, loss="function_matching", **kd, output_dir=tmp
         )
+        out["d_distilled"] = accuracy(student, test, task)
         out["d"] = accuracy(train_student(student, labelled, **ft, output_dir=tmp), test, task)
     return out
 
@@ -203,7 +216,7 @@ def summarise(runs: list[dict], per_class: list[int]) -> dict:
                 "std": statistics.stdev(r[m] for r in rows) if len(rows) > 1 else 0.0,
                 "per_seed": [round(r[m], 4) for r in rows],
             }
-            for m in [*METHODS, "d_digit_share"]
+            for m in [*METHODS, *BEFORE_FINETUNING, "d_digit_share"]
         }
     return table
 
@@ -219,9 +232,10 @@ def markdown(table: dict, meta: dict) -> str:
         "| method | " + " | ".join(f"N = {n}" for n in table) + " |",
         "|---|" + "---:|" * len(table),
     ]
-    for key, name in METHODS.items():
+    rows = {**{key: f"({key}) {name}" for key, name in METHODS.items()}, **BEFORE_FINETUNING}
+    for key, name in rows.items():
         cells = [f"{table[n][key]['mean']:.3f} ± {table[n][key]['std']:.3f}" for n in table]
-        lines.append(f"| ({key}) {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     share = [f"{table[n]['d_digit_share']['mean']:.1%}" for n in table]
     lines.append("| digit share of the retrieved set | " + " | ".join(share) + " |")
     return "\n".join(lines) + "\n"
@@ -254,7 +268,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--budget", type=int, default=2000)
     parser.add_argument("--pool_glyphs", type=int, default=17_000)  # with 599 digits: a 3.4% base rate
-    parser.add_argument("--distill_epochs", type=float, default=15)
+    parser.add_argument("--distill_epochs", type=float, default=20)
     parser.add_argument("--distill_lr", type=float, default=3e-3)
     parser.add_argument("--finetune_epochs", type=float, default=40)
     parser.add_argument("--finetune_lr", type=float, default=1e-3)
@@ -267,7 +281,7 @@ def main() -> None:
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     started = time.perf_counter()
     world = build_world(cli.pool_glyphs)
-    runs = []
+    runs, agnostic = [], {}
     encoder = ImageEncoder.from_pretrained(mini_vfm_path())
     with tempfile.TemporaryDirectory(prefix="miniature_pool_") as embeddings:
         pool_embeddings = embed_pool(
@@ -276,7 +290,7 @@ def main() -> None:
         for n in cli.per_class:
             for seed in cli.seeds:
                 t0 = time.perf_counter()
-                result = run(n, seed, world, encoder, pool_embeddings, cli)
+                result = run(n, seed, world, encoder, pool_embeddings, agnostic, cli)
                 runs.append({"per_class": n, "seed": seed, **result})
                 print(json.dumps({**runs[-1], "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
     from hf_task_distill.compute import describe_device
