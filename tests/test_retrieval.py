@@ -256,6 +256,23 @@ def test_a_class_with_too_few_neighbours_leaves_its_share_to_the_others(tmp_path
     assert set(np.flatnonzero(np.array(themes) == 5)) <= set(transfer["pool_index"])
 
 
+def test_a_budget_widens_the_search_when_queries_share_their_neighbours(tmp_path, themed):
+    """Six copies of one query find the same k images: k grows until the union can fill the budget."""
+    from datasets import ClassLabel, Dataset, Features
+    from datasets import Image as ImageFeature
+
+    image = themed["queries"][0]["image"]
+    queries = Dataset.from_dict(
+        {"image": [image] * 6, "label": [0] * 6},
+        features=Features({"image": ImageFeature(), "label": ClassLabel(names=["a"])}),
+    )
+    transfer, stats = RetrievalTransferSetBuilder(tiny_encoder(), budget=20).build(
+        themed["pool"], queries, embeddings_dir=tmp_path
+    )
+    assert len(transfer) == 20 and len(set(transfer["pool_index"])) == 20
+    assert stats.k > 8  # the first search (k = ceil(20 / 6) * 2 = 8) found only 8 unique images
+
+
 def test_saved_transfer_set_has_a_card_and_a_contact_sheet(tmp_path, themed):
     from datasets import load_from_disk
     from PIL import Image

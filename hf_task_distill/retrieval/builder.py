@@ -175,19 +175,30 @@ class RetrievalTransferSetBuilder:
                 len(pool_vectors),
             )
             k = len(pool_vectors)
-        stats.k = k
-
-        budget = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
-        plan, _ = plan_index(
-            pool_vectors, query_vectors, k, cfg.recall_target, memory_budget_bytes=budget, seed=cfg.seed
-        )
-        scores, ids, stats.nprobe, stats.recall_at_k = retrieve(
-            pool_vectors, query_vectors, k, plan, recall_target=cfg.recall_target, seed=cfg.seed
-        )
+        memory = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
+        while True:
+            stats.k = k
+            plan, _ = plan_index(
+                pool_vectors, query_vectors, k, cfg.recall_target, memory_budget_bytes=memory, seed=cfg.seed
+            )
+            scores, ids, stats.nprobe, stats.recall_at_k = retrieve(
+                pool_vectors, query_vectors, k, plan, recall_target=cfg.recall_target, seed=cfg.seed
+            )
+            picked = union_of_neighbours(scores, ids, min_similarity=cfg.min_similarity)
+            found = len(picked["pool_index"])
+            if cfg.budget is None or found >= cfg.budget or k >= len(pool_vectors):
+                break
+            # queries of one class share neighbours: widen the search until the union can fill the budget
+            logger.info(
+                "k=%d found %d unique images for budget=%d: searching again with k=%d",
+                k,
+                found,
+                cfg.budget,
+                min(2 * k, len(pool_vectors)),
+            )
+            k = min(2 * k, len(pool_vectors))
         stats.index = plan.factory
         stats.neighbours = int((ids >= 0).sum())
-
-        picked = union_of_neighbours(scores, ids, min_similarity=cfg.min_similarity)
         stats.after_dedup = len(picked["pool_index"])
         heldout_vectors = [
             self._embed(ds, os.path.join(embeddings_dir, f"heldout-{i}"))[0] for i, ds in enumerate(heldout)
