@@ -670,6 +670,7 @@ class Pipeline:
         distill = (self.manifest("distill") or {}).get("outputs", {})
         counts = {
             "retrieval pool": transfer.get("stats", {}).get("pool_unreadable", 0),
+            "retrieval queries": transfer.get("stats", {}).get("queries_unreadable", 0),
             "transfer set (distillation)": distill.get("transfer_unreadable", 0),
         }
         return {where: n for where, n in counts.items() if n}

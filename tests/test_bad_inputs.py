@@ -225,6 +225,17 @@ def _check_pool_skips(result, log):
     assert "unreadable image(s)" in log  # and the run says so
 
 
+def test_unreadable_query_images_are_skipped_and_counted(tmp_path):
+    """A labelled image that cannot be decoded is not a query; the count says so, the rest retrieve."""
+    pool = make_colour_dataset(12, seed=3, labelled=False)
+    queries = _path_dataset(_image_files(tmp_path, ["empty.png"], good=2))
+    transfer, stats = RetrievalTransferSetBuilder(tiny_encoder(), per_query_k=3).build(
+        pool, queries, embeddings_dir=tmp_path / "embeddings"
+    )
+    assert stats.queries_unreadable == 1 and stats.queries == 2
+    assert set(transfer["query_index"]) <= {0, 1} and len(transfer) >= 3
+
+
 def _pool_all_bad(tmp_path, kit):
     pool = _path_dataset(_image_files(tmp_path, ["empty.png", "notes.jpg", "gone.png"], good=0))
     builder = RetrievalTransferSetBuilder(tiny_encoder(), per_query_k=3)

@@ -75,6 +75,7 @@ class TransferSetStats:
     pool_embedded: int = 0
     pool_unreadable: int = 0
     queries: int = 0
+    queries_unreadable: int = 0
     k: int = 0
     neighbours: int = 0
     after_dedup: int = 0
@@ -159,7 +160,8 @@ class RetrievalTransferSetBuilder:
         stats.pool_rows = pool_store.rows_seen if streamed else len(pool)
         stats.pool_embedded = len(pool_rows)
         pool_vectors = check_embeddings(pool_vectors, "pool embeddings")
-        query_vectors, query_rows, _ = self._embed(queries, os.path.join(embeddings_dir, "queries"))
+        query_vectors, query_rows, query_store = self._embed(queries, os.path.join(embeddings_dir, "queries"))
+        stats.queries_unreadable = query_store.skipped
         query_vectors = check_embeddings(
             query_vectors.astype(np.float32), "query embeddings", dim=pool_vectors.shape[1]
         )
