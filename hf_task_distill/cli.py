@@ -68,6 +68,7 @@ def parse_config(command: str, argv: list[str]) -> PipelineConfig:
     parser = HfArgumentParser(
         ARGUMENT_GROUPS, prog=f"hf-task-distill {command}", description=COMMANDS[command][0]
     )
+    parser.error = _one_line_error  # argparse would print the whole usage (dozens of flags) first
     if command == "demo":
         from .demo import demo_defaults
 
@@ -83,6 +84,10 @@ def parse_config(command: str, argv: list[str]) -> PipelineConfig:
     else:
         groups = parser.parse_args_into_dataclasses(args=argv)
     return PipelineConfig.from_groups(groups)
+
+
+def _one_line_error(message: str):
+    raise CommandLineError(f"{message} (--help lists every flag)")
 
 
 def _parse_config_file(parser, path: str):
@@ -152,10 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"hf-task-distill: error: {first}", file=sys.stderr)
         return 2
-    from .devices import process_state
+    from .devices import end_processes, process_state
 
     if process_state().is_main_process:
         print(summary)
+    end_processes()
     return 0
 
 

@@ -652,6 +652,11 @@ CASES = [
         id="cli-per-query-k-and-transfer-budget",
     ),
     pytest.param(
+        _cli("--per_class", "many"),
+        ExitsWith(r"argument --per_class/--per-class: invalid int value: 'many' \(--help lists every flag\)"),
+        id="cli-flag-of-the-wrong-type",
+    ),
+    pytest.param(
         _cli("--bf16", "--fp16"), ExitsWith(r"--bf16 and --fp16 are exclusive"), id="cli-bf16-and-fp16"
     ),
     pytest.param(
