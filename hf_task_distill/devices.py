@@ -43,3 +43,17 @@ def process_state():
     from accelerate import PartialState
 
     return PartialState(cpu=launched_processes() > 1 and not has_accelerator())
+
+
+def end_processes() -> None:
+    """Let every rank arrive, then tear the process group down before the interpreter does.
+
+    A gloo process group left to interpreter shutdown can abort a rank (SIGABRT, "terminate called
+    without an active exception") after all the work is done, failing the whole launch. A no-op
+    when only one process runs.
+    """
+    if launched_processes() <= 1 or not torch.distributed.is_initialized():
+        return
+    state = process_state()
+    state.wait_for_everyone()
+    state.destroy_process_group()

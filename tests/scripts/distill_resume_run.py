@@ -22,6 +22,7 @@ from safetensors.torch import save_file  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
 from hf_task_distill import DistillationTrainer, PairedViews, ViewSpec, create_student  # noqa: E402
+from hf_task_distill.devices import end_processes  # noqa: E402
 
 
 class Pause(TrainerCallback):
@@ -69,3 +70,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_processes()

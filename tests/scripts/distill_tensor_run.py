@@ -19,6 +19,7 @@ from conftest import tiny_dinov2  # noqa: E402
 from test_trainer import _tensor_dataset  # noqa: E402
 
 from hf_task_distill import DistillationArguments, DistillationTrainer, create_student  # noqa: E402
+from hf_task_distill.devices import end_processes  # noqa: E402
 
 
 def main() -> None:
@@ -65,3 +66,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_processes()

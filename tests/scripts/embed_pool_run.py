@@ -12,6 +12,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import conftest  # noqa: E402,F401  (offline Hub settings)
 from conftest import make_themed_pool, tiny_encoder  # noqa: E402
 
+from hf_task_distill.devices import end_processes  # noqa: E402
 from hf_task_distill.retrieval import embed_pool  # noqa: E402
 
 
@@ -44,3 +45,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_processes()

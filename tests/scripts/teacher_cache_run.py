@@ -18,6 +18,7 @@ import conftest  # noqa: E402,F401  (offline Hub settings)
 from conftest import make_colour_dataset, tiny_dinov2, tiny_processor  # noqa: E402
 
 from hf_task_distill.data import ViewSpec  # noqa: E402
+from hf_task_distill.devices import end_processes  # noqa: E402
 from hf_task_distill.teacher_cache import TeacherCacheConfig, build_teacher_cache  # noqa: E402
 
 CONFIG = TeacherCacheConfig(num_views=3, shard_size=16, batch_size=12, view_seed=7)
@@ -50,3 +51,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    end_processes()
