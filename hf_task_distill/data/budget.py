@@ -7,7 +7,8 @@ import math
 
 import numpy as np
 
-from .validation import UNLABELLED, label_array
+from ..checks import check_int, check_number
+from .validation import UNLABELLED, class_label_names, label_array
 
 __all__ = ["label_budget_indices", "select_label_budget", "stratified_holdout_indices"]
 
@@ -20,6 +21,7 @@ def label_budget_indices(
     per_class: int | None = None,
     fraction: float | None = None,
     seed: int = 0,
+    label_names: list[str] | None = None,
 ) -> np.ndarray:
     """Row indices of a stratified, seeded subset.
 
@@ -27,13 +29,13 @@ def label_budget_indices(
     most N per class" budgets); ``fraction=f`` keeps ``max(1, round(f * n_c))``. Each class's rows are
     shuffled once per seed, and the subset is a prefix of that order, so smaller budgets are subsets of
     larger ones for the same seed. Unlabelled rows are never selected. Indices come back sorted.
+    ``label_names`` name the classes in the warning about classes smaller than the budget.
     """
     if (per_class is None) == (fraction is None):
         raise ValueError("give exactly one of per_class= or fraction=")
-    if per_class is not None and per_class < 1:
-        raise ValueError(f"per_class must be >= 1, got {per_class}")
-    if fraction is not None and not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    per_class = check_int(per_class, "per_class", minimum=1, optional=True)
+    fraction = check_number(fraction, "fraction", above=0, maximum=1, optional=True)
+    seed = check_int(seed, "seed")
     labels = np.asarray(labels)
     rng = np.random.default_rng(seed)
     chosen, short = [], []
@@ -43,7 +45,8 @@ def label_budget_indices(
         if per_class is not None:
             keep = min(per_class, rows.size)
             if rows.size < per_class:
-                short.append(f"{cls} ({rows.size})")
+                name = label_names[cls] if label_names is not None and 0 <= cls < len(label_names) else cls
+                short.append(f"{name} ({rows.size})")
         else:
             keep = max(1, math.floor(fraction * rows.size + 0.5))
         chosen.append(rows[:keep])
@@ -85,6 +88,10 @@ def select_label_budget(
 ):
     """``dataset.select`` of :func:`label_budget_indices` on its label column."""
     indices = label_budget_indices(
-        label_array(dataset, label_column), per_class=per_class, fraction=fraction, seed=seed
+        label_array(dataset, label_column),
+        per_class=per_class,
+        fraction=fraction,
+        seed=seed,
+        label_names=class_label_names(dataset, label_column),
     )
     return dataset.select(indices.tolist())

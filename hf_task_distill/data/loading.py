@@ -12,7 +12,15 @@ from datasets import ClassLabel, Dataset, DatasetDict
 
 from .budget import select_label_budget
 from .registry import TaskSpec, get_task_spec, list_tasks
-from .validation import UNLABELLED, check_image_column, check_label_ids, label_array
+from .validation import (
+    UNLABELLED,
+    check_dataset_type,
+    check_image_column,
+    check_label_ids,
+    check_label_names,
+    class_label_names,
+    label_array,
+)
 
 __all__ = ["TargetTask", "find_image_column", "find_label_column", "load_image_dataset", "load_target_task"]
 
@@ -118,6 +126,15 @@ def load_target_task(
     elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         splits = datasets.load_dataset("imagefolder", data_dir=os.fspath(source), **load_dataset_kwargs)
         task_name = name or os.path.basename(os.path.normpath(os.fspath(source)))
+        if (
+            label_column is None
+            and find_label_column(splits["train"].features if "train" in splits else {}) is None
+        ):
+            raise ValueError(
+                f"task '{task_name}': the folder {os.fspath(source)} has no class sub-folders, so its images "
+                f"have no labels: put each class's images in {os.path.join(os.fspath(source), '<class>')}/ "
+                "(optionally under train/, validation/ and test/)"
+            )
     elif isinstance(source, str) and source.lower() == "digits":  # ships with scikit-learn: no network
         from .digits import load_digits_task
 
@@ -137,10 +154,15 @@ def load_target_task(
         label_names = label_names or spec.label_names
     elif isinstance(source, str) and "/" in source:
         splits, task_name = datasets.load_dataset(source, **load_dataset_kwargs), name or source
-    else:
+    elif isinstance(source, str):
         raise ValueError(
             f"cannot load a task from {source!r}: not a known task ({', '.join(['digits', *list_tasks()])}), "
             "an existing folder, a Hub dataset id ('owner/name') or a datasets.Dataset/DatasetDict"
+        )
+    else:
+        check_dataset_type(source, "the task")  # says what to pass instead of a list, a stream...
+        raise TypeError(
+            f"cannot load a task from a {type(source).__name__}: pass a datasets.Dataset or DatasetDict"
         )
     return _standardize(splits, task_name, image_column, label_column, label_names, spec)
 
@@ -154,10 +176,16 @@ def load_image_dataset(
         return source
     if isinstance(source, DatasetDict):
         return source[split]
+    if not isinstance(source, (str, os.PathLike)):
+        check_dataset_type(source, "the image collection")
     if os.path.isdir(source):
         return datasets.load_dataset(
             "imagefolder", data_dir=os.fspath(source), split=split, **load_dataset_kwargs
         )
+    from ..sources import is_local_path
+
+    if is_local_path(source):
+        raise ValueError(f"no such folder '{os.fspath(source)}'")
     return datasets.load_dataset(source, split=split, **load_dataset_kwargs)
 
 
@@ -191,10 +219,10 @@ def _standardize(splits, task_name, image_column, label_column, label_names, spe
     elif label_names is None:
         label_names = _infer_label_names(splits, label_column, is_string)
     # ClassLabel would refuse repeated names too, but without saying which; a repeat makes two output
-    # indices mean one class
-    repeated = sorted({str(n) for n in label_names if [str(m) for m in label_names].count(str(n)) > 1})
-    if repeated:
-        raise ValueError(f"task '{task_name}': label names must be unique; repeated: {repeated[:5]}")
+    # indices mean one class, and "cat" next to "cat " splits one class in two
+    label_names = check_label_names(label_names, where=f"task '{task_name}'")
+    if isinstance(feature, ClassLabel):
+        splits = _one_class_order(splits, label_column, label_names, task_name)
     if spec is not None and spec.num_classes is not None and len(label_names) != spec.num_classes:
         raise ValueError(
             f"task '{task_name}' should have {spec.num_classes} classes, found {len(label_names)}"
@@ -248,6 +276,33 @@ def _standardize(splits, task_name, image_column, label_column, label_names, spe
         label_column=renames.get(label_column, label_column),
         spec=spec,
     )
+
+
+def _one_class_order(splits: DatasetDict, label_column: str, label_names: list[str], task_name: str):
+    """Every split numbered in ``label_names``' order. A split whose ``ClassLabel`` lists the same classes
+    in another order (a test split built separately, names sorted differently) would otherwise have
+    its ids read with the wrong names: its labels are remapped by name. A split naming a class the
+    task does not have is an error giving both lists. (The train split's own names, when ``label_names``
+    are other names for the same ids, are a renaming and stay as they are.)"""
+    from ..models.labels import label_id_map
+
+    aligned = {}
+    for split_name, split in splits.items():
+        names = class_label_names(split, label_column)
+        renamed = split_name == "train" and sorted(names or []) != sorted(label_names)
+        if names is None or names == label_names or renamed:
+            aligned[split_name] = split
+            continue
+        mapping = label_id_map(names, label_names, where=f"task '{task_name}' split '{split_name}'")
+        ids = label_array(split, label_column)
+        new = [-1 if i == UNLABELLED else mapping[i] for i in ids.tolist()]
+        position = split.column_names.index(label_column)
+        split = split.remove_columns([label_column]).add_column(
+            label_column, new, feature=ClassLabel(names=list(label_names))
+        )
+        order = split.column_names[:position] + [label_column] + split.column_names[position:-1]
+        aligned[split_name] = split.select_columns(order)
+    return DatasetDict(aligned)
 
 
 def _infer_label_names(splits: DatasetDict, label_column: str, is_string: bool) -> list[str]:

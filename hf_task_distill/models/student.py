@@ -11,7 +11,8 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .labels import label_config_kwargs
+from ..sources import check_model_source, resolve_model_source
+from .labels import label_config_kwargs, set_label_space
 from .safe_loading import safetensors_required
 
 __all__ = ["create_student", "is_timm_architecture"]
@@ -45,6 +46,8 @@ def create_student(
     and its saved image processor follow; models with a fixed input size are built for it.
     """
     label_kwargs = label_config_kwargs(labels)
+    names = list(label_kwargs["id2label"].values())
+    check_model_source(name_or_path, "student", timm_architectures=True)
     if is_timm_architecture(name_or_path):
         return _wrap_timm(
             name_or_path,
@@ -59,16 +62,20 @@ def create_student(
         )
     from transformers import AutoConfig, AutoModelForImageClassification
 
+    source = resolve_model_source(name_or_path)
     if not pretrained:
-        config = AutoConfig.from_pretrained(name_or_path, **label_kwargs, **from_pretrained_kwargs)
+        config = AutoConfig.from_pretrained(source, **label_kwargs, **from_pretrained_kwargs)
+        set_label_space(config, names)  # a timm repo's config also lists its own classes (label_names)
         if model_args:
             config.model_args = {**(getattr(config, "model_args", None) or {}), **model_args}
         return AutoModelForImageClassification.from_config(config)
     from_pretrained_kwargs.setdefault("use_safetensors", True)
     with safetensors_required(name_or_path):
-        return AutoModelForImageClassification.from_pretrained(
-            name_or_path, ignore_mismatched_sizes=True, **label_kwargs, **from_pretrained_kwargs
+        model = AutoModelForImageClassification.from_pretrained(
+            source, ignore_mismatched_sizes=True, **label_kwargs, **from_pretrained_kwargs
         )
+    set_label_space(model, names)
+    return model
 
 
 def _wrap_timm(
@@ -106,6 +113,7 @@ def _wrap_timm(
         model_args=dict(model_args),
         **label_kwargs,
     )
+    set_label_space(config, list(label_kwargs["id2label"].values()))  # timm's own class list, if any
     state = {k: v.detach().contiguous() for k, v in timm_model.state_dict().items()}
     with tempfile.TemporaryDirectory(prefix="hf_task_distill_student_") as folder:
         config.save_pretrained(folder)

@@ -6,10 +6,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .labels import label_config_kwargs, label_names_of
+import torch
+
+from ..sources import check_model_source, resolve_model_source
+from .labels import label_config_kwargs, label_names_of, set_label_space
 from .safe_loading import safetensors_required
 
-__all__ = ["has_classification_head", "load_teacher"]
+__all__ = ["has_classification_head", "load_teacher", "reorder_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +37,11 @@ def load_teacher(
     Without ``labels`` the checkpoint must already be a classifier (e.g. a teacher finetuned on the
     task); a bare backbone such as ``facebook/dinov2-large`` is refused, because distilling from an
     untrained head transfers nothing. With ``labels`` (the task's label names) a checkpoint whose head
-    already predicts exactly those labels is loaded as it is; otherwise a new, untrained head for them
-    is attached to the backbone, ready for teacher finetuning.
+    already predicts exactly those labels is loaded as it is (the same labels in another order: its
+    head's rows are reordered to ``labels``); otherwise a new, untrained head for them is attached to
+    the backbone, ready for teacher finetuning, and every record of the classes in the config
+    (``id2label``, timm's ``label_names``...) names ``labels``, not the base model's classes.
+    ``name_or_path`` may also be a name the package ships (``mini-vfm``).
 
     Weights load from safetensors only: a checkpoint with just pickle files (``pytorch_model.bin``)
     is refused, because unpickling can run code (``use_safetensors=False`` loads it anyway, through
@@ -44,9 +50,12 @@ def load_teacher(
     from transformers import AutoConfig, AutoModelForImageClassification
 
     from_pretrained_kwargs.setdefault("use_safetensors", True)
+    source = resolve_model_source(name_or_path)
+    check_model_source(name_or_path, "teacher")
     config = AutoConfig.from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code, **_config_kwargs(from_pretrained_kwargs)
+        source, trust_remote_code=trust_remote_code, **_config_kwargs(from_pretrained_kwargs)
     )
+    load = dict(trust_remote_code=trust_remote_code, **from_pretrained_kwargs)
     if labels is None:
         if not has_classification_head(config):
             raise ValueError(
@@ -54,28 +63,63 @@ def load_teacher(
                 "finetune it on the task first, or pass labels= to attach a new head for finetuning"
             )
         with safetensors_required(name_or_path):
-            return AutoModelForImageClassification.from_pretrained(
-                name_or_path, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
-            )
+            return AutoModelForImageClassification.from_pretrained(source, config=config, **load)
     label_kwargs = label_config_kwargs(labels)
-    if has_classification_head(config) and label_names_of(config) == list(label_kwargs["id2label"].values()):
+    names = list(label_kwargs["id2label"].values())
+    existing = label_names_of(config) if has_classification_head(config) else None
+    if existing is not None and sorted(existing) == sorted(names):
         with safetensors_required(name_or_path):
-            return AutoModelForImageClassification.from_pretrained(
-                name_or_path, config=config, trust_remote_code=trust_remote_code, **from_pretrained_kwargs
-            )
+            model = AutoModelForImageClassification.from_pretrained(source, config=config, **load)
+        if existing != names:  # the same classes in another order: move the head's rows, keep the head
+            reorder_classes(model, names)
+        return model
     logger.warning(
         "Attaching a new, untrained %d-class head to '%s': finetune it on the task before distilling from it.",
         label_kwargs["num_labels"],
         name_or_path,
     )
     with safetensors_required(name_or_path):
-        return AutoModelForImageClassification.from_pretrained(
-            name_or_path,
-            trust_remote_code=trust_remote_code,
-            ignore_mismatched_sizes=True,
-            **label_kwargs,
-            **from_pretrained_kwargs,
+        model = AutoModelForImageClassification.from_pretrained(
+            source, ignore_mismatched_sizes=True, **label_kwargs, **load
         )
+    # a head of the new size that came with the checkpoint was loaded, not replaced: start it afresh
+    _new_head(model, reinitialise=has_classification_head(config) and config.num_labels == len(names))
+    set_label_space(model, names)  # the base model's class names must not survive in any field
+    return model
+
+
+def reorder_classes(model, names: Sequence[str]) -> None:
+    """Permute ``model``'s head (rows of its classifier) so that output ``i`` is class ``names[i]``;
+    the model's config must hold the same names in another order. Predictions are unchanged up to
+    the order of the outputs."""
+    from .heads import find_classification_head
+
+    current = label_names_of(model.config) or []
+    order = [current.index(n) for n in names]
+    _, head = find_classification_head(model)
+    with torch.no_grad():
+        head.weight.copy_(head.weight[order])
+        if head.bias is not None:
+            head.bias.copy_(head.bias[order])
+    set_label_space(model, list(names))
+
+
+def _new_head(model, *, reinitialise: bool) -> None:
+    """A head of the right size for other classes came with the checkpoint's own weights: give it the
+    model's initialisation, as a head of another size gets (transformers re-initialises those)."""
+    if not reinitialise:
+        return
+    from .heads import find_classification_head
+
+    _, head = find_classification_head(model)
+    before = head.weight.detach().clone()
+    for param in head.parameters():  # transformers 5 skips tensors it marked as loaded
+        param._is_hf_initialized = False
+    init = getattr(model, "_init_weights", None)
+    if callable(init):
+        init(head)
+    if torch.equal(head.weight.detach(), before):  # a model whose init left it alone
+        head.reset_parameters()
 
 
 def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
