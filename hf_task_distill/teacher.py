@@ -31,6 +31,7 @@ from torch import nn
 from transformers import Trainer, TrainingArguments, set_seed
 
 from .checkpoints import last_complete_checkpoint
+from .checks import check_choice, check_int, check_number
 from .data.budget import stratified_holdout_indices
 from .data.loading import TargetTask, load_target_task
 from .data.validation import UNLABELLED, check_images_decode, label_array
@@ -40,7 +41,7 @@ from .files import write_json_atomically
 from .metrics import make_compute_metrics
 from .models.heads import capture_head_inputs, find_classification_head
 from .models.teacher import load_teacher
-from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin
+from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin, check_training_arguments
 
 __all__ = [
     "STRATEGIES",
@@ -129,14 +130,24 @@ class TeacherFinetuningArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy '{self.strategy}'; choose one of {', '.join(STRATEGIES)}")
-        if not 0.0 < self.layer_decay <= 1.0:
-            raise ValueError(f"layer_decay must be in (0, 1], got {self.layer_decay}")
-        if not 0.0 < self.crop_min_scale <= 1.0:
-            raise ValueError(f"crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
-        if self.probe_views < 1:
-            raise ValueError(f"probe_views must be >= 1, got {self.probe_views}")
+        check_choice(self.strategy, "strategy", STRATEGIES)
+        self.layer_decay = check_number(self.layer_decay, "layer_decay", above=0, maximum=1)
+        self.probe_epochs = check_int(self.probe_epochs, "probe_epochs", minimum=1)
+        self.probe_learning_rate = check_number(self.probe_learning_rate, "probe_learning_rate", above=0)
+        self.probe_weight_decay = check_number(self.probe_weight_decay, "probe_weight_decay", minimum=0)
+        self.probe_batch_size = check_int(self.probe_batch_size, "probe_batch_size", minimum=1)
+        self.probe_views = check_int(self.probe_views, "probe_views", minimum=1)
+        self.crop_min_scale = check_number(self.crop_min_scale, "crop_min_scale", above=0, maximum=1)
+        self.hflip_probability = check_number(
+            self.hflip_probability, "hflip_probability", minimum=0, maximum=1
+        )
+        self.lora_r = check_int(self.lora_r, "lora_r", minimum=1)
+        self.lora_alpha = check_number(self.lora_alpha, "lora_alpha", above=0)
+        self.lora_dropout = check_number(self.lora_dropout, "lora_dropout", minimum=0, below=1)
+        self.validation_fraction = check_number(
+            self.validation_fraction, "validation_fraction", above=0, below=1
+        )
+        check_training_arguments(self)
         if cpu_ranks_need_use_cpu(self.use_cpu):
             self.use_cpu = True
         super().__post_init__()
@@ -268,7 +279,10 @@ class TeacherFinetuner:
         trust_remote_code: bool = False,
         model_kwargs: dict[str, Any] | None = None,
     ):
-        self.model_name_or_path = model_name_or_path
+        from .sources import check_model_source
+
+        self.model_name_or_path = os.fspath(model_name_or_path)
+        check_model_source(self.model_name_or_path, "model_name_or_path")
         self.task: TargetTask = load_target_task(task)
         self.args = args or TeacherFinetuningArguments(output_dir="teacher")
         self.trust_remote_code = trust_remote_code
@@ -324,8 +338,10 @@ class TeacherFinetuner:
         if self._processor is None:
             from transformers import AutoImageProcessor
 
+            from .sources import resolve_model_source
+
             self._processor = AutoImageProcessor.from_pretrained(
-                self.model_name_or_path, trust_remote_code=self.trust_remote_code
+                resolve_model_source(self.model_name_or_path), trust_remote_code=self.trust_remote_code
             )
         return self._processor
 
@@ -347,6 +363,7 @@ class TeacherFinetuner:
             image_column=self.task.image_column,
             label_column=self.task.label_column,
             num_labels=self.task.num_labels,
+            label_names=self.task.label_names,  # the head's classes, in its output order
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
         )
 

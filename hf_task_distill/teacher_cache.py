@@ -37,15 +37,18 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
+from .checks import check_choice, check_int
 from .data.fingerprints import dataset_fingerprint
-from .data.images import ImageDecodeError, load_rgb_image
+from .data.images import ImageDecodeError, load_rgb_image, undecoded
 from .data.loading import find_image_column, find_label_column
+from .data.validation import check_dataset_type
 from .data.views import (
     ViewAugmentation,
     ViewParams,
     ViewSpec,
     derived_seed,
     label_or_unlabelled,
+    map_label,
     render_view,
     sample_view,
     seeded_generator,
@@ -102,14 +105,17 @@ class TeacherCacheConfig:
     )
 
     def __post_init__(self):
-        if self.num_views < 1:
-            raise ValueError(f"num_views must be >= 1, got {self.num_views}")
-        if self.top_k is not None and self.top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {self.top_k}")
-        if self.shard_size < 1 or self.batch_size < 1:
-            raise ValueError("shard_size and batch_size must be >= 1")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        checked = {
+            "num_views": check_int(self.num_views, "num_views", minimum=1),
+            "top_k": check_int(self.top_k, "top_k", minimum=1, optional=True),
+            "view_seed": check_int(self.view_seed, "view_seed"),
+            "shard_size": check_int(self.shard_size, "shard_size", minimum=1),
+            "batch_size": check_int(self.batch_size, "batch_size", minimum=1),
+            "num_workers": check_int(self.num_workers, "num_workers", minimum=0),
+        }
+        for name, value in checked.items():  # frozen: an integral float (from a JSON file) becomes an int
+            object.__setattr__(self, name, value)
+        check_choice(self.precision, "precision", ("auto", "fp32", "bf16", "fp16"))
 
 
 # ---- fingerprints ---------------------------------------------------------------------------------
@@ -432,11 +438,7 @@ def build_teacher_cache(
 
     config = config or TeacherCacheConfig()
     output_dir = os.fspath(output_dir)
-    if not hasattr(dataset, "__len__") or not hasattr(dataset, "with_format"):
-        raise TypeError(
-            f"a teacher cache is built on a map-style datasets.Dataset (rows are addressed by index), "
-            f"got {type(dataset).__name__}; materialise a streamed transfer set first"
-        )
+    check_dataset_type(dataset, "the transfer set of a teacher cache")
     if len(dataset) == 0:
         raise ValueError("the transfer set is empty: nothing to cache")
     image_column = image_column or find_image_column(dataset.features) or "image"
@@ -620,12 +622,15 @@ class CachedTeacherDataset(torch.utils.data.Dataset):
         *,
         image_column: str | None = None,
         label_column: str | None = None,
+        label_map: list[int] | None = None,
     ):
         self.cache, self.student_view = cache, student_view
         self.image_column = image_column or cache.image_column
         self.label_column = label_column or find_label_column(dataset.features)
+        self.label_map = label_map
         columns = [self.image_column] + ([self.label_column] if self.label_column else [])
-        self.dataset = dataset.with_format(None).select_columns(columns)
+        # read undecoded and decode through the package's one policy (see data.images.undecoded)
+        self.dataset = undecoded(dataset.with_format(None).select_columns(columns), self.image_column)
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -644,5 +649,5 @@ class CachedTeacherDataset(torch.utils.data.Dataset):
             "teacher_logits": self.cache.logits(row, view_index),
         }
         if self.label_column:
-            item["labels"] = label_or_unlabelled(example[self.label_column])
+            item["labels"] = map_label(label_or_unlabelled(example[self.label_column]), self.label_map)
         return item

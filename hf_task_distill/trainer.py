@@ -19,21 +19,28 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from .checks import check_number
 from .data.images import ImageDecodeError
 from .data.loading import find_label_column
-from .data.validation import UNLABELLED, check_label_ids, label_array
+from .data.validation import UNLABELLED, check_dataset_type, check_label_ids, class_label_names, label_array
 from .data.views import UNREADABLE_ROW, PairedViews, RandomViewDataset, ViewSpec
 from .devices import cpu_ranks_need_use_cpu
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.heads import capture_head_inputs, find_classification_head
-from .models.labels import check_label_spaces_match
+from .models.labels import check_label_spaces_match, label_id_map, label_names_of
 from .models.teacher import load_teacher
 from .teacher_cache import CachedTeacherDataset, TeacherCache
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DistillationArguments", "DistillationTrainer", "EpochSeededViewsMixin", "NativeCheckpointsMixin"]
+__all__ = [
+    "DistillationArguments",
+    "DistillationTrainer",
+    "EpochSeededViewsMixin",
+    "NativeCheckpointsMixin",
+    "check_training_arguments",
+]
 
 
 @dataclass
@@ -67,15 +74,40 @@ class DistillationArguments(TrainingArguments):
     )
 
     def __post_init__(self):
-        if cpu_ranks_need_use_cpu(self.use_cpu):
-            self.use_cpu = True
-        super().__post_init__()
         if self.loss_name not in available_losses():
             raise ValueError(
                 f"unknown loss_name '{self.loss_name}'; registered: {', '.join(available_losses())}"
             )
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        self.temperature = check_number(self.temperature, "temperature", above=0)
+        self.kd_weight = check_number(self.kd_weight, "kd_weight", minimum=0)
+        self.ce_weight = check_number(self.ce_weight, "ce_weight", minimum=0)
+        if self.loss_name == "kd" and self.kd_weight == 0 and self.ce_weight == 0:
+            raise ValueError("kd_weight and ce_weight are both 0: the 'kd' loss would train nothing")
+        # a loss's own rules on its parameters (e.g. function_matching takes no label term), now
+        build_loss(
+            self.loss_name, temperature=self.temperature, kd_weight=self.kd_weight, ce_weight=self.ce_weight
+        )
+        check_training_arguments(self)
+        if cpu_ranks_need_use_cpu(self.use_cpu):
+            self.use_cpu = True
+        super().__post_init__()
+
+
+def check_training_arguments(args: TrainingArguments) -> None:
+    """What every ``TrainingArguments`` subclass of the package needs, checked at construction.
+
+    ``remove_unused_columns=True`` (the Trainer's default, often carried over from other scripts)
+    drops the image column, which the model's ``forward`` does not name but from which every view is
+    rendered: training would run and evaluation then fail on rows without images. It is turned off,
+    with a warning saying why.
+    """
+    if args.remove_unused_columns:
+        logger.warning(
+            "%s: remove_unused_columns=True is turned off: views are rendered from the raw image column, "
+            "which the model's forward does not name, so the Trainer would drop it",
+            type(args).__name__,
+        )
+        args.remove_unused_columns = False
 
 
 @dataclass
@@ -291,17 +323,30 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
 
     # ---- data -------------------------------------------------------------------------------
     def _prepare_dataset(self, dataset, *, train: bool, num_labels: int, where: str, seed: int = 0):
-        """Check a dataset up front; attach paired views to raw image datasets."""
+        """Check a dataset up front; attach paired views to raw image datasets.
+
+        Labels are matched to the student's classes by name (:func:`label_id_map`): a ``ClassLabel``
+        column listing the same classes in another order is remapped, other classes are refused.
+        """
         if dataset is None:
             return None
+        check_dataset_type(dataset, where, torch_datasets=True)
         if len(dataset) == 0:
             raise ValueError(f"{where} is empty")
         if not hasattr(dataset, "with_transform"):
             return dataset  # a torch Dataset yielding tensors: the user owns its format
+        model_names = label_names_of(self._views_source[1].config)
         if dataset.format.get("type") == "custom" or "pixel_values" in dataset.column_names:
             raw = dataset.with_format(None)
             label_column = find_label_column(raw.features)
             if label_column is not None:
+                data_names = class_label_names(raw, label_column)
+                if label_id_map(data_names, model_names, num_labels=num_labels, where=where) is not None:
+                    raise ValueError(
+                        f"{where} already holds pixel values, so its labels cannot be remapped here: its "
+                        f"classes are numbered {data_names} and the model's {model_names}. Remap them first "
+                        f"(dataset.align_labels_with_mapping(model.config.label2id, '{label_column}'))"
+                    )
                 check_label_ids(label_array(raw, label_column), num_labels, label_column, where=where)
             return dataset
         if self.views is None:
@@ -318,6 +363,7 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
             dataset,
             train=train,
             num_labels=num_labels,
+            label_names=model_names,
             where=where,
             outputs=outputs,
             seed=seed,
@@ -330,16 +376,20 @@ class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer
                 "teacher_cache= needs the transfer set it was built on, as a map-style datasets.Dataset, "
                 f"got {type(dataset).__name__}"
             )
+        check_dataset_type(dataset, "train_dataset")
         if len(dataset) == 0:
             raise ValueError("train_dataset is empty")
         self.teacher_cache.check(dataset=dataset, where="train_dataset")
         label_column = find_label_column(dataset.features)
+        label_map = None
         if label_column is not None:
-            check_label_ids(
-                label_array(dataset, label_column), num_labels, label_column, where="train_dataset"
-            )
+            data_names = class_label_names(dataset, label_column)
+            model_names = label_names_of(self._views_source[1].config)
+            label_map = label_id_map(data_names, model_names, num_labels=num_labels, where="train_dataset")
+            known = len(data_names) if label_map is not None else num_labels
+            check_label_ids(label_array(dataset, label_column), known, label_column, where="train_dataset")
         return CachedTeacherDataset(
-            dataset, self.teacher_cache, self.views.student, label_column=label_column
+            dataset, self.teacher_cache, self.views.student, label_column=label_column, label_map=label_map
         )
 
     @property

@@ -39,6 +39,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import (
+    LABELS,
+    distill_args,
     make_colour_dataset,
     png_header_claiming,
     repo_with_remote_code,
@@ -481,6 +483,130 @@ def _headless_backbone(tmp_path, kit):
     return lambda: load_teacher(str(tmp_path / "backbone"))
 
 
+# ---- images read through datasets' own decoder (issue 15.4) -----------------------------------------
+
+
+def _image_folder(tmp_path, *, labelled: bool, bad: str = "cut.png", good: int = 11) -> pathlib.Path:
+    """An image folder of ``good`` colour PNGs plus one bad file (``bad``), as users have them."""
+    from conftest import save_image_folder
+
+    folder = tmp_path / "folder"
+    save_image_folder(make_colour_dataset(good, seed=4), folder, labelled=labelled)
+    target = folder / "red" if labelled else folder
+    target.mkdir(parents=True, exist_ok=True)
+    (target / bad).write_bytes(BAD_FILES[bad])
+    return folder
+
+
+def _student():
+    from hf_task_distill import create_student
+
+    return create_student("test_resnet", LABELS, image_size=32)
+
+
+def _distil_on_folder(tmp_path, kit):
+    from hf_task_distill import DistillationTrainer, PairedViews
+    from hf_task_distill.data import load_image_dataset
+
+    transfer = load_image_dataset(str(_image_folder(tmp_path, labelled=False)))  # decodes by default
+    student = _student()
+    views = PairedViews(kit.view, ViewSpec.from_model(student))
+    args = distill_args(tmp_path, per_device_train_batch_size=4, num_train_epochs=1)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=kit.teacher, args=args, train_dataset=transfer, views=views
+    )
+    bad_row = transfer.cast_column("image", ImageFeature(decode=False))["image"]
+    bad_row = next(i for i, cell in enumerate(bad_row) if cell["path"].endswith("cut.png"))
+
+    def act():
+        trainer.train()
+        return trainer, bad_row
+
+    return act
+
+
+def _check_folder_skip(result, log):
+    trainer, bad_row = result
+    assert trainer.skipped_rows == [bad_row] and trainer.state.global_step == 3  # 11 of 12 rows, batch 4
+    assert "skipped 1 transfer-set row(s) whose image could not be decoded" in log
+
+
+def _evaluate_on_folder(tmp_path, kit):
+    from hf_task_distill.evaluation import evaluate_classifier
+
+    task = load_target_task(str(_image_folder(tmp_path, labelled=True)))
+    return lambda: evaluate_classifier(_student(), task["train"], task=task)
+
+
+def _cache_on_folder(tmp_path, kit):
+    from hf_task_distill.data import load_image_dataset
+
+    transfer = load_image_dataset(str(_image_folder(tmp_path, labelled=False, bad="notes.jpg")))
+    return lambda: kit.build_cache(tmp_path / "cache", dataset=transfer)
+
+
+def _check_cache_skip(cache, log):
+    assert len(cache.skipped) == 1 and "notes.jpg" in cache.skipped[0]["error"] and len(cache) == 11
+
+
+def _label_budget_names(tmp_path, kit):
+    task = load_target_task(make_colour_dataset(12, seed=0), name="colours")
+    return lambda: task.with_label_budget(per_class=5, seed=0)
+
+
+def _check_budget_names(task, log):
+    short = log.split("keep all they have:")[1]
+    assert re.search(r"\b(red|green|blue|yellow) \(\d\)", short) and not re.search(r"\b\d \(\d\)", short)
+
+
+def _iterable(tmp_path, kit):
+    return kit.transfer.to_iterable_dataset()
+
+
+def _trainer_with(train_dataset):
+    def make(tmp_path, kit):
+        from hf_task_distill import DistillationTrainer, PairedViews
+
+        data = train_dataset(tmp_path, kit)
+        student = _student()
+        views = PairedViews(kit.view, ViewSpec.from_model(student))
+        return lambda: DistillationTrainer(
+            model=student,
+            teacher_model=kit.teacher,
+            args=distill_args(tmp_path),
+            train_dataset=data,
+            views=views,
+        )
+
+    return make
+
+
+def _arguments_with_remove_unused_columns(cls):
+    def make(tmp_path, kit):
+        return lambda: cls(output_dir=str(tmp_path / "o"), remove_unused_columns=True, report_to="none")
+
+    return make
+
+
+def _check_columns_kept(args, log):
+    assert args.remove_unused_columns is False
+    assert "remove_unused_columns=True is turned off: views are rendered from the raw image column" in log
+
+
+def _retrieval(**config):
+    def make(tmp_path, kit):
+        from hf_task_distill.retrieval import RetrievalConfig
+
+        return lambda: RetrievalConfig(**config)
+
+    return make
+
+
+def _flat_folder_task(tmp_path, kit):
+    folder = _image_folder(tmp_path, labelled=False, bad="empty.png")
+    return lambda: load_target_task(str(folder))
+
+
 # ---- the table --------------------------------------------------------------------------------------
 
 ROW2 = r"train split: image in row 2 \(.*{}\) is unusable"
@@ -640,6 +766,166 @@ CASES = [
         Raises(ValueError, r"differ at 1 index\(es\) \(1: teacher 'green' vs student 'lime'\)"),
         id="label-space-name-mismatch",
     ),
+    # images that datasets would decode itself: the package's decode policy applies (issue 15.4)
+    pytest.param(
+        _distil_on_folder, Counted(_check_folder_skip), id="transfer-folder-truncated-png-distilled"
+    ),
+    pytest.param(_cache_on_folder, Counted(_check_cache_skip), id="transfer-folder-text-file-cached"),
+    pytest.param(
+        _evaluate_on_folder,
+        Raises(ImageDecodeError, r"row \d+ \(.*red/cut\.png\): cannot decode image .*truncated"),
+        id="evaluation-split-truncated-png",
+    ),
+    # datasets of a type an entry point cannot take (issue 15.7)
+    pytest.param(
+        _trainer_with(_iterable),
+        Raises(TypeError, r"train_dataset is a streamed IterableDataset: .*map-style datasets\.Dataset"),
+        id="trainer-iterable-dataset",
+    ),
+    pytest.param(
+        _trainer_with(lambda tmp_path, kit: [kit.transfer[i]["image"] for i in range(3)]),
+        Raises(TypeError, r"train_dataset is a list of 3 item\(s\): pass a datasets\.Dataset, e\.g\. "),
+        id="trainer-list-of-images",
+    ),
+    pytest.param(
+        _trainer_with(lambda tmp_path, kit: DatasetDict({"train": kit.transfer})),
+        Raises(TypeError, r"train_dataset is a DatasetDict of splits \(train\): pass one split"),
+        id="trainer-dataset-dict",
+    ),
+    pytest.param(
+        _call(lambda: load_target_task([Image.new("RGB", (4, 4))] * 2)),
+        Raises(TypeError, r"the task is a list of 2 item\(s\): pass a datasets\.Dataset"),
+        id="task-list-of-images",
+    ),
+    pytest.param(
+        _flat_folder_task,
+        Raises(
+            ValueError, r"has no class sub-folders, so its images have no labels: put each class's images in"
+        ),
+        id="task-folder-without-class-folders",
+    ),
+    # values out of range or of the wrong type, refused where they enter (issue 15.6, 15.7)
+    pytest.param(
+        _retrieval(budget=0),
+        Raises(ValueError, r"budget must be at least 1, got 0"),
+        id="retrieval-budget-zero",
+    ),
+    pytest.param(
+        _retrieval(per_query_k=0),
+        Raises(ValueError, r"per_query_k must be at least 1, got 0"),
+        id="retrieval-per-query-k-zero",
+    ),
+    pytest.param(
+        _retrieval(per_query_k=2.5),
+        Raises(TypeError, r"per_query_k must be an integer, got 2\.5 \(float\)"),
+        id="retrieval-per-query-k-fractional",
+    ),
+    pytest.param(
+        _retrieval(budget=10, recall_target=1.5),
+        Raises(ValueError, r"recall_target must be in \(0, 1\], got 1\.5"),
+        id="retrieval-recall-target-above-one",
+    ),
+    pytest.param(
+        _retrieval(budget=10, min_teacher_confidence=-0.1),
+        Raises(ValueError, r"min_teacher_confidence must be in \[0, 1\], got -0\.1"),
+        id="retrieval-confidence-negative",
+    ),
+    pytest.param(
+        _retrieval(budget=10, memory_budget_gb=0),
+        Raises(ValueError, r"memory_budget_gb must be greater than 0, got 0"),
+        id="retrieval-memory-budget-zero",
+    ),
+    pytest.param(
+        _call(lambda: DistillationArguments(output_dir="unused", temperature=float("nan"), report_to="none")),
+        Raises(ValueError, r"temperature must be a finite number, got nan"),
+        id="distillation-arguments-temperature-nan",
+    ),
+    pytest.param(
+        _call(lambda: DistillationArguments(output_dir="unused", temperature=float("inf"), report_to="none")),
+        Raises(ValueError, r"temperature must be a finite number, got inf"),
+        id="distillation-arguments-temperature-inf",
+    ),
+    pytest.param(
+        _call(lambda: DistillationArguments(output_dir="unused", kd_weight=0.0, report_to="none")),
+        Raises(ValueError, r"kd_weight and ce_weight are both 0"),
+        id="distillation-arguments-no-loss-term",
+    ),
+    pytest.param(
+        _call(
+            lambda: DistillationArguments(
+                output_dir="unused", loss_name="function_matching", ce_weight=1.0, report_to="none"
+            )
+        ),
+        Raises(ValueError, r"function_matching uses the teacher as the only target"),
+        id="distillation-arguments-loss-rule",
+    ),
+    pytest.param(
+        _arguments_with_remove_unused_columns(DistillationArguments),
+        Counted(_check_columns_kept),
+        id="distillation-arguments-remove-unused-columns",
+    ),
+    pytest.param(
+        _arguments_with_remove_unused_columns(TeacherFinetuningArguments),
+        Counted(_check_columns_kept),
+        id="finetuning-arguments-remove-unused-columns",
+    ),
+    pytest.param(
+        _call(lambda: TeacherFinetuningArguments(output_dir="unused", lora_dropout=1.0, report_to="none")),
+        Raises(ValueError, r"lora_dropout must be in \[0, 1\), got 1"),
+        id="finetuning-arguments-lora-dropout",
+    ),
+    pytest.param(
+        _call(lambda: load_target_task(make_colour_dataset(8, seed=0)).with_label_budget(per_class=1.5)),
+        Raises(TypeError, r"per_class must be an integer, got 1\.5 \(float\)"),
+        id="label-budget-fractional-per-class",
+    ),
+    pytest.param(_label_budget_names, Counted(_check_budget_names), id="label-budget-warning-names-classes"),
+    pytest.param(
+        _call(lambda: TeacherCacheConfig(num_views=2.5)),
+        Raises(TypeError, r"num_views must be an integer, got 2\.5"),
+        id="cache-config-fractional-views",
+    ),
+    pytest.param(
+        _call(lambda: __import__("hf_task_distill").ViewAugmentation(scale=(0.0, 1.0))),
+        Raises(ValueError, r"scale\[0\] must be in \(0, 1\], got 0"),
+        id="view-augmentation-zero-scale",
+    ),
+    # the CLI: mistakes found when the flags are read, not after a stage has run (issue 15.8)
+    pytest.param(
+        _cli("--student", "resnet18x"),
+        ExitsWith(r"--student: unknown timm model 'resnet18x'; did you mean resnet18"),
+        id="cli-unknown-timm-student",
+    ),
+    pytest.param(
+        _cli("--teacher", "/no/such/teacher-folder"),
+        ExitsWith(r"--teacher: no such folder '/no/such/teacher-folder'"),
+        id="cli-teacher-folder-missing",
+    ),
+    pytest.param(
+        _cli("--teacher", "./my-teacher"),
+        ExitsWith(r"--teacher: no such folder '\./my-teacher'"),
+        id="cli-teacher-relative-folder-missing",
+    ),
+    pytest.param(
+        _cli("--per_class", "5", "--fraction", "0.1"),
+        ExitsWith(r"--per_class and --fraction are two label budgets: give one"),
+        id="cli-two-label-budgets",
+    ),
+    pytest.param(
+        _cli("--per_query_k", "8"),
+        ExitsWith(r"--per_query_k applies to --transfer retrieval only \(--transfer is 'task'\)"),
+        id="cli-retrieval-flag-without-retrieval",
+    ),
+    pytest.param(
+        _cli("--batch_size", "0"),
+        ExitsWith(r"--batch_size must be at least 1, got 0"),
+        id="cli-batch-size-zero",
+    ),
+    pytest.param(
+        _cli_config_file('{"dataset": "digits", "per_class": "five"}', ".json"),
+        ExitsWith(r"--per_class must be an integer, got 'five' \(str\)"),
+        id="cli-config-file-value-of-the-wrong-type",
+    ),
     # configs: the CLI refuses before running anything
     pytest.param(
         _cli("--transfer", "retrieval", "--per_query_k", "8"),
@@ -676,7 +962,7 @@ CASES = [
     ),
     pytest.param(
         _cli("--temperature", "0"),
-        ExitsWith(r"--temperature must be > 0, got 0\.0"),
+        ExitsWith(r"--temperature must be greater than 0, got 0"),
         id="cli-temperature-zero",
     ),
     pytest.param(
@@ -711,12 +997,12 @@ CASES = [
     ),
     pytest.param(
         _call(lambda: TeacherCacheConfig(num_views=0)),
-        Raises(ValueError, r"num_views must be >= 1, got 0"),
+        Raises(ValueError, r"num_views must be at least 1, got 0"),
         id="cache-config-zero-views",
     ),
     pytest.param(
         _call(lambda: TeacherCacheConfig(precision="fp8")),
-        Raises(ValueError, r"precision must be auto, fp32, bf16 or fp16, got 'fp8'"),
+        Raises(ValueError, r"precision must be one of auto, fp32, bf16, fp16, got 'fp8'"),
         id="cache-config-unknown-precision",
     ),
     pytest.param(

@@ -291,9 +291,16 @@ def test_apply_marks_missing_labels_unlabelled_and_checks_ids():
     views = PairedViews(spec, spec)
     ds = make_colour_dataset(6, seed=0).cast_column("label", Value("int64"))
     ds = ds.map(lambda r, i: {"label": -1 if i % 2 else r["label"]}, with_indices=True)
-    rows = views.apply(ds, train=False, num_labels=4)[:6]
-    assert rows["labels"][1] == -100 and rows["labels"][0] >= 0
+    prepared = views.apply(ds, train=False, num_labels=4)
+    assert len(prepared) == 6
+    assert prepared[1]["labels"] == -100 and prepared[0]["labels"] >= 0
     unlabelled = views.apply(make_colour_dataset(3, seed=0, labelled=False), train=True)
     assert set(unlabelled[0]) == {"pixel_values", "teacher_pixel_values"}
-    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"has 4 classes \(\[red, green, blue, yellow\]\) but the model predicts 2"
+    ):
         views.apply(make_colour_dataset(20, seed=0), train=True, num_labels=2)
+    with pytest.raises(ValueError, match=r"outside \[0, 2\)"):
+        views.apply(
+            make_colour_dataset(20, seed=0).cast_column("label", Value("int64")), train=True, num_labels=2
+        )

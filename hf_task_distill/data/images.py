@@ -18,7 +18,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
-__all__ = ["MAX_ASPECT_RATIO", "MAX_PIXELS", "ImageDecodeError", "image_source", "load_rgb_image", "to_rgb"]
+__all__ = [
+    "MAX_ASPECT_RATIO",
+    "MAX_PIXELS",
+    "ImageDecodeError",
+    "image_source",
+    "load_rgb_image",
+    "to_rgb",
+    "undecoded",
+]
 
 MAX_PIXELS = 89_478_485  # PIL's own warning threshold (about 9,459 x 9,459): far above any training image
 MAX_ASPECT_RATIO = 100.0  # longer side / shorter side; banners beyond this carry no usable crop
@@ -92,6 +100,19 @@ def load_rgb_image(value: Any) -> Image.Image:
         raise ImageDecodeError(f"not enough memory to decode the image: {err}") from err
     except Exception as err:  # PIL raises a zoo (OSError, SyntaxError, struct.error, IndexError, ...)
         raise ImageDecodeError(f"cannot decode image ({type(err).__name__}: {err})"[:300]) from err
+
+
+def undecoded(dataset, image_column: str):
+    """``dataset`` with its ``datasets.Image`` column left undecoded (``{"bytes", "path"}`` cells), so
+    that rows reach :func:`load_rgb_image` instead of ``datasets``' own decoder, which raises a bare
+    ``OSError``/``UnidentifiedImageError`` naming no row for a truncated or corrupt file. Other
+    columns and datasets without such a column come back unchanged (a feature change, no data copy)."""
+    import datasets
+
+    feature = (getattr(dataset, "features", None) or {}).get(image_column)
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column(image_column, datasets.Image(decode=False))
+    return dataset
 
 
 def _check_size(image: Image.Image) -> None:

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["UNLABELLED", "check_image_column", "check_images_decode", "check_label_ids", "label_array"]
+__all__ = [
+    "UNLABELLED",
+    "check_dataset_type",
+    "check_image_column",
+    "check_images_decode",
+    "check_label_ids",
+    "check_label_names",
+    "class_label_names",
+    "label_array",
+]
 
 #: Label id of a row that has no label (the cross-entropy ``ignore_index``). ``-1`` (the
 #: ``datasets.ClassLabel`` convention) and ``None`` are read as unlabelled too.
@@ -106,3 +115,75 @@ def check_images_decode(dataset, image_column: str, where: str = "dataset", batc
                     f"{where}: row {row} of column '{image_column}' is not an image: {err}"
                 ) from err
             row += 1
+
+
+def check_dataset_type(dataset, where: str = "dataset", *, torch_datasets: bool = False) -> None:
+    """Raise ``TypeError`` unless ``dataset`` is a map-style ``datasets.Dataset`` (or, with
+    ``torch_datasets``, a map-style ``torch.utils.data.Dataset`` with a length), saying what to pass
+    instead: one split of a ``DatasetDict``, a ``Dataset`` built from a list, a materialised stream.
+
+    Training reads rows by index (each view is seeded by its row, and a resumed run must find the
+    same rows), so a streamed ``IterableDataset`` cannot be used as it is.
+    """
+    import datasets
+    import torch
+
+    kind = type(dataset).__name__
+    if isinstance(
+        dataset, (datasets.IterableDataset, datasets.IterableDatasetDict, torch.utils.data.IterableDataset)
+    ):
+        raise TypeError(
+            f"{where} is a streamed {kind}: training reads rows by index (views are seeded per row, and a "
+            "resumed run must find the same rows), so it needs a map-style datasets.Dataset. Load it without "
+            "streaming=True, or materialise the part you need (datasets.Dataset.from_generator)"
+        )
+    if isinstance(dataset, datasets.DatasetDict):
+        raise TypeError(
+            f"{where} is a DatasetDict of splits ({', '.join(dataset)}): pass one split, e.g. dataset['train']"
+        )
+    if isinstance(dataset, (list, tuple, dict)):
+        raise TypeError(
+            f"{where} is a {kind} of {len(dataset)} item(s): pass a datasets.Dataset, e.g. "
+            "datasets.Dataset.from_dict({'image': images}) (images as PIL images or file paths)"
+        )
+    if isinstance(dataset, datasets.Dataset):
+        return
+    if torch_datasets and isinstance(dataset, torch.utils.data.Dataset) and hasattr(dataset, "__len__"):
+        return
+    accepted = "a datasets.Dataset" + (
+        " or a map-style torch Dataset with a length" if torch_datasets else ""
+    )
+    raise TypeError(f"{where} is a {kind}: pass {accepted}")
+
+
+def class_label_names(dataset, label_column: str) -> list[str] | None:
+    """The names of a ``ClassLabel`` label column, in id order (``None`` for plain integer labels)."""
+    import datasets
+
+    feature = (getattr(dataset, "features", None) or {}).get(label_column)
+    if isinstance(feature, datasets.ClassLabel):
+        return [str(n) for n in feature.names]
+    return None
+
+
+def check_label_names(names, where: str = "labels") -> list[str]:
+    """``names`` as strings, refused when one is empty, repeated, or differs from another only by
+    surrounding whitespace (``"cat"`` and ``"cat "``): each spelling would become a class of its own,
+    and the data would be split between them without a word. (Case is significant: ``"A"`` and
+    ``"a"`` are different glyphs.)"""
+    names = [str(n) for n in names]
+    empty = [i for i, n in enumerate(names) if not n.strip()]
+    if empty:
+        raise ValueError(f"{where}: label name at index {empty[0]} is empty ({names[empty[0]]!r})")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise ValueError(f"{where}: label names must be unique; repeated: {repeated[:5]}")
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.strip(), name)
+        if other != name:
+            raise ValueError(
+                f"{where}: label names {other!r} and {name!r} differ only by surrounding whitespace: "
+                "they would be two classes; fix the labels"
+            )
+    return names

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +20,22 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from .images import ImageDecodeError, image_source, load_rgb_image
-from .validation import UNLABELLED, check_image_column, check_images_decode, check_label_ids, label_array
+from .validation import (
+    UNLABELLED,
+    check_dataset_type,
+    check_image_column,
+    check_images_decode,
+    check_label_ids,
+    class_label_names,
+    label_array,
+)
 
 __all__ = [
     "UNREADABLE_ROW",
     "PairedViews",
     "RandomViewDataset",
+    "ViewDataset",
+    "map_label",
     "ViewTransform",
     "single_view_dataset",
     "ViewAugmentation",
@@ -189,6 +200,15 @@ class ViewAugmentation:
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
 
+    def __post_init__(self):
+        from ..checks import check_number
+
+        low = check_number(self.scale[0], "scale[0]", above=0, maximum=1)
+        check_number(self.scale[1], f"scale[1] (with scale[0] = {low:g})", minimum=low, maximum=1)
+        low = check_number(self.ratio[0], "ratio[0]", above=0)
+        check_number(self.ratio[1], f"ratio[1] (with ratio[0] = {low:g})", minimum=low)
+        check_number(self.hflip, "hflip", minimum=0, maximum=1)
+
 
 @dataclass(frozen=True)
 class ViewParams:
@@ -323,13 +343,22 @@ def seeded_generator(*parts: Any) -> torch.Generator:
     return torch.Generator().manual_seed(derived_seed(*parts))
 
 
-class RandomViewDataset(torch.utils.data.Dataset):
-    """Training rows whose random view is a function of ``(seed, epoch, row)`` only.
+class ViewDataset(torch.utils.data.Dataset):
+    """A dataset's rows rendered as model inputs: one view per row, for every named output.
 
-    A view drawn from the global RNG depends on how far that RNG has run: on the worker count, on
-    the batch the data loader prefetched before a checkpoint, on what else drew numbers. Drawing it
-    from a generator seeded by ``(seed, epoch, row)`` makes a resumed run see exactly the views of
-    an uninterrupted one. The Trainer subclasses call :meth:`set_epoch` at every epoch start.
+    Training (``train=True``) draws each row's random view from a generator seeded by
+    ``(seed, epoch, row)`` only. A view drawn from the global RNG depends on how far that RNG has
+    run: on the worker count, on the batch the data loader prefetched before a checkpoint, on what
+    else drew numbers; this makes a resumed run see exactly the views of an uninterrupted one. The
+    Trainer subclasses call :meth:`set_epoch` at every epoch start. Evaluation renders each output's
+    own deterministic view (:func:`eval_view`).
+
+    Images are read undecoded and decoded by :func:`~hf_task_distill.data.images.load_rgb_image`
+    (the package's one decode policy), never by ``datasets``: an unusable image raises
+    :class:`ImageDecodeError` naming the row and its file, or, with ``skip_unreadable`` (a web-scale
+    transfer set nobody has checked), yields an ``UNREADABLE_ROW`` placeholder that the trainer's
+    collator drops and counts. ``label_map[i]`` is the model's id of the dataset's class ``i`` (see
+    :func:`~hf_task_distill.models.labels.label_id_map`); ``None`` keeps the ids as they are.
     """
 
     def __init__(
@@ -342,12 +371,17 @@ class RandomViewDataset(torch.utils.data.Dataset):
         label_column: str | None,
         seed: int = 0,
         skip_unreadable: bool = False,
+        train: bool = True,
+        label_map: Any = None,
     ):
+        from .images import undecoded
+
         columns = [image_column] + ([label_column] if label_column else [])
-        self.raw = dataset.with_format(None).select_columns(columns)
+        self.raw = undecoded(dataset.with_format(None).select_columns(columns), image_column)
         self.outputs, self.augmentation = dict(outputs), augmentation
         self.image_column, self.label_column, self.seed = image_column, label_column, int(seed)
-        self.skip_unreadable = skip_unreadable
+        self.skip_unreadable, self.train = skip_unreadable, train
+        self.label_map = None if label_map is None else [int(i) for i in label_map]
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -369,11 +403,28 @@ class RandomViewDataset(torch.utils.data.Dataset):
                 raise ImageDecodeError(f"row {row}{f' ({source})' if source else ''}: {err}") from err
             return {UNREADABLE_ROW: int(row)}  # dropped by the collator, counted by the trainer
         pixels = TF.pil_to_tensor(image)
-        view = sample_view(image.size, self.augmentation, self.view_generator(row))
-        item: dict[str, Any] = {name: render_view(pixels, view, spec) for name, spec in self.outputs.items()}
+        if self.train:
+            view = sample_view(image.size, self.augmentation, self.view_generator(row))
+            item: dict[str, Any] = {
+                name: render_view(pixels, view, spec) for name, spec in self.outputs.items()
+            }
+        else:
+            item = {
+                name: render_view(pixels, eval_view(image.size, spec), spec)
+                for name, spec in self.outputs.items()
+            }
         if self.label_column is not None:
-            item["labels"] = label_or_unlabelled(example[self.label_column])
+            item["labels"] = map_label(label_or_unlabelled(example[self.label_column]), self.label_map)
         return item
+
+
+#: The name of earlier versions (training views only).
+RandomViewDataset = ViewDataset
+
+
+def map_label(label: int, label_map: list[int] | None) -> int:
+    """The model's id of dataset class ``label`` (unlabelled rows stay unlabelled)."""
+    return label if label_map is None or label == UNLABELLED else label_map[label]
 
 
 def single_view_dataset(
@@ -385,14 +436,17 @@ def single_view_dataset(
     image_column: str | None = None,
     label_column: str | None = None,
     num_labels: int | None = None,
+    label_names: Sequence[str] | None = None,
     where: str = "dataset",
     check_images: bool = False,
     seed: int = 0,
-):
+) -> ViewDataset:
     """``dataset`` with one model's views (``pixel_values``) and ``labels``: for finetuning or embedding.
 
-    ``check_images`` decodes every image up front (for small labelled training sets), so that a bad
-    file is an error naming its row before training starts.
+    ``label_names`` (the model's classes in output order) remap the labels by name when the dataset
+    lists the same classes in another order (see :meth:`PairedViews.apply`). ``check_images``
+    decodes every image up front (for small labelled training sets), so that a bad file is an error
+    naming its row before training starts.
     """
     views = PairedViews(teacher=spec, student=spec, augmentation=augmentation or ViewAugmentation())
     return views.apply(
@@ -401,6 +455,7 @@ def single_view_dataset(
         image_column=image_column,
         label_column=label_column,
         num_labels=num_labels,
+        label_names=label_names,
         where=where,
         outputs={"pixel_values": spec},
         check_images=check_images,
@@ -474,24 +529,30 @@ class PairedViews:
         image_column: str | None = None,
         label_column: str | None = None,
         num_labels: int | None = None,
+        label_names: Sequence[str] | None = None,
         where: str = "dataset",
         outputs: dict[str, ViewSpec] | None = None,
         check_images: bool = False,
         seed: int = 0,
         skip_unreadable: bool = False,
-    ):
-        """Check ``dataset`` and return it ready for a model: for evaluation, with the deterministic
-        views attached (``with_transform``); for training, as a :class:`RandomViewDataset` whose random
-        views are drawn from ``(seed, epoch, row)``.
+    ) -> ViewDataset:
+        """Check ``dataset`` and return it ready for a model, as a :class:`ViewDataset`: random views
+        drawn from ``(seed, epoch, row)`` for training, each output's deterministic view for evaluation.
 
         Image and label columns are found from the features unless named (a dataset without labels is
-        fine: a transfer set). With ``num_labels`` the label ids are checked to be in range up front.
-        Rows may be labelled, unlabelled, or a mix. ``skip_unreadable`` (training only): a row whose
-        image cannot be decoded yields an ``UNREADABLE_ROW`` placeholder instead of an error, for a
-        web-scale transfer set that nobody has checked.
+        fine: a transfer set). Rows may be labelled, unlabelled, or a mix. ``label_names`` are the
+        model's classes in output order: when the label column is a ``ClassLabel`` whose names are
+        the same classes in another order (or a subset), labels are remapped to the model's ids by
+        name; other names are an error giving both lists (see
+        :func:`~hf_task_distill.models.labels.label_id_map`). With ``num_labels`` (the model's class
+        count) the label ids are checked to be in range up front. ``skip_unreadable`` (training only):
+        a row whose image cannot be decoded yields an ``UNREADABLE_ROW`` placeholder instead of an
+        error, for a web-scale transfer set that nobody has checked.
         """
+        from ..models.labels import label_id_map
         from .loading import find_image_column, find_label_column
 
+        check_dataset_type(dataset, where)
         if len(dataset) == 0:
             raise ValueError(f"{where} is empty")
         image_column = image_column or find_image_column(dataset.features) or "image"
@@ -502,21 +563,24 @@ class PairedViews:
             raise ValueError(
                 f"{where} has no label column '{label_column}' (columns: {', '.join(dataset.column_names)})"
             )
-        if label_column is not None and num_labels is not None:
-            check_label_ids(label_array(dataset, label_column), num_labels, label_column, where=where)
+        label_map = None
+        if label_column is not None:
+            data_names = class_label_names(dataset, label_column)
+            if label_names is not None or num_labels is not None:
+                label_map = label_id_map(data_names, label_names, num_labels=num_labels, where=where)
+            known = len(data_names) if data_names is not None and label_map is not None else num_labels
+            if known is not None:
+                check_label_ids(label_array(dataset, label_column), known, label_column, where=where)
         if check_images:
             check_images_decode(dataset, image_column, where=where)
-        if train:
-            return RandomViewDataset(
-                dataset,
-                outputs or {"pixel_values": self.student, "teacher_pixel_values": self.teacher},
-                augmentation=self.augmentation,
-                image_column=image_column,
-                label_column=label_column,
-                seed=seed,
-                skip_unreadable=skip_unreadable,
-            )
-        transform = self.transform(
-            train=train, image_column=image_column, label_column=label_column, outputs=outputs
+        return ViewDataset(
+            dataset,
+            outputs or {"pixel_values": self.student, "teacher_pixel_values": self.teacher},
+            augmentation=self.augmentation,
+            image_column=image_column,
+            label_column=label_column,
+            seed=seed,
+            skip_unreadable=skip_unreadable and train,
+            train=train,
+            label_map=label_map,
         )
-        return dataset.with_transform(transform)

@@ -17,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from ..checks import check_int, check_number
 from ..data.loading import find_label_column
-from ..data.validation import UNLABELLED, label_array
+from ..data.validation import UNLABELLED, check_dataset_type, label_array
 from ..devices import process_state
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
@@ -61,10 +62,27 @@ class RetrievalConfig:
     seed: int = 0
 
     def __post_init__(self):
+        # 0 is a value, not "not given": every bound is checked here, before the pool is embedded
         if (self.per_query_k is None) == (self.budget is None):
             raise ValueError("give exactly one of per_query_k= or budget=")
-        if (self.per_query_k or 1) < 1 or (self.budget or 1) < 1:
-            raise ValueError("per_query_k and budget must be >= 1")
+        self.per_query_k = check_int(self.per_query_k, "per_query_k", minimum=1, optional=True)
+        self.budget = check_int(self.budget, "budget", minimum=1, optional=True)
+        self.leakage_threshold = check_number(
+            self.leakage_threshold, "leakage_threshold", minimum=-1, maximum=1
+        )
+        self.min_similarity = check_number(
+            self.min_similarity, "min_similarity", minimum=-1, maximum=1, optional=True
+        )
+        self.min_teacher_confidence = check_number(
+            self.min_teacher_confidence, "min_teacher_confidence", minimum=0, maximum=1, optional=True
+        )
+        self.memory_budget_gb = check_number(
+            self.memory_budget_gb, "memory_budget_gb", above=0, optional=True
+        )
+        self.recall_target = check_number(self.recall_target, "recall_target", above=0, maximum=1)
+        self.shard_size = check_int(self.shard_size, "shard_size", minimum=1)
+        self.batch_size = check_int(self.batch_size, "batch_size", minimum=1)
+        self.seed = check_int(self.seed, "seed")
 
 
 @dataclass
@@ -144,6 +162,11 @@ class RetrievalTransferSetBuilder:
         cfg, stats = self.config, TransferSetStats(encoder=self.encoder.name)
         embeddings_dir = os.fspath(embeddings_dir)
         streamed = _is_streamed(pool)
+        if not streamed:
+            check_dataset_type(pool, "the pool")
+        check_dataset_type(queries, "the queries")
+        for name, extra in enumerate(heldout):
+            check_dataset_type(extra, f"heldout[{name}]")
         if not streamed and len(pool) == 0:
             raise ValueError("the pool is empty: nothing to retrieve from")
         if len(queries) == 0:

@@ -56,11 +56,14 @@ class ImageEncoder:
         from transformers import AutoImageProcessor, AutoModel
 
         from ..models.safe_loading import safetensors_required
+        from ..sources import check_model_source, resolve_model_source
 
+        check_model_source(name_or_path, "retrieval encoder")
+        source = resolve_model_source(name_or_path)
         kwargs.setdefault("use_safetensors", True)
         with safetensors_required(name_or_path):
-            model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, **kwargs)
-        processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(source, trust_remote_code=trust_remote_code, **kwargs)
+        processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
         return cls(model, ViewSpec.from_image_processor(processor), name=name_or_path)
 
     @torch.inference_mode()
