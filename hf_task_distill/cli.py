@@ -11,13 +11,18 @@ stages in order and skips those already complete in the run directory.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
 import tempfile
+from typing import Any
 
-from .config import ARGUMENT_GROUPS, STAGES, PipelineConfig
+from .config import ARGUMENT_GROUPS, STAGES, PipelineConfig, RunArguments, saved_run_settings
+from .demo import demo_defaults
 from .pipeline import StageNotReady
+
+logger = logging.getLogger("hf_task_distill")
 
 COMMANDS = {
     "run": (
@@ -62,49 +67,84 @@ def _usage() -> str:
 
 
 def parse_config(command: str, argv: list[str]) -> PipelineConfig:
-    """Flags (or one .json/.yaml path) into a :class:`PipelineConfig`."""
+    """Flags (or one .json/.yaml path) into a :class:`PipelineConfig`.
+
+    On an existing run (``--output_dir`` holds a ``config.json``) the run's recorded settings are the
+    base and only the flags given on this command line change them; a new run starts from the
+    defaults (the demo's own for ``demo``).
+    """
     from transformers import HfArgumentParser
 
     parser = HfArgumentParser(
         ARGUMENT_GROUPS, prog=f"hf-task-distill {command}", description=COMMANDS[command][0]
     )
     parser.error = _one_line_error  # argparse would print the whole usage (dozens of flags) first
-    if command == "demo":
-        from .demo import demo_defaults
-
-        defaults = demo_defaults()
+    defaults = demo_defaults() if command == "demo" else {}
+    if any(arg in ("-h", "--help") for arg in argv):
         parser.set_defaults(**defaults)
-        for action in parser._actions:  # a flag with a demo default is no longer required
-            if action.dest in defaults:
-                action.required = False
+        parser.parse_args(args=argv)  # prints the help (with the command's defaults) and exits
     if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
         if not os.path.isfile(argv[0]):
             raise CommandLineError(f"config file {argv[0]} does not exist")
-        groups = _parse_config_file(parser, argv[0])
+        given = _read_config_file(argv[0])
     else:
-        groups = parser.parse_args_into_dataclasses(args=argv)
-    return PipelineConfig.from_groups(groups)
+        given = _given_flags(parser, argv)
+    output_dir = given.get("output_dir", defaults.get("output_dir", RunArguments.output_dir))
+    try:
+        saved = saved_run_settings(output_dir)
+    except ValueError as err:
+        raise CommandLineError(str(err)) from err
+    if saved is not None:
+        _log_continuation(output_dir, saved, given)
+        base = saved
+    else:
+        base = defaults
+    try:
+        return PipelineConfig.from_dict({**base, **given})
+    except TypeError as err:  # a config file's value of the wrong type (flags are typed by argparse)
+        raise CommandLineError(str(err)) from err
 
 
-def _one_line_error(message: str):
-    raise CommandLineError(f"{message} (--help lists every flag)")
+def _given_flags(parser, argv: list[str]) -> dict[str, Any]:
+    """Only the settings named on the command line, typed by the parser (nothing filled from defaults)."""
+    for action in parser._actions:
+        if action.dest != "help":
+            action.default = argparse.SUPPRESS
+            action.required = False
+    return vars(parser.parse_args(args=argv))
 
 
-def _parse_config_file(parser, path: str):
-    """A .json/.yaml config file into dataclasses; a file that does not parse is named, in one line."""
+def _read_config_file(path: str) -> dict[str, Any]:
+    """A .json/.yaml config file as a mapping of settings; a file that does not parse is named, in one line."""
     import json
 
     import yaml
 
     try:
-        if path.endswith(".json"):
-            return parser.parse_json_file(path, allow_extra_keys=False)
-        return parser.parse_yaml_file(path, allow_extra_keys=False)
-    except (json.JSONDecodeError, yaml.YAMLError, AttributeError) as err:
-        # the parsers' own messages name a line and column but not the file; AttributeError: a file
-        # that parses to a list or a string instead of a mapping of flags
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f) if path.endswith(".json") else yaml.safe_load(f)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        # the parsers' own messages name a line and column but not the file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CommandLineError(f"config file {path} is not a mapping of flags to values ({first})") from err
+    if not isinstance(values, dict):
+        raise CommandLineError(
+            f"config file {path} is not a mapping of flags to values (it holds a {type(values).__name__})"
+        )
+    return values
+
+
+def _log_continuation(output_dir: str, saved: dict[str, Any], given: dict[str, Any]) -> None:
+    changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in given.items() if k in saved and saved[k] != v]
+    logger.info(
+        "continuing the run in %s with the settings in its config.json%s",
+        output_dir,
+        f"; changed on the command line: {', '.join(changed)}" if changed else "",
+    )
+
+
+def _one_line_error(message: str):
+    raise CommandLineError(f"{message} (--help lists every flag)")
 
 
 def _check_writable(path: str) -> None:

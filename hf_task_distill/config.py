@@ -9,12 +9,19 @@ where it does not.
 from __future__ import annotations
 
 import dataclasses
+import glob
 import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from .checks import check_choice, check_int, check_number
+from .files import write_json_atomically
+from .sources import check_model_source, is_local_path
+
 __all__ = [
+    "INVOCATION_SETTINGS",
+    "RECOMPUTED_FREELY",
     "STAGES",
     "PipelineConfig",
     "RunArguments",
@@ -22,9 +29,16 @@ __all__ = [
     "TaskArguments",
     "TeacherArguments",
     "TransferArguments",
+    "stage_settings",
+    "stage_upstream",
 ]
 
 STAGES = ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate", "publish")
+#: Stages that only derive files from finished ones (seconds of work): a changed setting redoes them
+#: without asking. Any other finished stage is redone only when ``--overwrite_stage`` names it.
+RECOMPUTED_FREELY = ("evaluate", "publish")
+#: Settings of one command rather than of the run: never saved in, nor read from, a run's config.json.
+INVOCATION_SETTINGS = ("output_dir", "overwrite_stage", "push_to_hub")
 
 
 @dataclass
@@ -48,10 +62,15 @@ class TaskArguments:
     budget_seed: int = field(default=0, metadata={"help": "Seed of the label-budget draw."})
 
     def __post_init__(self):
-        if self.per_class is not None and self.per_class < 1:
-            raise ValueError(f"--per_class must be at least 1, got {self.per_class}")
-        if self.fraction is not None and not 0 < self.fraction <= 1:
-            raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if not isinstance(self.dataset, str) or not self.dataset.strip():
+            raise ValueError(f"--dataset must name a task, a folder or a Hub dataset, got {self.dataset!r}")
+        if is_local_path(self.dataset) and not os.path.isdir(self.dataset):
+            raise ValueError(f"--dataset: no such folder '{self.dataset}'")
+        self.per_class = check_int(self.per_class, "--per_class", minimum=1, optional=True)
+        self.fraction = check_number(self.fraction, "--fraction", above=0, maximum=1, optional=True)
+        if self.per_class is not None and self.fraction is not None:
+            raise ValueError("--per_class and --fraction are two label budgets: give one")
+        self.budget_seed = check_int(self.budget_seed, "--budget_seed")
 
 
 @dataclass
@@ -85,11 +104,17 @@ class TeacherArguments:
     )
 
     def __post_init__(self):
-        allowed = ("linear", "full", "lp-ft", "lora", "none")
-        if self.teacher_strategy not in allowed:
-            raise ValueError(
-                f"--teacher_strategy must be one of {', '.join(allowed)}, got '{self.teacher_strategy}'"
-            )
+        check_choice(self.teacher_strategy, "--teacher_strategy", ("linear", "full", "lp-ft", "lora", "none"))
+        # checked here, not when the stage loads it: "no such folder", not a Hub error, and before anything runs
+        check_model_source(self.teacher, "--teacher")
+        self.teacher_epochs = check_number(self.teacher_epochs, "--teacher_epochs", above=0)
+        self.teacher_learning_rate = check_number(
+            self.teacher_learning_rate, "--teacher_learning_rate", above=0
+        )
+        self.teacher_probe_epochs = check_int(self.teacher_probe_epochs, "--teacher_probe_epochs", minimum=1)
+        self.teacher_layer_decay = check_number(
+            self.teacher_layer_decay, "--teacher_layer_decay", above=0, maximum=1
+        )
 
 
 @dataclass
@@ -128,10 +153,23 @@ class TransferArguments:
 
     def __post_init__(self):
         # checked here, not when stage 2 starts: a typo must not cost a finetuned teacher first
-        for flag in ("per_query_k", "transfer_budget"):
-            value = getattr(self, flag)
-            if value is not None and value < 1:
-                raise ValueError(f"--{flag} must be at least 1, got {value}")
+        self.per_query_k = check_int(self.per_query_k, "--per_query_k", minimum=1, optional=True)
+        self.transfer_budget = check_int(self.transfer_budget, "--transfer_budget", minimum=1, optional=True)
+        self.leakage_threshold = check_number(
+            self.leakage_threshold, "--leakage_threshold", minimum=-1, maximum=1
+        )
+        if self.retrieval_encoder is not None:
+            check_model_source(self.retrieval_encoder, "--retrieval_encoder")
+        if self.transfer not in ("task", "retrieval") and is_local_path(self.transfer):
+            if not os.path.isdir(self.transfer):
+                raise ValueError(f"--transfer: no such folder '{self.transfer}'")
+        if self.pool is not None and is_local_path(self.pool) and not glob.glob(self.pool):
+            raise ValueError(f"--pool: no such file or folder '{self.pool}'")
+        if self.transfer != "retrieval" and (self.pool or self.per_query_k or self.transfer_budget):
+            given = [f for f in ("pool", "per_query_k", "transfer_budget") if getattr(self, f) is not None]
+            raise ValueError(
+                f"--{given[0]} applies to --transfer retrieval only (--transfer is '{self.transfer}')"
+            )
         if self.transfer == "retrieval":
             if self.pool is None:
                 raise ValueError(
@@ -197,12 +235,23 @@ class StudentArguments:
             raise ValueError(
                 f"--distill_loss: unknown loss '{self.distill_loss}'; registered: {', '.join(available_losses())}"
             )
-        if not self.temperature > 0:
-            raise ValueError(f"--temperature must be > 0, got {self.temperature}")
-        if self.teacher_cache_views < 0:
-            raise ValueError(f"--teacher_cache_views must be >= 0, got {self.teacher_cache_views}")
-        if self.teacher_cache_top_k is not None and self.teacher_cache_top_k < 1:
-            raise ValueError(f"--teacher_cache_top_k must be at least 1, got {self.teacher_cache_top_k}")
+        check_model_source(self.student, "--student", timm_architectures=True)
+        self.student_image_size = check_int(
+            self.student_image_size, "--student_image_size", minimum=8, optional=True
+        )
+        self.distill_epochs = check_number(self.distill_epochs, "--distill_epochs", above=0)
+        self.distill_learning_rate = check_number(
+            self.distill_learning_rate, "--distill_learning_rate", above=0
+        )
+        self.temperature = check_number(self.temperature, "--temperature", above=0)
+        self.teacher_cache_views = check_int(self.teacher_cache_views, "--teacher_cache_views", minimum=0)
+        self.teacher_cache_top_k = check_int(
+            self.teacher_cache_top_k, "--teacher_cache_top_k", minimum=1, optional=True
+        )
+        self.finetune_epochs = check_number(self.finetune_epochs, "--finetune_epochs", above=0)
+        self.finetune_learning_rate = check_number(
+            self.finetune_learning_rate, "--finetune_learning_rate", above=0
+        )
         if self.teacher_cache_views and self.distill_loss.startswith("feature_"):
             raise ValueError(
                 f"--distill_loss {self.distill_loss} matches the teacher's features, which a teacher cache "
@@ -246,10 +295,18 @@ class RunArguments:
     def __post_init__(self):
         if self.bf16 and self.fp16:
             raise ValueError("--bf16 and --fp16 are exclusive: choose one mixed precision")
-        if not 0.0 < self.crop_min_scale <= 1.0:
-            raise ValueError(f"--crop_min_scale must be in (0, 1], got {self.crop_min_scale}")
-        if not 0.0 <= self.hflip_probability <= 1.0:
-            raise ValueError(f"--hflip_probability must be in [0, 1], got {self.hflip_probability}")
+        self.batch_size = check_int(self.batch_size, "--batch_size", minimum=1)
+        self.seed = check_int(self.seed, "--seed")
+        self.dataloader_num_workers = check_int(
+            self.dataloader_num_workers, "--dataloader_num_workers", minimum=0
+        )
+        self.crop_min_scale = check_number(self.crop_min_scale, "--crop_min_scale", above=0, maximum=1)
+        self.hflip_probability = check_number(
+            self.hflip_probability, "--hflip_probability", minimum=0, maximum=1
+        )
+        self.logging_steps = check_int(self.logging_steps, "--logging_steps", minimum=1)
+        if isinstance(self.overwrite_stage, str):  # a config file may give one stage as a string
+            self.overwrite_stage = [self.overwrite_stage]
         unknown = [s for s in self.overwrite_stage if s not in STAGES]
         if unknown:
             raise ValueError(f"--overwrite_stage: unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
@@ -281,11 +338,27 @@ class PipelineConfig:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown}")
+        if values.get("dataset") is None:
+            raise ValueError(
+                "--dataset is required (the labelled task: a registry name, a folder or a Hub id)"
+            )
         groups = []
         for group in ARGUMENT_GROUPS:
-            names = {f.name for f in dataclasses.fields(group)}
-            groups.append(group(**{k: v for k, v in values.items() if k in names}))
+            annotations = group.__annotations__  # as written (HfArgumentParser rewrites fields' .type)
+            mine = {k: v for k, v in values.items() if k in annotations}
+            for name, value in mine.items():
+                _check_type(name, value, annotations[name])
+            groups.append(group(**mine))
         return cls.from_groups(groups)
+
+    @classmethod
+    def from_run(cls, output_dir: str | os.PathLike, **overrides: Any) -> PipelineConfig:
+        """The settings of the run in ``output_dir`` (its ``config.json``), with ``overrides`` on top:
+        how to continue, evaluate or extend a run. Raises ``FileNotFoundError`` if it has none."""
+        saved = saved_run_settings(output_dir)
+        if saved is None:
+            raise FileNotFoundError(f"{os.path.join(os.fspath(output_dir), CONFIG_FILE)} does not exist")
+        return cls.from_dict({**saved, **overrides, "output_dir": os.fspath(output_dir)})
 
     def to_dict(self) -> dict[str, Any]:
         flat: dict[str, Any] = {}
@@ -294,5 +367,100 @@ class PipelineConfig:
         return flat
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
+        """The run's settings as JSON (not the one-command settings, :data:`INVOCATION_SETTINGS`)."""
+        settings = {k: v for k, v in self.to_dict().items() if k not in INVOCATION_SETTINGS}
+        write_json_atomically(os.fspath(path), settings)
+
+
+def _check_type(name: str, value: Any, annotation: str) -> None:
+    """Text and switch settings from a config file (JSON/YAML keep their own types); numbers are
+    checked by each group's ``__post_init__``. ``annotation`` is the field's annotation as written
+    (a string: this module uses ``from __future__ import annotations``)."""
+    if value is None and "None" in annotation:
+        return
+    expected = {"str": str, "bool": bool, "list[str]": (list, str)}.get(annotation.split(" |")[0])
+    if expected is not None and not isinstance(value, expected):
+        raise TypeError(
+            f"--{name} must be a {annotation.split(' |')[0]}, got {value!r} ({type(value).__name__})"
+        )
+    if isinstance(value, list) and not all(isinstance(item, str) for item in value):
+        raise TypeError(f"--{name} must be a list of strings, got {value!r}")
+
+
+#: A run directory's record of its settings, written when a command starts its stages.
+CONFIG_FILE = "config.json"
+
+
+def saved_run_settings(output_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The settings recorded in ``<output_dir>/config.json`` (without one-command settings), or
+    ``None`` when the folder holds no run. A file that is not a JSON object is an error naming it."""
+    path = os.path.join(os.fspath(output_dir), CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = json.load(f)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is not readable JSON ({err}): repair or remove it") from err
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} does not hold a mapping of settings")
+    return {k: v for k, v in values.items() if k not in INVOCATION_SETTINGS}
+
+
+def _pick(flat: dict[str, Any], *names: str) -> dict[str, Any]:
+    return {name: flat[name] for name in names}
+
+
+def stage_settings(config: PipelineConfig, stage: str) -> dict[str, Any]:
+    """The settings ``stage``'s result depends on, by flag name: part of the stage's fingerprint, and
+    what a rerun may not change in a finished stage without ``--overwrite_stage``. (The pipeline adds
+    the run ids of the upstream stages, :func:`stage_upstream`.) Settings that do not change results
+    (workers, logging, ``trust_remote_code``) are not among them."""
+    flat = config.to_dict()
+    task = _pick(flat, "dataset", "per_class", "fraction", "budget_seed")
+    training = _pick(flat, "batch_size", "seed", "bf16", "fp16", "crop_min_scale", "hflip_probability")
+    student = _pick(flat, "student", "pretrained_student", "student_image_size")
+    if stage == "teacher":
+        if flat["teacher_strategy"] == "none":  # used as it is: nothing is trained
+            return _pick(flat, "teacher", "teacher_strategy")
+        return {
+            **task,
+            **training,
+            **_pick(flat, "teacher", "teacher_strategy", "teacher_epochs", "teacher_learning_rate"),
+            **_pick(flat, "teacher_probe_epochs", "teacher_layer_decay"),
+        }
+    if stage == "transfer":
+        if flat["transfer"] == "task":
+            return _pick(flat, "transfer", "dataset")
+        if flat["transfer"] != "retrieval":
+            return _pick(flat, "transfer")
+        return {
+            **task,
+            **_pick(flat, "transfer", "pool", "pool_streaming", "per_query_k", "transfer_budget"),
+            **_pick(flat, "leakage_threshold", "seed"),
+            "retrieval_encoder": flat["retrieval_encoder"] or flat["teacher"],
+        }
+    if stage == "distill":
+        loss = _pick(flat, "distill_epochs", "distill_learning_rate", "temperature", "distill_loss")
+        return {**student, **training, **loss, **_pick(flat, "teacher_cache_views", "teacher_cache_top_k")}
+    if stage in ("baseline", "finetune"):
+        schedule = _pick(flat, "finetune_epochs", "finetune_learning_rate")
+        return {**task, **(student if stage == "baseline" else {}), **training, **schedule}
+    if stage == "evaluate":  # which models it evaluates: its upstream stages
+        return task
+    if stage == "publish":
+        return _pick(flat, "push_to_hub", "hub_model_id", "hub_dataset_id", "hub_private")
+    raise ValueError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
+
+
+def stage_upstream(config: PipelineConfig, stage: str) -> tuple[str, ...]:
+    """The stages whose results ``stage`` reads (redoing one of them redoes ``stage``)."""
+    if stage == "distill":
+        return ("teacher", "transfer")
+    if stage == "finetune":
+        return ("distill",)
+    if stage == "evaluate":
+        return ("teacher", "distill", "finetune") + (("baseline",) if config.student.baseline else ())
+    if stage == "publish":
+        return ("transfer", "finetune", "evaluate")
+    return ()

@@ -16,7 +16,7 @@ from .config import PipelineConfig
 
 __all__ = ["DEMO_TEACHER", "demo_defaults", "make_demo_teacher", "run_demo"]
 
-DEMO_TEACHER = "mini-vfm"  # the shipped mini-VFM (hf_task_distill.miniature.mini_vfm_path())
+DEMO_TEACHER = "mini-vfm"  # the shipped mini-VFM: every entry point takes the name (hf_task_distill.sources)
 
 EXPLANATION = """\
 What this demo shows: every stage of task-oriented knowledge transfer ran end to end, offline, on a
@@ -70,10 +70,6 @@ def make_demo_teacher(folder: str, label_names: list[str] | None = None) -> str:
 def run_demo(config: PipelineConfig) -> str:
     from .pipeline import Pipeline
 
-    if config.teacher.teacher == DEMO_TEACHER:
-        from .miniature import mini_vfm_path
-
-        config.teacher.teacher = mini_vfm_path()
     pipeline = Pipeline(config)
     pipeline.run()
     return pipeline.summary() + "\n\n" + EXPLANATION.format(per_class=config.task.per_class)

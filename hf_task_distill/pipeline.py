@@ -18,34 +18,69 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import uuid
 from typing import Any
 
+import numpy as np
+
 from .checkpoints import last_complete_checkpoint
 from .compute import ComputeLedger, LedgerEntry, Stopwatch, count_flops_per_image, describe_device
-from .config import STAGES, PipelineConfig
+from .config import RECOMPUTED_FREELY, STAGES, PipelineConfig, stage_settings, stage_upstream
 from .devices import cpu_ranks_need_use_cpu, process_state
-from .files import content_hashes, read_json, write_json_atomically
+from .files import write_json_atomically
+from .run_directory import NOT_HASHED, RunDirectory
 
-__all__ = ["Pipeline", "StageNotReady"]
+__all__ = ["Pipeline", "StageNotReady", "StageSettingsChanged"]
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "manifest.json"
-STARTED = "started.json"
-#: Not covered by a manifest's content hashes: the manifest itself, Trainer checkpoints (only read to
-#: resume an incomplete stage), and the pool embeddings and teacher cache, whose shards carry their
-#: own fingerprints and are checked when read.
-_NOT_HASHED = (MANIFEST, STARTED, "checkpoints", "embeddings", "teacher_cache")
+#: Kept for callers of earlier versions: see :mod:`hf_task_distill.run_directory`.
+_NOT_HASHED = NOT_HASHED
 
 
 class StageNotReady(RuntimeError):
     """A stage was asked for before the stage it depends on has completed."""
 
 
+class StageSettingsChanged(ValueError):
+    """A command asked for settings other than those a finished stage was computed with.
+
+    ``changes`` lists ``(stage, setting, recorded value, requested value)``. Nothing was changed:
+    the finished stages stay as they are until ``overwrite_stage`` asks for them to be redone.
+    """
+
+    def __init__(self, run_dir: str, changes: list[tuple[str, str, Any, Any]]):
+        self.changes = changes
+        stages = list(dict.fromkeys(stage for stage, *_ in changes))
+        listed = "; ".join(
+            f"stage {stage} finished with {setting}={old!r}, this command asks for {new!r}"
+            for stage, setting, old, new in changes
+        )
+        keep = " ".join(dict.fromkeys(f"--{setting} {old}" for _, setting, old, _ in changes))
+        super().__init__(
+            f"{listed} (run {run_dir}; its settings are its config.json with the command's flags on top). "
+            f"Nothing was changed. To keep the finished result, give {keep}; to redo it and the stages "
+            f"after it, add --overwrite_stage {' '.join(stages)}; or use another --output_dir"
+        )
+
+
 def _fingerprint(inputs: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _setting_changes(recorded: dict[str, Any], current: dict[str, Any], upstream: tuple[str, ...]):
+    """``(setting, recorded, current)`` for every setting (not an upstream run id) that differs."""
+    names = [k for k in dict.fromkeys([*current, *recorded]) if k not in upstream]
+    missing = "(not recorded)"
+    return [
+        (name, recorded.get(name, missing), current.get(name, missing))
+        for name in names
+        if _canonical(recorded.get(name, missing)) != _canonical(current.get(name, missing))
+    ]
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
 
 
 @contextlib.contextmanager
@@ -66,6 +101,8 @@ def _train_resuming(trainer, checkpoints: str, directory: str) -> tuple[str, str
     """
     last = last_complete_checkpoint(checkpoints)
     resumed_at = _checkpoint_epoch(last)
+    if last is not None:
+        logger.info("resuming from %s (epoch %.2f)", os.path.basename(last), resumed_at or 0.0)
     trainer.train(resume_from_checkpoint=last)
     model_dir = os.path.join(directory, "model")
     trainer.save_model(model_dir)
@@ -86,6 +123,7 @@ class Pipeline:
         self.config = config
         self.run_dir = os.path.abspath(config.run.output_dir)
         self.state = process_state()
+        self.folders = RunDirectory(self.run_dir, is_main_process=self.state.is_main_process)
         self._task = None
         self._full_train = None
         self._redone: set[str] = set()
@@ -118,32 +156,15 @@ class Pipeline:
 
     # -- stage bookkeeping -----------------------------------------------------------------------
     def stage_dir(self, name: str) -> str:
-        return os.path.join(self.run_dir, name)
+        return self.folders.stage_dir(name)
 
     def manifest(self, name: str) -> dict[str, Any] | None:
-        """The stage's manifest, or ``None`` when it is missing or unreadable (the stage is then not complete)."""
-        path = os.path.join(self.stage_dir(name), MANIFEST)
-        manifest = read_json(path)
-        if not manifest and os.path.exists(path):
-            logger.warning("stage %s: %s is unreadable; the stage counts as not complete", name, path)
-        required = ("stage", "run_id", "fingerprint", "outputs", "ledger")
-        if manifest and not all(key in manifest for key in required):
-            logger.warning("stage %s: %s lacks %s; the stage counts as not complete", name, path,
-                           [k for k in required if k not in manifest])  # fmt: skip
-            return None
-        return manifest or None
+        """The stage's manifest (output paths resolved), or ``None`` when it is missing or unreadable
+        (the stage is then not complete)."""
+        return self.folders.manifest(name)
 
     def _changed_output(self, name: str, manifest: dict[str, Any]) -> str | None:
-        """The first output file (relative to the stage folder) that is missing, added or differs
-        from the hash its manifest recorded, or ``None`` when every one matches."""
-        recorded = manifest.get("content")
-        if not isinstance(recorded, dict):
-            return MANIFEST  # written by a version that recorded no hashes: cannot be checked
-        found = content_hashes(self.stage_dir(name), exclude=_NOT_HASHED)
-        for path in sorted(set(recorded) | set(found)):
-            if recorded.get(path) != found.get(path):
-                return path
-        return None
+        return self.folders.changed_output(name, manifest)
 
     def _upstream(self, name: str) -> str:
         manifest = self.manifest(name)
@@ -152,120 +173,101 @@ class Pipeline:
         return manifest["run_id"]
 
     def _inputs(self, name: str) -> dict[str, Any]:
-        c = self.config
-        task = {
-            "dataset": c.task.dataset,
-            "per_class": c.task.per_class,
-            "fraction": c.task.fraction,
-            "budget_seed": c.task.budget_seed,
-        }
-        training = {
-            "batch_size": c.run.batch_size,
-            "seed": c.run.seed,
-            "bf16": c.run.bf16,
-            "fp16": c.run.fp16,
-            "crop_min_scale": c.run.crop_min_scale,
-            "hflip": c.run.hflip_probability,
-        }
-        student = {
-            "student": c.student.student,
-            "pretrained": c.student.pretrained_student,
-            "image_size": c.student.student_image_size,
-        }
-        if name == "teacher":
-            return {
-                **task,
-                **training,
-                **{k: v for k, v in vars(c.teacher).items() if k != "trust_remote_code"},
-            }
-        if name == "transfer":
-            return {**task, **vars(c.transfer), "encoder": c.transfer.retrieval_encoder or c.teacher.teacher}
-        if name == "distill":
-            return {
-                **student,
-                **training,
-                "epochs": c.student.distill_epochs,
-                "lr": c.student.distill_learning_rate,
-                "temperature": c.student.temperature,
-                "loss": c.student.distill_loss,
-                "teacher_cache_views": c.student.teacher_cache_views,
-                "teacher_cache_top_k": c.student.teacher_cache_top_k,
-                "teacher": self._upstream("teacher"),
-                "transfer": self._upstream("transfer"),
-            }
-        if name == "baseline":
-            return {
-                **task,
-                **student,
-                **training,
-                "epochs": c.student.finetune_epochs,
-                "lr": c.student.finetune_learning_rate,
-            }
-        if name == "finetune":
-            return {
-                **task,
-                **training,
-                "epochs": c.student.finetune_epochs,
-                "lr": c.student.finetune_learning_rate,
-                "distill": self._upstream("distill"),
-            }
-        if name == "evaluate":
-            upstream = ["teacher", "finetune"] + (["baseline"] if c.student.baseline else [])
-            return {**task, "distill": self._upstream("distill"), **{s: self._upstream(s) for s in upstream}}
-        if name == "publish":
-            return {
-                "finetune": self._upstream("finetune"),
-                "evaluate": self._upstream("evaluate"),
-                "transfer": self._upstream("transfer"),
-                "push": c.run.push_to_hub,
-                "hub_model_id": c.run.hub_model_id,
-                "hub_dataset_id": c.run.hub_dataset_id,
-            }
-        raise ValueError(f"unknown stage '{name}'; stages are {', '.join(STAGES)}")
+        """What the stage's result depends on: its settings (by flag name) and the run id of each
+        upstream stage it reads."""
+        if name not in STAGES:
+            raise ValueError(f"unknown stage '{name}'; stages are {', '.join(STAGES)}")
+        inputs = stage_settings(self.config, name)
+        for upstream in stage_upstream(self.config, name):
+            inputs[upstream] = self._upstream(upstream)
+        return inputs
+
+    def check_settings(self, stages) -> None:
+        """Raise :class:`StageSettingsChanged` if any of ``stages`` is complete with other settings than
+        the configuration's (and is not to be overwritten): before anything in the run is touched."""
+        changes = []
+        for name in stages:
+            manifest = self.manifest(name)
+            if manifest is None or name in self.config.run.overwrite_stage or name in RECOMPUTED_FREELY:
+                continue
+            current = stage_settings(self.config, name)
+            upstream = stage_upstream(self.config, name)
+            for setting, old, new in _setting_changes(manifest.get("inputs", {}), current, upstream):
+                changes.append((name, setting, old, new))
+        if changes:
+            raise StageSettingsChanged(self.run_dir, changes)
 
     def run(self, stages: tuple[str, ...] | list[str] | None = None) -> dict[str, dict[str, Any]]:
-        """Run ``stages`` in order (default: all; ``baseline`` only if enabled), skipping completed ones."""
+        """Run ``stages`` in order (default: all; ``baseline`` only if enabled), skipping completed ones.
+
+        Raises :class:`StageSettingsChanged` before anything runs when a finished stage was computed
+        with other settings and ``overwrite_stage`` does not name it.
+        """
         if stages is None:
             stages = [s for s in STAGES if s != "baseline" or self.config.student.baseline]
+        for name in stages:
+            if self.state.is_main_process:
+                self.folders.recover(name)
+        self.state.wait_for_everyone()
+        self.check_settings(stages)
         os.makedirs(self.run_dir, exist_ok=True)
         if self.state.is_main_process:
             self.config.save(os.path.join(self.run_dir, "config.json"))
         return {name: self.run_stage(name) for name in stages}
 
+    def _redo_reason(self, name: str, manifest: dict[str, Any], inputs: dict[str, Any]) -> str:
+        """Why a complete stage whose fingerprint differs is redone, or raise if it may not be."""
+        upstream = stage_upstream(self.config, name)
+        changes = _setting_changes(manifest.get("inputs", {}), inputs, upstream)
+        if changes and name not in RECOMPUTED_FREELY:
+            raise StageSettingsChanged(self.run_dir, [(name, *change) for change in changes])
+        redone = [u for u in upstream if manifest.get("inputs", {}).get(u) != inputs.get(u)]
+        parts = [f"{setting} {old!r} -> {new!r}" for setting, old, new in changes]
+        parts += [f"stage {u} was redone" for u in redone]
+        return "its inputs changed: " + ", ".join(parts or ["(recorded by another version)"])
+
     def run_stage(self, name: str) -> dict[str, Any]:
+        """Run one stage, or skip it when it is complete with the same inputs and intact outputs.
+
+        A complete stage is only replaced when ``overwrite_stage`` names it, an upstream stage was
+        redone, or (``evaluate``, ``publish``) its settings changed; the finished result stays in
+        place until the new one is complete. Other setting changes raise :class:`StageSettingsChanged`.
+        """
+        self.folders.recover(name)
+        self.state.wait_for_everyone()
         inputs = self._inputs(name)
         fingerprint = _fingerprint(inputs)
-        directory = self.stage_dir(name)
         manifest = self.manifest(name)
         overwrite = name in self.config.run.overwrite_stage and name not in self._redone
-        changed = None
-        if manifest is not None and manifest.get("fingerprint") == fingerprint and not overwrite:
-            changed = self._changed_output(name, manifest)
-            if changed is None:
-                logger.info("stage %s: complete (%s), skipped", name, manifest["run_id"])
-                return manifest
-        if manifest is not None:
-            reason = (
-                "--overwrite_stage"
-                if overwrite
-                else f"its output {changed} is not what it wrote"
-                if changed
-                else "its inputs changed"
+        reason, damaged = None, False
+        if manifest is not None and not overwrite:
+            if manifest.get("fingerprint") == fingerprint:
+                changed = self._changed_output(name, manifest)
+                if changed is None:
+                    logger.info("stage %s: complete (%s), skipped", name, manifest["run_id"])
+                    self.folders.drop_checkpoints(name)
+                    return manifest
+                # its files were changed since: nothing there is worth keeping
+                reason, damaged = f"its output {changed} is not what it wrote", True
+            else:
+                reason = self._redo_reason(name, manifest, inputs)
+        elif manifest is not None:
+            reason = "--overwrite_stage"
+        replacing = manifest is not None and not damaged
+        interrupted = self.folders.started(self.folders.work_dir(name, replacing=replacing))
+        if interrupted and interrupted.get("fingerprint") != fingerprint and not damaged:
+            changes = _setting_changes(interrupted.get("inputs", {}), inputs, ())
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes) or "its inputs changed"
+            logger.info(
+                "stage %s: an interrupted attempt had other settings (%s): starting over", name, listed
             )
-            logger.info("stage %s: redoing, %s", name, reason)
-        started = os.path.join(directory, STARTED)
-        resumable = (
-            manifest is None and not overwrite and read_json(started).get("fingerprint") == fingerprint
-        )
-        self.state.wait_for_everyone()  # every process has decided before the folder changes
-        if self.state.is_main_process:
-            if not resumable and os.path.isdir(directory):
-                shutil.rmtree(directory)  # stale or explicitly redone: nothing in it may be reused
-            os.makedirs(directory, exist_ok=True)
-            write_json_atomically(started, {"fingerprint": fingerprint, "inputs": inputs})
+        self.state.wait_for_everyone()  # every process has decided before a folder changes
+        directory, resumed = self.folders.begin(name, fingerprint, inputs, replacing=replacing, fresh=damaged)
         self.state.wait_for_everyone()
-        if resumable:
-            logger.info("stage %s: resuming an interrupted run", name)
+        if reason:
+            kept = "; the finished result is kept until the new one is complete" if replacing else ""
+            logger.info("stage %s: redoing, %s%s", name, reason, kept)
+        logger.info("stage %s: %s", name, "resuming an interrupted run" if resumed else "starting")
         ledger = ComputeLedger()
         with Stopwatch() as watch:
             outputs = getattr(self, f"_stage_{name}")(directory, ledger)
@@ -282,9 +284,7 @@ class Pipeline:
             "versions": _versions(),
         }
         self.state.wait_for_everyone()  # every process's outputs are on disk before they are hashed
-        if self.state.is_main_process:
-            manifest["content"] = content_hashes(directory, exclude=_NOT_HASHED)
-            write_json_atomically(os.path.join(directory, MANIFEST), manifest)
+        self.folders.complete(name, directory, manifest)
         self.state.wait_for_everyone()
         manifest = self.manifest(name)  # every process continues from what was written
         self._redone.add(name)
@@ -302,8 +302,9 @@ class Pipeline:
 
     # -- models and data -------------------------------------------------------------------------
     def teacher_path(self) -> str:
-        manifest = self.manifest("teacher")
-        return manifest["outputs"]["model"] if manifest else self.config.teacher.teacher
+        """The finetuned teacher's folder, or the source of a teacher used as it is (strategy none)."""
+        outputs = (self.manifest("teacher") or {}).get("outputs") or {}
+        return outputs.get("model") or outputs.get("source") or self.config.teacher.teacher
 
     def transfer_dataset(self):
         outputs = (self.manifest("transfer") or {}).get("outputs")
@@ -344,7 +345,8 @@ class Pipeline:
         run = self.config.run
         return ViewAugmentation(scale=(run.crop_min_scale, 1.0), hflip=run.hflip_probability)
 
-    def _new_student(self):
+    def _new_student(self, labels: list[str] | None = None):
+        """A new student for ``labels`` (default: the task's classes, in the task's order)."""
         from transformers import set_seed
 
         from .models import create_student
@@ -353,18 +355,37 @@ class Pipeline:
         set_seed(self.config.run.seed)  # a new head (or a whole new student) starts the same in every rerun
         return create_student(
             cfg.student,
-            self.task.id2label,
+            labels or self.task.label_names,
             pretrained=cfg.pretrained_student,
             image_size=cfg.student_image_size,
         )
+
+    def _teacher_classes(self, config) -> list[str]:
+        """The classes a teacher predicts, in its output order, checked against the task's: a student
+        distilled from it gets these (labels are matched to them by name when it meets the task)."""
+        from .models.labels import label_id_map, label_names_of
+
+        names = label_names_of(config)
+        where = f"the task '{self.task.name}' against the teacher '{self.config.teacher.teacher}'"
+        label_id_map(self.task.label_names, names, num_labels=config.num_labels, where=where)
+        return names or list(self.task.label_names)
 
     # -- stages ----------------------------------------------------------------------------------
     def _stage_teacher(self, directory: str, ledger: ComputeLedger) -> dict[str, Any]:
         from .teacher import TeacherFinetuner, TeacherFinetuningArguments
 
         cfg = self.config.teacher
-        if cfg.teacher_strategy == "none":
-            return {"model": cfg.teacher, "strategy": "none"}
+        if cfg.teacher_strategy == "none":  # used as it is: its classes must be the task's
+            from transformers import AutoConfig
+
+            from .sources import resolve_model_source
+
+            with _loading("teacher", cfg.teacher):
+                config = AutoConfig.from_pretrained(
+                    resolve_model_source(cfg.teacher), trust_remote_code=cfg.trust_remote_code
+                )
+            self._teacher_classes(config)
+            return {"source": cfg.teacher, "strategy": "none"}
         args = self._training_args(
             TeacherFinetuningArguments,
             os.path.join(directory, "checkpoints"),
@@ -381,6 +402,8 @@ class Pipeline:
             finetuner.processor  # noqa: B018 - fails early, with the name, if the model cannot be found
         last = last_complete_checkpoint(args.output_dir)
         resumed_at = _checkpoint_epoch(last)
+        if last is not None:
+            logger.info("resuming from %s (epoch %.2f)", os.path.basename(last), resumed_at or 0.0)
         result = finetuner.train(resume_from_checkpoint=last)
         model_dir = os.path.join(directory, "model")
         if self.state.is_main_process:
@@ -491,7 +514,7 @@ class Pipeline:
                 self.teacher_path(), trust_remote_code=self.config.teacher.trust_remote_code
             )
         with _loading("student", cfg.student):
-            student = self._new_student()
+            student = self._new_student(self._teacher_classes(teacher.config))
         transfer = self.transfer_dataset()
         checkpoints = os.path.join(directory, "checkpoints")
         args = self._training_args(
@@ -581,6 +604,7 @@ class Pipeline:
         from transformers import Trainer, TrainingArguments
 
         from .data import ViewSpec, single_view_dataset
+        from .models.labels import label_names_of
         from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin
 
         class _StudentTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer):
@@ -595,7 +619,8 @@ class Pipeline:
             augmentation=self.augmentation,
             image_column=task.image_column,
             label_column=task.label_column,
-            num_labels=task.num_labels,
+            num_labels=model.config.num_labels,
+            label_names=label_names_of(model.config),
             where=f"{task.name} training split",
             check_images=True,
             seed=self.config.run.seed,
@@ -636,9 +661,14 @@ class Pipeline:
         return self._train_on_labels(distilled, directory, "finetune", ledger)
 
     def _stage_evaluate(self, directory: str, ledger: ComputeLedger) -> dict[str, Any]:
+        """Metrics of every model on the test split (validation if none), and their confusion matrices
+        in ``confusion_matrices.json`` (rows: true class, columns: predicted, both in the task's order)."""
         from transformers import AutoModelForImageClassification
 
-        from .evaluation import evaluate_classifier
+        from .evaluation import confusion_matrix, predict
+        from .metrics import classification_metrics
+        from .models.labels import label_names_of
+        from .sources import resolve_model_source
 
         if not self.state.is_main_process:
             return {}  # only the main process writes the manifest: the others would repeat its work
@@ -647,16 +677,31 @@ class Pipeline:
             models["student, labels only"] = self.manifest("baseline")["outputs"]["model"]
         models["student, distilled"] = self.manifest("distill")["outputs"]["model"]
         models["student, distilled + finetuned"] = self.manifest("finetune")["outputs"]["model"]
-        dataset = self.task[self.eval_split]
-        results = {}
+        dataset, names = self.task[self.eval_split], list(self.task.label_names)
+        results, matrices = {}, {}
         for label, path in models.items():
             model = AutoModelForImageClassification.from_pretrained(
-                path, trust_remote_code=self.config.teacher.trust_remote_code
+                resolve_model_source(path), trust_remote_code=self.config.teacher.trust_remote_code
             )
-            results[label] = evaluate_classifier(
-                model, dataset, task=self.task, batch_size=self.config.run.batch_size
+            where = f"the {self.eval_split} split of '{self.task.name}' ({label})"
+            predictions, labels = predict(
+                model, dataset, task=self.task, batch_size=self.config.run.batch_size, where=where
             )
-        return {"split": self.eval_split, "images": len(dataset), "results": results}
+            labelled = labels != -100
+            results[label] = classification_metrics(predictions[labelled], labels[labelled])
+            order = label_names_of(model.config) or names
+            if sorted(order) == sorted(names):  # into the task's class order
+                matrix = confusion_matrix(predictions, labels, len(order))
+                index = [order.index(n) for n in names]
+                matrices[label] = matrix[np.ix_(index, index)].tolist()
+        path = os.path.join(directory, "confusion_matrices.json")
+        write_json_atomically(path, {"labels": names, "matrices": matrices}, indent=None)
+        return {
+            "split": self.eval_split,
+            "images": len(dataset),
+            "results": results,
+            "confusion_matrices": path,
+        }
 
     def _stage_publish(self, directory: str, ledger: ComputeLedger) -> dict[str, Any]:
         from .hub.publish import publish_run

@@ -276,13 +276,14 @@ def test_distilling_from_a_teacher_cache_redoes_only_distillation_and_charges_k_
         s: json.loads((run / s / "manifest.json").read_text())["run_id"] for s in ("teacher", "transfer")
     }
     result = subprocess.run(
-        [*CLI, "distill", *argv, "--teacher_cache_views", "2", "--distill_epochs", "3"],
+        [*CLI, "distill", *argv, "--teacher_cache_views", "2", "--distill_epochs", "3"]
+        + ["--overwrite_stage", "distill"],  # changing a finished stage's settings must be asked for
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "stage distill: redoing, its inputs changed" in result.stderr
+    assert "stage distill: redoing, --overwrite_stage" in result.stderr
     manifests = {
         s: json.loads((run / s / "manifest.json").read_text()) for s in ("teacher", "transfer", "distill")
     }
@@ -306,7 +307,9 @@ def test_published_folders_load_with_the_real_clients(cli_run):
     student_dir = publish / "student"
     assert not (student_dir / "training_args.bin").exists()  # no pickles are published
     model = AutoModelForImageClassification.from_pretrained(student_dir).eval()
-    assert model.config.id2label == dict(enumerate(LABELS))
+    # the task's classes in the task's order (the image folder's: sorted), not those of the checkpoint
+    # the student started from (LABELS' order), which earlier versions kept in timm's label_names
+    assert model.config.id2label == dict(enumerate(sorted(LABELS)))
     classifier = pipeline("image-classification", model=str(student_dir))
     image = make_colour_dataset(1, seed=99)[0]["image"]
     assert classifier(image)[0]["label"] in LABELS
@@ -424,3 +427,118 @@ def test_the_offline_demo_runs_every_stage_and_prints_the_table(tmp_path):
     assert evaluation["split"] == "test" and evaluation["images"] == 539
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in evaluation["results"].values())
     assert (out_dir / "publish" / "student" / "model.safetensors").exists()
+
+
+# -- a command on an existing run ------------------------------------------------------------------
+def _copy_run(cli_run, tmp_path, name="copy"):
+    import shutil
+
+    run = tmp_path / name
+    shutil.copytree(cli_run["run"], run)
+    return run
+
+
+def _snapshot(folder) -> dict[str, bytes]:
+    """Every file under ``folder`` and its bytes."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            out[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return out
+
+
+def test_a_command_on_a_finished_run_takes_the_runs_settings_and_redoes_nothing(cli_run, tmp_path):
+    """Issue 15.1: `evaluate` with the task flags only (no teacher, pool or student flags) on a copy of
+    a finished run. Before: 'stage teacher: redoing, its inputs changed', then a failed load of the
+    default teacher, teacher/ emptied and config.json overwritten with the default teacher."""
+    run = _copy_run(cli_run, tmp_path)
+    before = _snapshot(run)
+    task = cli_run["argv"][cli_run["argv"].index("--dataset") + 1]
+    result = subprocess.run(
+        [*CLI, "evaluate", "--dataset", task, "--per_class", "6", "--output_dir", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "with the settings in its config.json" in result.stderr
+    for stage in ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate"):
+        assert f"stage {stage}: complete" in result.stderr, stage
+    assert _snapshot(run) == before  # not one byte changed, config.json included
+    # a copied run uses its own files: the manifests' paths are relative to the stage folders
+    from hf_task_distill.config import PipelineConfig
+    from hf_task_distill.pipeline import Pipeline
+
+    pipeline = Pipeline(PipelineConfig.from_run(run))
+    assert pipeline.manifest("finetune")["outputs"]["model"] == str(run / "finetune" / "model")
+    assert json.loads((run / "finetune" / "manifest.json").read_text())["outputs"]["model"] == "model"
+
+
+def test_a_setting_that_would_redo_a_finished_stage_is_refused_naming_it(cli_run, tmp_path, capsys):
+    """Issue 15.1: one changed flag on a finished run. Before: distillation and finetuning were
+    silently redone and the finished student replaced, and the log never named the setting."""
+    run = _copy_run(cli_run, tmp_path)
+    before = _snapshot(run)
+    code = main(["finetune", "--output_dir", str(run), "--distill_epochs", "3", "--teacher_epochs", "5"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "stage teacher finished with teacher_epochs=3.0, this command asks for 5.0" in err
+    assert "stage distill finished with distill_epochs=8.0, this command asks for 3.0" in err
+    assert "--overwrite_stage teacher distill" in err and "--teacher_epochs 3.0 --distill_epochs 8.0" in err
+    assert _snapshot(run) == before  # refused before anything was touched
+
+
+def test_a_redone_stage_keeps_the_finished_result_until_its_replacement_is_complete(cli_run, tmp_path):
+    """Issue 15.1: `--overwrite_stage distill` with new settings, killed during the redo. Before: the
+    finished stage folder was deleted before the redo started."""
+    from hf_task_distill.config import PipelineConfig
+    from hf_task_distill.pipeline import Pipeline
+
+    run = _copy_run(cli_run, tmp_path)
+    finished = _snapshot(run / "distill")
+    argv = [
+        *CLI,
+        "distill",
+        "--output_dir",
+        str(run),
+        "--distill_epochs",
+        "3",
+        "--overwrite_stage",
+        "distill",
+    ]
+    log = open(tmp_path / "redo.log", "w")  # noqa: SIM115 - kept open for the child
+    process = subprocess.Popen(argv, stdout=log, stderr=log)
+    checkpoints = run / "distill.redo" / "checkpoints"
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        if any((c / "trainer_state.json").exists() for c in checkpoints.glob("checkpoint-*")):
+            break
+        time.sleep(0.05)
+    ended = process.poll() is not None
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    log.close()
+    assert not ended, (tmp_path / "redo.log").read_text()[-3000:]
+    assert _snapshot(run / "distill") == finished  # the finished distillation, whole and untouched
+    pipeline = Pipeline(PipelineConfig.from_run(run, distill_epochs=8.0))
+    assert pipeline.manifest("distill")["inputs"]["distill_epochs"] == 8.0
+    assert pipeline._changed_output("distill", pipeline.manifest("distill")) is None
+
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300)  # the same command resumes
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage distill: resuming an interrupted run" in again.stderr
+    assert "resuming from checkpoint-" in again.stderr
+    manifest = json.loads((run / "distill" / "manifest.json").read_text())
+    assert manifest["inputs"]["distill_epochs"] == 3.0 and manifest["outputs"]["model"] == "model"
+    assert not (run / "distill.redo").exists() and not (run / "distill.old").exists()
+    assert not (run / "distill" / "checkpoints").exists()  # a complete stage keeps no checkpoints
+
+
+def test_finished_stages_keep_no_trainer_checkpoints(cli_run):
+    """Issue 15.13: the demo folder was 575 MB, 387 MB of it stale checkpoints."""
+    run = cli_run["run"]
+    for stage in ("teacher", "distill", "baseline", "finetune"):
+        assert (run / stage / "manifest.json").exists()
+        assert not (run / stage / "checkpoints").exists(), stage
+    assert (run / "distill" / "model" / "model.safetensors").exists()

@@ -1,0 +1,96 @@
+"""Where a model comes from: a local folder, a Hub id, a timm architecture, or a name the package ships.
+
+One place decides what a model name means, so that every entry point (the CLI's flags,
+``load_teacher``, ``TeacherFinetuner``, ``create_student``, ``ImageEncoder``) accepts the same names
+and refuses the same mistakes at once: a folder that does not exist is "no such folder" (not a Hub
+error about repo-id syntax), and a misspelt timm architecture gets the closest names timm knows,
+before any stage has run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+
+__all__ = ["SHIPPED_MODELS", "check_model_source", "is_local_path", "resolve_model_source"]
+
+
+def _mini_vfm() -> str:
+    from .miniature import mini_vfm_path
+
+    return mini_vfm_path()
+
+
+#: Models that ship inside the package, by the name every entry point accepts.
+SHIPPED_MODELS = {"mini-vfm": _mini_vfm}
+
+
+def resolve_model_source(name: str | os.PathLike) -> str:
+    """The folder or Hub id to load ``name`` from: a shipped name (``mini-vfm``) becomes its folder,
+    ``~`` is expanded; anything else is returned unchanged."""
+    name = os.fspath(name)
+    if name in SHIPPED_MODELS:
+        return SHIPPED_MODELS[name]()
+    if name.startswith("~"):
+        return os.path.expanduser(name)
+    return name
+
+
+def is_local_path(name: str | os.PathLike) -> bool:
+    """Whether ``name`` names something on this machine (an existing path, or text only a path has:
+    absolute, ``./``, ``../``, ``~``, a backslash or more than one ``/``), rather than a Hub id."""
+    name = os.fspath(name)
+    if os.path.exists(name):
+        return True
+    return (
+        os.path.isabs(name)
+        or name.startswith(("./", "../", "~", ".\\", "..\\"))
+        or "\\" in name
+        or name.count("/") > 1
+    )
+
+
+def check_model_source(name: str | os.PathLike, what: str, *, timm_architectures: bool = False) -> None:
+    """Raise ``ValueError`` naming ``what`` (e.g. ``--teacher``) if ``name`` cannot be a model.
+
+    Accepted: a shipped name, an existing folder, a well-formed Hub id (``owner/name``; whether it
+    exists is only known when it is loaded), and with ``timm_architectures`` a timm architecture with
+    an optional pretrained tag (``resnet18``, ``mobilevitv2_100.cvnets_in1k``).
+    """
+    name = os.fspath(name)
+    if name in SHIPPED_MODELS or os.path.isdir(os.path.expanduser(name)):
+        return
+    if os.path.exists(name):
+        raise ValueError(f"{what}: '{name}' is a file; a model is a folder (config.json and weights)")
+    if is_local_path(name):
+        raise ValueError(f"{what}: no such folder '{name}'")
+    if timm_architectures and "/" not in name and ":" not in name:
+        _check_timm_name(name, what)
+        return
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:
+        validate_repo_id(name)
+    except HFValidationError as err:
+        raise ValueError(
+            f"{what}: '{name}' is neither a folder here nor a Hub model id (owner/name): {err}"
+        ) from err
+
+
+def _check_timm_name(name: str, what: str) -> None:
+    import timm
+
+    architecture, _, tag = name.partition(".")
+    if not timm.is_model(architecture):
+        close = difflib.get_close_matches(architecture, timm.list_models(), n=3)
+        hint = f"; did you mean {' or '.join(close)}?" if close else " (timm.list_models() lists them)"
+        shipped = ", ".join(SHIPPED_MODELS)
+        raise ValueError(
+            f"{what}: unknown timm model '{name}'{hint} A Hub id needs owner/name, a local folder must "
+            f"exist, and the shipped models are: {shipped}"
+        )
+    if tag and name not in timm.list_pretrained(f"{architecture}.*"):
+        tags = [t.partition(".")[2] for t in timm.list_pretrained(f"{architecture}.*")]
+        raise ValueError(
+            f"{what}: timm has no pretrained tag '{tag}' for {architecture}; its tags: {', '.join(tags) or 'none'}"
+        )
