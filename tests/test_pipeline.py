@@ -324,7 +324,8 @@ def test_published_folders_load_with_the_real_clients(cli_run):
     results = json.loads((student_dir / "results.json").read_text())["results"]
     assert card.data.base_model == "timm/test_resnet.r160_in1k"  # the student's own starting point
     assert "me/colour-transfer" in card.data.datasets
-    assert any(tag.startswith("teacher:") for tag in card.data.tags)
+    assert not any(tag.startswith("teacher:") for tag in card.data.tags)  # a local teacher has no Hub id
+    assert "`dinov2 (local)`" in card.text  # named by its folder, no path (tests/test_publishing.py)
     accuracy = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
     assert accuracy.metric_value == pytest.approx(results["student, distilled + finetuned"]["accuracy"])
     assert 'timm.create_model("hf-hub:me/colour-student"' in card.text
