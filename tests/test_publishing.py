@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from conftest import LABELS, make_colour_dataset, save_image_folder
 from PIL import Image
@@ -282,3 +283,72 @@ def test_cards_name_sources_publicly_whoever_fills_in_their_data(tmp_path):
     assert not [card for card in cards if MARKER in card or home in card]
     assert "`vit (local)`" in cards[0] and "`vit (local)`" in cards[1] and "`pool (local)`" in cards[2]
     assert "base_model:" not in cards[0] and "base_model:" not in cards[1]  # metadata takes Hub ids only
+
+
+# -- the demo's figures --------------------------------------------------------------------------------
+RESULTS = {
+    "teacher": {"accuracy": 0.9, "balanced_accuracy": 0.85, "macro_f1": 0.8},
+    "student, distilled": {"accuracy": 0.7, "balanced_accuracy": 0.65, "macro_f1": 0.6},
+    "student, distilled + finetuned": {"accuracy": 0.95, "balanced_accuracy": 0.94, "macro_f1": 0.93},
+}
+
+
+def test_the_figures_draw_the_numbers_they_are_given():
+    from hf_task_distill.plots import confusion_matrix_figure, results_figure
+
+    axes = results_figure(RESULTS).axes[0]
+    bars = {c.get_label(): [round(b.get_width(), 6) for b in c] for c in axes.containers}
+    assert bars == {
+        "accuracy": [0.9, 0.7, 0.95],
+        "balanced accuracy": [0.85, 0.65, 0.94],
+        "macro F1": [0.8, 0.6, 0.93],
+    }  # one bar per model and metric, models in the order given
+    assert [t.get_text() for t in axes.get_yticklabels()] == list(RESULTS)
+
+    matrix = [[5, 1, 0], [2, 3, 0], [0, 0, 4]]
+    axes = confusion_matrix_figure(["cat", "dog", "owl"], matrix, title="student").axes[0]
+    assert np.array_equal(axes.images[0].get_array(), matrix)  # rows true, columns predicted
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["cat", "dog", "owl"]
+    assert "accuracy 0.800" in axes.get_title()  # 12 of 15 on the diagonal
+    many = confusion_matrix_figure([str(i) for i in range(50)], np.eye(50, dtype=int)).axes[0]
+    assert not many.get_xticklabels() and not many.texts  # 50 classes: colours only, no unreadable text
+
+
+def test_the_demo_writes_a_results_chart_and_a_confusion_matrix(tmp_path, caplog):
+    from hf_task_distill.demo import figures_summary
+
+    labels = ["0", "1", "2"]
+    (tmp_path / "evaluate").mkdir()
+    matrices = {"student, distilled + finetuned": [[9, 1, 0], [0, 10, 0], [1, 0, 9]]}
+    (tmp_path / "evaluate" / "confusion_matrices.json").write_text(
+        json.dumps({"labels": labels, "matrices": matrices})
+    )
+    summary = figures_summary(str(tmp_path), RESULTS)
+    for name in ("results.png", "confusion_matrix.png"):
+        assert str(tmp_path / name) in summary
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and image.width > 400 and image.height > 200
+
+    (tmp_path / "evaluate" / "confusion_matrices.json").unlink()
+    (tmp_path / "confusion_matrix.png").unlink()
+    with caplog.at_level("INFO", logger="hf_task_distill.plots"):
+        summary = figures_summary(str(tmp_path), RESULTS)  # an evaluate stage that wrote no matrices
+    assert "results.png" in summary and "confusion_matrix.png" not in summary
+    assert "confusion_matrices.json does not exist" in caplog.text
+
+
+def test_the_demo_without_matplotlib_says_how_to_get_the_figures(tmp_path, monkeypatch):
+    from hf_task_distill.demo import figures_summary
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if it were not installed
+    summary = figures_summary(str(tmp_path), RESULTS)
+    assert summary.startswith("Figures skipped:") and "pip install 'hf-task-distill[demo]'" in summary
+    assert not list(tmp_path.iterdir())
+
+
+# -- the README ----------------------------------------------------------------------------------------
+def test_the_readme_says_how_long_the_tests_take_and_how_to_save_the_cuda_download():
+    readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+    setup = " ".join(readme.split("## Set up", 1)[1].split("\n## ", 1)[0].split())  # one line
+    assert "10-20 minutes on 2 CPU cores" in setup
+    assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in setup
