@@ -1,7 +1,8 @@
 """The offline demo: the whole pipeline on scikit-learn's digits, on a CPU, in a few minutes.
 
 What it shows: every stage runs end to end (teacher finetuning, transfer set, distillation,
-student finetuning, evaluation, a publishable student folder with its card and compute ledger) on a
+student finetuning, evaluation, a publishable student folder with its card and compute ledger, and
+with matplotlib a results chart and a confusion matrix in the run folder) on a
 real labelled dataset, with a teacher that knows more than the labels: the shipped mini-VFM,
 pretrained on 30,000 rendered printed characters (see docs/miniature.md). The student distilled
 from it on the unlabelled digits is compared with the same student trained on the labels alone.
@@ -14,7 +15,7 @@ from typing import Any
 
 from .config import PipelineConfig
 
-__all__ = ["DEMO_TEACHER", "demo_defaults", "make_demo_teacher", "run_demo"]
+__all__ = ["DEMO_TEACHER", "demo_defaults", "figures_summary", "make_demo_teacher", "run_demo"]
 
 DEMO_TEACHER = "mini-vfm"  # the shipped mini-VFM: every entry point takes the name (hf_task_distill.sources)
 
@@ -67,9 +68,30 @@ def make_demo_teacher(folder: str, label_names: list[str] | None = None) -> str:
     return folder
 
 
+def figures_summary(run_dir: str, results: dict[str, dict[str, float]], title: str | None = None) -> str:
+    """Draw the demo's figures (``<run>/results.png``, ``<run>/confusion_matrix.png``) and say where
+    they are; without matplotlib, say how to get it instead (the demo's numbers do not need it)."""
+    from .plots import write_run_figures
+
+    try:
+        written = write_run_figures(run_dir, results, title=title)
+    except ImportError as err:
+        return f"Figures skipped: {err}"
+    described = {
+        "results": "accuracy, balanced accuracy and macro F1 of every model",
+        "confusion_matrix": "the distilled + finetuned student's confusion matrix on the test digits",
+    }
+    return "Figures:\n" + "\n".join(f"  {path}  ({described[name]})" for name, path in written.items())
+
+
 def run_demo(config: PipelineConfig) -> str:
     from .pipeline import Pipeline
 
     pipeline = Pipeline(config)
     pipeline.run()
-    return pipeline.summary() + "\n\n" + EXPLANATION.format(per_class=config.task.per_class)
+    figures = ""
+    if pipeline.state.is_main_process:
+        evaluation = pipeline.manifest("evaluate")["outputs"]
+        title = f"Results on the {evaluation['split']} split ({evaluation['images']} images)"
+        figures = figures_summary(pipeline.run_dir, evaluation["results"], title) + "\n\n"
+    return pipeline.summary() + "\n\n" + figures + EXPLANATION.format(per_class=config.task.per_class)

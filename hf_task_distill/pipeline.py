@@ -487,7 +487,12 @@ class Pipeline:
         path = os.path.join(directory, "data")
         if self.state.is_main_process:
             card = TransferSetCardData.from_build(
-                builder, transfer, pool, name=f"{self.task.name}-transfer-set", task_name=self.task.name
+                builder,
+                transfer,
+                pool,
+                name=f"{self.task.name}-transfer-set",
+                task_name=self.task.name,
+                pool_name=cfg.pool,
             )
             save_transfer_set(transfer, path, card, contact_sheet(self.task["train"], transfer))
         embedded = stats.pool_embedded + stats.queries + sum(len(h) for h in heldout)

@@ -11,8 +11,16 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 
-__all__ = ["SHIPPED_MODELS", "check_model_source", "is_local_path", "resolve_model_source"]
+__all__ = [
+    "HUB_ID",
+    "LOCAL_PREFIXES",
+    "SHIPPED_MODELS",
+    "check_model_source",
+    "is_local_path",
+    "resolve_model_source",
+]
 
 
 def _mini_vfm() -> str:
@@ -36,18 +44,31 @@ def resolve_model_source(name: str | os.PathLike) -> str:
     return name
 
 
+#: A Hub repo id (``owner/name`` or a canonical ``name``) or a timm name, optionally ``hf-hub:``-prefixed.
+HUB_ID = re.compile(r"^(hf-hub:|hf_hub:)?[\w.-]+(/[\w.-]+)?$")
+#: timm's prefixes for a model on this machine.
+LOCAL_PREFIXES = ("local-dir:", "file:")
+
+
 def is_local_path(name: str | os.PathLike) -> bool:
-    """Whether ``name`` names something on this machine (an existing path, or text only a path has:
-    absolute, ``./``, ``../``, ``~``, a backslash or more than one ``/``), rather than a Hub id."""
-    name = os.fspath(name)
-    if os.path.exists(name):
+    """Whether ``name`` names something on this machine rather than on the Hub.
+
+    Local: an existing file or folder, an absolute, ``~``-, ``./``- or ``../``-path, a Windows path,
+    a path of three or more parts (or with characters no repo name has), or timm's
+    ``local-dir:``/``file:`` prefixes. ``owner/name`` and ``name`` are Hub ids unless a local folder
+    of that name exists (``transformers`` would load that folder first); text without a ``/`` that
+    is no file here (``"finetuned teacher"``) is a name, not a path.
+    """
+    text = os.fspath(name)
+    if text.startswith(LOCAL_PREFIXES) or os.path.exists(text):
         return True
-    return (
-        os.path.isabs(name)
-        or name.startswith(("./", "../", "~", ".\\", "..\\"))
-        or "\\" in name
-        or name.count("/") > 1
-    )
+    if (
+        text.startswith(("/", "~", "./", "../", ".\\", "..\\"))
+        or "\\" in text
+        or re.match(r"^[A-Za-z]:", text)
+    ):
+        return True
+    return "/" in text and not HUB_ID.match(text)  # a/b/c, or parts no repo name can have
 
 
 def check_model_source(name: str | os.PathLike, what: str, *, timm_architectures: bool = False) -> None:

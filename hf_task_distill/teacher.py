@@ -522,6 +522,7 @@ class TeacherFinetuner:
         if self.result is None:
             raise RuntimeError("call train() before save()")
         from .hub.cards import TeacherCardData, write_teacher_card
+        from .hub.names import public_name
 
         output_dir = os.fspath(output_dir or self.args.output_dir)
         self.result.model.save_pretrained(output_dir)
@@ -529,7 +530,7 @@ class TeacherFinetuner:
         card = TeacherCardData.from_finetuner(self)
         write_teacher_card(card, output_dir)
         summary = {
-            "base_model": self.model_name_or_path,
+            "base_model": public_name(self.model_name_or_path),  # users publish this folder: no local path
             "strategy": self.result.strategy,
             "validation_source": self.result.validation_source,
             "label_budget": self.task.label_budget,

@@ -20,6 +20,8 @@ skip must be counted, with the good items still processed. Categories:
 * stage manifests: garbage, truncated or incomplete means "not complete"; an output file changed,
   missing or added since the manifest was written makes the stage redo itself.
 * model folders: remote code, pickle-only weights and a headless backbone are refused.
+* figures: a confusion matrix of the wrong shape is an error; a garbage ``confusion_matrices.json``
+  skips that figure with a warning naming the file (the results chart is still drawn).
 """
 
 from __future__ import annotations
@@ -1118,6 +1120,40 @@ CASES = [
         Raises(ValueError, r"is a backbone without a classification head \(Dinov2Model\)"),
         id="model-backbone-without-head",
     ),
+]
+
+
+# ---- figures ----------------------------------------------------------------------------------------
+
+_RESULTS = {"student, distilled + finetuned": {"accuracy": 0.5, "balanced_accuracy": 0.5, "macro_f1": 0.5}}
+
+
+def _confusion_not_square(tmp_path, kit):
+    from hf_task_distill.plots import confusion_matrix_figure
+
+    return lambda: confusion_matrix_figure(["cat", "dog"], [[3, 1]])
+
+
+def _confusion_file_garbage(tmp_path, kit):
+    from hf_task_distill.plots import write_run_figures
+
+    (tmp_path / "evaluate").mkdir()
+    (tmp_path / "evaluate" / "confusion_matrices.json").write_bytes(b'{"labels": ["a", "b"], "matr')
+    return lambda: write_run_figures(str(tmp_path), _RESULTS)
+
+
+def _check_figure_skipped(written, log):
+    assert list(written) == ["results"] and os.path.exists(written["results"])
+    assert "confusion_matrices.json is unreadable (JSONDecodeError" in log
+
+
+CASES += [
+    pytest.param(
+        _confusion_not_square,
+        Raises(ValueError, r"a confusion matrix for 2 classes must be 2 x 2, got shape \(1, 2\)"),
+        id="figure-confusion-matrix-not-square",
+    ),
+    pytest.param(_confusion_file_garbage, Counted(_check_figure_skipped), id="figure-confusion-file-garbage"),
 ]
 
 

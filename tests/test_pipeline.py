@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LABELS, make_colour_dataset, save_image_folder
+from PIL import Image
 
 from hf_task_distill.cli import main, parse_config
 from hf_task_distill.compute import ComputeLedger, LedgerEntry, count_flops_per_image
@@ -327,7 +328,8 @@ def test_published_folders_load_with_the_real_clients(cli_run):
     results = json.loads((student_dir / "results.json").read_text())["results"]
     assert card.data.base_model == "timm/test_resnet.r160_in1k"  # the student's own starting point
     assert "me/colour-transfer" in card.data.datasets
-    assert any(tag.startswith("teacher:") for tag in card.data.tags)
+    assert not any(tag.startswith("teacher:") for tag in card.data.tags)  # a local teacher has no Hub id
+    assert "`dinov2 (local)`" in card.text  # named by its folder, no path (tests/test_publishing.py)
     accuracy = next(r for r in card.data.eval_results if r.metric_type == "accuracy")
     assert accuracy.metric_value == pytest.approx(results["student, distilled + finetuned"]["accuracy"])
     assert 'timm.create_model("hf-hub:me/colour-student"' in card.text
@@ -427,6 +429,12 @@ def test_the_offline_demo_runs_every_stage_and_prints_the_table(tmp_path):
     assert evaluation["split"] == "test" and evaluation["images"] == 539
     assert all(0.0 <= m["accuracy"] <= 1.0 for m in evaluation["results"].values())
     assert (out_dir / "publish" / "student" / "model.safetensors").exists()
+    assert f"{out_dir / 'results.png'}  (accuracy" in out  # the figures, named in the summary
+    with Image.open(out_dir / "results.png") as chart:
+        assert chart.format == "PNG"
+    card = (out_dir / "publish" / "student" / "README.md").read_text()
+    assert "# resnet18-digits-student\n" in card and 'model="digits-demo"' not in card
+    assert "mini-vfm (shipped with hf_task_distill)" in card
 
 
 # -- a command on an existing run ------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import signal
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_themed_pool, pixel_encoder, tiny_encoder
+from PIL import Image
 
 from hf_task_distill.retrieval import (
     RetrievalTransferSetBuilder,
@@ -209,6 +211,16 @@ def test_index_choice_weighs_build_cost_against_queries_and_memory():
         choose_index(10**6, 384, 10, memory_budget_bytes=2**20)
 
 
+def test_a_memory_budget_error_gives_sizes_that_can_be_told_apart():
+    """A tiny pool's budget and need are bytes or KiB, not both "0.00 GiB"; equal after rounding, exact."""
+    with pytest.raises(ValueError, match=r"fits 1000 B; the smallest \(Flat\) needs 3.12 KiB"):
+        choose_index(100, 8, 10, memory_budget_bytes=1000)  # Flat: 100 x 8 x 4 bytes
+    with pytest.raises(ValueError, match=r"fits 3,199 bytes; the smallest \(Flat\) needs 3,200 bytes"):
+        choose_index(100, 8, 10, memory_budget_bytes=3199)
+    with pytest.raises(ValueError, match=r"fits 1.00 MiB; the smallest \(IVF\d+,PQ\d+\) needs [\d.]+ MiB"):
+        choose_index(10**6, 384, 10, memory_budget_bytes=2**20)
+
+
 def test_a_total_budget_is_spread_evenly_over_query_classes(tmp_path):
     from conftest import _theme_image
     from datasets import ClassLabel, Dataset, Features
@@ -234,7 +246,6 @@ def test_a_class_with_too_few_neighbours_leaves_its_share_to_the_others(tmp_path
     from conftest import _theme_image
     from datasets import ClassLabel, Dataset, Features, Value
     from datasets import Image as ImageFeature
-    from PIL import Image
 
     rng = np.random.default_rng(7)
     themes = [3] * 17 + [5] * 3 + [-1] * 5
@@ -275,10 +286,10 @@ def test_a_budget_widens_the_search_when_queries_share_their_neighbours(tmp_path
 
 def test_saved_transfer_set_has_a_card_and_a_contact_sheet(tmp_path, themed):
     from datasets import load_from_disk
-    from PIL import Image
 
     from hf_task_distill.hub import TransferSetCardData
     from hf_task_distill.retrieval import contact_sheet, save_transfer_set
+    from hf_task_distill.retrieval.output import _Layout
 
     pool = themed["pool"]
     pool.info.license = "cc-by-4.0"
@@ -288,7 +299,7 @@ def test_saved_transfer_set_has_a_card_and_a_contact_sheet(tmp_path, themed):
         pool, themed["queries"], heldout=[themed["test"]], embeddings_dir=tmp_path / "emb"
     )
     sheet = contact_sheet(themed["queries"], transfer, per_query=4, thumb=32)
-    assert sheet.size == (5 * 36 + 4, 3 * 36 + 4)  # 3 queries, each with its query and 4 neighbours
+    assert sheet.size == _Layout(32, 4).size(3, footer=False)  # unlabelled queries: a row for each of the 3
     card = TransferSetCardData.from_build(
         builder, transfer, pool, name="themed-transfer", task_name="theme 3"
     )
@@ -304,6 +315,70 @@ def test_saved_transfer_set_has_a_card_and_a_contact_sheet(tmp_path, themed):
     assert "cc-by-4.0" in text and "![contact sheet](contact_sheet.png)" in text and "task_categories" in text
     assert Image.open(tmp_path / "out" / "contact_sheet.png").size == sheet.size
     assert load_from_disk(out)["pool_index"] == transfer["pool_index"]
+
+
+def _solid_png(colour) -> dict:
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), colour).save(buffer, format="PNG")
+    return {"bytes": buffer.getvalue(), "path": None}
+
+
+def test_the_contact_sheet_shows_a_row_per_class_with_its_best_retrieved_images():
+    """Class order, the query of each class that kept most images, its neighbours best first; an
+    undecodable retrieved file is a grey tile, not a crash; rows beyond max_rows are counted."""
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    from hf_task_distill.retrieval import contact_sheet
+    from hf_task_distill.retrieval.output import _Layout
+
+    names = ["cat", "dog", "owl", "eel"]
+    labels = [0, 0, 1, 2, 2, 3]  # query 3 (owl) and query 5 (eel) kept nothing
+    queries = Dataset.from_dict(
+        {"image": [_solid_png((60 * label, 0, 0)) for label in labels], "label": labels},
+        features=Features({"image": ImageFeature(), "label": ClassLabel(names=names)}),
+    )
+    owned = {0: 2, 1: 4, 2: 3, 4: 1}  # query -> images it ranked best; query 1 beats query 0 for cat
+    rows = [
+        {"image": _solid_png((10 * q, 20 * r, 128)), "query_index": q, "rank": r, "score": 0.9 - 0.1 * r}
+        for q, n in owned.items()
+        for r in reversed(range(n))  # stored worst first: the sheet sorts by rank
+    ]
+    broken_row = next(row for row in rows if (row["query_index"], row["rank"]) == (1, 3))
+    broken_row["image"] = {"bytes": b"not a png", "path": "broken.png"}
+    transfer = Dataset.from_list(
+        rows,
+        features=Features(
+            {
+                "image": ImageFeature(),
+                "query_index": Value("int64"),
+                "rank": Value("int64"),
+                "score": Value("float64"),
+            }
+        ),
+    )
+    sheet = contact_sheet(queries, transfer, per_query=3, thumb=24)
+    layout = _Layout(24, 3)
+    assert sheet.size == layout.size(4, footer=False)  # cat, dog, owl, eel
+
+    def colour(row, column):
+        x, y = layout.cell(row, column)
+        return sheet.getpixel((x + 12, y + 12))
+
+    assert [colour(r, 0)[0] for r in range(4)] == [0, 60, 120, 180]  # each row's query is of its class
+    # cat: query 1 (4 images) rather than query 0 (2), its images best first
+    assert [colour(0, c) for c in (1, 2, 3)] == [(10, 0, 128), (10, 20, 128), (10, 40, 128)]
+    assert [colour(1, c) for c in (1, 2, 3)] == [(20, 0, 128), (20, 20, 128), (20, 40, 128)]
+    assert colour(2, 1) == (40, 0, 128)  # owl: query 4, not query 3 which kept nothing
+    assert colour(3, 1) == (255, 255, 255)  # eel kept nothing: the row holds its query alone
+    for row in range(4):  # the class name is written left of the query
+        x, y = layout.cell(row, 0)
+        assert min(min(p) for p in sheet.crop((0, y, x - layout.gap, y + 24)).getdata()) < 100
+    broken = contact_sheet(queries, transfer, per_query=4, thumb=24)
+    x, y = _Layout(24, 4).cell(0, 4)
+    assert broken.getpixel((x + 1, y + 1)) == (200, 200, 200)  # the broken file: a grey tile
+    capped = contact_sheet(queries, transfer, per_query=3, thumb=24, max_rows=2)
+    assert capped.size == layout.size(2, footer=True)  # and a line saying 2 more classes exist
 
 
 def test_precomputed_pool_embeddings_are_reused_and_checked(tmp_path, themed):

@@ -1,12 +1,19 @@
 """Model cards rendered from a typed ``CardData`` and a Jinja template (as setfit does), not by
-string concatenation. Tokens never enter a card: only what is passed in the data is written."""
+string concatenation. Tokens never enter a card: only what is passed in the data is written.
+
+Every model or dataset source a card names goes through :func:`~hf_task_distill.hub.names.public_name`
+when the card is rendered (a Hub id as is, a local folder as ``"<folder> (local)"``), so no card
+carries a path, user or host name of the machine that made it, whoever filled in its data."""
 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from typing import Any
+
+from .names import hub_id, public_name, short_name
 
 __all__ = [
     "MiniVFMCardData",
@@ -28,6 +35,13 @@ def label_budget_summary(task) -> dict[str, Any] | None:
     return {k: v for k, v in task.label_budget.items() if v is not None and k != "split"}
 
 
+def descriptive_name(source: str, task_name: str, role: str) -> str:
+    """A model name for a card when no Hub id is known: ``<source>-<task>-<role>``, e.g.
+    ``dinov2-large-eurosat-teacher`` (folder or repo names only, nothing else of a path)."""
+    parts = [short_name(source), short_name(task_name), role]
+    return "-".join(re.sub(r"[^\w.-]+", "-", p).strip("-.") or "model" for p in parts)
+
+
 def _template(name: str) -> str:
     return resources.files("hf_task_distill.hub").joinpath(f"templates/{name}.md").read_text(encoding="utf-8")
 
@@ -42,7 +56,8 @@ STRATEGY_DESCRIPTIONS = {
 
 @dataclass
 class TeacherCardData:
-    """Everything a teacher's card says."""
+    """Everything a teacher's card says. ``repo_id``: its Hub repo, when known (the usage example
+    loads it; without one, the example loads the card's own folder)."""
 
     model_name: str
     base_model: str
@@ -55,14 +70,18 @@ class TeacherCardData:
     label_budget: dict[str, Any] | None = None
     dataset_id: str | None = None
     license: str | None = None
+    repo_id: str | None = None
 
     @classmethod
     def from_finetuner(cls, finetuner) -> TeacherCardData:
+        """The card of a trained :class:`~hf_task_distill.teacher.TeacherFinetuner`: named by its
+        ``args.hub_model_id`` if set, else ``<base model>-<task>-teacher``."""
         task, result = finetuner.task, finetuner.result
         budget = label_budget_summary(task)
+        repo_id = hub_id(getattr(finetuner.args, "hub_model_id", None))
         return cls(
-            model_name=os.path.basename(os.path.normpath(os.fspath(finetuner.args.output_dir))),
-            base_model=finetuner.model_name_or_path,
+            model_name=repo_id or descriptive_name(finetuner.model_name_or_path, task.name, "teacher"),
+            base_model=public_name(finetuner.model_name_or_path),
             strategy=result.strategy,
             task_name=task.name,
             label_names=list(task.label_names),
@@ -74,6 +93,7 @@ class TeacherCardData:
             label_budget=budget,
             dataset_id=task.spec.hub_id if task.spec is not None else None,
             license=task.spec.license if task.spec is not None else None,
+            repo_id=repo_id,
         )
 
 
@@ -82,7 +102,7 @@ def render_teacher_card(data: TeacherCardData):
     from huggingface_hub import ModelCard, ModelCardData
 
     card_data = ModelCardData(
-        base_model=data.base_model if "/" in data.base_model and not os.path.isdir(data.base_model) else None,
+        base_model=hub_id(data.base_model),
         library_name="transformers",
         pipeline_tag="image-classification",
         tags=["hf-task-distill", "vision-foundation-model", "teacher", f"finetune-{data.strategy}"],
@@ -91,6 +111,8 @@ def render_teacher_card(data: TeacherCardData):
     )
     template = _template("teacher_card")
     fields = asdict(data)
+    fields["base_model"] = public_name(data.base_model)
+    fields["repo_id"] = hub_id(data.repo_id)
     fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None
     fields["strategy_description"] = STRATEGY_DESCRIPTIONS.get(data.strategy, data.strategy)
     fields["num_labels"] = len(data.label_names)
@@ -123,14 +145,26 @@ class TransferSetCardData:
 
     @classmethod
     def from_build(
-        cls, builder, transfer, pool, *, name: str, task_name: str, contact_sheet: str | None = None
+        cls,
+        builder,
+        transfer,
+        pool,
+        *,
+        name: str,
+        task_name: str,
+        contact_sheet: str | None = None,
+        pool_name: str | None = None,
     ):
+        """``pool_name``: the pool as the user named it (a Hub id or a folder); else the dataset's own name."""
         info = getattr(pool, "info", None)
         return cls(
             name=name,
             task_name=task_name,
-            pool_name=(
-                getattr(info, "dataset_name", None) or getattr(info, "builder_name", None) or "image pool"
+            pool_name=public_name(
+                pool_name
+                or getattr(info, "dataset_name", None)
+                or getattr(info, "builder_name", None)
+                or "image pool"
             ),
             stats=builder.stats.as_dict(),
             per_query_k=builder.config.per_query_k,
@@ -155,6 +189,8 @@ def render_transfer_set_card(data: TransferSetCardData):
     )
     template = _template("transfer_set_card")
     fields = asdict(data)
+    fields["pool_name"] = public_name(data.pool_name)
+    fields["stats"] = {**data.stats, "encoder": public_name(data.stats.get("encoder"))}
     fields["selection"] = (
         f"top {data.per_query_k} neighbours per query, union without duplicates"
         if data.per_query_k is not None
@@ -177,7 +213,11 @@ def _size_category(n: int) -> str:
 
 @dataclass
 class StudentCardData:
-    """Everything a published student's card says: lineage, results and the compute it cost."""
+    """Everything a published student's card says: lineage, results and the compute it cost.
+
+    ``ledger`` is rendered as given (a markdown table): name its models with ``public_name`` first.
+    ``repo_id``: the student's Hub repo, when known (the usage examples load it; without one, they
+    load the card's own folder)."""
 
     model_name: str
     architecture: str
@@ -201,6 +241,7 @@ class StudentCardData:
     license: str | None = None
     label_budget: dict[str, Any] | None = None
     student_result: str = "student, distilled + finetuned"
+    repo_id: str | None = None
 
 
 def render_student_card(data: StudentCardData):
@@ -211,7 +252,7 @@ def render_student_card(data: StudentCardData):
     eval_results = [
         EvalResult(
             task_type="image-classification",
-            dataset_type=data.dataset_id or data.task_name,
+            dataset_type=hub_id(data.dataset_id) or data.task_name,
             dataset_name=data.task_name,
             dataset_split=data.eval_split,
             metric_type=metric,
@@ -220,10 +261,11 @@ def render_student_card(data: StudentCardData):
         for metric in ("accuracy", "balanced_accuracy", "macro_f1")
         if metric in mine
     ]
-    datasets_used = [d for d in (data.dataset_id, data.transfer_repo) if d]
+    teacher_id, transfer_id = hub_id(data.teacher_base), hub_id(data.transfer_repo)
+    datasets_used = [d for d in (hub_id(data.dataset_id), transfer_id) if d]
     card_data = ModelCardData(
         model_name=data.model_name,
-        base_model=data.base_model,
+        base_model=hub_id(data.base_model),
         library_name="timm",
         pipeline_tag="image-classification",
         tags=[
@@ -231,8 +273,8 @@ def render_student_card(data: StudentCardData):
             "knowledge-distillation",
             "image-classification",
             "transformers",
-            f"teacher:{data.teacher_base}",
-            *([f"transfer-set:{data.transfer_repo}"] if data.transfer_repo else []),
+            *([f"teacher:{teacher_id}"] if teacher_id else []),  # a local folder has no id to tag
+            *([f"transfer-set:{transfer_id}"] if transfer_id else []),
         ],
         datasets=datasets_used or None,
         license=data.license if data.license and " " not in data.license else None,
@@ -240,6 +282,10 @@ def render_student_card(data: StudentCardData):
     )
     template = _template("student_card")
     fields = asdict(data)
+    for name in ("teacher_base", "base_model", "dataset_id"):
+        fields[name] = public_name(fields[name])
+    fields["teacher_repo"], fields["transfer_repo"] = hub_id(data.teacher_repo), transfer_id
+    fields["repo_id"] = hub_id(data.repo_id)
     fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None
     fields["num_labels"] = len(data.label_names)
     fields["label_names"] = ", ".join(data.label_names)

@@ -5,6 +5,11 @@ The folders are exactly what is uploaded, so they can be checked offline with th
 before anything leaves the machine. Uploads go through ``huggingface_hub``; the token is resolved
 by it (``huggingface-cli login``, ``HF_TOKEN``) and never written into a folder, card or manifest.
 Pickled files the Trainer writes (``training_args.bin``) are not published.
+
+Nothing of the local machine goes into the folders: every model, dataset and pool the run used is
+named by :func:`~hf_task_distill.hub.names.public_name` (a Hub id as is, a local folder by its name
+marked ``(local)``), in the card, the compute ledger and ``results.json`` alike. An upload that
+cannot reach the Hub raises :class:`HubUploadError`, naming the folders, which stay complete on disk.
 """
 
 from __future__ import annotations
@@ -14,7 +19,17 @@ import os
 import shutil
 from typing import Any
 
-__all__ = ["publish_run", "upload_folder", "write_parquet_dataset"]
+from .names import hub_id, public_name
+
+__all__ = ["HubUploadError", "publish_run", "upload_folder", "write_parquet_dataset"]
+
+
+class HubUploadError(OSError):
+    """An upload failed (the Hub out of reach, or refusing it); the folders to upload are complete on disk.
+
+    The message is one line: what failed and why, then which folders are ready and how to upload them later.
+    """
+
 
 _STUDENT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
@@ -52,22 +67,135 @@ def upload_folder(folder: str, repo_id: str, *, repo_type: str, private: bool = 
     return str(getattr(info, "commit_url", info))
 
 
+def _unreachable(err: BaseException) -> bool:
+    """Whether ``err`` means the Hub was not reached (offline mode, no network, a timeout)."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    if isinstance(err, (OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+        return True
+    return any(cls.__name__ == "TransportError" for cls in type(err).__mro__)  # httpx: connect, read, timeout
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _upload_failure(
+    err: BaseException, repo_id: str, pending: list[tuple[str, str, str]], done: list[str]
+) -> str:
+    """The one-line message of a failed upload: the cause, what is already up, the folders still to upload."""
+    if _unreachable(err):
+        cause = f"could not reach the Hugging Face Hub to upload {repo_id} ({_first_line(err)})"
+    else:
+        cause = f"the Hugging Face Hub refused the upload to {repo_id} ({_first_line(err)})"
+    uploaded = f"; {', '.join(done)} was uploaded" if done else ""
+    folders = " and ".join(folder for folder, _, _ in pending)
+    commands = "; ".join(
+        f"hf upload {repo} {folder}" + (" --repo-type dataset" if kind == "dataset" else "")
+        for folder, repo, kind in pending
+    )
+    return (
+        f"{cause}{uploaded}. {folders} {'are' if len(pending) > 1 else 'is'} complete: upload later with "
+        f"the same push command, or with `{commands}`"
+    )
+
+
+def _push(config, outputs: dict[str, Any]) -> None:
+    """Upload the student (and transfer set) folders; add their commit URLs to ``outputs``."""
+    run = config.run
+    uploads = [("student", outputs["student"], run.hub_model_id, "model")]
+    if "transfer_set" in outputs and run.hub_dataset_id:
+        uploads.append(("transfer_set", outputs["transfer_set"], run.hub_dataset_id, "dataset"))
+    done: list[str] = []
+    for index, (key, folder, repo_id, repo_type) in enumerate(uploads):
+        try:
+            outputs[f"{key}_commit"] = upload_folder(
+                folder, repo_id, repo_type=repo_type, private=run.hub_private
+            )
+        except Exception as err:  # noqa: BLE001 - every failure becomes one line naming the ready folders
+            if isinstance(err, ValueError) and not _unreachable(err):
+                raise  # a malformed repo id: the Hub's own message names it
+            pending = [(f, r, t) for _, f, r, t in uploads[index:]]
+            raise HubUploadError(_upload_failure(err, repo_id, pending, done)) from err
+        done.append(repo_id)
+
+
 def _transfer_description(outputs: dict[str, Any], cfg) -> str:
     if outputs["kind"] == "task":
         return f"the task's own {outputs['rows']:,} training images (labels unused)"
     if outputs["kind"] == "dataset":
-        return f"{outputs['rows']:,} images of `{outputs['source']}` (a generic transfer set)"
+        return f"{outputs['rows']:,} images of `{public_name(outputs['source'])}` (a generic transfer set)"
     how = f"{cfg.per_query_k} per labelled image" if cfg.per_query_k else f"a budget of {cfg.transfer_budget}"
-    return f"{outputs['rows']:,} images retrieved from `{cfg.pool}` ({how})"
+    return f"{outputs['rows']:,} images retrieved from `{public_name(cfg.pool)}` ({how})"
+
+
+def _public_ledger(pipeline):
+    """The run's compute ledger with every model named for publishing (the run's own finetuned
+    teacher as ``"<teacher>, finetuned"``, any other source by ``public_name``)."""
+    from dataclasses import replace
+
+    from ..compute import ComputeLedger
+
+    ledger = pipeline.ledger()
+    teacher = pipeline.config.teacher.teacher
+    names = {os.path.abspath(pipeline.teacher_path()): f"{public_name(teacher)}, finetuned"}
+    if pipeline.teacher_path() == teacher:  # used as given (--teacher_strategy none)
+        names = {}
+    entries = [
+        replace(e, model=names.get(os.path.abspath(e.model)) or public_name(e.model)) for e in ledger.entries
+    ]
+    return ComputeLedger(entries, dict(ledger.wall_s))
+
+
+def _student_card(pipeline, model_config, ledger):
+    """The card data of the published student, every source named by ``public_name``/``hub_id``."""
+    from .cards import StudentCardData, descriptive_name, label_budget_summary
+
+    config, task = pipeline.config, pipeline.task
+    evaluation = pipeline.manifest("evaluate")["outputs"]
+    transfer = pipeline.manifest("transfer")["outputs"]
+    teacher_outputs = pipeline.manifest("teacher")["outputs"]
+    pretrained_cfg = getattr(model_config, "pretrained_cfg", None) or {}
+    architecture = getattr(model_config, "architecture", None) or model_config.model_type
+    repo_id = hub_id(config.run.hub_model_id)
+    as_given = config.teacher.teacher_strategy == "none"  # the teacher is used as published
+    return StudentCardData(
+        model_name=repo_id or descriptive_name(architecture, task.name, "student"),
+        architecture=architecture,
+        task_name=task.name,
+        label_names=list(task.label_names),
+        teacher_base=public_name(config.teacher.teacher),
+        teacher_strategy=teacher_outputs.get("strategy", config.teacher.teacher_strategy),
+        distill_loss=config.student.distill_loss,
+        temperature=config.student.temperature,
+        transfer_description=_transfer_description(transfer, config.transfer),
+        train_size=len(task["train"]),
+        image_size=int(pretrained_cfg.get("input_size", (3, 0, 0))[1]) or 0,
+        eval_split=evaluation["split"],
+        eval_images=evaluation["images"],
+        results=evaluation["results"],
+        ledger=ledger.markdown(),
+        base_model=pretrained_cfg.get("hf_hub_id") if config.student.pretrained_student else None,
+        teacher_repo=hub_id(config.teacher.teacher) if as_given else None,
+        transfer_repo=config.run.hub_dataset_id if transfer["kind"] == "retrieval" else None,
+        dataset_id=task.spec.hub_id if task.spec is not None else None,
+        license=task.spec.license if task.spec is not None else None,
+        label_budget=label_budget_summary(task),
+        repo_id=repo_id,
+    )
 
 
 def publish_run(pipeline, directory: str) -> dict[str, Any]:
-    """Write ``student/`` (and ``transfer_set/``) under ``directory``; push them if asked."""
+    """Write ``student/`` (and ``transfer_set/``) under ``directory``; push them if asked.
+
+    Raises :class:`HubUploadError` when a push fails; the folders written stay as they are.
+    """
     from transformers import AutoConfig
 
-    from .cards import StudentCardData, label_budget_summary, render_student_card
+    from .cards import render_student_card
 
-    config, task = pipeline.config, pipeline.task
+    config = pipeline.config
     finetuned = pipeline.manifest("finetune")["outputs"]["model"]
     evaluation = pipeline.manifest("evaluate")["outputs"]
     transfer = pipeline.manifest("transfer")["outputs"]
@@ -78,37 +206,13 @@ def publish_run(pipeline, directory: str) -> dict[str, Any]:
         for name in _STUDENT_FILES:
             if os.path.exists(os.path.join(finetuned, name)):
                 shutil.copy2(os.path.join(finetuned, name), os.path.join(student_dir, name))
-        model_config = AutoConfig.from_pretrained(student_dir)
-        pretrained_cfg = getattr(model_config, "pretrained_cfg", None) or {}
-        ledger = pipeline.ledger()
-        teacher_outputs = pipeline.manifest("teacher")["outputs"]
-        card = StudentCardData(
-            model_name=config.run.hub_model_id or os.path.basename(pipeline.run_dir),
-            architecture=getattr(model_config, "architecture", None) or model_config.model_type,
-            task_name=task.name,
-            label_names=list(task.label_names),
-            teacher_base=config.teacher.teacher,
-            teacher_strategy=teacher_outputs.get("strategy", config.teacher.teacher_strategy),
-            distill_loss=config.student.distill_loss,
-            temperature=config.student.temperature,
-            transfer_description=_transfer_description(transfer, config.transfer),
-            train_size=len(task["train"]),
-            image_size=int(pretrained_cfg.get("input_size", (3, 0, 0))[1]) or 0,
-            eval_split=evaluation["split"],
-            eval_images=evaluation["images"],
-            results=evaluation["results"],
-            ledger=ledger.markdown(),
-            base_model=pretrained_cfg.get("hf_hub_id") if config.student.pretrained_student else None,
-            teacher_repo=config.teacher.teacher if config.teacher.teacher_strategy == "none" else None,
-            transfer_repo=config.run.hub_dataset_id if transfer["kind"] == "retrieval" else None,
-            dataset_id=task.spec.hub_id if task.spec is not None else None,
-            license=task.spec.license if task.spec is not None else None,
-            label_budget=label_budget_summary(task),
-        )
+        ledger = _public_ledger(pipeline)
+        card = _student_card(pipeline, AutoConfig.from_pretrained(student_dir), ledger)
         render_student_card(card).save(os.path.join(student_dir, "README.md"))
         ledger.save(os.path.join(student_dir, "compute_ledger.json"))
+        public = {key: evaluation[key] for key in ("split", "images", "results")}  # no paths of this run
         with open(os.path.join(student_dir, "results.json"), "w", encoding="utf-8") as f:
-            json.dump(evaluation, f, indent=2)
+            json.dump(public, f, indent=2)
 
         if transfer["kind"] == "retrieval":
             from datasets import load_from_disk
@@ -123,15 +227,6 @@ def publish_run(pipeline, directory: str) -> dict[str, Any]:
         if config.run.push_to_hub:
             if not config.run.hub_model_id:
                 raise ValueError("--push_to_hub needs --hub_model_id (e.g. me/mobilevitv2-cub)")
-            outputs["student_commit"] = upload_folder(
-                student_dir, config.run.hub_model_id, repo_type="model", private=config.run.hub_private
-            )
-            if "transfer_set" in outputs and config.run.hub_dataset_id:
-                outputs["transfer_set_commit"] = upload_folder(
-                    outputs["transfer_set"],
-                    config.run.hub_dataset_id,
-                    repo_type="dataset",
-                    private=config.run.hub_private,
-                )
+            _push(config, outputs)
     pipeline.state.wait_for_everyone()
     return outputs

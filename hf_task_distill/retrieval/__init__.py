@@ -3,8 +3,8 @@
 from .builder import RetrievalConfig, RetrievalTransferSetBuilder, TransferSetStats
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
-from .index_choice import IndexPlan, candidate_plans, choose_index, default_nlist, estimate
-from .output import contact_sheet, push_transfer_set, save_transfer_set
+from .index_choice import IndexPlan, candidate_plans, choose_index, default_nlist, estimate, format_bytes
+from .output import MAX_SHEET_ROWS, contact_sheet, push_transfer_set, save_transfer_set
 from .pool import load_pool
 from .search import (
     POOL_BLOCK_ROWS,
@@ -21,6 +21,7 @@ from .search import (
 )
 
 __all__ = [
+    "MAX_SHEET_ROWS",
     "POOL_BLOCK_ROWS",
     "EmbeddingStore",
     "ImageEncoder",
@@ -38,6 +39,7 @@ __all__ = [
     "embed_pool",
     "estimate",
     "exact_search",
+    "format_bytes",
     "gpu_available",
     "leakage_mask",
     "load_pool",

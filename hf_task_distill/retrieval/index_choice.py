@@ -19,6 +19,7 @@ __all__ = [
     "choose_index",
     "default_nlist",
     "estimate",
+    "format_bytes",
 ]
 
 KMEANS_ITERATIONS = 10  # faiss default niter for IVF coarse quantisers
@@ -53,6 +54,19 @@ class IndexPlan:
     @property
     def exact(self) -> bool:
         return self.factory == "Flat"
+
+
+def format_bytes(size: float) -> str:
+    """``size`` bytes in the largest binary unit that keeps it at least 1, to three significant
+    digits (``"100 B"``, ``"3.12 KiB"``, ``"600 MiB"``, ``"1.50 GiB"``): a tiny pool's sizes are not ``"0.00 GiB"``."""
+    value, unit = float(size), "B"
+    for next_unit in ("KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(value) < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    if unit == "B":
+        return f"{value:.0f} B"
+    return f"{value:.{2 if abs(value) < 10 else 1 if abs(value) < 100 else 0}f} {unit}"
 
 
 def default_nlist(num_vectors: int) -> int:
@@ -127,7 +141,8 @@ def choose_index(
     (:func:`~hf_task_distill.retrieval.search.pilot_probe_fraction`); the default is pessimistic.
 
     Exact search is preferred on ties (no recall loss). Compressed codes (SQ8, PQ) are only
-    chosen when float vectors do not fit. Raises if nothing fits.
+    chosen when float vectors do not fit. Raises ``ValueError`` if nothing fits, giving the budget
+    and the smallest plan's need in units that tell them apart (:func:`format_bytes`).
     """
     if num_vectors < 1 or dim < 1:
         raise ValueError(f"cannot plan an index for {num_vectors} vectors of dimension {dim}")
@@ -135,9 +150,12 @@ def choose_index(
     fitting = [p for p in plans if memory_budget_bytes is None or p.memory_bytes <= memory_budget_bytes]
     if not fitting:
         smallest = min(plans, key=lambda p: p.memory_bytes)
+        budget, needed = format_bytes(memory_budget_bytes), format_bytes(smallest.memory_bytes)
+        if budget == needed:  # within rounding: the exact counts tell them apart
+            budget, needed = f"{memory_budget_bytes:,} bytes", f"{smallest.memory_bytes:,} bytes"
         raise ValueError(
-            f"no index for {num_vectors} x {dim} vectors fits {memory_budget_bytes / 2**30:.2f} GiB; the smallest "
-            f"({smallest.factory}) needs {smallest.memory_bytes / 2**30:.2f} GiB: raise the budget or use an on-disk index"
+            f"no index for {num_vectors} x {dim} vectors fits {budget}; the smallest "
+            f"({smallest.factory}) needs {needed}: raise the budget or use an on-disk index"
         )
     # Lossy codes cap the reachable recall (SQ8 stayed below 0.95 at full scan on tight clusters), so
     # they are used only when float vectors do not fit.
