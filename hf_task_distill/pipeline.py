@@ -253,7 +253,10 @@ class Pipeline:
                 reason = self._redo_reason(name, manifest, inputs)
         elif manifest is not None:
             reason = "--overwrite_stage"
-        replacing = manifest is not None and not damaged
+        # a finished result is kept until its replacement is complete; derived stages (evaluate,
+        # publish: seconds of work, and publish's folders are what a failed push points the user at)
+        # are rewritten in place
+        replacing = manifest is not None and not damaged and name not in RECOMPUTED_FREELY
         interrupted = self.folders.started(self.folders.work_dir(name, replacing=replacing))
         if interrupted and interrupted.get("fingerprint") != fingerprint and not damaged:
             changes = _setting_changes(interrupted.get("inputs", {}), inputs, ())
