@@ -25,7 +25,7 @@ from typing import Any
 from .checkpoints import last_complete_checkpoint
 from .compute import ComputeLedger, LedgerEntry, Stopwatch, count_flops_per_image, describe_device
 from .config import STAGES, PipelineConfig
-from .devices import cpu_ranks_need_use_cpu, process_state
+from .devices import cpu_ranks_need_use_cpu, has_accelerator, process_state
 from .files import content_hashes, read_json, write_json_atomically
 
 __all__ = ["Pipeline", "StageNotReady"]
@@ -330,6 +330,7 @@ class Pipeline:
             bf16=run.bf16,
             fp16=run.fp16,
             dataloader_num_workers=run.dataloader_num_workers,
+            dataloader_pin_memory=has_accelerator(),  # torch warns on every DataLoader otherwise
             report_to=run.report_to,
             logging_steps=run.logging_steps,
             save_total_limit=1,
