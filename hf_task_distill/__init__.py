@@ -3,6 +3,8 @@
 Vemulapalli et al., "Knowledge Transfer from Vision Foundation Models for Efficient Training of Small
 Task-specific Models" (ICML 2024, arXiv 2311.18237). Names are imported lazily so that
 ``import hf_task_distill`` stays cheap; ``from hf_task_distill import DistillationTrainer`` works as usual.
+The three classes of the design import from here: ``DistillationTrainer``, ``TeacherFinetuner`` and
+``RetrievalTransferSetBuilder``; docs/api.md lists every top-level name (tests/test_api.py checks).
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ _EXPORTS = {
     "load_target_task": "data",
     "list_tasks": "data",
     "select_label_budget": "data",
+    "RetrievalConfig": "retrieval",
+    "RetrievalTransferSetBuilder": "retrieval",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
@@ -81,6 +85,7 @@ if TYPE_CHECKING:  # pragma: no cover
     )
     from .metrics import classification_metrics, distillation_metrics
     from .models import check_label_spaces_match, create_student, load_teacher
+    from .retrieval import RetrievalConfig, RetrievalTransferSetBuilder
     from .teacher import FinetuningResult, TeacherFinetuner, TeacherFinetuningArguments
     from .teacher_cache import TeacherCache, TeacherCacheConfig, build_teacher_cache
     from .trainer import DistillationArguments, DistillationTrainer

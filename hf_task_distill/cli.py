@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+import shlex
 import sys
 import tempfile
 from typing import Any
 
+from . import __version__
 from .config import ARGUMENT_GROUPS, STAGES, PipelineConfig, RunArguments, saved_run_settings
 from .demo import demo_defaults
-from .pipeline import StageNotReady
 
 logger = logging.getLogger("hf_task_distill")
 
@@ -62,8 +64,80 @@ def _usage() -> str:
         "commands:",
     ]
     lines += [f"  {name:<{width}}  {text}" for name, (text, _) in COMMANDS.items()]
-    lines += ["", "hf-task-distill <command> --help lists every flag."]
+    lines += [
+        "",
+        "hf-task-distill <command> --help lists every flag; hf-task-distill --version prints the version.",
+        "Ctrl-C stops a command; the same command again resumes it.",
+    ]
     return "\n".join(lines)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``<command> --help`` as a reader wants it: one spelling per flag (``--per_class``; the
+    ``--per-class`` alias still parses), switches without a value (``--bf16``, not
+    ``--bf16 [BF16]``; ``--bf16 false`` still parses), short value names (``N`` an integer, ``X`` a
+    number, the flag's last word for text) and a default only where it says something."""
+
+    def __init__(self, prog, **kwargs):
+        super().__init__(prog, max_help_position=32, **kwargs)
+
+    def _format_action_invocation(self, action):
+        if not action.option_strings:
+            return super()._format_action_invocation(action)
+        dashed = {o.replace("_", "-") for o in action.option_strings if "_" in o}
+        flags = ", ".join(o for o in action.option_strings if o not in dashed)
+        if _is_switch(action):
+            return flags
+        return f"{flags} {self._format_args(action, self._get_default_metavar_for_optional(action))}"
+
+    def _get_default_metavar_for_optional(self, action):
+        if action.type in (int, float):
+            return {int: "N", float: "X"}[action.type]
+        word = action.dest.rsplit("_", 1)[-1].upper()  # --teacher_strategy STRATEGY, --output_dir DIR
+        return word if len(word) > 2 else "VALUE"
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if _is_switch(action) or action.default in (None, [], argparse.SUPPRESS) or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _is_switch(action: argparse.Action) -> bool:
+    """A flag given without a value: ``-h``, ``--no_<name>``, a bool field (``nargs="?"``, ``const=True``)."""
+    return action.nargs == 0 or (action.nargs == "?" and action.const is True)
+
+
+def _describe_off_switches(parser: argparse.ArgumentParser) -> None:
+    """``--no_<name>`` (for a bool field that is on by default) gets its own help, "Turn off <the
+    field's help>", instead of a copy of the field's help (which said the opposite of what it does);
+    ``--<name>`` itself, which only restates the default, is not listed (it still parses)."""
+    for off in parser._actions:
+        if off.nargs == 0 and off.option_strings and off.option_strings[0] == f"--no_{off.dest}":
+            on = next(a for a in parser._actions if a.dest == off.dest and a is not off)
+            off.help = f"Turn off {on.help}"
+            on.help = argparse.SUPPRESS
+
+
+def build_parser(command: str):
+    """The ``HfArgumentParser`` of one command: the five groups of :data:`ARGUMENT_GROUPS`."""
+    from transformers import HfArgumentParser
+
+    needs = "" if command == "demo" else " --dataset DATASET"
+    parser = HfArgumentParser(
+        ARGUMENT_GROUPS,
+        prog=f"hf-task-distill {command}",
+        usage=(
+            f"hf-task-distill {command}{needs} [flags]\n"
+            f"       hf-task-distill {command} --output_dir RUN [flags]   (a run that exists: its "
+            "config.json, with these flags on top)\n"
+            f"       hf-task-distill {command} config.yaml|.json"
+        ),
+        description=COMMANDS[command][0],
+        formatter_class=_HelpFormatter,
+    )
+    _describe_off_switches(parser)
+    return parser
 
 
 def parse_config(command: str, argv: list[str]) -> PipelineConfig:
@@ -73,11 +147,7 @@ def parse_config(command: str, argv: list[str]) -> PipelineConfig:
     base and only the flags given on this command line change them; a new run starts from the
     defaults (the demo's own for ``demo``).
     """
-    from transformers import HfArgumentParser
-
-    parser = HfArgumentParser(
-        ARGUMENT_GROUPS, prog=f"hf-task-distill {command}", description=COMMANDS[command][0]
-    )
+    parser = build_parser(command)
     parser.error = _one_line_error  # argparse would print the whole usage (dozens of flags) first
     defaults = demo_defaults() if command == "demo" else {}
     if any(arg in ("-h", "--help") for arg in argv):
@@ -103,6 +173,17 @@ def parse_config(command: str, argv: list[str]) -> PipelineConfig:
         return PipelineConfig.from_dict({**base, **given})
     except TypeError as err:  # a config file's value of the wrong type (flags are typed by argparse)
         raise CommandLineError(str(err)) from err
+
+
+def _one_line_error(message: str):
+    # argparse names a flag by all its spellings ("--per_class/--per-class"); the help shows one
+    message = re.sub(r"(--\w+)/(--[\w-]+)", _one_spelling, message)
+    raise CommandLineError(f"{message} (--help lists every flag)")
+
+
+def _one_spelling(match: re.Match) -> str:
+    underscored, dashed = match[1], match[2]
+    return underscored if dashed == underscored.replace("_", "-") else match[0]
 
 
 def _given_flags(parser, argv: list[str]) -> dict[str, Any]:
@@ -143,10 +224,6 @@ def _log_continuation(output_dir: str, saved: dict[str, Any], given: dict[str, A
     )
 
 
-def _one_line_error(message: str):
-    raise CommandLineError(f"{message} (--help lists every flag)")
-
-
 def _check_writable(path: str) -> None:
     try:
         os.makedirs(path, exist_ok=True)
@@ -178,31 +255,85 @@ def run_command(command: str, config: PipelineConfig) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``hf-task-distill`` console script; returns the exit status.
+
+    0 done; 2 a problem with what was asked for (one ``hf-task-distill: error:`` line); 130
+    interrupted (Ctrl-C), with one line saying that the same command again resumes; 1 stdout was
+    closed by its reader (``| head``), quietly.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        _close_progress_bars()
+        if os.environ.get("RANK", "0") == "0":  # one line for a launch of several processes
+            command = shlex.join(["hf-task-distill", *argv])
+            print(
+                "hf-task-distill: interrupted; run the same command again to resume (finished stages are "
+                f"kept; the interrupted one continues from its last checkpoint, if it wrote one): {command}",
+                file=sys.stderr,
+            )
+        return 130
+    except BrokenPipeError:
+        _discard_stdout()
+        return 1
+
+
+def _main(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"hf-task-distill {__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"hf-task-distill: error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        config = parse_config(command, rest)
-        summary = run_command(command, config)
-    except (CommandLineError, StageNotReady, ValueError, FileNotFoundError, ImportError) as err:
-        print(f"hf-task-distill: error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # e.g. a model or dataset that cannot be found (Hub offline, typo)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        print(f"hf-task-distill: error: {first}", file=sys.stderr)
-        return 2
+    from .console import ConsoleSession  # torch and transformers load from here on, not for -h / --version
+    from .pipeline import StageNotReady
+
+    with ConsoleSession(main_process=os.environ.get("RANK", "0") == "0") as console:
+        try:
+            config = parse_config(command, rest)
+            _check_writable(config.run.output_dir)
+            console.log_to(config.run.output_dir)
+            summary = run_command(command, config)
+        except (CommandLineError, StageNotReady, ValueError, FileNotFoundError, ImportError) as err:
+            print(f"hf-task-distill: error: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:  # e.g. a model or dataset that cannot be found (Hub offline, typo)
+            if isinstance(err, BrokenPipeError):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"hf-task-distill: error: {first}", file=sys.stderr)
+            return 2
     from .devices import end_processes, process_state
 
     if process_state().is_main_process:
         print(summary)
     end_processes()
     return 0
+
+
+def _close_progress_bars() -> None:
+    """End open progress bars on their own lines, so that a last message is the last line."""
+    tqdm_module = sys.modules.get("tqdm")  # no tqdm imported: no bars
+    for bar in list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", ())):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the message
+            pass
+
+
+def _discard_stdout() -> None:
+    """After the reader of stdout went away: send what is still buffered to /dev/null, so that
+    Python's flush at exit does not raise BrokenPipeError again (Python's documented recipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (captured in tests)
+        pass
 
 
 if __name__ == "__main__":

@@ -45,6 +45,8 @@ INVOCATION_SETTINGS = ("output_dir", "overwrite_stage", "push_to_hub")
 class TaskArguments:
     """The labelled target task and its label budget."""
 
+    _argument_group_name = "task (the labelled images and the label budget)"
+
     dataset: str = field(
         metadata={
             "help": "Target task: 'digits' (ships with scikit-learn, offline), a registry name "
@@ -76,6 +78,8 @@ class TaskArguments:
 @dataclass
 class TeacherArguments:
     """Stage 1: the vision foundation model and how it is finetuned on the labels."""
+
+    _argument_group_name = "stage 1, teacher (the vision foundation model and its finetuning)"
 
     teacher: str = field(
         default="facebook/dinov2-large",
@@ -120,6 +124,8 @@ class TeacherArguments:
 @dataclass
 class TransferArguments:
     """Stage 2: the unlabelled images the teacher's knowledge is transferred on."""
+
+    _argument_group_name = "stage 2, transfer set (the unlabelled images to distil on)"
 
     transfer: str = field(
         default="task",
@@ -185,6 +191,8 @@ class TransferArguments:
 class StudentArguments:
     """Stages 3-4: the small model, its distillation and its finetuning on the labels."""
 
+    _argument_group_name = "stages 3-4, student (the small model, its distillation and finetuning)"
+
     student: str = field(
         default="mobilevitv2_100",
         metadata={"help": "timm architecture (e.g. mobilevitv2_100, fastvit_t8, resnet50) or Hub id."},
@@ -224,7 +232,9 @@ class StudentArguments:
     )
     finetune_learning_rate: float = field(default=1e-3, metadata={"help": "Finetuning learning rate."})
     baseline: bool = field(
-        default=True, metadata={"help": "Also train the student on the labels alone, for comparison."}
+        # a switch that is on by default: its help is a noun phrase, shown as "--no_baseline  Turn off <help>"
+        default=True,
+        metadata={"help": "the baseline: the same student trained on the labels alone, for comparison."},
     )
 
     def __post_init__(self):
@@ -262,6 +272,8 @@ class StudentArguments:
 @dataclass
 class RunArguments:
     """Where the run lives and how it runs."""
+
+    _argument_group_name = "run (where the run lives and how it runs)"
 
     output_dir: str = field(default="runs/run", metadata={"help": "Run directory: one sub-folder per stage."})
     overwrite_stage: list[str] = field(

@@ -26,7 +26,7 @@ import numpy as np
 from .checkpoints import last_complete_checkpoint
 from .compute import ComputeLedger, LedgerEntry, Stopwatch, count_flops_per_image, describe_device
 from .config import RECOMPUTED_FREELY, STAGES, PipelineConfig, stage_settings, stage_upstream
-from .devices import cpu_ranks_need_use_cpu, process_state
+from .devices import cpu_ranks_need_use_cpu, has_accelerator, process_state
 from .files import write_json_atomically
 from .run_directory import NOT_HASHED, RunDirectory
 
@@ -334,6 +334,7 @@ class Pipeline:
             bf16=run.bf16,
             fp16=run.fp16,
             dataloader_num_workers=run.dataloader_num_workers,
+            dataloader_pin_memory=has_accelerator(),  # torch warns on every DataLoader otherwise
             report_to=run.report_to,
             logging_steps=run.logging_steps,
             save_total_limit=1,

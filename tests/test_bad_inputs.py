@@ -941,7 +941,7 @@ CASES = [
     ),
     pytest.param(
         _cli("--per_class", "many"),
-        ExitsWith(r"argument --per_class/--per-class: invalid int value: 'many' \(--help lists every flag\)"),
+        ExitsWith(r"argument --per_class: invalid int value: 'many' \(--help lists every flag\)"),
         id="cli-flag-of-the-wrong-type",
     ),
     pytest.param(
