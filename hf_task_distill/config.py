@@ -164,13 +164,6 @@ class TransferArguments:
         self.leakage_threshold = check_number(
             self.leakage_threshold, "--leakage_threshold", minimum=-1, maximum=1
         )
-        if self.retrieval_encoder is not None:
-            check_model_source(self.retrieval_encoder, "--retrieval_encoder")
-        if self.transfer not in ("task", "retrieval") and is_local_path(self.transfer):
-            if not os.path.isdir(self.transfer):
-                raise ValueError(f"--transfer: no such folder '{self.transfer}'")
-        if self.pool is not None and is_local_path(self.pool) and not glob.glob(self.pool):
-            raise ValueError(f"--pool: no such file or folder '{self.pool}'")
         if self.transfer != "retrieval" and (self.pool or self.per_query_k or self.transfer_budget):
             given = [f for f in ("pool", "per_query_k", "transfer_budget") if getattr(self, f) is not None]
             raise ValueError(
@@ -185,6 +178,14 @@ class TransferArguments:
                 raise ValueError(
                     "--transfer retrieval needs exactly one of --per_query_k or --transfer_budget"
                 )
+        # then what is on disk: "no such folder", not a Hub error when the stage starts
+        if self.retrieval_encoder is not None:
+            check_model_source(self.retrieval_encoder, "--retrieval_encoder")
+        if self.transfer not in ("task", "retrieval") and is_local_path(self.transfer):
+            if not os.path.isdir(self.transfer):
+                raise ValueError(f"--transfer: no such folder '{self.transfer}'")
+        if self.pool is not None and is_local_path(self.pool) and not glob.glob(self.pool):
+            raise ValueError(f"--pool: no such file or folder '{self.pool}'")
 
 
 @dataclass

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .data import ViewSpec, single_view_dataset
 from .data.validation import UNLABELLED
@@ -28,13 +29,15 @@ def predict(
     batch_size: int = 64,
     num_workers: int = 0,
     where: str = "evaluation split",
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(predictions, labels)``, both ``[rows]`` int64 in the model's class ids (unlabelled rows: -100).
 
     The dataset's labels are matched to the model's classes by name (its ``ClassLabel`` against
     ``model.config.id2label``): the same classes in another order are
     remapped, classes the model lacks are a ``ValueError`` giving both lists. An image that cannot be
-    decoded is an ``ImageDecodeError`` naming its row and file.
+    decoded is an ``ImageDecodeError`` naming its row and file. ``progress`` shows a progress bar
+    named after ``where``.
     """
     spec = spec or ViewSpec.from_model(model)
     prepared = single_view_dataset(  # the split's own ClassLabel says what its ids mean
@@ -53,7 +56,8 @@ def predict(
         prepared, batch_size=batch_size, num_workers=num_workers, collate_fn=stack_single_views
     )
     predictions, labels = [], []
-    for batch in loader:
+    bar = tqdm(loader, desc=f"evaluate: {where}", leave=False, disable=not progress)
+    for batch in bar:
         logits = model(pixel_values=batch["pixel_values"].to(device)).logits
         predictions.append(logits.argmax(-1).cpu().numpy())
         labels.append(batch["labels"].numpy())

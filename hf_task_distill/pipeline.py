@@ -694,7 +694,12 @@ class Pipeline:
             )
             where = f"the {self.eval_split} split of '{self.task.name}' ({label})"
             predictions, labels = predict(
-                model, dataset, task=self.task, batch_size=self.config.run.batch_size, where=where
+                model,
+                dataset,
+                task=self.task,
+                batch_size=self.config.run.batch_size,
+                where=where,
+                progress=True,
             )
             labelled = labels != -100
             results[label] = classification_metrics(predictions[labelled], labels[labelled])

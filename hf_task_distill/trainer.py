@@ -24,7 +24,7 @@ from .data.images import ImageDecodeError
 from .data.loading import find_label_column
 from .data.validation import UNLABELLED, check_dataset_type, check_label_ids, class_label_names, label_array
 from .data.views import UNREADABLE_ROW, PairedViews, RandomViewDataset, ViewSpec
-from .devices import cpu_ranks_need_use_cpu
+from .devices import cpu_ranks_need_use_cpu, has_accelerator
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.heads import capture_head_inputs, find_classification_head
@@ -99,8 +99,11 @@ def check_training_arguments(args: TrainingArguments) -> None:
     ``remove_unused_columns=True`` (the Trainer's default, often carried over from other scripts)
     drops the image column, which the model's ``forward`` does not name but from which every view is
     rendered: training would run and evaluation then fail on rows without images. It is turned off,
-    with a warning saying why.
+    with a warning saying why. ``dataloader_pin_memory`` is turned off without an accelerator: pinned
+    memory only speeds copies to one, and torch warns at every data loader.
     """
+    if args.dataloader_pin_memory and not has_accelerator():
+        args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every data loader
     if args.remove_unused_columns:
         logger.warning(
             "%s: remove_unused_columns=True is turned off: views are rendered from the raw image column, "

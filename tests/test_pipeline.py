@@ -494,7 +494,10 @@ def test_a_setting_that_would_redo_a_finished_stage_is_refused_naming_it(cli_run
     before = _snapshot(run)
     code = main(["finetune", "--output_dir", str(run), "--distill_epochs", "3", "--teacher_epochs", "5"])
     err = capsys.readouterr().err
-    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    errors = [line for line in err.splitlines() if line.startswith("hf-task-distill: error:")]
+    assert code == 2 and len(errors) == 1 and err.strip().splitlines()[-1] == errors[0], err
+    assert "Traceback" not in err
+    err = errors[0]
     assert "stage teacher finished with teacher_epochs=3.0, this command asks for 5.0" in err
     assert "stage distill finished with distill_epochs=8.0, this command asks for 3.0" in err
     assert "--overwrite_stage teacher distill" in err and "--teacher_epochs 3.0 --distill_epochs 8.0" in err
