@@ -67,6 +67,47 @@ def save_image_folder(dataset, folder, *, labelled: bool = True) -> None:
         row["image"].save(target / f"{i:04d}.png")
 
 
+def write_run_inputs(
+    root, *, task: str, pool: str, sizes=(48, 24, 120), seed: int = 21, teacher_from=None, teacher: str = ""
+) -> None:
+    """What a pipeline test runs on, as a user has it on disk: a labelled task folder ``root/task``
+    (train/ and test/, one sub-folder per class), an unlabelled pool folder ``root/pool``, a timm
+    student checkpoint ``root/student-start``, and (``teacher_from``) a copy of a teacher folder."""
+    import shutil
+
+    from hf_task_distill.models import create_student
+
+    train, test, pool_size = sizes
+    save_image_folder(make_colour_dataset(train, seed=seed), root / task / "train")
+    save_image_folder(make_colour_dataset(test, seed=seed + 1), root / task / "test")
+    save_image_folder(make_colour_dataset(pool_size, seed=seed + 2), root / pool, labelled=False)
+    if teacher_from is not None:
+        shutil.copytree(teacher_from, root / teacher)
+    create_student("test_resnet", LABELS, image_size=32).save_pretrained(root / "student-start")
+
+
+def kill_after_first_checkpoint(
+    argv: list[str], checkpoints: pathlib.Path, log_path, timeout: float = 300
+) -> bool:
+    """Start ``argv``, SIGKILL it once a complete Trainer checkpoint is in ``checkpoints``; whether it
+    had already ended by itself (a test wants ``False``: the kill came mid-stage)."""
+    import signal
+    import subprocess
+    import time
+
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=log)
+        deadline = time.time() + timeout
+        while time.time() < deadline and process.poll() is None:
+            if any((c / "trainer_state.json").exists() for c in checkpoints.glob("checkpoint-*")):
+                break
+            time.sleep(0.05)
+        ended = process.poll() is not None
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    return ended
+
+
 def tiny_vit_kwargs(image_size: int = 32) -> dict:
     """A 2-layer, 32-wide ViT: the shape of every tiny 'foundation model' in the tests."""
     return dict(

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LABELS, make_colour_dataset, save_image_folder
+from conftest import write_run_inputs
 from safetensors.numpy import load_file
 
 CLI = [sys.executable, "-m", "hf_task_distill.cli"]
@@ -41,14 +41,8 @@ def _argv(root, run) -> list[str]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, vfm_dirs):
     """The four long stages run once without interruption."""
-    from hf_task_distill.models import create_student
-
     root = tmp_path_factory.mktemp("crash")
-    save_image_folder(make_colour_dataset(48, seed=21), root / "task" / "train")
-    save_image_folder(make_colour_dataset(24, seed=22), root / "task" / "test")
-    save_image_folder(make_colour_dataset(120, seed=23), root / "pool", labelled=False)
-    shutil.copytree(vfm_dirs["dinov2"], root / "teacher-start")
-    create_student("test_resnet", LABELS, image_size=32).save_pretrained(root / "student-start")
+    write_run_inputs(root, task="task", pool="pool", teacher_from=vfm_dirs["dinov2"], teacher="teacher-start")
     run = root / "reference"
     done = subprocess.run([*CLI, "finetune", *_argv(root, run)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, make_colour_dataset, save_image_folder
+from conftest import LABELS, kill_after_first_checkpoint, make_colour_dataset, write_run_inputs
 from PIL import Image
 
 from hf_task_distill.cli import main, parse_config
@@ -164,15 +162,10 @@ def test_help_lists_every_command_and_flag(capsys):
 def cli_run(tmp_path_factory, vfm_dirs):
     """A task as an image folder, a pool folder, a locally 'pretrained' student; one full CLI run,
     killed once during distillation and rerun."""
-    from hf_task_distill.models import create_student
-
     root = tmp_path_factory.mktemp("cli")
-    save_image_folder(make_colour_dataset(48, seed=11), root / "task" / "train")
-    save_image_folder(make_colour_dataset(32, seed=12), root / "task" / "test")
-    save_image_folder(make_colour_dataset(160, seed=13), root / "pool", labelled=False)
+    write_run_inputs(root, task="task", pool="pool", sizes=(48, 32, 160), seed=11)
     (root / "pool" / "zz-broken.png").write_bytes(b"not a png")  # a web pool has these: skipped, counted
     (root / "pool" / "zz-empty.jpg").write_bytes(b"")
-    create_student("test_resnet", LABELS, image_size=32).save_pretrained(root / "student-start")
     run = root / "run"
     argv = [
         "--dataset", str(root / "task"), "--per_class", "6",
@@ -186,20 +179,10 @@ def cli_run(tmp_path_factory, vfm_dirs):
         "--batch_size", "16", "--logging_steps", "1", "--output_dir", str(run),
         "--hub_model_id", "me/colour-student", "--hub_dataset_id", "me/colour-transfer",
     ]  # fmt: skip
-    log = open(root / "first-run.log", "w")  # noqa: SIM115 - kept open for the child
-    process = subprocess.Popen([*CLI, "run", *argv], stdout=log, stderr=log)
-    checkpoints = run / "distill" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        done = [c for c in checkpoints.glob("checkpoint-*") if (c / "trainer_state.json").exists()]
-        if done:
-            break
-        time.sleep(0.05)
-    process_ended = process.poll() is not None
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    log.close()
-    assert not process_ended, "the run ended early:\n" + (root / "first-run.log").read_text()[-3000:]
+    ended = kill_after_first_checkpoint(
+        [*CLI, "run", *argv], run / "distill" / "checkpoints", root / "first-run.log"
+    )
+    assert not ended, "the run ended early:\n" + (root / "first-run.log").read_text()[-3000:]
     before = {s: json.loads((run / s / "manifest.json").read_text()) for s in ("teacher", "transfer")}
     assert not (run / "distill" / "manifest.json").exists()
     finished = subprocess.run([*CLI, "run", *argv], capture_output=True, text=True, timeout=600)
@@ -522,18 +505,7 @@ def test_a_redone_stage_keeps_the_finished_result_until_its_replacement_is_compl
         "--overwrite_stage",
         "distill",
     ]
-    log = open(tmp_path / "redo.log", "w")  # noqa: SIM115 - kept open for the child
-    process = subprocess.Popen(argv, stdout=log, stderr=log)
-    checkpoints = run / "distill.redo" / "checkpoints"
-    deadline = time.time() + 300
-    while time.time() < deadline and process.poll() is None:
-        if any((c / "trainer_state.json").exists() for c in checkpoints.glob("checkpoint-*")):
-            break
-        time.sleep(0.05)
-    ended = process.poll() is not None
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    log.close()
+    ended = kill_after_first_checkpoint(argv, run / "distill.redo" / "checkpoints", tmp_path / "redo.log")
     assert not ended, (tmp_path / "redo.log").read_text()[-3000:]
     assert _snapshot(run / "distill") == finished  # the finished distillation, whole and untouched
     pipeline = Pipeline(PipelineConfig.from_run(run, distill_epochs=8.0))

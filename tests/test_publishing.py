@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import LABELS, make_colour_dataset, save_image_folder
+from conftest import LABELS, write_run_inputs
 from PIL import Image
 
 from hf_task_distill.cli import main
@@ -30,14 +30,15 @@ MARKER = "MARKER-home-alice"
 # -- one run whose local paths carry a marker -----------------------------------------------------
 @pytest.fixture(scope="module")
 def private_run(tmp_path_factory, vfm_dirs):
-    from hf_task_distill.models import create_student
-
     root = tmp_path_factory.mktemp(MARKER)
-    save_image_folder(make_colour_dataset(32, seed=21), root / "colours" / "train")
-    save_image_folder(make_colour_dataset(24, seed=22), root / "colours" / "test")
-    save_image_folder(make_colour_dataset(96, seed=23), root / "web-pool", labelled=False)
-    shutil.copytree(vfm_dirs["dinov2"], root / "my-teacher")
-    create_student("test_resnet", LABELS, image_size=32).save_pretrained(root / "student-start")
+    write_run_inputs(
+        root,
+        task="colours",
+        pool="web-pool",
+        sizes=(32, 24, 96),
+        teacher_from=vfm_dirs["dinov2"],
+        teacher="my-teacher",
+    )
     run = root / "alice-run"
     argv = [
         "--dataset", str(root / "colours"), "--per_class", "4",
