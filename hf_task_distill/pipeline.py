@@ -246,6 +246,14 @@ class Pipeline:
                 if changed is None:
                     logger.info("stage %s: complete (%s), skipped", name, manifest["run_id"])
                     self.folders.drop_checkpoints(name)
+                    if os.path.isdir(self.folders.redo_dir(name)):
+                        logger.info(
+                            "stage %s: %s holds an interrupted redo; the command that started it "
+                            "resumes it (with --overwrite_stage %s), or delete the folder",
+                            name,
+                            self.folders.redo_dir(name),
+                            name,
+                        )
                     return manifest
                 # its files were changed since: nothing there is worth keeping
                 reason, damaged = f"its output {changed} is not what it wrote", True
@@ -584,6 +592,7 @@ class Pipeline:
             "transfer_unreadable_rows": unreadable[:1000],
             "resumed_from": last,
             "resumed_at_epoch": resumed_at,
+            "steps": trainer.state.global_step,
             "train_loss": trainer.state.log_history[-1].get("train_loss"),
         }
 
@@ -656,7 +665,12 @@ class Pipeline:
                 describe_device(),
             )
         )
-        return {"model": model_dir, "resumed_from": last, "resumed_at_epoch": resumed_at}
+        return {
+            "model": model_dir,
+            "resumed_from": last,
+            "resumed_at_epoch": resumed_at,
+            "steps": trainer.state.global_step,
+        }
 
     def _stage_baseline(self, directory: str, ledger: ComputeLedger) -> dict[str, Any]:
         return self._train_on_labels(self._new_student(), directory, "baseline", ledger)

@@ -103,3 +103,25 @@ def test_label_space_checks():
     )  # unnamed labels: count only
     with pytest.raises(ValueError, match="label names must be unique"):
         create_student("test_resnet", ["a", "a"])
+
+
+def test_the_shipped_model_name_works_in_every_entry_point(colour_splits):
+    """Issue 15.8: `demo --help` showed the teacher 'mini-vfm', but `run --teacher mini-vfm` failed (the
+    name went to the Hub). Every entry point that loads a model takes it now."""
+    from hf_task_distill import TeacherFinetuner, TeacherFinetuningArguments
+    from hf_task_distill.config import PipelineConfig
+    from hf_task_distill.retrieval import ImageEncoder
+
+    assert (
+        PipelineConfig.from_dict({"dataset": "digits", "teacher": "mini-vfm"}).teacher.teacher == "mini-vfm"
+    )
+    assert load_teacher("mini-vfm", labels=LABELS).config.num_labels == len(LABELS)
+    encoder = ImageEncoder.from_pretrained("mini-vfm")
+    assert encoder.name == "mini-vfm" and encoder.spec.size == (32, 32)
+    args = TeacherFinetuningArguments(output_dir="unused", report_to="none")
+    task = {"train": colour_splits["train"], "test": colour_splits["test"]}
+    from datasets import DatasetDict
+
+    assert TeacherFinetuner("mini-vfm", DatasetDict(task), args).spec.size == (32, 32)
+    student = create_student("mini-vfm", LABELS)  # its architecture, from scratch
+    assert student.config.architecture == "resnet10t" and student.config.num_labels == len(LABELS)
