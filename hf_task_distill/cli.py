@@ -153,24 +153,30 @@ def parse_config(command: str, argv: list[str]) -> PipelineConfig:
     if any(arg in ("-h", "--help") for arg in argv):
         parser.set_defaults(**defaults)
         parser.parse_args(args=argv)  # prints the help (with the command's defaults) and exits
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+    given: dict[str, Any] = {}
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")) and not argv[0].startswith("-"):
         if not os.path.isfile(argv[0]):
             raise CommandLineError(f"config file {argv[0]} does not exist")
-        given = _read_config_file(argv[0])
-    else:
-        given = _given_flags(parser, argv)
+        given, argv = _read_config_file(argv[0]), argv[1:]  # flags after the file change its values
+    given.update(_given_flags(parser, argv))
+    named = "output_dir" in given
     output_dir = given.get("output_dir", defaults.get("output_dir", RunArguments.output_dir))
     try:
         saved = saved_run_settings(output_dir)
     except ValueError as err:
         raise CommandLineError(str(err)) from err
+    base = defaults
     if saved is not None:
+        if not named and "dataset" in given and given["dataset"] != saved.get("dataset"):
+            raise CommandLineError(
+                f"no --output_dir given, and the default {output_dir} holds another run (on dataset "
+                f"'{saved.get('dataset')}', this command names '{given['dataset']}'): give this run its own "
+                "--output_dir"
+            )
         _log_continuation(output_dir, saved, given)
         base = saved
-    else:
-        base = defaults
-    try:
-        return PipelineConfig.from_dict({**base, **given})
+    try:  # the run folder is the one whose settings were read, whatever the defaults say
+        return PipelineConfig.from_dict({**base, **given, "output_dir": output_dir})
     except TypeError as err:  # a config file's value of the wrong type (flags are typed by argparse)
         raise CommandLineError(str(err)) from err
 
@@ -220,7 +226,7 @@ def _log_continuation(output_dir: str, saved: dict[str, Any], given: dict[str, A
     logger.info(
         "continuing the run in %s with the settings in its config.json%s",
         output_dir,
-        f"; changed on the command line: {', '.join(changed)}" if changed else "",
+        f"; changed by this command: {', '.join(changed)}" if changed else "",
     )
 
 
@@ -291,7 +297,7 @@ def _main(argv: list[str]) -> int:
         print(f"hf-task-distill: error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
     from .console import ConsoleSession  # torch and transformers load from here on, not for -h / --version
-    from .pipeline import StageNotReady
+    from .pipeline import RunInUse, StageNotReady
 
     with ConsoleSession(main_process=os.environ.get("RANK", "0") == "0") as console:
         try:
@@ -299,7 +305,7 @@ def _main(argv: list[str]) -> int:
             _check_writable(config.run.output_dir)
             console.log_to(config.run.output_dir)
             summary = run_command(command, config)
-        except (CommandLineError, StageNotReady, ValueError, FileNotFoundError, ImportError) as err:
+        except (CommandLineError, StageNotReady, RunInUse, ValueError, FileNotFoundError, ImportError) as err:
             print(f"hf-task-distill: error: {err}", file=sys.stderr)
             return 2
         except OSError as err:  # e.g. a model or dataset that cannot be found (Hub offline, typo)

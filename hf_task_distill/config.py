@@ -62,6 +62,13 @@ class TaskArguments:
         metadata={"help": "Label budget: fraction of each class (paper: 0.01 and 0.1 on ImageNet)."},
     )
     budget_seed: int = field(default=0, metadata={"help": "Seed of the label-budget draw."})
+    test_fraction: float = field(
+        default=0.2,
+        metadata={
+            "help": "Share of each class held out as the test split when the task has neither a test nor a "
+            "validation split (an image folder with class folders only); seeded by --budget_seed."
+        },
+    )
 
     def __post_init__(self):
         if not isinstance(self.dataset, str) or not self.dataset.strip():
@@ -73,6 +80,7 @@ class TaskArguments:
         if self.per_class is not None and self.fraction is not None:
             raise ValueError("--per_class and --fraction are two label budgets: give one")
         self.budget_seed = check_int(self.budget_seed, "--budget_seed")
+        self.test_fraction = check_number(self.test_fraction, "--test_fraction", above=0, below=1)
 
 
 @dataclass
@@ -178,6 +186,9 @@ class TransferArguments:
                 raise ValueError(
                     "--transfer retrieval needs exactly one of --per_query_k or --transfer_budget"
                 )
+            from .retrieval.search import require_faiss
+
+            require_faiss()
         # then what is on disk: "no such folder", not a Hub error when the stage starts
         if self.retrieval_encoder is not None:
             check_model_source(self.retrieval_encoder, "--retrieval_encoder")
@@ -430,7 +441,7 @@ def stage_settings(config: PipelineConfig, stage: str) -> dict[str, Any]:
     the run ids of the upstream stages, :func:`stage_upstream`.) Settings that do not change results
     (workers, logging, ``trust_remote_code``) are not among them."""
     flat = config.to_dict()
-    task = _pick(flat, "dataset", "per_class", "fraction", "budget_seed")
+    task = _pick(flat, "dataset", "per_class", "fraction", "budget_seed", "test_fraction")
     training = _pick(flat, "batch_size", "seed", "bf16", "fp16", "crop_min_scale", "hflip_probability")
     student = _pick(flat, "student", "pretrained_student", "student_image_size")
     if stage == "teacher":

@@ -74,8 +74,10 @@ class NewHeadLoadReport(logging.Filter):
     ``create_student(..., pretrained=True)`` ask for (``ignore_mismatched_sizes=True``); the table
     (``MISMATCH``, in yellow) reads like an error. The head's signature: every mismatched weight
     differs from the checkpoint in its first dimension only (the label count), the same counts for
-    all. A report with anything else (missing, unexpected or converted keys, a mismatch in another
-    dimension, such as position embeddings resized for another image size) is shown unchanged.
+    all. So does a report whose only rows are a classifier's head weights left UNEXPECTED, when its
+    backbone alone is loaded (a retrieval encoder). A report with anything else (missing keys, other
+    unexpected or converted keys, a mismatch in another dimension, such as position embeddings resized
+    for another image size) is shown unchanged.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -88,6 +90,18 @@ class NewHeadLoadReport(logging.Filter):
             for line in table.splitlines()
             if "|" in line and not line.startswith(("Key ", "-"))
         ]
+        if rows and all(len(row) >= 2 and row[1] == "UNEXPECTED" for row in rows):
+            # a classifier's head left out when its backbone alone is loaded (a retrieval encoder)
+            heads = {row[0].rsplit(".", 1)[0].rsplit(".", 1)[-1] for row in rows}
+            if heads <= {"fc", "classifier", "head"} and all(
+                row[0].endswith((".weight", ".bias")) for row in rows
+            ):
+                source = first.split(" from: ", 1)[-1].strip()
+                logger.debug(
+                    "%s: its classification head is not used (%s)", source, ", ".join(r[0] for r in rows)
+                )
+                return False
+            return True
         if not rows or any(len(row) < 3 or row[1] != "MISMATCH" for row in rows):
             return True
         shapes = [_SHAPES.search(row[2]) for row in rows]
@@ -138,7 +152,8 @@ class StageProgressCallback(TrainerCallback):
             return self.label
         path = os.path.normpath(args.output_dir or "training")
         name = os.path.basename(path)
-        return os.path.basename(os.path.dirname(path)) if name == "checkpoints" else name
+        name = os.path.basename(os.path.dirname(path)) if name == "checkpoints" else name
+        return name.removesuffix(".redo")  # a stage redone beside its finished result
 
     def on_train_begin(self, args, state, control, **kwargs):
         from tqdm.auto import tqdm

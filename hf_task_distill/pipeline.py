@@ -28,14 +28,20 @@ from .compute import ComputeLedger, LedgerEntry, Stopwatch, count_flops_per_imag
 from .config import RECOMPUTED_FREELY, STAGES, PipelineConfig, stage_settings, stage_upstream
 from .devices import cpu_ranks_need_use_cpu, has_accelerator, process_state
 from .files import write_json_atomically
-from .run_directory import NOT_HASHED, RunDirectory
+from .run_directory import NOT_HASHED, RunDirectory, RunInUse
 
-__all__ = ["Pipeline", "StageNotReady", "StageSettingsChanged"]
+__all__ = ["Pipeline", "RunInUse", "StageNotReady", "StageSettingsChanged"]
 
 logger = logging.getLogger(__name__)
 
 #: Kept for callers of earlier versions: see :mod:`hf_task_distill.run_directory`.
 _NOT_HASHED = NOT_HASHED
+#: Inputs that fingerprint data, not settings: a change means the files changed, not a flag.
+TASK_DATA, TRANSFER_DATA = "task_data", "transfer_data"
+_DATA_INPUTS = {
+    TASK_DATA: "task's data (its images, labels or classes)",
+    TRANSFER_DATA: "transfer set's images",
+}
 
 
 class StageNotReady(RuntimeError):
@@ -52,15 +58,23 @@ class StageSettingsChanged(ValueError):
     def __init__(self, run_dir: str, changes: list[tuple[str, str, Any, Any]]):
         self.changes = changes
         stages = list(dict.fromkeys(stage for stage, *_ in changes))
-        listed = "; ".join(
+        settings = [(stage, k, old, new) for stage, k, old, new in changes if k not in _DATA_INPUTS]
+        data = [(stage, k) for stage, k, *_ in changes if k in _DATA_INPUTS]
+        listed = [
             f"stage {stage} finished with {setting}={old!r}, this command asks for {new!r}"
-            for stage, setting, old, new in changes
-        )
-        keep = " ".join(dict.fromkeys(f"--{setting} {old}" for _, setting, old, _ in changes))
+            for stage, setting, old, new in settings
+        ]
+        listed += [f"the {_DATA_INPUTS[k]} changed since stage {stage} finished" for stage, k in data]
+        advice = []
+        if settings:
+            keep = " ".join(dict.fromkeys(f"--{setting} {old}" for _, setting, old, _ in settings))
+            advice.append(f"to keep the finished result, give {keep}")
+        if data:
+            advice.append("to keep it, put the data back as it was")
+        advice.append(f"to redo it and the stages after it, add --overwrite_stage {' '.join(stages)}")
         super().__init__(
-            f"{listed} (run {run_dir}; its settings are its config.json with the command's flags on top). "
-            f"Nothing was changed. To keep the finished result, give {keep}; to redo it and the stages "
-            f"after it, add --overwrite_stage {' '.join(stages)}; or use another --output_dir"
+            f"{'; '.join(listed)} (run {run_dir}; its settings are its config.json with the command's flags on "
+            f"top). Nothing was changed. {'; '.join(advice)}; or use another --output_dir"
         )
 
 
@@ -79,6 +93,12 @@ def _setting_changes(recorded: dict[str, Any], current: dict[str, Any], upstream
     ]
 
 
+def _listed(names, limit: int = 8) -> str:
+    if isinstance(names, str):
+        return names
+    return ", ".join(map(str, names[:limit])) + (", ..." if len(names) > limit else "")
+
+
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
@@ -86,11 +106,14 @@ def _canonical(value: Any) -> str:
 @contextlib.contextmanager
 def _loading(what: str, name: str):
     """Name the model or dataset in a loading error (the Hub's own message often does not)."""
+    from .sources import hub_unreachable, is_local_path
+
     try:
         yield
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise OSError(f"cannot load the {what} '{name}': {first}") from err
+        why = None if is_local_path(name) else hub_unreachable(err)
+        raise OSError(f"cannot load the {what} '{name}': {why or first}") from err
 
 
 def _train_resuming(trainer, checkpoints: str, directory: str) -> tuple[str, str | None, float | None]:
@@ -109,6 +132,16 @@ def _train_resuming(trainer, checkpoints: str, directory: str) -> tuple[str, str
     return model_dir, last, resumed_at
 
 
+def _timm_weights_reachable(name: str) -> None:
+    """Fetch (or find in the cache) the config file next to a timm model's pretrained weights."""
+    import timm
+    from huggingface_hub import hf_hub_download
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    if hub_id:
+        hf_hub_download(hub_id, "config.json")
+
+
 def _checkpoint_epoch(checkpoint: str | None) -> float | None:
     if checkpoint is None:
         return None
@@ -125,6 +158,8 @@ class Pipeline:
         self.state = process_state()
         self.folders = RunDirectory(self.run_dir, is_main_process=self.state.is_main_process)
         self._task = None
+        self._unbudgeted = None
+        self._task_fingerprint: str | None = None
         self._full_train = None
         self._redone: set[str] = set()
 
@@ -137,6 +172,16 @@ class Pipeline:
 
             cfg = self.config.task
             task = load_target_task(cfg.dataset)
+            if not any(split in task.splits for split in ("test", "validation")):
+                task = task.with_test_split(cfg.test_fraction, seed=cfg.budget_seed)
+                logger.info(
+                    "task '%s' has no test or validation split: %d images (%.0f%% of each class) are held out "
+                    "as its test split (--test_fraction)",
+                    task.name,
+                    len(task["test"]),
+                    100 * cfg.test_fraction,
+                )
+            self._unbudgeted = task
             self._full_train = task["train"]
             if cfg.per_class is not None or cfg.fraction is not None:
                 task = task.with_label_budget(
@@ -175,12 +220,41 @@ class Pipeline:
     def _inputs(self, name: str) -> dict[str, Any]:
         """What the stage's result depends on: its settings (by flag name) and the run id of each
         upstream stage it reads."""
-        if name not in STAGES:
-            raise ValueError(f"unknown stage '{name}'; stages are {', '.join(STAGES)}")
-        inputs = stage_settings(self.config, name)
+        inputs = self._settings(name)
         for upstream in stage_upstream(self.config, name):
             inputs[upstream] = self._upstream(upstream)
         return inputs
+
+    def _settings(self, name: str) -> dict[str, Any]:
+        """The stage's settings (:func:`~hf_task_distill.config.stage_settings`) and a fingerprint of
+        the data they name: an image folder whose images or classes change is not the same task."""
+        if name not in STAGES:
+            raise ValueError(f"unknown stage '{name}'; stages are {', '.join(STAGES)}")
+        settings = stage_settings(self.config, name)
+        if "dataset" in settings:
+            settings[TASK_DATA] = self.task_fingerprint
+        if settings.get("transfer") not in (None, "task", "retrieval") and name == "transfer":
+            settings[TRANSFER_DATA] = self._transfer_fingerprint()
+        return settings
+
+    @property
+    def task_fingerprint(self) -> str:
+        """The labelled task's identity: its class names, and per split its size, labels and a sample
+        of its images (``data.fingerprints.dataset_fingerprint``); before any label budget."""
+        if self._task_fingerprint is None:
+            from .data.fingerprints import task_fingerprint
+
+            self.task  # noqa: B018 - loads the splits
+            self._task_fingerprint = task_fingerprint(self._unbudgeted)
+        return self._task_fingerprint
+
+    def _transfer_fingerprint(self) -> str:
+        from .data import load_image_dataset
+        from .data.fingerprints import dataset_fingerprint
+        from .data.loading import find_image_column
+
+        dataset = load_image_dataset(self.config.transfer.transfer)
+        return dataset_fingerprint(dataset, find_image_column(dataset.features) or "image")
 
     def check_settings(self, stages) -> None:
         """Raise :class:`StageSettingsChanged` if any of ``stages`` is complete with other settings than
@@ -190,7 +264,7 @@ class Pipeline:
             manifest = self.manifest(name)
             if manifest is None or name in self.config.run.overwrite_stage or name in RECOMPUTED_FREELY:
                 continue
-            current = stage_settings(self.config, name)
+            current = self._settings(name)
             upstream = stage_upstream(self.config, name)
             for setting, old, new in _setting_changes(manifest.get("inputs", {}), current, upstream):
                 changes.append((name, setting, old, new))
@@ -205,15 +279,42 @@ class Pipeline:
         """
         if stages is None:
             stages = [s for s in STAGES if s != "baseline" or self.config.student.baseline]
-        for name in stages:
-            if self.state.is_main_process:
+        self.task  # noqa: B018 - a task that cannot be loaded fails here, before the run folder is written
+        overwrite = self.config.run.overwrite_stage
+        with self.folders.locked():
+            for name in stages:
                 self.folders.recover(name)
-        self.state.wait_for_everyone()
-        self.check_settings(stages)
-        os.makedirs(self.run_dir, exist_ok=True)
-        if self.state.is_main_process:
-            self.config.save(os.path.join(self.run_dir, "config.json"))
-        return {name: self.run_stage(name) for name in stages}
+            self.state.wait_for_everyone()
+            self.check_settings(stages)
+            self._check_models_load([s for s in stages if self.manifest(s) is None or s in overwrite])
+            os.makedirs(self.run_dir, exist_ok=True)
+            if self.state.is_main_process:
+                self.config.save(os.path.join(self.run_dir, "config.json"))
+            return {name: self.run_stage(name) for name in stages}
+
+    def _check_models_load(self, stages: list[str]) -> None:
+        """Before the first stage runs: the models later stages will load from the Hub (a student or
+        retrieval encoder given by Hub id, a timm student's pretrained weights) can be reached, so that
+        a typo or a missing network fails now, not after the teacher has been finetuned."""
+        from transformers import AutoConfig
+
+        from .sources import is_local_path, resolve_model_source
+
+        cfg = self.config
+        wanted = []
+        if {"distill", "baseline"} & set(stages):
+            wanted.append(("student", cfg.student.student))
+        if "transfer" in stages and cfg.transfer.transfer == "retrieval" and cfg.transfer.retrieval_encoder:
+            wanted.append(("retrieval encoder", cfg.transfer.retrieval_encoder))
+        for what, name in wanted:
+            source = resolve_model_source(name)
+            if is_local_path(source):
+                continue  # checked when the settings were read
+            with _loading(what, name):
+                if "/" in source:
+                    AutoConfig.from_pretrained(source, trust_remote_code=cfg.teacher.trust_remote_code)
+                elif cfg.student.pretrained_student and what == "student":
+                    _timm_weights_reachable(source)
 
     def _redo_reason(self, name: str, manifest: dict[str, Any], inputs: dict[str, Any]) -> str:
         """Why a complete stage whose fingerprint differs is redone, or raise if it may not be."""
@@ -265,7 +366,11 @@ class Pipeline:
         # publish: seconds of work, and publish's folders are what a failed push points the user at)
         # are rewritten in place
         replacing = manifest is not None and not damaged and name not in RECOMPUTED_FREELY
+        # an attempt that started in the work folder and never finished (a finished stage rewritten in
+        # place keeps its own started.json there: that one was not interrupted)
         interrupted = self.folders.started(self.folders.work_dir(name, replacing=replacing))
+        if manifest is not None and not replacing:
+            interrupted = {}
         if interrupted and interrupted.get("fingerprint") != fingerprint and not damaged:
             changes = _setting_changes(interrupted.get("inputs", {}), inputs, ())
             listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes) or "its inputs changed"
@@ -373,14 +478,24 @@ class Pipeline:
         )
 
     def _teacher_classes(self, config) -> list[str]:
-        """The classes a teacher predicts, in its output order, checked against the task's: a student
-        distilled from it gets these (labels are matched to them by name when it meets the task)."""
-        from .models.labels import label_id_map, label_names_of
+        """The classes a teacher predicts, in its output order: exactly the task's, in any order (a
+        student distilled from it gets these; labels are matched to them by name when it meets the
+        task). A teacher with other or more classes would give a student of another task."""
+        from .models.labels import label_names_of
 
-        names = label_names_of(config)
-        where = f"the task '{self.task.name}' against the teacher '{self.config.teacher.teacher}'"
-        label_id_map(self.task.label_names, names, num_labels=config.num_labels, where=where)
-        return names or list(self.task.label_names)
+        names, task_names = label_names_of(config), list(self.task.label_names)
+        same = (
+            sorted(names) == sorted(task_names) if names is not None else config.num_labels == len(task_names)
+        )
+        if not same:
+            shown = names if names is not None else f"{config.num_labels} unnamed classes"
+            raise ValueError(
+                f"the teacher '{self.config.teacher.teacher}' predicts {config.num_labels} classes "
+                f"({_listed(shown)}), the task '{self.task.name}' has {len(task_names)} ({_listed(task_names)}): "
+                "a teacher used as it is (--teacher_strategy none) must predict the task's classes; "
+                "finetune it on the task instead (--teacher_strategy linear, full, lp-ft or lora)"
+            )
+        return names or task_names
 
     # -- stages ----------------------------------------------------------------------------------
     def _stage_teacher(self, directory: str, ledger: ComputeLedger) -> dict[str, Any]:

@@ -20,6 +20,7 @@ The rules every stage follows, kept here apart from what the stages compute:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ from typing import Any
 
 from .files import content_hashes, read_json, write_json_atomically
 
-__all__ = ["MANIFEST", "PATH_OUTPUTS", "RunDirectory"]
+__all__ = ["MANIFEST", "PATH_OUTPUTS", "RunDirectory", "RunInUse"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,11 @@ NOT_HASHED = (MANIFEST, STARTED, CHECKPOINTS, "embeddings", "teacher_cache")
 #: Output keys that hold paths (stored relative to the stage folder).
 PATH_OUTPUTS = ("model", "path", "student", "transfer_set", "confusion_matrices", "resumed_from")
 _REQUIRED = ("stage", "run_id", "fingerprint", "outputs", "ledger")
+LOCK = ".lock"
+
+
+class RunInUse(RuntimeError):
+    """Another command is working in the same run directory."""
 
 
 class RunDirectory:
@@ -99,6 +105,40 @@ class RunDirectory:
     def started(self, folder: str) -> dict[str, Any]:
         """What an attempt in ``folder`` recorded when it started (``{}`` if nothing)."""
         return read_json(os.path.join(folder, STARTED))
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the run directory for one command (an advisory ``flock`` on ``<run>/.lock``, released
+        when the command ends, however it ends). A second command on the same run would take the first
+        one's live stage for an interrupted one and 'resume' it from checkpoints that are still being
+        written; it is refused instead, naming the process that holds the run."""
+        if not self.is_main_process:
+            yield
+            return
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory locks, no check
+            yield
+            return
+        os.makedirs(self.path, exist_ok=True)
+        with open(os.path.join(self.path, LOCK), "a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunInUse(
+                    f"another command is running in {self.path} ({holder}): wait for it to end, or stop it "
+                    "(the same command again then resumes its work)"
+                ) from err
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # -- writing (main process only) ---------------------------------------------------------------
     def recover(self, name: str) -> None:

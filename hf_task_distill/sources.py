@@ -88,6 +88,9 @@ def check_model_source(name: str | os.PathLike, what: str, *, timm_architectures
     if timm_architectures and "/" not in name and ":" not in name:
         _check_timm_name(name, what)
         return
+    shipped = difflib.get_close_matches(name, list(SHIPPED_MODELS), n=1, cutoff=0.8)
+    if "/" not in name and shipped:  # a Hub id without an owner is rare; a typo of a shipped name is not
+        raise ValueError(f"{what}: unknown model '{name}'; did you mean {shipped[0]}?")
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -115,3 +118,35 @@ def _check_timm_name(name: str, what: str) -> None:
         raise ValueError(
             f"{what}: timm has no pretrained tag '{tag}' for {architecture}; its tags: {', '.join(tags) or 'none'}"
         )
+
+
+#: Exception types (by name, anywhere in an error's chain) that mean the Hub was not reached.
+_UNREACHABLE = (
+    "OfflineModeIsEnabled",
+    "LocalEntryNotFoundError",
+    "ConnectError",
+    "ConnectTimeout",
+    "ConnectionError",
+    "NameResolutionError",
+    "MaxRetryError",
+)
+
+
+def hub_unreachable(err: BaseException) -> str | None:
+    """Why a load failed when the cause is that the Hub was not reached, in words a user can act on;
+    ``None`` for any other failure. (transformers' own message then says only that the files are not
+    in the cache, and to check for "a local directory with the same name".)"""
+    from huggingface_hub import constants
+
+    chain, seen = [], err
+    while seen is not None and len(chain) < 20:
+        chain.append(type(seen).__name__)
+        seen = seen.__cause__ or seen.__context__
+    if not any(name in _UNREACHABLE for name in chain) and not constants.HF_HUB_OFFLINE:
+        return None
+    if constants.HF_HUB_OFFLINE:
+        return (
+            "it is not a folder here and not in the Hub cache, and the Hub is offline (HF_HUB_OFFLINE=1): "
+            "give a local folder, or download it where there is network (hf download <repo id>)"
+        )
+    return "it is not a folder here and the Hugging Face Hub could not be reached (no network?)"

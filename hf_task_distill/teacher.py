@@ -190,7 +190,9 @@ def lora_target_modules(model: nn.Module) -> list[str]:
                 targets.append(f"{name}.{child_name}")
     if not targets:
         raise ValueError(
-            f"found no attention projections in {type(model).__name__}: pass lora_target_modules="
+            f"found no attention projections in {type(model).__name__}: LoRA adapts attention layers, and "
+            "this model has none (a CNN?). Finetune it with strategy 'full' or 'lp-ft' instead, or name the "
+            "layers to adapt (TeacherFinetuningArguments(lora_target_modules=[...]))"
         )
     return targets
 
@@ -390,6 +392,7 @@ class TeacherFinetuner:
             self.model_name_or_path,
             labels=self.task.label_names,
             trust_remote_code=self.trust_remote_code,
+            warn_new_head=False,  # it is trained below
             **self.model_kwargs,
         )
         spec = self.spec

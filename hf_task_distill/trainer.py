@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .checks import check_number
+from .checks import check_int, check_number
 from .data.images import ImageDecodeError
 from .data.loading import find_label_column
 from .data.validation import UNLABELLED, check_dataset_type, check_label_ids, class_label_names, label_array
@@ -102,6 +102,15 @@ def check_training_arguments(args: TrainingArguments) -> None:
     with a warning saying why. ``dataloader_pin_memory`` is turned off without an accelerator: pinned
     memory only speeds copies to one, and torch warns at every data loader.
     """
+    # the Trainer's own numbers, as a script or a config file may hand them over (strings, zeros)
+    args.num_train_epochs = check_number(args.num_train_epochs, "num_train_epochs", minimum=0)
+    args.max_steps = check_int(args.max_steps, "max_steps", minimum=-1)
+    if args.num_train_epochs == 0 and args.max_steps <= 0:
+        raise ValueError("num_train_epochs is 0 and max_steps is not set: there is nothing to train")
+    args.learning_rate = check_number(args.learning_rate, "learning_rate", minimum=0)
+    args.weight_decay = check_number(args.weight_decay, "weight_decay", minimum=0)
+    for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+        setattr(args, name, check_int(getattr(args, name), name, minimum=1))
     if args.dataloader_pin_memory and not has_accelerator():
         args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every data loader
     if args.remove_unused_columns:

@@ -240,6 +240,21 @@ def test_unreadable_query_images_are_skipped_and_counted(tmp_path):
     assert set(transfer["query_index"]) <= {0, 1} and len(transfer) >= 3
 
 
+def _streamed_pool_with_bad_files(tmp_path, kit):
+    from hf_task_distill.retrieval import load_pool
+
+    folder = _image_folder(tmp_path, labelled=False, bad="notes.jpg")
+    pool = load_pool(str(folder), streaming=True)
+    builder = RetrievalTransferSetBuilder(tiny_encoder(), per_query_k=3, shard_size=4)
+    return lambda: builder.build(pool, make_colour_dataset(2, seed=5), embeddings_dir=tmp_path / "e")
+
+
+def _check_streamed_pool_skips(result, log):
+    transfer, stats = result
+    assert stats.pool_unreadable == 1 and stats.pool_rows == 12 and len(transfer) >= 3
+    assert transfer[0]["image"].size[0] > 0  # the chosen rows decode, as in a map-style pool
+
+
 def _pool_all_bad(tmp_path, kit):
     pool = _path_dataset(_image_files(tmp_path, ["empty.png", "notes.jpg", "gone.png"], good=0))
     builder = RetrievalTransferSetBuilder(tiny_encoder(), per_query_k=3)
@@ -604,6 +619,32 @@ def _retrieval(**config):
     return make
 
 
+def _teacher_with_other_classes(tmp_path, kit):
+    from hf_task_distill.pipeline import Pipeline
+
+    folder = _image_folder(tmp_path, labelled=True, bad="notes.jpg")
+    (folder / "red" / "notes.jpg").unlink()
+    config = PipelineConfig.from_dict(
+        {
+            "dataset": str(folder),
+            "teacher": "mini-vfm",
+            "teacher_strategy": "none",
+            "output_dir": str(tmp_path / "r"),
+        }
+    )
+    return lambda: Pipeline(config).run(["teacher"])
+
+
+def _without_faiss(make):
+    def act():
+        from unittest import mock
+
+        with mock.patch("importlib.util.find_spec", lambda name, *a, **k: None if name == "faiss" else True):
+            return make()
+
+    return act
+
+
 def _flat_folder_task(tmp_path, kit):
     folder = _image_folder(tmp_path, labelled=False, bad="empty.png")
     return lambda: load_target_task(str(folder))
@@ -777,6 +818,37 @@ CASES = [
         _evaluate_on_folder,
         Raises(ImageDecodeError, r"row \d+ \(.*red/cut\.png\): cannot decode image .*truncated"),
         id="evaluation-split-truncated-png",
+    ),
+    pytest.param(
+        _streamed_pool_with_bad_files,
+        Counted(_check_streamed_pool_skips),
+        id="pool-streamed-unreadable-skipped",
+    ),
+    pytest.param(
+        _teacher_with_other_classes,
+        Raises(
+            ValueError,
+            r"the teacher 'mini-vfm' predicts 269 classes .*the task 'folder' has 4 .*must predict",
+        ),
+        id="teacher-as-it-is-with-other-classes",
+    ),
+    pytest.param(
+        _call(lambda: DistillationArguments(output_dir="unused", num_train_epochs="1", report_to="none")),
+        Raises(TypeError, r"num_train_epochs must be a number, got '1' \(str\)"),
+        id="training-arguments-epochs-as-text",
+    ),
+    pytest.param(
+        _call(lambda: RetrievalTransferSetBuilder("mini-vfmx", per_query_k=2)),
+        Raises(ValueError, r"retrieval encoder: unknown model 'mini-vfmx'; did you mean mini-vfm\?"),
+        id="retrieval-encoder-typo-of-a-shipped-model",
+    ),
+    pytest.param(
+        _call(_without_faiss(lambda: RetrievalTransferSetBuilder(tiny_encoder(), per_query_k=2))),
+        Raises(
+            ImportError,
+            r"retrieval needs faiss, which is not installed: pip install 'hf-task-distill\[faiss\]'",
+        ),
+        id="retrieval-without-faiss",
     ),
     # datasets of a type an entry point cannot take (issue 15.7)
     pytest.param(

@@ -138,6 +138,8 @@ def _load_report(**keys) -> list[str]:
 def test_the_load_report_is_hidden_only_when_all_it_reports_is_a_new_head():
     head = {("fc.weight", (269, 256), (10, 256)), ("fc.bias", (269,), (10,))}
     assert _load_report(mismatched_keys=head) == []  # the new head we asked for: the log file only
+    # a classifier's head left out when its backbone alone is loaded (a retrieval encoder)
+    assert _load_report(unexpected_keys={"timm_model.fc.weight", "timm_model.fc.bias"}) == []
     for problem in (
         {"mismatched_keys": head | {("pos_embed", (1, 197, 64), (1, 257, 64))}},  # resized, not new
         {"mismatched_keys": head, "missing_keys": {"blocks.0.attn.qkv.weight"}},

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import LABELS, kill_after_first_checkpoint, make_colour_dataset, write_run_inputs
+from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_task_distill.cli import main, parse_config
@@ -436,7 +437,7 @@ def _snapshot(folder) -> dict[str, bytes]:
     out = {}
     for root, _, files in os.walk(folder):
         for name in files:
-            if name == "hf-task-distill.log":
+            if name in ("hf-task-distill.log", ".lock"):  # appended to / held by every command
                 continue
             path = os.path.join(root, name)
             out[os.path.relpath(path, folder)] = open(path, "rb").read()
@@ -529,3 +530,104 @@ def test_finished_stages_keep_no_trainer_checkpoints(cli_run):
         assert (run / stage / "manifest.json").exists()
         assert not (run / stage / "checkpoints").exists(), stage
     assert (run / "distill" / "model" / "model.safetensors").exists()
+
+
+def test_a_command_without_output_dir_continues_the_command_s_default_run(tmp_path, monkeypatch):
+    """Found by the newcomer try: a plain `hf-task-distill demo` rerun read runs/digits-demo's settings
+    but ran in runs/run (config.json does not record the folder it is in), so it never resumed."""
+    from hf_task_distill.cli import CommandLineError
+    from hf_task_distill.demo import demo_defaults
+
+    monkeypatch.chdir(tmp_path)
+    demo = PipelineConfig.from_dict({**demo_defaults(), "distill_epochs": 4.0})
+    os.makedirs("runs/digits-demo")
+    demo.save("runs/digits-demo/config.json")
+    again = parse_config("demo", [])
+    assert again.run.output_dir == "runs/digits-demo" and again.student.distill_epochs == 4.0
+    # a config file, then flags that change it
+    (tmp_path / "c.yaml").write_text("dataset: digits\noutput_dir: runs/a\ndistill_epochs: 7\n")
+    combined = parse_config("run", ["c.yaml", "--distill_epochs", "2", "--per_class", "3"])
+    assert combined.student.distill_epochs == 2.0 and combined.task.per_class == 3
+    assert combined.run.output_dir == "runs/a"
+    # the shared default folder holds a run on another task: no silent continuation of it
+    os.makedirs("runs/run")
+    PipelineConfig.from_dict({"dataset": "digits"}).save("runs/run/config.json")
+    with pytest.raises(
+        CommandLineError, match=r"no --output_dir given, and the default runs/run holds another"
+    ):
+        parse_config("run", ["--dataset", "eurosat"])
+
+
+def _colour_task_folder(root, per_class_split: bool = True):
+    from conftest import save_image_folder
+
+    save_image_folder(make_colour_dataset(24, seed=7), root / ("task/train" if per_class_split else "task"))
+    return root / "task"
+
+
+def test_a_folder_with_class_folders_only_gets_a_held_out_test_split(tmp_path):
+    """Found by the newcomer try: teacher, distillation and finetuning ran, then evaluation crashed
+    with KeyError "task has no split 'validation'"."""
+    from hf_task_distill.pipeline import Pipeline
+
+    folder = _colour_task_folder(tmp_path, per_class_split=False)
+    pipeline = Pipeline(PipelineConfig.from_dict({"dataset": str(folder), "output_dir": str(tmp_path / "r")}))
+    task = pipeline.task
+    assert pipeline.eval_split == "test" and len(task["test"]) + len(pipeline.full_train) == 24
+    assert set(task["test"]["label"]) == set(range(4))  # every class is tested
+    train_paths = pipeline.full_train.cast_column("image", ImageFeature(decode=False))["image"]
+    test_paths = task["test"].cast_column("image", ImageFeature(decode=False))["image"]
+    assert not {c["path"] for c in test_paths} & {c["path"] for c in train_paths}  # never trained on
+
+
+def test_a_change_to_the_task_s_images_is_noticed(tmp_path):
+    """Found by the newcomer try: a class folder added to the task, and every stage said 'complete,
+    skipped' with the old three-class results."""
+    from hf_task_distill.pipeline import Pipeline, StageSettingsChanged
+
+    folder = _colour_task_folder(tmp_path)
+    config = PipelineConfig.from_dict({"dataset": str(folder), "output_dir": str(tmp_path / "r")})
+    Pipeline(config).run(["transfer"])  # the task's own images: no model needed
+    assert Pipeline(config).run(["transfer"])["transfer"]["run_id"]  # unchanged data: skipped
+    make_colour_dataset(1, seed=8)[0]["image"].save(folder / "train" / "red" / "added.png")
+    with pytest.raises(StageSettingsChanged, match=r"the task's data \(its images, labels or classes\) "
+                       r"changed since stage transfer finished.*put the data back"):  # fmt: skip
+        Pipeline(config).run(["transfer"])
+
+
+def test_a_task_that_cannot_be_loaded_fails_before_the_run_folder_is_written(tmp_path, capsys):
+    """Found by the newcomer try: --dataset nosuchds failed only after 'stage teacher: starting', and
+    left a config.json that later commands on the folder inherited."""
+    run = tmp_path / "run"
+    assert main(["run", "--dataset", "nosuchds", "--teacher", "mini-vfm", "--output_dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load a task from 'nosuchds'" in err and "stage teacher" not in err
+    assert not (run / "config.json").exists()
+
+
+def test_a_hub_student_that_cannot_be_loaded_fails_before_the_teacher_is_finetuned(tmp_path, capsys):
+    """Found by the newcomer try: --student timm/resnet18.a1_in1k offline failed at the distill stage,
+    after teacher finetuning and the transfer set."""
+    run = tmp_path / "run"
+    argv = ["run", "--dataset", "digits", "--teacher", "mini-vfm", "--student", "timm/resnet18.a1_in1k"]
+    assert main([*argv, "--output_dir", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "cannot load the student 'timm/resnet18.a1_in1k': it is not a folder here and not in the Hub cache"
+        in err
+    )
+    assert "stage teacher" not in err and not (run / "teacher").exists()
+
+
+def test_a_second_command_on_a_busy_run_is_refused_naming_the_first(tmp_path):
+    """Found by the newcomer try: a second identical command took the live stage for an interrupted one
+    and 'resumed' it from a checkpoint that was being written."""
+    from hf_task_distill.run_directory import RunDirectory, RunInUse
+
+    first = RunDirectory(tmp_path / "run")
+    with first.locked():
+        with pytest.raises(RunInUse, match=rf"another command is running in .*run \(pid {os.getpid()}\)"):
+            with RunDirectory(tmp_path / "run").locked():
+                pass
+    with RunDirectory(tmp_path / "run").locked():  # released when the first command ended
+        pass

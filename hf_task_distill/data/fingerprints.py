@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["dataset_fingerprint"]
+__all__ = ["dataset_fingerprint", "task_fingerprint"]
 
 
 def dataset_fingerprint(dataset, image_column: str, *, samples: int = 64) -> str:
@@ -46,3 +46,17 @@ def _image_bytes(cell: Any) -> bytes:
     if hasattr(cell, "tobytes"):  # a decoded PIL image or an array
         return cell.tobytes()
     return repr(cell).encode()
+
+
+def task_fingerprint(task) -> str:
+    """A labelled task's identity: its class names, and per split its :func:`dataset_fingerprint` and
+    all its labels. A class added to an image folder, an image replaced at a sampled row or a label
+    changed anywhere gives another fingerprint; reading it costs a few dozen images per split."""
+    from .validation import label_array
+
+    digest = hashlib.sha256("|".join(task.label_names).encode())
+    for name in sorted(task.splits):
+        split = task.splits[name]
+        digest.update(f"{name}:{dataset_fingerprint(split, task.image_column)}".encode())
+        digest.update(label_array(split, task.label_column).tobytes())
+    return digest.hexdigest()[:16]

@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from .budget import select_label_budget
+from .budget import select_label_budget, stratified_holdout_indices
 from .registry import TaskSpec, get_task_spec, list_tasks
 from .validation import (
     UNLABELLED,
@@ -77,6 +77,29 @@ class TargetTask:
             "size": len(subset),
         }
         return replace(self, splits=splits, label_budget=budget)
+
+    def with_test_split(self, fraction: float, *, seed: int = 0) -> TargetTask:
+        """A copy whose ``train`` gives ``fraction`` of each class (stratified, seeded; at least one
+        image of a class with two or more) to a new ``test`` split: for a task that has no test or
+        validation split, so that it can be evaluated on images nobody trained on."""
+        if "test" in self.splits:
+            raise ValueError(f"task '{self.name}' already has a test split")
+        train_rows, test_rows = stratified_holdout_indices(
+            label_array(self["train"], self.label_column), fraction, seed=seed
+        )
+        if test_rows.size == 0:
+            raise ValueError(
+                f"task '{self.name}' has no test split and too few images to hold one out (every class has "
+                "a single image): add a test split"
+            )
+        splits = DatasetDict(
+            {
+                **self.splits,
+                "train": self["train"].select(train_rows.tolist()),
+                "test": self["train"].select(test_rows.tolist()),
+            }
+        )
+        return replace(self, splits=splits)
 
 
 def find_image_column(features: datasets.Features) -> str | None:

@@ -205,7 +205,8 @@ def publish_run(pipeline, directory: str) -> dict[str, Any]:
         os.makedirs(student_dir, exist_ok=True)
         for name in _STUDENT_FILES:
             if os.path.exists(os.path.join(finetuned, name)):
-                shutil.copy2(os.path.join(finetuned, name), os.path.join(student_dir, name))
+                # copyfile, not copy2: a published file gets the usual permissions, not a temp file's 0600
+                shutil.copyfile(os.path.join(finetuned, name), os.path.join(student_dir, name))
         ledger = _public_ledger(pipeline)
         card = _student_card(pipeline, AutoConfig.from_pretrained(student_dir), ledger)
         render_student_card(card).save(os.path.join(student_dir, "README.md"))
@@ -222,7 +223,7 @@ def publish_run(pipeline, directory: str) -> dict[str, Any]:
             for name in ("README.md", "contact_sheet.png"):
                 source = os.path.join(transfer["path"], name)
                 if os.path.exists(source):
-                    shutil.copy2(source, os.path.join(transfer_dir, name))
+                    shutil.copyfile(source, os.path.join(transfer_dir, name))
             outputs["transfer_set"] = transfer_dir
         if config.run.push_to_hub:
             if not config.run.hub_model_id:

@@ -30,6 +30,7 @@ def load_teacher(
     labels: int | Sequence[str] | Mapping[int, str] | None = None,
     *,
     trust_remote_code: bool = False,
+    warn_new_head: bool = True,
     **from_pretrained_kwargs: Any,
 ):
     """Load a teacher classifier from the Hub or a local folder.
@@ -41,7 +42,8 @@ def load_teacher(
     head's rows are reordered to ``labels``); otherwise a new, untrained head for them is attached to
     the backbone, ready for teacher finetuning, and every record of the classes in the config
     (``id2label``, timm's ``label_names``...) names ``labels``, not the base model's classes.
-    ``name_or_path`` may also be a name the package ships (``mini-vfm``).
+    ``name_or_path`` may also be a name the package ships (``mini-vfm``). ``warn_new_head=False``
+    (what ``TeacherFinetuner``, which trains the head it attaches, passes) logs the new head at INFO.
 
     Weights load from safetensors only: a checkpoint with just pickle files (``pytorch_model.bin``)
     is refused, because unpickling can run code (``use_safetensors=False`` loads it anyway, through
@@ -73,10 +75,11 @@ def load_teacher(
         if existing != names:  # the same classes in another order: move the head's rows, keep the head
             reorder_classes(model, names)
         return model
-    logger.warning(
-        "Attaching a new, untrained %d-class head to '%s': finetune it on the task before distilling from it.",
+    (logger.warning if warn_new_head else logger.info)(
+        "Attaching a new, untrained %d-class head to '%s'%s",
         label_kwargs["num_labels"],
         name_or_path,
+        ": finetune it on the task before distilling from it" if warn_new_head else "",
     )
     with safetensors_required(name_or_path):
         model = AutoModelForImageClassification.from_pretrained(

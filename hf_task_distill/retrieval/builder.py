@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 
 from ..checks import check_int, check_number
-from ..data.loading import find_label_column
+from ..data.loading import find_image_column, find_label_column
 from ..data.validation import UNLABELLED, check_dataset_type, label_array
 from ..devices import process_state
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
-from .search import check_embeddings, plan_index, retrieve
+from .search import check_embeddings, plan_index, require_faiss, retrieve
 
 __all__ = ["RetrievalConfig", "RetrievalTransferSetBuilder", "TransferSetStats"]
 
@@ -116,6 +116,7 @@ class RetrievalTransferSetBuilder:
     def __init__(
         self, encoder: ImageEncoder | str, config: RetrievalConfig | None = None, **config_overrides: Any
     ):
+        require_faiss()
         self.encoder = ImageEncoder.from_pretrained(encoder) if isinstance(encoder, str) else encoder
         self.config = config or RetrievalConfig(**config_overrides)
         self.stats = TransferSetStats()
@@ -358,11 +359,17 @@ def _select_rows(pool, rows: np.ndarray):
         return pool.select(rows.tolist())
     import datasets
 
+    from ..data.images import undecoded
+
     order = np.argsort(rows, kind="stable")
+    image_column = find_image_column(pool.features or {})
+    # read the stream undecoded: the rows passed over include the images the embedding skipped as
+    # unreadable, which datasets' own decoder would raise on (and decoding them all is wasted work)
+    raw = undecoded(pool, image_column) if image_column else pool
 
     def chosen(wanted: np.ndarray):
         position = 0
-        for row, example in enumerate(pool):
+        for row, example in enumerate(raw):
             if position == len(wanted):
                 return
             if row == wanted[position]:
@@ -372,11 +379,13 @@ def _select_rows(pool, rows: np.ndarray):
     wanted = rows[order]
     materialised = datasets.Dataset.from_generator(
         chosen,
-        features=pool.features,
+        features=raw.features,
         gen_kwargs={"wanted": wanted},
         # a stream has no content fingerprint: a fresh one, so another pool's cached rows are never reused
         fingerprint=uuid.uuid4().hex,
     )
+    if image_column and raw is not pool:  # the chosen rows all decoded when embedded: as the pool had them
+        materialised = materialised.cast_column(image_column, pool.features[image_column])
     return materialised.select(np.argsort(order, kind="stable").tolist())  # back to the caller's order
 
 

@@ -69,6 +69,18 @@ def check_embeddings(vectors: np.ndarray, name: str, dim: int | None = None) -> 
     return vectors
 
 
+def require_faiss() -> None:
+    """Raise ``ImportError`` with the install command when faiss is missing: retrieval needs it, and a
+    run should learn so before it finetunes a teacher and embeds a pool, not after."""
+    import importlib.util
+
+    if importlib.util.find_spec("faiss") is None:
+        raise ImportError(
+            "retrieval needs faiss, which is not installed: pip install 'hf-task-distill[faiss]' "
+            "(faiss-cpu), or 'hf-task-distill[gpu]' for a CUDA build"
+        )
+
+
 def gpu_available() -> bool:
     """True when this faiss build has GPU support and sees a GPU (``pip install faiss-gpu-cu12``)."""
     import faiss
