@@ -417,6 +417,13 @@ class Pipeline:
         return total
 
     # -- models and data -------------------------------------------------------------------------
+    @property
+    def teacher_name(self) -> str:
+        """The teacher as a person reads it in ledgers and logs: its source, and ``, finetuned`` when it
+        is the run's own finetuned teacher (not a folder path in the run)."""
+        cfg = self.config.teacher
+        return cfg.teacher if cfg.teacher_strategy == "none" else f"{cfg.teacher}, finetuned"
+
     def teacher_path(self) -> str:
         """The finetuned teacher's folder, or the source of a teacher used as it is (strategy none)."""
         outputs = (self.manifest("teacher") or {}).get("outputs") or {}
@@ -684,7 +691,7 @@ class Pipeline:
             LedgerEntry(
                 "distill",
                 teacher_work,
-                self.teacher_path(),
+                self.teacher_name,
                 teacher_images if teacher_images is not None else images,
                 teacher_flops,
                 describe_device(),

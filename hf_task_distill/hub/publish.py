@@ -138,14 +138,17 @@ def _public_ledger(pipeline):
     from ..compute import ComputeLedger
 
     ledger = pipeline.ledger()
-    teacher = pipeline.config.teacher.teacher
-    names = {os.path.abspath(pipeline.teacher_path()): f"{public_name(teacher)}, finetuned"}
-    if pipeline.teacher_path() == teacher:  # used as given (--teacher_strategy none)
-        names = {}
-    entries = [
-        replace(e, model=names.get(os.path.abspath(e.model)) or public_name(e.model)) for e in ledger.entries
-    ]
-    return ComputeLedger(entries, dict(ledger.wall_s))
+    suffix = ", finetuned"  # the run's own teacher (Pipeline.teacher_name)
+    finetuned = os.path.abspath(pipeline.teacher_path())  # ledgers of earlier versions named its folder
+
+    def name(model: str) -> str:
+        if model.endswith(suffix):
+            return public_name(model.removesuffix(suffix)) + suffix
+        if os.path.abspath(model) == finetuned and pipeline.config.teacher.teacher_strategy != "none":
+            return public_name(pipeline.config.teacher.teacher) + suffix
+        return public_name(model)
+
+    return ComputeLedger([replace(e, model=name(e.model)) for e in ledger.entries], dict(ledger.wall_s))
 
 
 def _student_card(pipeline, model_config, ledger):
