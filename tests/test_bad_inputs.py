@@ -243,7 +243,7 @@ def test_unreadable_query_images_are_skipped_and_counted(tmp_path):
 def _streamed_pool_with_bad_files(tmp_path, kit):
     from hf_task_distill.retrieval import load_pool
 
-    folder = _image_folder(tmp_path, labelled=False, bad="notes.jpg")
+    folder = _image_folder(tmp_path, labelled=False, bad="notes.jpg", prefix="0-")  # read before the good ones
     pool = load_pool(str(folder), streaming=True)
     builder = RetrievalTransferSetBuilder(tiny_encoder(), per_query_k=3, shard_size=4)
     return lambda: builder.build(pool, make_colour_dataset(2, seed=5), embeddings_dir=tmp_path / "e")
@@ -503,15 +503,18 @@ def _headless_backbone(tmp_path, kit):
 # ---- images read through datasets' own decoder (issue 15.4) -----------------------------------------
 
 
-def _image_folder(tmp_path, *, labelled: bool, bad: str = "cut.png", good: int = 11) -> pathlib.Path:
-    """An image folder of ``good`` colour PNGs plus one bad file (``bad``), as users have them."""
+def _image_folder(
+    tmp_path, *, labelled: bool, bad: str = "cut.png", good: int = 11, prefix: str = ""
+) -> pathlib.Path:
+    """An image folder of ``good`` colour PNGs plus one bad file (``bad``, named ``prefix + bad``:
+    ``"0-"`` sorts it before the good ones), as users have them."""
     from conftest import save_image_folder
 
     folder = tmp_path / "folder"
     save_image_folder(make_colour_dataset(good, seed=4), folder, labelled=labelled)
     target = folder / "red" if labelled else folder
     target.mkdir(parents=True, exist_ok=True)
-    (target / bad).write_bytes(BAD_FILES[bad])
+    (target / f"{prefix}{bad}").write_bytes(BAD_FILES[bad])
     return folder
 
 
