@@ -745,9 +745,9 @@ class Pipeline:
 
         from .data import ViewSpec, single_view_dataset
         from .models.labels import label_names_of
-        from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin
+        from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin, NoSingleRowBatchMixin
 
-        class _StudentTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer):
+        class _StudentTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpointsMixin, Trainer):
             pass
 
         cfg, task = self.config.student, self.task

@@ -41,7 +41,12 @@ from .files import write_json_atomically
 from .metrics import make_compute_metrics
 from .models.heads import capture_head_inputs, find_classification_head
 from .models.teacher import load_teacher
-from .trainer import EpochSeededViewsMixin, NativeCheckpointsMixin, check_training_arguments
+from .trainer import (
+    EpochSeededViewsMixin,
+    NativeCheckpointsMixin,
+    NoSingleRowBatchMixin,
+    check_training_arguments,
+)
 
 __all__ = [
     "STRATEGIES",
@@ -235,7 +240,7 @@ def layer_decay_parameter_groups(
     return [groups[k] for k in sorted(groups)]
 
 
-class _LayerDecayTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer):
+class _LayerDecayTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpointsMixin, Trainer):
     """A plain classification Trainer whose optimizer uses layer-wise learning-rate decay."""
 
     def __init__(self, *args, layer_decay: float = 1.0, **kwargs):

@@ -39,6 +39,7 @@ __all__ = [
     "DistillationTrainer",
     "EpochSeededViewsMixin",
     "NativeCheckpointsMixin",
+    "NoSingleRowBatchMixin",
     "check_training_arguments",
 ]
 
@@ -191,6 +192,45 @@ class EpochSeededViewsMixin:
             self.add_callback(_SetEpoch(self.train_dataset))
 
 
+class NoSingleRowBatchMixin:
+    """Drop an epoch's last training batch when it would hold a single row and the model has BatchNorm.
+
+    BatchNorm cannot normalise one value per channel: a last batch of one image (a labelled set of
+    ``k * batch_size + 1`` images, or a transfer set of that size) stops training with "Expected more
+    than 1 value per channel when training", deep inside the model, at a small resolution where the
+    last feature map is 1 x 1 (the mini-VFM and ResNet students at 32 px). For such a dataset the
+    training data loader drops its last batch, with a warning: one image per epoch, a different one
+    each epoch (the order is shuffled), is not trained on. Evaluation keeps every row.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._drop_single_row_batch = False
+        dataset, arguments = self.train_dataset, self.args
+        if dataset is None or arguments.dataloader_drop_last or not hasattr(dataset, "__len__"):
+            return
+        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in self.model.modules()):
+            return
+        rows = math.ceil(len(dataset) / max(1, arguments.world_size))  # this process's share
+        if rows > 1 and rows % arguments.per_device_train_batch_size == 1:
+            logger.warning(
+                "%d training rows in batches of %d leave a last batch of 1, which BatchNorm cannot train on: "
+                "each epoch's last training batch is dropped",
+                rows,
+                arguments.per_device_train_batch_size,
+            )
+            self._drop_single_row_batch = True
+
+    def get_train_dataloader(self):
+        if not self._drop_single_row_batch:
+            return super().get_train_dataloader()
+        self.args.dataloader_drop_last = True  # the Trainer reads it when it builds the loader
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = False
+
+
 class NativeCheckpointsMixin:
     """Write training checkpoints with the model's own parameter names.
 
@@ -225,7 +265,7 @@ class NativeCheckpointsMixin:
             del model.save_pretrained
 
 
-class DistillationTrainer(EpochSeededViewsMixin, NativeCheckpointsMixin, Trainer):
+class DistillationTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpointsMixin, Trainer):
     """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
 
     ``teacher_model`` is a model or a Hub id/folder of a finetuned classifier (see ``load_teacher``).

@@ -243,7 +243,9 @@ def test_unreadable_query_images_are_skipped_and_counted(tmp_path):
 def _streamed_pool_with_bad_files(tmp_path, kit):
     from hf_task_distill.retrieval import load_pool
 
-    folder = _image_folder(tmp_path, labelled=False, bad="notes.jpg", prefix="0-")  # read before the good ones
+    folder = _image_folder(
+        tmp_path, labelled=False, bad="notes.jpg", prefix="0-"
+    )  # read before the good ones
     pool = load_pool(str(folder), streaming=True)
     builder = RetrievalTransferSetBuilder(tiny_encoder(), per_query_k=3, shard_size=4)
     return lambda: builder.build(pool, make_colour_dataset(2, seed=5), embeddings_dir=tmp_path / "e")
@@ -648,6 +650,34 @@ def _without_faiss(make):
     return act
 
 
+def _last_batch_of_one(tmp_path, kit):
+    from hf_task_distill import DistillationTrainer, PairedViews, create_student
+
+    student = create_student("resnet18", LABELS, image_size=32)  # BatchNorm on a 1 x 1 map at 32 px
+    transfer = make_colour_dataset(9, seed=6, labelled=False)  # batches of 8: the last holds 1 image
+    views = PairedViews(kit.view, ViewSpec.from_model(student))
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=kit.teacher,
+        args=distill_args(tmp_path, per_device_train_batch_size=8, num_train_epochs=2),
+        train_dataset=transfer,
+        eval_dataset=make_colour_dataset(5, seed=7),  # fewer rows than a batch: evaluated whole
+        views=views,
+    )
+
+    def act():
+        trainer.train()
+        return trainer
+
+    return act
+
+
+def _check_last_batch_dropped(trainer, log):
+    assert trainer.state.global_step == 2  # one full batch per epoch; the single-row batch left out
+    assert "leave a last batch of 1, which BatchNorm cannot train on" in log
+    assert trainer.evaluate()["eval_accuracy"] >= 0  # evaluation keeps every row (5 < batch size)
+
+
 def _flat_folder_task(tmp_path, kit):
     folder = _image_folder(tmp_path, labelled=False, bad="empty.png")
     return lambda: load_target_task(str(folder))
@@ -827,6 +857,7 @@ CASES = [
         Counted(_check_streamed_pool_skips),
         id="pool-streamed-unreadable-skipped",
     ),
+    pytest.param(_last_batch_of_one, Counted(_check_last_batch_dropped), id="training-last-batch-of-one"),
     pytest.param(
         _teacher_with_other_classes,
         Raises(
