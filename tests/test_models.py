@@ -67,6 +67,17 @@ def test_student_starts_from_timms_own_initialisation():
         torch.testing.assert_close(wrapped.timm_model.state_dict()[key], value)
 
 
+def test_a_from_scratch_student_does_not_name_timms_weights_as_its_source(tmp_path):
+    """timm's registry names the ImageNet weights of ``test_resnet``; a student built without them
+    must not carry that Hub id or URL into its config.json (the card and timm would read it)."""
+    create_student("test_resnet", LABELS, image_size=32).save_pretrained(tmp_path / "s")
+    saved = (tmp_path / "s" / "config.json").read_text()
+    assert timm.models.get_pretrained_cfg("test_resnet").hf_hub_id  # what the old code copied in
+    assert '"url"' not in saved and '"hf_hub_id"' not in saved
+    in_timm = timm.create_model(f"local-dir:{tmp_path / 's'}", pretrained=True)
+    assert list(in_timm.pretrained_cfg["input_size"]) == [3, 32, 32]
+
+
 def test_student_from_an_hf_folder_gets_a_new_head(tmp_path):
     folder = tmp_path / "s"
     create_student("test_resnet", LABELS, image_size=32).save_pretrained(folder)

@@ -141,6 +141,11 @@ def test_cards_have_a_real_title_and_examples_a_reader_can_run(private_run):
         assert set(re.findall(r'model="([^"]*)"', card)) == {"."}
         assert "<user>/" in card
     assert 'timm.create_model("local-dir:.", pretrained=True)' in student
+    cards = sorted(run.rglob("README.md"))
+    assert len(cards) >= 3  # teacher, student, transfer set(s)
+    for card in cards:  # a text file ends with one newline (Jinja drops the template's)
+        text = card.read_text()
+        assert text.endswith("\n") and not text.endswith("\n\n"), card.relative_to(run)
 
 
 # -- pushing with the Hub out of reach ---------------------------------------------------------------

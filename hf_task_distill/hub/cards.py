@@ -117,7 +117,7 @@ def render_teacher_card(data: TeacherCardData):
     fields["strategy_description"] = STRATEGY_DESCRIPTIONS.get(data.strategy, data.strategy)
     fields["num_labels"] = len(data.label_names)
     fields["label_names"] = ", ".join(data.label_names)
-    return ModelCard.from_template(card_data, template_str=template, **fields)
+    return _ending_in_newline(ModelCard.from_template(card_data, template_str=template, **fields))
 
 
 def write_teacher_card(data: TeacherCardData, output_dir: str | os.PathLike) -> str:
@@ -196,7 +196,7 @@ def render_transfer_set_card(data: TransferSetCardData):
         if data.per_query_k is not None
         else f"a budget of {data.budget} images spread evenly over the query classes"
     )
-    return DatasetCard.from_template(card_data, template_str=template, **fields)
+    return _ending_in_newline(DatasetCard.from_template(card_data, template_str=template, **fields))
 
 
 def _size_category(n: int) -> str:
@@ -290,7 +290,7 @@ def render_student_card(data: StudentCardData):
     fields["num_labels"] = len(data.label_names)
     fields["label_names"] = ", ".join(data.label_names)
     fields["results"] = {name: _Metrics(**m) for name, m in data.results.items()}
-    return ModelCard.from_template(card_data, template_str=template, **fields)
+    return _ending_in_newline(ModelCard.from_template(card_data, template_str=template, **fields))
 
 
 @dataclass
@@ -350,4 +350,13 @@ def render_mini_vfm_card(data: MiniVFMCardData):
         tags=["hf-task-distill", "mini-vfm", "synthetic-data"],
         license="apache-2.0",
     )
-    return ModelCard.from_template(card_data, template_str=_template("mini_vfm_card"), **asdict(data))
+    return _ending_in_newline(
+        ModelCard.from_template(card_data, template_str=_template("mini_vfm_card"), **asdict(data))
+    )
+
+
+def _ending_in_newline(card):
+    """Jinja drops a template's final newline; a text file (and ``git diff``) expects one."""
+    if not card.content.endswith("\n"):
+        card.content = card.content + "\n"
+    return card

@@ -78,6 +78,9 @@ def create_student(
     return model
 
 
+_WEIGHT_SOURCE_FIELDS = ("url", "hf_hub_id", "hf_hub_filename", "tag", "origin_url", "paper_ids", "license")
+
+
 def _wrap_timm(
     name: str,
     label_kwargs: dict[str, Any],
@@ -101,9 +104,9 @@ def _wrap_timm(
     timm_model = timm.create_model(
         name, pretrained=pretrained, num_classes=label_kwargs["num_labels"], **model_args
     )
-    pretrained_cfg = {
-        k: v for k, v in dict(timm_model.pretrained_cfg).items() if k not in ("num_classes", "file")
-    }
+    # Fields naming where timm's weights come from describe a from-scratch student wrongly.
+    dropped = ("num_classes", "file") + (() if pretrained else _WEIGHT_SOURCE_FIELDS)
+    pretrained_cfg = {k: v for k, v in dict(timm_model.pretrained_cfg).items() if k not in dropped}
     if image_size is not None:
         pretrained_cfg["input_size"] = (3, image_size, image_size)
         pretrained_cfg.pop("test_input_size", None)
