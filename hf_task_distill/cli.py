@@ -21,6 +21,7 @@ import tempfile
 from typing import Any
 
 from . import __version__
+from .commands import TOOL_COMMANDS
 from .config import ARGUMENT_GROUPS, STAGES, PipelineConfig, RunArguments, saved_run_settings
 from .demo import demo_defaults
 
@@ -64,6 +65,7 @@ def _usage() -> str:
         "commands:",
     ]
     lines += [f"  {name:<{width}}  {text}" for name, (text, _) in COMMANDS.items()]
+    lines += ["", "tools:"] + [f"  {name:<{width}}  {text}" for name, text in TOOL_COMMANDS.items()]
     lines += [
         "",
         "hf-task-distill <command> --help lists every flag; hf-task-distill --version prints the version.",
@@ -293,6 +295,8 @@ def _main(argv: list[str]) -> int:
         print(f"hf-task-distill {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
+    if command in TOOL_COMMANDS:
+        return _run_tool(command, rest)
     if command not in COMMANDS:
         print(f"hf-task-distill: error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
@@ -319,6 +323,26 @@ def _main(argv: list[str]) -> int:
     if process_state().is_main_process:
         print(summary)
     end_processes()
+    return 0
+
+
+def _run_tool(command: str, argv: list[str]) -> int:
+    """A command of :mod:`hf_task_distill.commands`: its own flags, one error line, no run folder."""
+    import importlib
+
+    module = importlib.import_module(f".commands.{command.replace('-', '_')}", __package__)
+    args = module.build_parser().parse_args(argv)  # --help and usage errors exit here, as argparse does
+    from .console import ConsoleSession
+
+    with ConsoleSession(main_process=True):
+        try:
+            summary = module.run(args)
+        except (ValueError, FileNotFoundError, ImportError, OSError) as err:
+            if isinstance(err, BrokenPipeError):
+                raise
+            print(f"hf-task-distill {command}: error: {err}", file=sys.stderr)
+            return 2
+    print(summary)
     return 0
 
 
