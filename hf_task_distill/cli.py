@@ -327,22 +327,38 @@ def _main(argv: list[str]) -> int:
 
 
 def _run_tool(command: str, argv: list[str]) -> int:
-    """A command of :mod:`hf_task_distill.commands`: its own flags, one error line, no run folder."""
+    """A command of :mod:`hf_task_distill.commands`: its own flags, one error line."""
     import importlib
 
-    module = importlib.import_module(f".commands.{command.replace('-', '_')}", __package__)
-    args = module.build_parser().parse_args(argv)  # --help and usage errors exit here, as argparse does
     from .console import ConsoleSession
+    from .pipeline import RunInUse, StageNotReady
 
-    with ConsoleSession(main_process=True):
+    module = importlib.import_module(f".commands.{command.replace('-', '_')}", __package__)
+    main_process = os.environ.get("RANK", "0") == "0"
+    with ConsoleSession(main_process=main_process) as console:
         try:
+            parse = getattr(module, "parse", None) or module.build_parser().parse_args
+            args = parse(argv)  # --help and argparse's usage errors exit here
+            if hasattr(module, "log_folder"):
+                _check_writable(module.log_folder(args))
+                console.log_to(module.log_folder(args))
             summary = module.run(args)
-        except (ValueError, FileNotFoundError, ImportError, OSError) as err:
+        except (
+            CommandLineError,
+            StageNotReady,
+            RunInUse,
+            ValueError,
+            FileNotFoundError,
+            ImportError,
+            OSError,
+        ) as err:
             if isinstance(err, BrokenPipeError):
                 raise
-            print(f"hf-task-distill {command}: error: {err}", file=sys.stderr)
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"hf-task-distill {command}: error: {first}", file=sys.stderr)
             return 2
-    print(summary)
+    if main_process:
+        print(summary)
     return 0
 
 

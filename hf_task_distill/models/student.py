@@ -62,13 +62,17 @@ def create_student(
             model_args=dict(model_args or {}),
             image_size=image_size,
         )
-    if image_size is not None:
-        raise ValueError(
-            "image_size= applies to timm students; for other models set it in their image processor"
-        )
     from transformers import AutoConfig, AutoModelForImageClassification
 
     source = resolve_model_source(name_or_path)
+    if image_size is not None:
+        _check_resizable(
+            AutoConfig.from_pretrained(source, **_config_kwargs(from_pretrained_kwargs)), name_or_path
+        )
+        model = create_student(name_or_path, labels, pretrained=pretrained, **from_pretrained_kwargs)
+        model.config.pretrained_cfg["input_size"] = [3, image_size, image_size]  # what its views follow
+        model.config.pretrained_cfg.pop("test_input_size", None)
+        return model
     if not pretrained:
         config = AutoConfig.from_pretrained(source, **label_kwargs, **from_pretrained_kwargs)
         set_label_space(config, names)  # a timm repo's config also lists its own classes (label_names)
@@ -95,6 +99,22 @@ def create_student(
         reinitialise_head(model)  # loaded because its shape fits, but trained for other classes
     set_label_space(model, names)
     return model
+
+
+def _check_resizable(config, name_or_path: str) -> None:
+    """``image_size=`` sets a timm model's input size in its ``pretrained_cfg``; other models take
+    theirs from their image processor, and some timm models are built for one size only."""
+    cfg = getattr(config, "pretrained_cfg", None)
+    if getattr(config, "model_type", None) != "timm_wrapper" or not isinstance(cfg, dict):
+        raise ValueError(
+            f"image_size= applies to timm students; '{name_or_path}' is a {getattr(config, 'model_type', '?')} "
+            "model: set its size in its image processor"
+        )
+    if cfg.get("fixed_input_size"):
+        raise ValueError(
+            f"'{name_or_path}' was built for {tuple(cfg.get('input_size', ()))[-2:]} inputs only (fixed_input_size): "
+            "leave image_size= unset, or start from the architecture's name"
+        )
 
 
 def _warn_new_head(name_or_path: str, existing: list[str] | None, num_labels: int) -> None:
