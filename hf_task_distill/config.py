@@ -150,6 +150,13 @@ class TransferArguments:
     pool_streaming: bool = field(
         default=False, metadata={"help": "Stream the pool instead of converting it."}
     )
+    pool_embeddings_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder for the pool's embeddings, reused by every run that names it with the same pool "
+            "and encoder (default: inside the run's transfer stage)."
+        },
+    )
     per_query_k: int | None = field(
         default=None, metadata={"help": "Neighbours per labelled image (paper: 127/63/31/15/7)."}
     )
@@ -179,6 +186,10 @@ class TransferArguments:
             given = [f for f in ("pool", "per_query_k", "transfer_budget") if getattr(self, f) is not None]
             raise ValueError(
                 f"--{given[0]} applies to --transfer retrieval or random only (--transfer is '{self.transfer}')"
+            )
+        if self.pool_embeddings_dir is not None and self.transfer != "retrieval":
+            raise ValueError(
+                f"--pool_embeddings_dir applies to --transfer retrieval only (--transfer is '{self.transfer}')"
             )
         if self.transfer == "random":
             if self.pool is None or self.transfer_budget is None or self.per_query_k is not None:

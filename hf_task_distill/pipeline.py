@@ -626,7 +626,11 @@ class Pipeline:
         pool = load_pool(cfg.pool, streaming=cfg.pool_streaming)
         heldout = [self.task[s] for s in ("validation", "test") if s in self.task.splits]
         transfer, stats = builder.build(
-            pool, self.task["train"], heldout=heldout, embeddings_dir=os.path.join(directory, "embeddings")
+            pool,
+            self.task["train"],
+            heldout=heldout,
+            embeddings_dir=os.path.join(directory, "embeddings"),
+            pool_embeddings_dir=cfg.pool_embeddings_dir,
         )
         path = os.path.join(directory, "data")
         if self.state.is_main_process:

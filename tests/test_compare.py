@@ -133,6 +133,8 @@ def test_compare_on_the_digits_world_continues_after_a_kill_without_redoing_fini
         # retrieval with the mini-VFM's embeddings finds the digits among the glyphs; a sample does not
         assert cell["in_domain_share"]["d"] > 0.8 > 0.6 > cell["in_domain_share"]["c"]
     assert report["meta"]["pool_base_rate"] == pytest.approx(0.4)
+    # the pool is embedded once for every cell, in the comparison's folder, not in each run
+    assert (out / "pool_embeddings").is_dir() and not list(out.glob("N2/*/d/transfer/embeddings/pool"))
     assert set(report["summary"]["2"]["differences"]) == {"d-c", "c-b", "d-f", "g-f"}
     assert "| (d) − (f) |" in result.stdout and (out / "comparison.md").exists()
 

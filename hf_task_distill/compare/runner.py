@@ -119,6 +119,9 @@ class Comparison:
         }
         if run == "d":
             flat.update(transfer="retrieval", baseline=True, pretrained_student=False)
+            # every cell retrieves from the same pool with the same encoder: embed it once
+            shared = os.path.join(self.output_dir, "pool_embeddings")
+            flat["pool_embeddings_dir"] = self.base["pool_embeddings_dir"] or shared
             flat["retrieval_encoder"] = self.base["retrieval_encoder"] or self.base["teacher"]
         elif run == "c":
             flat.update(teacher=teacher, teacher_strategy="none", transfer="random", baseline=False)
@@ -133,6 +136,7 @@ class Comparison:
             raise ValueError(f"unknown run '{run}'; runs are {', '.join(RUNS)}")
         if run != "d":
             flat["retrieval_encoder"] = None
+            flat["pool_embeddings_dir"] = None
         if run == "g":
             flat["pool_streaming"] = False
         return PipelineConfig.from_dict(flat)
