@@ -33,6 +33,8 @@ _EXPORTS = {
     "create_student": "models",
     "load_teacher": "models",
     "check_label_spaces_match": "models",
+    "convert_timm_checkpoint": "models",
+    "CheckpointMismatch": "models",
     "TeacherCache": "teacher_cache",
     "TeacherCacheConfig": "teacher_cache",
     "build_teacher_cache": "teacher_cache",
@@ -84,7 +86,13 @@ if TYPE_CHECKING:  # pragma: no cover
         register_loss,
     )
     from .metrics import classification_metrics, distillation_metrics
-    from .models import check_label_spaces_match, create_student, load_teacher
+    from .models import (
+        CheckpointMismatch,
+        check_label_spaces_match,
+        convert_timm_checkpoint,
+        create_student,
+        load_teacher,
+    )
     from .retrieval import RetrievalConfig, RetrievalTransferSetBuilder
     from .teacher import FinetuningResult, TeacherFinetuner, TeacherFinetuningArguments
     from .teacher_cache import TeacherCache, TeacherCacheConfig, build_teacher_cache

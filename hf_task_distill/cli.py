@@ -21,6 +21,7 @@ import tempfile
 from typing import Any
 
 from . import __version__
+from .commands import TOOL_COMMANDS
 from .config import ARGUMENT_GROUPS, STAGES, PipelineConfig, RunArguments, saved_run_settings
 from .demo import demo_defaults
 
@@ -64,6 +65,7 @@ def _usage() -> str:
         "commands:",
     ]
     lines += [f"  {name:<{width}}  {text}" for name, (text, _) in COMMANDS.items()]
+    lines += ["", "tools:"] + [f"  {name:<{width}}  {text}" for name, text in TOOL_COMMANDS.items()]
     lines += [
         "",
         "hf-task-distill <command> --help lists every flag; hf-task-distill --version prints the version.",
@@ -293,6 +295,8 @@ def _main(argv: list[str]) -> int:
         print(f"hf-task-distill {__version__}")
         return 0
     command, rest = argv[0], argv[1:]
+    if command in TOOL_COMMANDS:
+        return _run_tool(command, rest)
     if command not in COMMANDS:
         print(f"hf-task-distill: error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
@@ -319,6 +323,42 @@ def _main(argv: list[str]) -> int:
     if process_state().is_main_process:
         print(summary)
     end_processes()
+    return 0
+
+
+def _run_tool(command: str, argv: list[str]) -> int:
+    """A command of :mod:`hf_task_distill.commands`: its own flags, one error line."""
+    import importlib
+
+    from .console import ConsoleSession
+    from .pipeline import RunInUse, StageNotReady
+
+    module = importlib.import_module(f".commands.{command.replace('-', '_')}", __package__)
+    main_process = os.environ.get("RANK", "0") == "0"
+    with ConsoleSession(main_process=main_process) as console:
+        try:
+            parse = getattr(module, "parse", None) or module.build_parser().parse_args
+            args = parse(argv)  # --help and argparse's usage errors exit here
+            if hasattr(module, "log_folder"):
+                _check_writable(module.log_folder(args))
+                console.log_to(module.log_folder(args))
+            summary = module.run(args)
+        except (
+            CommandLineError,
+            StageNotReady,
+            RunInUse,
+            ValueError,
+            FileNotFoundError,
+            ImportError,
+            OSError,
+        ) as err:
+            if isinstance(err, BrokenPipeError):
+                raise
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            print(f"hf-task-distill {command}: error: {first}", file=sys.stderr)
+            return 2
+    if main_process:
+        print(summary)
     return 0
 
 

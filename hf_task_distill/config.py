@@ -139,7 +139,8 @@ class TransferArguments:
         default="task",
         metadata={
             "help": "'task': the task's own training images, labels dropped; 'retrieval': pool images "
-            "nearest to the labelled images; or a dataset (Hub id or folder) used as a generic transfer set."
+            "nearest to the labelled images; 'random': a uniform sample of the pool (the paper's generic "
+            "transfer set); or a dataset (Hub id or folder) used as a generic transfer set."
         },
     )
     pool: str | None = field(
@@ -148,6 +149,13 @@ class TransferArguments:
     )
     pool_streaming: bool = field(
         default=False, metadata={"help": "Stream the pool instead of converting it."}
+    )
+    pool_embeddings_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder for the pool's embeddings, reused by every run that names it with the same pool "
+            "and encoder (default: inside the run's transfer stage)."
+        },
     )
     per_query_k: int | None = field(
         default=None, metadata={"help": "Neighbours per labelled image (paper: 127/63/31/15/7)."}
@@ -172,11 +180,26 @@ class TransferArguments:
         self.leakage_threshold = check_number(
             self.leakage_threshold, "--leakage_threshold", minimum=-1, maximum=1
         )
-        if self.transfer != "retrieval" and (self.pool or self.per_query_k or self.transfer_budget):
+        if self.transfer not in ("retrieval", "random") and (
+            self.pool or self.per_query_k or self.transfer_budget
+        ):
             given = [f for f in ("pool", "per_query_k", "transfer_budget") if getattr(self, f) is not None]
             raise ValueError(
-                f"--{given[0]} applies to --transfer retrieval only (--transfer is '{self.transfer}')"
+                f"--{given[0]} applies to --transfer retrieval or random only (--transfer is '{self.transfer}')"
             )
+        if self.pool_embeddings_dir is not None and self.transfer != "retrieval":
+            raise ValueError(
+                f"--pool_embeddings_dir applies to --transfer retrieval only (--transfer is '{self.transfer}')"
+            )
+        if self.transfer == "random":
+            if self.pool is None or self.transfer_budget is None or self.per_query_k is not None:
+                raise ValueError(
+                    "--transfer random samples --transfer_budget images from --pool: give both (and no --per_query_k)"
+                )
+            if self.pool_streaming:
+                raise ValueError(
+                    "--transfer random draws from the whole pool: it cannot be streamed (--pool_streaming)"
+                )
         if self.transfer == "retrieval":
             if self.pool is None:
                 raise ValueError(
@@ -192,7 +215,7 @@ class TransferArguments:
         # then what is on disk: "no such folder", not a Hub error when the stage starts
         if self.retrieval_encoder is not None:
             check_model_source(self.retrieval_encoder, "--retrieval_encoder")
-        if self.transfer not in ("task", "retrieval") and is_local_path(self.transfer):
+        if self.transfer not in ("task", "retrieval", "random") and is_local_path(self.transfer):
             if not os.path.isdir(self.transfer):
                 raise ValueError(f"--transfer: no such folder '{self.transfer}'")
         if self.pool is not None and is_local_path(self.pool) and not glob.glob(self.pool):
@@ -456,6 +479,8 @@ def stage_settings(config: PipelineConfig, stage: str) -> dict[str, Any]:
     if stage == "transfer":
         if flat["transfer"] == "task":
             return _pick(flat, "transfer", "dataset")
+        if flat["transfer"] == "random":
+            return _pick(flat, "transfer", "pool", "transfer_budget", "seed")
         if flat["transfer"] != "retrieval":
             return _pick(flat, "transfer")
         return {

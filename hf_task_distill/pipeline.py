@@ -233,7 +233,7 @@ class Pipeline:
         settings = stage_settings(self.config, name)
         if "dataset" in settings:
             settings[TASK_DATA] = self.task_fingerprint
-        if settings.get("transfer") not in (None, "task", "retrieval") and name == "transfer":
+        if settings.get("transfer") not in (None, "task", "retrieval", "random") and name == "transfer":
             settings[TRANSFER_DATA] = self._transfer_fingerprint()
         return settings
 
@@ -433,7 +433,7 @@ class Pipeline:
         outputs = (self.manifest("transfer") or {}).get("outputs")
         if outputs is None:
             raise StageNotReady(f"stage 'transfer' has not completed in {self.run_dir}: run it first")
-        if outputs["kind"] == "retrieval":
+        if outputs["kind"] in ("retrieval", "random"):
             from datasets import load_from_disk
 
             return load_from_disk(outputs["path"])
@@ -484,6 +484,13 @@ class Pipeline:
             image_size=cfg.student_image_size,
         )
 
+    @property
+    def _distillation_uses_teacher_predictions(self) -> bool:
+        """False for a task-agnostic (feature) loss: the teacher's classes then do not matter."""
+        from .losses import build_loss
+
+        return build_loss(self.config.student.distill_loss).requires_teacher_logits
+
     def _teacher_classes(self, config) -> list[str]:
         """The classes a teacher predicts, in its output order: exactly the task's, in any order (a
         student distilled from it gets these; labels are matched to them by name when it meets the
@@ -518,7 +525,8 @@ class Pipeline:
                 config = AutoConfig.from_pretrained(
                     resolve_model_source(cfg.teacher), trust_remote_code=cfg.trust_remote_code
                 )
-            self._teacher_classes(config)
+            if self._distillation_uses_teacher_predictions:
+                self._teacher_classes(config)
             return {"source": cfg.teacher, "strategy": "none"}
         args = self._training_args(
             TeacherFinetuningArguments,
@@ -587,6 +595,8 @@ class Pipeline:
         cfg = self.config.transfer
         if cfg.transfer == "task":
             return {"kind": "task", "rows": len(self.full_train)}
+        if cfg.transfer == "random":
+            return self._random_transfer_set(directory)
         if cfg.transfer != "retrieval":
             from .data import load_image_dataset
 
@@ -616,7 +626,11 @@ class Pipeline:
         pool = load_pool(cfg.pool, streaming=cfg.pool_streaming)
         heldout = [self.task[s] for s in ("validation", "test") if s in self.task.splits]
         transfer, stats = builder.build(
-            pool, self.task["train"], heldout=heldout, embeddings_dir=os.path.join(directory, "embeddings")
+            pool,
+            self.task["train"],
+            heldout=heldout,
+            embeddings_dir=os.path.join(directory, "embeddings"),
+            pool_embeddings_dir=cfg.pool_embeddings_dir,
         )
         path = os.path.join(directory, "data")
         if self.state.is_main_process:
@@ -642,15 +656,45 @@ class Pipeline:
         )
         return {"kind": "retrieval", "path": path, "rows": len(transfer), "stats": stats.as_dict()}
 
+    def _random_transfer_set(self, directory: str) -> dict[str, Any]:
+        """``--transfer random``: ``transfer_budget`` pool images drawn uniformly without replacement
+        (seeded by ``--seed``): the generic transfer set the paper compares retrieval against."""
+        import numpy as np
+
+        from .retrieval import load_pool
+
+        cfg = self.config.transfer
+        pool = load_pool(cfg.pool)
+        if cfg.transfer_budget > len(pool):
+            raise ValueError(
+                f"--transfer_budget {cfg.transfer_budget} is more than the pool holds ({len(pool)} images in "
+                f"'{cfg.pool}'): lower the budget or add images to the pool"
+            )
+        rows = np.random.default_rng(self.config.run.seed).choice(
+            len(pool), cfg.transfer_budget, replace=False
+        )
+        rows = sorted(rows.tolist())
+        sample = pool.select(rows).add_column("pool_index", rows)  # as a retrieved set records it
+        path = os.path.join(directory, "data")
+        if self.state.is_main_process:
+            sample.save_to_disk(path)
+        return {"kind": "random", "path": path, "rows": len(sample), "pool_rows": len(pool)}
+
     def _stage_distill(self, directory: str, ledger: ComputeLedger) -> dict[str, Any]:
         from .data import PairedViews
         from .models import load_teacher
         from .trainer import DistillationArguments, DistillationTrainer
 
         cfg = self.config.student
+        # a feature loss reads the teacher's image features only: any backbone serves, its head (new
+        # for the task's classes if it has none) is never used
+        labels = None if self._distillation_uses_teacher_predictions else self.task.label_names
         with _loading("teacher", self.teacher_path()):
             teacher = load_teacher(
-                self.teacher_path(), trust_remote_code=self.config.teacher.trust_remote_code
+                self.teacher_path(),
+                labels,
+                trust_remote_code=self.config.teacher.trust_remote_code,
+                warn_new_head=False,
             )
         with _loading("student", cfg.student):
             student = self._new_student(self._teacher_classes(teacher.config))
@@ -817,7 +861,9 @@ class Pipeline:
 
         if not self.state.is_main_process:
             return {}  # only the main process writes the manifest: the others would repeat its work
-        models = {"teacher": self.teacher_path()}
+        models = {}
+        if self.config.teacher.teacher_strategy != "none" or self._distillation_uses_teacher_predictions:
+            models["teacher"] = self.teacher_path()  # not a backbone that only lent its features
         if self.manifest("baseline") is not None and self.config.student.baseline:
             models["student, labels only"] = self.manifest("baseline")["outputs"]["model"]
         models["student, distilled"] = self.manifest("distill")["outputs"]["model"]

@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "CONFUSION_FILE",
+    "comparison_figure",
     "PLOTTING_HINT",
     "confusion_matrix_figure",
     "read_confusion_matrices",
@@ -159,3 +160,38 @@ def write_run_figures(
         figure.savefig(path, dpi=120)
         written["confusion_matrix"] = path
     return written
+
+
+def comparison_figure(summary: dict[str, Any]):
+    """A comparison's methods as grouped bars: mean accuracy over seeds with the standard deviation
+    as error bars, one group per method, one bar per label budget (``compare.report.summarise``'s
+    output). Returns a ``Figure``."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"figures need matplotlib: {PLOTTING_HINT}") from err
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    budgets = list(summary)
+    methods = list(summary[budgets[0]]["methods"])
+    figure = Figure(figsize=(1.2 + 0.9 * len(methods), 3.8), layout="constrained")
+    axes = figure.add_subplot()
+    width = 0.8 / len(budgets)
+    columns = np.arange(len(methods))
+    for index, budget in enumerate(budgets):
+        stats = [summary[budget]["methods"][m] for m in methods]
+        axes.bar(
+            columns + (index - (len(budgets) - 1) / 2) * width,
+            [s["mean"] for s in stats],
+            width,
+            yerr=[s["std"] for s in stats],
+            capsize=3,
+            label=f"N = {budget}",
+        )
+    axes.set_xticks(columns, [f"({m})" if len(m) == 1 else m for m in methods])
+    low = min(s["mean"] - s["std"] for b in budgets for s in summary[b]["methods"].values())
+    axes.set_ylim(max(0.0, low - 0.05), 1.0)
+    axes.set_ylabel("test accuracy (mean ± std over seeds)")
+    axes.legend(fontsize=8)
+    return figure

@@ -175,3 +175,26 @@ def test_a_checkpoint_with_the_tasks_classes_in_another_order_keeps_its_head_reo
     other = load_teacher(str(tmp_path / "base"), labels=["a", "b", "c", "d"])
     assert list(other.config.id2label.values()) == ["a", "b", "c", "d"]
     assert not torch.equal(other.classifier.weight, base.classifier.weight)  # a new head
+
+
+def test_a_pretrained_student_with_the_tasks_classes_in_another_order_keeps_its_head_reordered(
+    tmp_path, caplog
+):
+    """timm family, as a pretrained student: before, the head came back in the checkpoint's order
+    under the task's names (same shape, so nothing was re-initialised), and outputs were misnamed."""
+    start = create_student("test_resnet", LABELS, image_size=32).eval()
+    start.save_pretrained(tmp_path / "start")
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = start(pixel_values=pixels).logits
+    with caplog.at_level("WARNING"):
+        student = create_student(str(tmp_path / "start"), sorted(LABELS), pretrained=True).eval()
+    assert "new, untrained" not in caplog.text  # the classes are the task's: its head is kept
+    with torch.no_grad():
+        got = student(pixel_values=pixels).logits
+    torch.testing.assert_close(got, expected[:, [LABELS.index(n) for n in sorted(LABELS)]])
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        other = create_student(str(tmp_path / "start"), ["a", "b", "c", "d"], pretrained=True)
+    assert "predicts 4 other classes: a new, untrained 4-class head" in caplog.text
+    assert not torch.equal(other.timm_model.get_classifier().weight, start.timm_model.get_classifier().weight)

@@ -194,13 +194,19 @@ def load_image_dataset(
     source: str | os.PathLike | Dataset | DatasetDict, split: str = "train", **load_dataset_kwargs: Any
 ) -> Dataset:
     """One split of an image collection that need not be labelled (a transfer set or pool): a folder of
-    images, a Hub dataset id, or a ``Dataset``/``DatasetDict``."""
+    images, a folder written by ``Dataset.save_to_disk`` (a retrieved transfer set in a run's
+    ``transfer/data``), a Hub dataset id, or a ``Dataset``/``DatasetDict``."""
     if isinstance(source, Dataset):
         return source
     if isinstance(source, DatasetDict):
         return source[split]
     if not isinstance(source, (str, os.PathLike)):
         check_dataset_type(source, "the image collection")
+    if os.path.isfile(os.path.join(source, "state.json")) and os.path.isfile(
+        os.path.join(source, "dataset_info.json")
+    ):
+        saved = datasets.load_from_disk(os.fspath(source))
+        return saved[split] if isinstance(saved, DatasetDict) else saved
     if os.path.isdir(source):
         return datasets.load_dataset(
             "imagefolder", data_dir=os.fspath(source), split=split, **load_dataset_kwargs

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["capture_head_inputs", "find_classification_head"]
+__all__ = ["capture_head_inputs", "find_classification_head", "reinitialise_head"]
 
 
 def find_classification_head(model: nn.Module) -> tuple[str, nn.Linear]:
@@ -38,3 +38,19 @@ def capture_head_inputs(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         yield captured
     finally:
         handle.remove()
+
+
+def reinitialise_head(model: nn.Module) -> None:
+    """Give ``model``'s head its initialisation afresh: for a checkpoint whose head has the right
+    size but was trained for other classes (``from_pretrained`` loaded it, since the shapes fit; a
+    head of another size transformers re-initialises itself). Uses the model's ``_init_weights``,
+    else ``reset_parameters``."""
+    _, head = find_classification_head(model)
+    before = head.weight.detach().clone()
+    for param in head.parameters():  # transformers 5 skips tensors it marked as loaded
+        param._is_hf_initialized = False
+    init = getattr(model, "_init_weights", None)
+    if callable(init):
+        init(head)
+    if torch.equal(head.weight.detach(), before):  # a model whose init left it alone
+        head.reset_parameters()

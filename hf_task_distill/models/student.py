@@ -7,15 +7,21 @@ Wrapping keeps one artefact usable everywhere: ``save_pretrained``/``push_to_hub
 
 from __future__ import annotations
 
+import logging
+import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..sources import check_model_source, resolve_model_source
-from .labels import label_config_kwargs, set_label_space
+from .heads import reinitialise_head
+from .labels import label_config_kwargs, label_names_of, set_label_space
 from .safe_loading import safetensors_required
+from .teacher import _config_kwargs, has_classification_head
 
 __all__ = ["create_student", "is_timm_architecture"]
+
+logger = logging.getLogger(__name__)
 
 
 def is_timm_architecture(name: str) -> bool:
@@ -56,13 +62,17 @@ def create_student(
             model_args=dict(model_args or {}),
             image_size=image_size,
         )
-    if image_size is not None:
-        raise ValueError(
-            "image_size= applies to timm students; for other models set it in their image processor"
-        )
     from transformers import AutoConfig, AutoModelForImageClassification
 
     source = resolve_model_source(name_or_path)
+    if image_size is not None:
+        _check_resizable(
+            AutoConfig.from_pretrained(source, **_config_kwargs(from_pretrained_kwargs)), name_or_path
+        )
+        model = create_student(name_or_path, labels, pretrained=pretrained, **from_pretrained_kwargs)
+        model.config.pretrained_cfg["input_size"] = [3, image_size, image_size]  # what its views follow
+        model.config.pretrained_cfg.pop("test_input_size", None)
+        return model
     if not pretrained:
         config = AutoConfig.from_pretrained(source, **label_kwargs, **from_pretrained_kwargs)
         set_label_space(config, names)  # a timm repo's config also lists its own classes (label_names)
@@ -70,15 +80,56 @@ def create_student(
             config.model_args = {**(getattr(config, "model_args", None) or {}), **model_args}
         return AutoModelForImageClassification.from_config(config)
     from_pretrained_kwargs.setdefault("use_safetensors", True)
+    config = AutoConfig.from_pretrained(source, **_config_kwargs(from_pretrained_kwargs))
+    existing = label_names_of(config)
+    if existing is not None and sorted(existing) == sorted(names):
+        from .teacher import reorder_classes
+
+        with safetensors_required(name_or_path):
+            model = AutoModelForImageClassification.from_pretrained(source, **from_pretrained_kwargs)
+        if existing != names:  # the task's classes in another order: move the head's rows
+            reorder_classes(model, names)
+        return model
+    _warn_new_head(name_or_path, existing, len(names))
     with safetensors_required(name_or_path):
         model = AutoModelForImageClassification.from_pretrained(
             source, ignore_mismatched_sizes=True, **label_kwargs, **from_pretrained_kwargs
         )
+    if has_classification_head(config) and config.num_labels == len(names):
+        reinitialise_head(model)  # loaded because its shape fits, but trained for other classes
     set_label_space(model, names)
     return model
 
 
-_WEIGHT_SOURCE_FIELDS = ("url", "hf_hub_id", "hf_hub_filename", "tag", "origin_url", "paper_ids", "license")
+def _check_resizable(config, name_or_path: str) -> None:
+    """``image_size=`` sets a timm model's input size in its ``pretrained_cfg``; other models take
+    theirs from their image processor, and some timm models are built for one size only."""
+    cfg = getattr(config, "pretrained_cfg", None)
+    if getattr(config, "model_type", None) != "timm_wrapper" or not isinstance(cfg, dict):
+        raise ValueError(
+            f"image_size= applies to timm students; '{name_or_path}' is a {getattr(config, 'model_type', '?')} "
+            "model: set its size in its image processor"
+        )
+    if cfg.get("fixed_input_size"):
+        raise ValueError(
+            f"'{name_or_path}' was built for {tuple(cfg.get('input_size', ()))[-2:]} inputs only (fixed_input_size): "
+            "leave image_size= unset, or start from the architecture's name"
+        )
+
+
+def _warn_new_head(name_or_path: str, existing: list[str] | None, num_labels: int) -> None:
+    """A pretrained student whose classes are not the task's keeps its body and gets a new head."""
+    what = f"predicts {len(existing)} other classes" if existing else "comes with its own classifier"
+    logger.warning(
+        "student '%s' %s: a new, untrained %d-class head replaces its classifier (its other weights are kept)",
+        name_or_path,
+        what,
+        num_labels,
+    )
+
+
+# Fields of timm's pretrained_cfg naming where its registered weights come from.
+WEIGHT_SOURCE_FIELDS = ("url", "hf_hub_id", "hf_hub_filename", "tag", "origin_url", "paper_ids", "license")
 
 
 def _wrap_timm(
@@ -96,29 +147,52 @@ def _wrap_timm(
     later ``save_pretrained`` calls write timm-compatible checkpoints.
     """
     import timm
-    from safetensors.torch import save_file
-    from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+    from transformers import TimmWrapperForImageClassification
 
     if image_size is not None and timm.models.get_pretrained_cfg(name.split(".")[0]).fixed_input_size:
         model_args["img_size"] = image_size
     timm_model = timm.create_model(
         name, pretrained=pretrained, num_classes=label_kwargs["num_labels"], **model_args
     )
+    if pretrained:  # timm's weights come with its own head (ImageNet's classes); ours is new
+        _warn_new_head(name, None, label_kwargs["num_labels"])
     # Fields naming where timm's weights come from describe a from-scratch student wrongly.
-    dropped = ("num_classes", "file") + (() if pretrained else _WEIGHT_SOURCE_FIELDS)
+    dropped = ("num_classes", "file") + (() if pretrained else WEIGHT_SOURCE_FIELDS)
     pretrained_cfg = {k: v for k, v in dict(timm_model.pretrained_cfg).items() if k not in dropped}
     if image_size is not None:
         pretrained_cfg["input_size"] = (3, image_size, image_size)
         pretrained_cfg.pop("test_input_size", None)
-    config = TimmWrapperConfig(
-        architecture=name.split(".")[0],
-        pretrained_cfg=pretrained_cfg,
-        model_args=dict(model_args),
-        **label_kwargs,
-    )
-    set_label_space(config, list(label_kwargs["id2label"].values()))  # timm's own class list, if any
-    state = {k: v.detach().contiguous() for k, v in timm_model.state_dict().items()}
+    names = list(label_kwargs["id2label"].values())
     with tempfile.TemporaryDirectory(prefix="hf_task_distill_student_") as folder:
-        config.save_pretrained(folder)
-        save_file(state, f"{folder}/model.safetensors")
+        write_timm_folder(timm_model, name, names, pretrained_cfg, folder, model_args=model_args)
         return TimmWrapperForImageClassification.from_pretrained(folder)
+
+
+def write_timm_folder(
+    timm_model,
+    architecture: str,
+    label_names: Sequence[str],
+    pretrained_cfg: Mapping[str, Any],
+    folder: str | os.PathLike,
+    *,
+    model_args: Mapping[str, Any] | None = None,
+) -> str:
+    """Save a timm model as timm and transformers both read it: ``config.json`` (a
+    ``TimmWrapperConfig``: ``architecture``, ``pretrained_cfg``, ``model_args``, the labels) and
+    ``model.safetensors`` with timm's key names. Returns the folder."""
+    from safetensors.torch import save_file
+    from transformers import TimmWrapperConfig
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    config = TimmWrapperConfig(
+        architecture=architecture.split(".")[0],
+        pretrained_cfg=dict(pretrained_cfg),
+        model_args=dict(model_args or {}),
+        **label_config_kwargs(list(label_names)),
+    )
+    set_label_space(config, list(label_names))  # timm's own class list, if any
+    config.save_pretrained(folder)
+    state = {k: v.detach().contiguous() for k, v in timm_model.state_dict().items()}
+    save_file(state, os.path.join(folder, "model.safetensors"))
+    return folder

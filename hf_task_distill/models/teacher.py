@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..sources import check_model_source, resolve_model_source
+from .heads import reinitialise_head
 from .labels import label_config_kwargs, label_names_of, set_label_space
 from .safe_loading import safetensors_required
 
@@ -86,7 +87,8 @@ def load_teacher(
             source, ignore_mismatched_sizes=True, **label_kwargs, **load
         )
     # a head of the new size that came with the checkpoint was loaded, not replaced: start it afresh
-    _new_head(model, reinitialise=has_classification_head(config) and config.num_labels == len(names))
+    if has_classification_head(config) and config.num_labels == len(names):
+        reinitialise_head(model)
     set_label_space(model, names)  # the base model's class names must not survive in any field
     return model
 
@@ -105,24 +107,6 @@ def reorder_classes(model, names: Sequence[str]) -> None:
         if head.bias is not None:
             head.bias.copy_(head.bias[order])
     set_label_space(model, list(names))
-
-
-def _new_head(model, *, reinitialise: bool) -> None:
-    """A head of the right size for other classes came with the checkpoint's own weights: give it the
-    model's initialisation, as a head of another size gets (transformers re-initialises those)."""
-    if not reinitialise:
-        return
-    from .heads import find_classification_head
-
-    _, head = find_classification_head(model)
-    before = head.weight.detach().clone()
-    for param in head.parameters():  # transformers 5 skips tensors it marked as loaded
-        param._is_hf_initialized = False
-    init = getattr(model, "_init_weights", None)
-    if callable(init):
-        init(head)
-    if torch.equal(head.weight.detach(), before):  # a model whose init left it alone
-        head.reset_parameters()
 
 
 def _config_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -146,6 +146,7 @@ class RetrievalTransferSetBuilder:
         heldout=(),
         embeddings_dir: str | os.PathLike,
         pool_embeddings=None,
+        pool_embeddings_dir: str | os.PathLike | None = None,
         teacher=None,
     ):
         """Return ``(transfer_set, stats)``.
@@ -153,7 +154,9 @@ class RetrievalTransferSetBuilder:
         ``pool``: a ``datasets.Dataset`` of images. ``queries``: the labelled target images (labels, if
         present, spread a ``budget`` evenly over classes). ``heldout``: datasets whose near-duplicates
         must never enter the transfer set (validation, test). Embeddings are cached under
-        ``embeddings_dir`` and reused by later runs. ``pool_embeddings``: precomputed pool vectors,
+        ``embeddings_dir`` and reused by later runs; ``pool_embeddings_dir`` puts the pool's elsewhere,
+        e.g. in one folder shared by several builds over the same pool with the same encoder (a
+        folder holding another pool's or encoder's embeddings is refused). ``pool_embeddings``: precomputed pool vectors,
         either ``[len(pool), d]`` or ``(vectors, pool_rows)``; they must come from the same encoder
         (a different dimension is refused) and are L2-normalised here. ``teacher``: a finetuned
         classifier (or a :class:`TeacherConfidence`); its top-class probability on each retrieved
@@ -175,7 +178,8 @@ class RetrievalTransferSetBuilder:
         if cfg.min_teacher_confidence is not None and teacher is None:
             raise ValueError("min_teacher_confidence needs a teacher: pass teacher= to build()")
         if pool_embeddings is None:
-            pool_vectors, pool_rows, pool_store = self._embed(pool, os.path.join(embeddings_dir, "pool"))
+            pool_dir = os.fspath(pool_embeddings_dir or os.path.join(embeddings_dir, "pool"))
+            pool_vectors, pool_rows, pool_store = self._embed(pool, pool_dir)
             stats.pool_unreadable = pool_store.skipped
         else:
             if streamed:
