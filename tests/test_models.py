@@ -136,3 +136,21 @@ def test_the_shipped_model_name_works_in_every_entry_point(colour_splits):
     assert TeacherFinetuner("mini-vfm", DatasetDict(task), args).spec.size == (32, 32)
     student = create_student("mini-vfm", LABELS)  # its architecture, from scratch
     assert student.config.architecture == "resnet10t" and student.config.num_labels == len(LABELS)
+
+
+def test_a_student_started_afresh_from_a_timm_folder_saves_what_timm_loads(tmp_path):
+    """Before: create_student(folder) (not pretrained) went through from_config, and every stage saved
+    `timm_model.`-prefixed keys, which the card's own `timm.create_model("local-dir:.")` cannot load."""
+    from safetensors import safe_open
+
+    create_student("test_resnet", LABELS, image_size=40, model_args={"drop_rate": 0.1}).save_pretrained(
+        tmp_path / "start"
+    )
+    student = create_student(str(tmp_path / "start"), ["w", "x", "y", "z"])
+    student.save_pretrained(tmp_path / "student")
+    with safe_open(str(tmp_path / "student" / "model.safetensors"), "pt") as saved:
+        assert not [k for k in saved.keys() if k.startswith("timm_model.")]
+    in_timm = timm.create_model(f"local-dir:{tmp_path / 'student'}", pretrained=True)
+    assert in_timm.pretrained_cfg["label_names"] == ["w", "x", "y", "z"]
+    assert list(student.config.pretrained_cfg["input_size"]) == [3, 40, 40]  # the folder's, not timm's
+    assert student.config.model_args == {"drop_rate": 0.1}

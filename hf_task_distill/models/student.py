@@ -75,6 +75,17 @@ def create_student(
         return model
     if not pretrained:
         config = AutoConfig.from_pretrained(source, **label_kwargs, **from_pretrained_kwargs)
+        if getattr(config, "model_type", None) == "timm_wrapper":
+            # timm's own init, and saved with timm's key names (from_config would save them prefixed
+            # with `timm_model.`, which timm.create_model("local-dir:...") cannot load)
+            return _wrap_timm(
+                config.architecture,
+                label_kwargs,
+                pretrained=False,
+                model_args={**(getattr(config, "model_args", None) or {}), **(model_args or {})},
+                image_size=None,
+                pretrained_cfg=getattr(config, "pretrained_cfg", None),
+            )
         set_label_space(config, names)  # a timm repo's config also lists its own classes (label_names)
         if model_args:
             config.model_args = {**(getattr(config, "model_args", None) or {}), **model_args}
@@ -139,8 +150,10 @@ def _wrap_timm(
     pretrained: bool,
     model_args: dict[str, Any],
     image_size: int | None,
+    pretrained_cfg: Mapping[str, Any] | None = None,
 ):
     """Build the timm model with timm's own init (or weights), then load it through transformers.
+    ``pretrained_cfg`` (a checkpoint's data config) replaces timm's registered one for ``name``.
 
     Loading from a timm-format folder, rather than constructing the wrapper directly, keeps timm's
     initialisation (transformers would re-initialise every layer) and records the key mapping, so
@@ -158,7 +171,8 @@ def _wrap_timm(
         _warn_new_head(name, None, label_kwargs["num_labels"])
     # Fields naming where timm's weights come from describe a from-scratch student wrongly.
     dropped = ("num_classes", "file") + (() if pretrained else WEIGHT_SOURCE_FIELDS)
-    pretrained_cfg = {k: v for k, v in dict(timm_model.pretrained_cfg).items() if k not in dropped}
+    source_cfg = dict(pretrained_cfg) if pretrained_cfg else dict(timm_model.pretrained_cfg)
+    pretrained_cfg = {k: v for k, v in source_cfg.items() if k not in dropped}
     if image_size is not None:
         pretrained_cfg["input_size"] = (3, image_size, image_size)
         pretrained_cfg.pop("test_input_size", None)
