@@ -13,7 +13,10 @@ import math
 import numbers
 from typing import Any
 
-__all__ = ["check_int", "check_number", "check_choice"]
+__all__ = ["SEED_MAX", "check_choice", "check_int", "check_number", "check_report_to"]
+
+#: The largest seed numpy's and torch's generators take (2**32 - 1).
+SEED_MAX = 2**32 - 1
 
 
 def _describe(value: Any) -> str:
@@ -89,4 +92,35 @@ def check_choice(value: Any, name: str, choices: tuple[str, ...] | list[str]) ->
     """``value`` if it is one of ``choices``; else a ``ValueError`` listing them."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {', '.join(map(str, choices))}, got {value!r}")
+    return value
+
+
+def check_report_to(value: Any, name: str) -> str | list[str]:
+    """A Trainer ``report_to`` value (``"none"``, ``"all"``, a logger name or a list of them): each
+    name must be a logger transformers knows, and installed, so that a typo or a missing package is
+    one line now rather than a traceback when the first stage starts."""
+    import difflib
+
+    from transformers.integrations import get_available_reporting_integrations
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"{name} must be a logger name or a list of them, got {_describe(value)}")
+    if names in (["none"], ["all"]) or names == []:
+        return value
+    available = get_available_reporting_integrations()
+    for logger_name in names:
+        if logger_name not in INTEGRATION_TO_CALLBACK:
+            close = difflib.get_close_matches(logger_name, list(INTEGRATION_TO_CALLBACK), n=1)
+            hint = (
+                f"; did you mean {close[0]}"
+                if close
+                else f"; known: none, all, {', '.join(sorted(INTEGRATION_TO_CALLBACK))}"
+            )
+            raise ValueError(f"{name}: unknown logger '{logger_name}'{hint}")
+        if logger_name not in available:
+            raise ValueError(
+                f"{name}: '{logger_name}' is not installed (pip install {logger_name.replace('_', '-')})"
+            )
     return value

@@ -310,12 +310,14 @@ def _main(argv: list[str]) -> int:
             console.log_to(config.run.output_dir)
             summary = run_command(command, config)
         except (CommandLineError, StageNotReady, RunInUse, ValueError, FileNotFoundError, ImportError) as err:
+            _close_progress_bars()  # the error on a line of its own, not after a bar's carriage return
             print(f"hf-task-distill: error: {err}", file=sys.stderr)
             return 2
         except OSError as err:  # e.g. a model or dataset that cannot be found (Hub offline, typo)
             if isinstance(err, BrokenPipeError):
                 raise
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            _close_progress_bars()
             print(f"hf-task-distill: error: {first}", file=sys.stderr)
             return 2
     from .devices import end_processes, process_state
@@ -355,6 +357,7 @@ def _run_tool(command: str, argv: list[str]) -> int:
             if isinstance(err, BrokenPipeError):
                 raise
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            _close_progress_bars()
             print(f"hf-task-distill {command}: error: {first}", file=sys.stderr)
             return 2
     if main_process:

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from .checks import check_choice, check_int, check_number
+from .checks import SEED_MAX, check_choice, check_int, check_number, check_report_to
 from .files import write_json_atomically
 from .sources import check_model_source, is_local_path
 
@@ -79,7 +79,7 @@ class TaskArguments:
         self.fraction = check_number(self.fraction, "--fraction", above=0, maximum=1, optional=True)
         if self.per_class is not None and self.fraction is not None:
             raise ValueError("--per_class and --fraction are two label budgets: give one")
-        self.budget_seed = check_int(self.budget_seed, "--budget_seed")
+        self.budget_seed = check_int(self.budget_seed, "--budget_seed", minimum=0, maximum=SEED_MAX)
         self.test_fraction = check_number(self.test_fraction, "--test_fraction", above=0, below=1)
 
 
@@ -184,8 +184,9 @@ class TransferArguments:
             self.pool or self.per_query_k or self.transfer_budget
         ):
             given = [f for f in ("pool", "per_query_k", "transfer_budget") if getattr(self, f) is not None]
+            modes = "retrieval" if given[0] == "per_query_k" else "retrieval or random"
             raise ValueError(
-                f"--{given[0]} applies to --transfer retrieval or random only (--transfer is '{self.transfer}')"
+                f"--{given[0]} applies to --transfer {modes} only (--transfer is '{self.transfer}')"
             )
         if self.pool_embeddings_dir is not None and self.transfer != "retrieval":
             raise ValueError(
@@ -215,7 +216,17 @@ class TransferArguments:
         # then what is on disk: "no such folder", not a Hub error when the stage starts
         if self.retrieval_encoder is not None:
             check_model_source(self.retrieval_encoder, "--retrieval_encoder")
-        if self.transfer not in ("task", "retrieval", "random") and is_local_path(self.transfer):
+        modes = ("task", "retrieval", "random")
+        if self.transfer not in modes and "/" not in self.transfer and not os.path.exists(self.transfer):
+            import difflib
+
+            close = difflib.get_close_matches(self.transfer, modes, n=1, cutoff=0.6)
+            if close:  # a typo of a mode, not a dataset: say so before the teacher trains
+                raise ValueError(
+                    f"--transfer '{self.transfer}' is neither task, retrieval nor random, nor a folder or Hub "
+                    f"dataset id (owner/name); did you mean {close[0]}?"
+                )
+        if self.transfer not in modes and is_local_path(self.transfer):
             if not os.path.isdir(self.transfer):
                 raise ValueError(f"--transfer: no such folder '{self.transfer}'")
         if self.pool is not None and is_local_path(self.pool) and not glob.glob(self.pool):
@@ -284,6 +295,16 @@ class StudentArguments:
         self.student_image_size = check_int(
             self.student_image_size, "--student_image_size", minimum=8, optional=True
         )
+        if self.student_image_size is not None and os.path.isfile(os.path.join(self.student, "config.json")):
+            with open(os.path.join(self.student, "config.json"), encoding="utf-8") as file:
+                model_type = json.load(file).get("model_type")
+            if (
+                model_type != "timm_wrapper"
+            ):  # a timm folder's input size is set; others' come from their processor
+                raise ValueError(
+                    f"--student_image_size applies to timm students; '{self.student}' is a {model_type} model: "
+                    "leave it out (its image processor sets the size)"
+                )
         self.distill_epochs = check_number(self.distill_epochs, "--distill_epochs", above=0)
         self.distill_learning_rate = check_number(
             self.distill_learning_rate, "--distill_learning_rate", above=0
@@ -343,7 +364,7 @@ class RunArguments:
         if self.bf16 and self.fp16:
             raise ValueError("--bf16 and --fp16 are exclusive: choose one mixed precision")
         self.batch_size = check_int(self.batch_size, "--batch_size", minimum=1)
-        self.seed = check_int(self.seed, "--seed")
+        self.seed = check_int(self.seed, "--seed", minimum=0, maximum=SEED_MAX)
         self.dataloader_num_workers = check_int(
             self.dataloader_num_workers, "--dataloader_num_workers", minimum=0
         )
@@ -352,6 +373,7 @@ class RunArguments:
             self.hflip_probability, "--hflip_probability", minimum=0, maximum=1
         )
         self.logging_steps = check_int(self.logging_steps, "--logging_steps", minimum=1)
+        self.report_to = check_report_to(self.report_to, "--report_to")
         if isinstance(self.overwrite_stage, str):  # a config file may give one stage as a string
             self.overwrite_stage = [self.overwrite_stage]
         unknown = [s for s in self.overwrite_stage if s not in STAGES]
@@ -425,7 +447,10 @@ def _check_type(name: str, value: Any, annotation: str) -> None:
     (a string: this module uses ``from __future__ import annotations``)."""
     if value is None and "None" in annotation:
         return
-    expected = {"str": str, "bool": bool, "list[str]": (list, str)}.get(annotation.split(" |")[0])
+    kind = annotation.split(" |")[0]
+    if isinstance(value, (list, tuple, dict)) and not kind.startswith("list"):
+        raise TypeError(f"--{name} takes one value, got {type(value).__name__} {value!r}")
+    expected = {"str": str, "bool": bool, "list[str]": (list, str)}.get(kind)
     if expected is not None and not isinstance(value, expected):
         raise TypeError(
             f"--{name} must be a {annotation.split(' |')[0]}, got {value!r} ({type(value).__name__})"

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .checks import check_int, check_number
+from .checks import SEED_MAX, check_int, check_number
 from .data.images import ImageDecodeError
 from .data.loading import find_label_column
 from .data.validation import UNLABELLED, check_dataset_type, check_label_ids, class_label_names, label_array
@@ -101,7 +101,9 @@ def check_training_arguments(args: TrainingArguments) -> None:
     drops the image column, which the model's ``forward`` does not name but from which every view is
     rendered: training would run and evaluation then fail on rows without images. It is turned off,
     with a warning saying why. ``dataloader_pin_memory`` is turned off without an accelerator: pinned
-    memory only speeds copies to one, and torch warns at every data loader.
+    memory only speeds copies to one, and torch warns at every data loader. The Trainer's numbers
+    (epochs, steps, rates, batch sizes, ``seed`` in [0, 2**32 - 1], workers) are type- and
+    range-checked: the Trainer itself would take them and fail later, inside numpy or torch.
     """
     # the Trainer's own numbers, as a script or a config file may hand them over (strings, zeros)
     args.num_train_epochs = check_number(args.num_train_epochs, "num_train_epochs", minimum=0)
@@ -112,6 +114,14 @@ def check_training_arguments(args: TrainingArguments) -> None:
     args.weight_decay = check_number(args.weight_decay, "weight_decay", minimum=0)
     for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
         setattr(args, name, check_int(getattr(args, name), name, minimum=1))
+    args.seed = check_int(args.seed, "seed", minimum=0, maximum=SEED_MAX)
+    args.data_seed = check_int(args.data_seed, "data_seed", minimum=0, maximum=SEED_MAX, optional=True)
+    args.dataloader_num_workers = check_int(args.dataloader_num_workers, "dataloader_num_workers", minimum=0)
+    # steps: a whole number, or (the Trainer's convention) a fraction of the run below 1
+    for name in ("logging_steps", "save_steps", "eval_steps"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(args, name, check_number(value, name, above=0))
     if args.dataloader_pin_memory and not has_accelerator():
         args.dataloader_pin_memory = False  # nothing to pin for; torch would warn at every data loader
     if args.remove_unused_columns:
@@ -200,7 +210,8 @@ class NoSingleRowBatchMixin:
     than 1 value per channel when training", deep inside the model, at a small resolution where the
     last feature map is 1 x 1 (the mini-VFM and ResNet students at 32 px). For such a dataset the
     training data loader drops its last batch, with a warning: one image per epoch, a different one
-    each epoch (the order is shuffled), is not trained on. Evaluation keeps every row.
+    each epoch (the order is shuffled), is not trained on. Evaluation keeps every row. A batch size of
+    1 cannot be helped that way: torch's error is then re-raised saying to use a batch of 2 or more.
     """
 
     def __init__(self, *args, **kwargs):
@@ -220,6 +231,18 @@ class NoSingleRowBatchMixin:
                 arguments.per_device_train_batch_size,
             )
             self._drop_single_row_batch = True
+
+    def training_step(self, *args, **kwargs):
+        try:
+            return super().training_step(*args, **kwargs)
+        except ValueError as err:
+            if "Expected more than 1 value per channel" not in str(err):
+                raise
+            raise ValueError(
+                f"a BatchNorm layer of the model got one value per channel ({err}): a training batch of "
+                f"{self.args.per_device_train_batch_size} image(s) whose feature map has shrunk to 1 x 1. Use a "
+                "batch size of at least 2 (per_device_train_batch_size, --batch_size) or larger images"
+            ) from err
 
     def get_train_dataloader(self):
         if not self._drop_single_row_batch:

@@ -324,6 +324,15 @@ def _cli(*flags: str):
     return make
 
 
+def _cli_with_folder_student(*flags: str):
+    def make(tmp_path, kit):
+        kit.teacher.save_pretrained(tmp_path / "dinov2-student")
+        argv = ["run", "--dataset", "digits", "--student", str(tmp_path / "dinov2-student")]
+        return lambda: main([*argv, "--output_dir", str(tmp_path / "run"), *flags])
+
+    return make
+
+
 def _cli_config_file(text: str, suffix: str):
     def make(tmp_path, kit):
         path = tmp_path / f"bad-config{suffix}"
@@ -672,6 +681,19 @@ def _last_batch_of_one(tmp_path, kit):
     return act
 
 
+def _batch_of_one(tmp_path, kit):
+    from hf_task_distill import DistillationTrainer, PairedViews, create_student
+
+    student = create_student("resnet18", LABELS, image_size=32)  # BatchNorm on a 1 x 1 map at 32 px
+    return DistillationTrainer(
+        model=student,
+        teacher_model=kit.teacher,
+        args=distill_args(tmp_path, per_device_train_batch_size=1, max_steps=1),
+        train_dataset=make_colour_dataset(4, seed=6, labelled=False),
+        views=PairedViews(kit.view, ViewSpec.from_model(student)),
+    ).train
+
+
 def _check_last_batch_dropped(trainer, log):
     assert trainer.state.global_step == 2  # one full batch per epoch; the single-row batch left out
     assert "leave a last batch of 1, which BatchNorm cannot train on" in log
@@ -858,6 +880,40 @@ CASES = [
         id="pool-streamed-unreadable-skipped",
     ),
     pytest.param(_last_batch_of_one, Counted(_check_last_batch_dropped), id="training-last-batch-of-one"),
+    pytest.param(  # second newcomer try: a batch size of 1 stopped inside torch
+        _batch_of_one,
+        Raises(
+            ValueError, r"BatchNorm layer .* batch of 1 image\(s\) .* batch size of at least 2 .*--batch_size"
+        ),
+        id="training-batch-size-one-batchnorm",
+    ),
+    *[
+        pytest.param(
+            _call(lambda v=value: DistillationArguments(output_dir="unused", seed=v, report_to="none")),
+            Raises(error, match),
+            id=f"training-arguments-seed-{case}",
+        )
+        for case, value, error, match in [
+            ("negative", -1, ValueError, r"seed must be at least 0, got -1"),
+            ("fractional", 1.5, TypeError, r"seed must be an integer, got 1.5"),
+            ("text", "0", TypeError, r"seed must be an integer, got '0' \(str\)"),
+            ("above-2-32", 2**40, ValueError, r"seed must be at most 4294967295"),
+        ]
+    ],
+    pytest.param(
+        _call(
+            lambda: TeacherFinetuningArguments(
+                output_dir="unused", dataloader_num_workers=-1, report_to="none"
+            )
+        ),
+        Raises(ValueError, r"dataloader_num_workers must be at least 0, got -1"),
+        id="training-arguments-workers-negative",
+    ),
+    pytest.param(
+        _call(lambda: DistillationArguments(output_dir="unused", save_steps=0, report_to="none")),
+        Raises(ValueError, r"save_steps must be greater than 0, got 0"),
+        id="training-arguments-save-steps-zero",
+    ),
     pytest.param(
         _teacher_with_other_classes,
         Raises(
@@ -1028,6 +1084,34 @@ CASES = [
         _cli("--batch_size", "0"),
         ExitsWith(r"--batch_size must be at least 1, got 0"),
         id="cli-batch-size-zero",
+    ),
+    pytest.param(
+        _cli("--seed", "-1"), ExitsWith(r"--seed must be at least 0, got -1"), id="cli-seed-negative"
+    ),
+    pytest.param(
+        _cli("--transfer", "retreival"),
+        ExitsWith(r"--transfer 'retreival' is neither task, retrieval nor random.*did you mean retrieval\?"),
+        id="cli-transfer-typo",
+    ),
+    pytest.param(
+        _cli_config_file('{"dataset": "digits", "finetune_epochs": [2]}', ".json"),
+        ExitsWith(r"--finetune_epochs takes one value, got list \[2\]"),
+        id="cli-config-file-list-for-a-number",
+    ),
+    pytest.param(
+        _cli_with_folder_student("--student_image_size", "48"),
+        ExitsWith(r"--student_image_size applies to timm students; '.*dinov2-student' is a dinov2 model"),
+        id="cli-student-image-size-for-a-non-timm-folder",
+    ),
+    pytest.param(
+        _cli("--report_to", "wandbb"),
+        ExitsWith(r"--report_to: unknown logger 'wandbb'; did you mean wandb"),
+        id="cli-report-to-typo",
+    ),
+    pytest.param(
+        _cli("--report_to", "tensorboard"),
+        ExitsWith(r"--report_to: 'tensorboard' is not installed \(pip install tensorboard\)"),
+        id="cli-report-to-not-installed",
     ),
     pytest.param(
         _cli_config_file('{"dataset": "digits", "per_class": "five"}', ".json"),
