@@ -159,7 +159,7 @@ class Pipeline:
         self.folders = RunDirectory(self.run_dir, is_main_process=self.state.is_main_process)
         self._task = None
         self._unbudgeted = None
-        self._task_fingerprint: str | None = None
+        self._task_fingerprints: dict[tuple[str, ...], str] = {}
         self._full_train = None
         self._redone: set[str] = set()
 
@@ -232,21 +232,36 @@ class Pipeline:
             raise ValueError(f"unknown stage '{name}'; stages are {', '.join(STAGES)}")
         settings = stage_settings(self.config, name)
         if "dataset" in settings:
-            settings[TASK_DATA] = self.task_fingerprint
+            settings[TASK_DATA] = self.task_fingerprint_of(self._splits_read_by(name))
         if settings.get("transfer") not in (None, "task", "retrieval", "random") and name == "transfer":
             settings[TRANSFER_DATA] = self._transfer_fingerprint()
         return settings
 
-    @property
-    def task_fingerprint(self) -> str:
-        """The labelled task's identity: its class names, and per split its size, labels and a sample
-        of its images (``data.fingerprints.dataset_fingerprint``); before any label budget."""
-        if self._task_fingerprint is None:
+    def task_fingerprint_of(self, splits: list[str]) -> str:
+        """The identity of the task's ``splits``: its class names, and per split its size, labels and a
+        sample of its images (``data.fingerprints.task_fingerprint``); before any label budget."""
+        key = tuple(splits)
+        if key not in self._task_fingerprints:
             from .data.fingerprints import task_fingerprint
 
             self.task  # noqa: B018 - loads the splits
-            self._task_fingerprint = task_fingerprint(self._unbudgeted)
-        return self._task_fingerprint
+            self._task_fingerprints[key] = task_fingerprint(self._unbudgeted, splits)
+        return self._task_fingerprints[key]
+
+    def _splits_read_by(self, stage: str) -> list[str]:
+        """The task's splits a stage's result depends on: a fixed test image must not redo training."""
+        wanted = {
+            "teacher": ("train", "validation"),  # validation: model selection
+            "baseline": ("train",),
+            "finetune": ("train",),
+            "evaluate": (self.eval_split,),
+        }.get(stage)
+        if stage == "transfer":  # retrieval also reads validation and test, to keep their copies out
+            wanted = (
+                ("train",) if self.config.transfer.transfer == "task" else ("train", "validation", "test")
+            )
+        self.task  # noqa: B018 - loads the splits
+        return sorted(set(wanted or self._unbudgeted.splits) & set(self._unbudgeted.splits))
 
     def _transfer_fingerprint(self) -> str:
         from .data import load_image_dataset

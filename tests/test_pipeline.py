@@ -595,6 +595,26 @@ def test_a_change_to_the_task_s_images_is_noticed(tmp_path):
         Pipeline(config).run(["transfer"])
 
 
+def test_a_fixed_test_image_redoes_no_stage_that_never_read_the_test_split(tmp_path):
+    """Found by the second newcomer try: a truncated test image is reported after all training;
+    removing it, as the error invites, made every training stage refuse to continue (the task's
+    fingerprint covered the test split, which they never read)."""
+    from conftest import save_image_folder
+
+    from hf_task_distill.pipeline import Pipeline
+
+    folder = _colour_task_folder(tmp_path)
+    save_image_folder(make_colour_dataset(8, seed=9), folder / "test")
+    config = PipelineConfig.from_dict({"dataset": str(folder), "output_dir": str(tmp_path / "r")})
+    finished = Pipeline(config).run(["transfer"])["transfer"]["run_id"]
+    (folder / "test" / "red" / sorted(os.listdir(folder / "test" / "red"))[0]).unlink()
+    pipeline = Pipeline(config)
+    assert pipeline.run(["transfer"])["transfer"]["run_id"] == finished  # skipped, not refused
+    assert pipeline._splits_read_by("transfer") == ["train"] and pipeline._splits_read_by("evaluate") == [
+        "test"
+    ]
+
+
 def test_a_task_that_cannot_be_loaded_fails_before_the_run_folder_is_written(tmp_path, capsys):
     """Found by the newcomer try: --dataset nosuchds failed only after 'stage teacher: starting', and
     left a config.json that later commands on the folder inherited."""

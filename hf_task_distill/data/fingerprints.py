@@ -48,14 +48,15 @@ def _image_bytes(cell: Any) -> bytes:
     return repr(cell).encode()
 
 
-def task_fingerprint(task) -> str:
-    """A labelled task's identity: its class names, and per split its :func:`dataset_fingerprint` and
-    all its labels. A class added to an image folder, an image replaced at a sampled row or a label
-    changed anywhere gives another fingerprint; reading it costs a few dozen images per split."""
+def task_fingerprint(task, splits=None) -> str:
+    """A labelled task's identity: its class names, and per split (``splits``, default all) its
+    :func:`dataset_fingerprint` and all its labels. A class added to an image folder, an image
+    replaced at a sampled row or a label changed anywhere gives another fingerprint; reading it costs
+    a few dozen images per split."""
     from .validation import label_array
 
     digest = hashlib.sha256("|".join(task.label_names).encode())
-    for name in sorted(task.splits):
+    for name in sorted(task.splits if splits is None else splits):
         split = task.splits[name]
         digest.update(f"{name}:{dataset_fingerprint(split, task.image_column)}".encode())
         digest.update(label_array(split, task.label_column).tobytes())
