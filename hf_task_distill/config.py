@@ -17,7 +17,7 @@ from typing import Any
 
 from .checks import SEED_MAX, check_choice, check_int, check_number, check_report_to
 from .files import write_json_atomically
-from .sources import check_model_source, is_local_path
+from .sources import absolute_local_path, check_model_source, is_local_path
 
 __all__ = [
     "INVOCATION_SETTINGS",
@@ -75,6 +75,7 @@ class TaskArguments:
             raise ValueError(f"--dataset must name a task, a folder or a Hub dataset, got {self.dataset!r}")
         if is_local_path(self.dataset) and not os.path.isdir(self.dataset):
             raise ValueError(f"--dataset: no such folder '{self.dataset}'")
+        self.dataset = absolute_local_path(self.dataset)  # continued from any working directory
         self.per_class = check_int(self.per_class, "--per_class", minimum=1, optional=True)
         self.fraction = check_number(self.fraction, "--fraction", above=0, maximum=1, optional=True)
         if self.per_class is not None and self.fraction is not None:
@@ -119,6 +120,7 @@ class TeacherArguments:
         check_choice(self.teacher_strategy, "--teacher_strategy", ("linear", "full", "lp-ft", "lora", "none"))
         # checked here, not when the stage loads it: "no such folder", not a Hub error, and before anything runs
         check_model_source(self.teacher, "--teacher")
+        self.teacher = absolute_local_path(self.teacher)
         self.teacher_epochs = check_number(self.teacher_epochs, "--teacher_epochs", above=0)
         self.teacher_learning_rate = check_number(
             self.teacher_learning_rate, "--teacher_learning_rate", above=0
@@ -138,9 +140,8 @@ class TransferArguments:
     transfer: str = field(
         default="task",
         metadata={
-            "help": "'task': the task's own training images, labels dropped; 'retrieval': pool images "
-            "nearest to the labelled images; 'random': a uniform sample of the pool (the paper's generic "
-            "transfer set); or a dataset (Hub id or folder) used as a generic transfer set."
+            "help": "'task': the task's training images, unlabelled; 'retrieval': pool images nearest to "
+            "the labelled ones; 'random': a uniform pool sample; or a dataset (Hub id or folder)."
         },
     )
     pool: str | None = field(
@@ -152,10 +153,7 @@ class TransferArguments:
     )
     pool_embeddings_dir: str | None = field(
         default=None,
-        metadata={
-            "help": "Folder for the pool's embeddings, reused by every run that names it with the same pool "
-            "and encoder (default: inside the run's transfer stage)."
-        },
+        metadata={"help": "Folder of pool embeddings, shared by runs."},
     )
     per_query_k: int | None = field(
         default=None, metadata={"help": "Neighbours per labelled image (paper: 127/63/31/15/7)."}
@@ -231,6 +229,12 @@ class TransferArguments:
                 raise ValueError(f"--transfer: no such folder '{self.transfer}'")
         if self.pool is not None and is_local_path(self.pool) and not glob.glob(self.pool):
             raise ValueError(f"--pool: no such file or folder '{self.pool}'")
+        if self.transfer not in ("task", "retrieval", "random"):  # the modes are names, never folders
+            self.transfer = absolute_local_path(self.transfer)
+        self.pool = absolute_local_path(self.pool)
+        self.retrieval_encoder = absolute_local_path(self.retrieval_encoder)
+        if self.pool_embeddings_dir is not None:  # a folder that may not exist yet
+            self.pool_embeddings_dir = os.path.abspath(os.path.expanduser(self.pool_embeddings_dir))
 
 
 @dataclass
@@ -292,6 +296,7 @@ class StudentArguments:
                 f"--distill_loss: unknown loss '{self.distill_loss}'; registered: {', '.join(available_losses())}"
             )
         check_model_source(self.student, "--student", timm_architectures=True)
+        self.student = absolute_local_path(self.student)
         self.student_image_size = check_int(
             self.student_image_size, "--student_image_size", minimum=8, optional=True
         )

@@ -29,6 +29,7 @@ from .config import RECOMPUTED_FREELY, STAGES, PipelineConfig, stage_settings, s
 from .devices import cpu_ranks_need_use_cpu, has_accelerator, process_state
 from .files import write_json_atomically
 from .run_directory import NOT_HASHED, RunDirectory, RunInUse
+from .sources import is_local_path
 
 __all__ = ["Pipeline", "RunInUse", "StageNotReady", "StageSettingsChanged"]
 
@@ -38,6 +39,9 @@ logger = logging.getLogger(__name__)
 _NOT_HASHED = NOT_HASHED
 #: Inputs that fingerprint data, not settings: a change means the files changed, not a flag.
 TASK_DATA, TRANSFER_DATA = "task_data", "transfer_data"
+#: How a stage's inputs name a local data folder: by its fingerprint (TASK_DATA, TRANSFER_DATA), not
+#: its path, so a run and its data moved or reached by another path continue (second newcomer try).
+LOCAL_FOLDER = "a local folder (compared by its contents)"
 _DATA_INPUTS = {
     TASK_DATA: "task's data (its images, labels or classes)",
     TRANSFER_DATA: "transfer set's images",
@@ -233,8 +237,12 @@ class Pipeline:
         settings = stage_settings(self.config, name)
         if "dataset" in settings:
             settings[TASK_DATA] = self.task_fingerprint_of(self._splits_read_by(name))
+            if is_local_path(settings["dataset"]):  # a folder is its contents, wherever it is now
+                settings["dataset"] = LOCAL_FOLDER
         if settings.get("transfer") not in (None, "task", "retrieval", "random") and name == "transfer":
             settings[TRANSFER_DATA] = self._transfer_fingerprint()
+            if is_local_path(settings["transfer"]):
+                settings["transfer"] = LOCAL_FOLDER
         return settings
 
     def task_fingerprint_of(self, splits: list[str]) -> str:
@@ -303,9 +311,17 @@ class Pipeline:
             self.check_settings(stages)
             self._check_models_load([s for s in stages if self.manifest(s) is None or s in overwrite])
             os.makedirs(self.run_dir, exist_ok=True)
+            config_path = os.path.join(self.run_dir, "config.json")
+            # config.json holds the settings the finished stages have: a command that changes them
+            # records them once its stages are done (a failed or interrupted redo leaves the old
+            # ones, so a plain command afterwards continues the finished run); a first command
+            # records them at once, so that a plain command continues it too
+            if self.state.is_main_process and not os.path.isfile(config_path):
+                self.config.save(config_path)
+            results = {name: self.run_stage(name) for name in stages}
             if self.state.is_main_process:
-                self.config.save(os.path.join(self.run_dir, "config.json"))
-            return {name: self.run_stage(name) for name in stages}
+                self.config.save(config_path)
+            return results
 
     def _check_models_load(self, stages: list[str]) -> None:
         """Before the first stage runs: the models later stages will load from the Hub (a student or

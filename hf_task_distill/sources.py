@@ -14,6 +14,7 @@ import os
 import re
 
 __all__ = [
+    "absolute_local_path",
     "HUB_ID",
     "LOCAL_PREFIXES",
     "SHIPPED_MODELS",
@@ -150,3 +151,19 @@ def hub_unreachable(err: BaseException) -> str | None:
             "give a local folder, or download it where there is network (hf download <repo id>)"
         )
     return "it is not a folder here and the Hugging Face Hub could not be reached (no network?)"
+
+
+def absolute_local_path(name: str | None) -> str | None:
+    """``name`` as an absolute path when it is a relative path to something on this machine (a file,
+    a folder, or a glob that matches), else unchanged (a Hub id, a shipped name, ``None``). A run
+    records its inputs this way, so that a command from another working directory continues it."""
+    import glob
+
+    if not isinstance(name, str) or name.startswith(LOCAL_PREFIXES):
+        return name
+    text = os.path.expanduser(name)
+    if os.path.isabs(text):
+        return text
+    if os.path.exists(text) or (any(c in text for c in "*?[") and glob.glob(text)):
+        return os.path.abspath(text)
+    return name

@@ -509,7 +509,14 @@ def test_a_redone_stage_keeps_the_finished_result_until_its_replacement_is_compl
     ended = kill_after_first_checkpoint(argv, run / "distill.redo" / "checkpoints", tmp_path / "redo.log")
     assert not ended, (tmp_path / "redo.log").read_text()[-3000:]
     assert _snapshot(run / "distill") == finished  # the finished distillation, whole and untouched
-    pipeline = Pipeline(PipelineConfig.from_run(run, distill_epochs=8.0))
+    # second newcomer try: config.json said distill_epochs 3 after the killed redo, and a plain
+    # command was then refused ("finished with 8.0, this command asks for 3.0")
+    assert json.loads((run / "config.json").read_text())["distill_epochs"] == 8.0
+    plain = subprocess.run(
+        [*CLI, "evaluate", "--output_dir", str(run)], capture_output=True, text=True, timeout=300
+    )
+    assert plain.returncode == 0 and "holds an interrupted redo" in plain.stderr, plain.stderr[-3000:]
+    pipeline = Pipeline(PipelineConfig.from_run(run))
     assert pipeline.manifest("distill")["inputs"]["distill_epochs"] == 8.0
     assert pipeline._changed_output("distill", pipeline.manifest("distill")) is None
 
@@ -519,6 +526,7 @@ def test_a_redone_stage_keeps_the_finished_result_until_its_replacement_is_compl
     assert "resuming from checkpoint-" in again.stderr
     manifest = json.loads((run / "distill" / "manifest.json").read_text())
     assert manifest["inputs"]["distill_epochs"] == 3.0 and manifest["outputs"]["model"] == "model"
+    assert json.loads((run / "config.json").read_text())["distill_epochs"] == 3.0  # now it is finished
     assert not (run / "distill.redo").exists() and not (run / "distill.old").exists()
     assert not (run / "distill" / "checkpoints").exists()  # a complete stage keeps no checkpoints
 
@@ -613,6 +621,28 @@ def test_a_fixed_test_image_redoes_no_stage_that_never_read_the_test_split(tmp_p
     assert pipeline._splits_read_by("transfer") == ["train"] and pipeline._splits_read_by("evaluate") == [
         "test"
     ]
+
+
+def test_a_run_on_a_relative_folder_continues_from_elsewhere_and_after_its_data_moved(tmp_path, monkeypatch):
+    """Found by the second newcomer try: `--dataset task` was recorded as written, so `evaluate
+    --output_dir <run>` from another directory could not load it, and naming the same folder by its
+    absolute path was refused as a changed setting."""
+    import shutil
+
+    from hf_task_distill.pipeline import Pipeline
+
+    _colour_task_folder(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    config = PipelineConfig.from_dict({"dataset": "task", "output_dir": "r"})
+    assert config.task.dataset == str(tmp_path / "task")
+    finished = Pipeline(config).run(["transfer"])["transfer"]["run_id"]
+    monkeypatch.chdir(tmp_path.parent)  # another working directory
+    assert (
+        Pipeline(PipelineConfig.from_run(tmp_path / "r")).run(["transfer"])["transfer"]["run_id"] == finished
+    )
+    shutil.move(tmp_path / "task", tmp_path / "moved")  # the data moved: the same contents, elsewhere
+    moved = PipelineConfig.from_run(tmp_path / "r", dataset=str(tmp_path / "moved"))
+    assert Pipeline(moved).run(["transfer"])["transfer"]["run_id"] == finished
 
 
 def test_a_task_that_cannot_be_loaded_fails_before_the_run_folder_is_written(tmp_path, capsys):
