@@ -323,6 +323,10 @@ class StudentArguments:
         self.finetune_learning_rate = check_number(
             self.finetune_learning_rate, "--finetune_learning_rate", above=0
         )
+        if self.teacher_cache_top_k is not None and not self.teacher_cache_views:
+            raise ValueError(
+                "--teacher_cache_top_k applies to a teacher cache: give --teacher_cache_views K too"
+            )
         if self.teacher_cache_views and self.distill_loss.startswith("feature_"):
             raise ValueError(
                 f"--distill_loss {self.distill_loss} matches the teacher's features, which a teacher cache "
@@ -379,6 +383,15 @@ class RunArguments:
         )
         self.logging_steps = check_int(self.logging_steps, "--logging_steps", minimum=1)
         self.report_to = check_report_to(self.report_to, "--report_to")
+        for name in ("hub_model_id", "hub_dataset_id"):  # a bad repo id fails now, not after training
+            value = getattr(self, name)
+            if value is not None:
+                from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+                try:
+                    validate_repo_id(value)
+                except HFValidationError as err:
+                    raise ValueError(f"--{name} '{value}' is not a Hub repo id (owner/name): {err}") from err
         if isinstance(self.overwrite_stage, str):  # a config file may give one stage as a string
             self.overwrite_stage = [self.overwrite_stage]
         unknown = [s for s in self.overwrite_stage if s not in STAGES]

@@ -68,7 +68,13 @@ class StageSettingsChanged(ValueError):
             f"stage {stage} finished with {setting}={old!r}, this command asks for {new!r}"
             for stage, setting, old, new in settings
         ]
-        listed += [f"the {_DATA_INPUTS[k]} changed since stage {stage} finished" for stage, k in data]
+        by_data: dict[str, list[str]] = {}
+        for stage, k in data:  # one clause per kind of data, naming every stage it touches
+            by_data.setdefault(k, []).append(stage)
+        listed += [
+            f"the {_DATA_INPUTS[k]} changed since stage{'s' if len(names) > 1 else ''} {', '.join(names)} finished"
+            for k, names in by_data.items()
+        ]
         advice = []
         if settings:
             keep = " ".join(dict.fromkeys(f"--{setting} {old}" for _, setting, old, _ in settings))
@@ -78,7 +84,8 @@ class StageSettingsChanged(ValueError):
         advice.append(f"to redo it and the stages after it, add --overwrite_stage {' '.join(stages)}")
         super().__init__(
             f"{'; '.join(listed)} (run {run_dir}; its settings are its config.json with the command's flags on "
-            f"top). Nothing was changed. {'; '.join(advice)}; or use another --output_dir"
+            f"top). Nothing was changed. {'; '.join(advice)[:1].upper()}{'; '.join(advice)[1:]}; or use another "
+            "--output_dir"
         )
 
 

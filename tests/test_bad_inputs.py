@@ -1089,6 +1089,16 @@ CASES = [
         _cli("--seed", "-1"), ExitsWith(r"--seed must be at least 0, got -1"), id="cli-seed-negative"
     ),
     pytest.param(
+        _cli("--teacher_cache_top_k", "3"),
+        ExitsWith(r"--teacher_cache_top_k applies to a teacher cache: give --teacher_cache_views K too"),
+        id="cli-cache-top-k-without-a-cache",
+    ),
+    pytest.param(
+        _cli("--hub_model_id", "bad id!!"),
+        ExitsWith(r"--hub_model_id 'bad id!!' is not a Hub repo id \(owner/name\)"),
+        id="cli-hub-model-id-malformed",
+    ),
+    pytest.param(
         _cli("--transfer", "retreival"),
         ExitsWith(r"--transfer 'retreival' is neither task, retrieval nor random.*did you mean retrieval\?"),
         id="cli-transfer-typo",

@@ -681,3 +681,18 @@ def test_a_second_command_on_a_busy_run_is_refused_naming_the_first(tmp_path):
                 pass
     with RunDirectory(tmp_path / "run").locked():  # released when the first command ended
         pass
+
+
+def test_a_refusal_names_each_changed_data_once_and_reads_as_sentences():
+    """Second newcomer try: 'Nothing was changed. to keep...', and the task-data clause once per stage."""
+    from hf_task_distill.pipeline import TASK_DATA, StageSettingsChanged
+
+    changes = [(s, TASK_DATA, "a", "b") for s in ("teacher", "transfer", "finetune")]
+    changes.append(("distill", "distill_epochs", 8.0, 3.0))
+    message = str(StageSettingsChanged("runs/r", changes))
+    assert message.count("changed since") == 1
+    assert (
+        "the task's data (its images, labels or classes) changed since stages teacher, transfer, finetune"
+        in message
+    )
+    assert "Nothing was changed. To keep the finished result, give --distill_epochs 8.0;" in message
