@@ -310,16 +310,11 @@ def _main(argv: list[str]) -> int:
             console.log_to(config.run.output_dir)
             summary = run_command(command, config)
         except (CommandLineError, StageNotReady, RunInUse, ValueError, FileNotFoundError, ImportError) as err:
-            _close_progress_bars()  # the error on a line of its own, not after a bar's carriage return
-            print(f"hf-task-distill: error: {err}", file=sys.stderr)
-            return 2
+            return _report_error("hf-task-distill", str(err))
         except OSError as err:  # e.g. a model or dataset that cannot be found (Hub offline, typo)
             if isinstance(err, BrokenPipeError):
                 raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            _close_progress_bars()
-            print(f"hf-task-distill: error: {first}", file=sys.stderr)
-            return 2
+            return _report_error("hf-task-distill", _first_line(err))
     from .devices import end_processes, process_state
 
     if process_state().is_main_process:
@@ -356,13 +351,22 @@ def _run_tool(command: str, argv: list[str]) -> int:
         ) as err:
             if isinstance(err, BrokenPipeError):
                 raise
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-            _close_progress_bars()
-            print(f"hf-task-distill {command}: error: {first}", file=sys.stderr)
-            return 2
+            return _report_error(f"hf-task-distill {command}", _first_line(err))
     if main_process:
         print(summary)
     return 0
+
+
+def _first_line(err: BaseException) -> str:
+    return str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+
+
+def _report_error(prefix: str, message: str) -> int:
+    """One error line on stderr, on a line of its own (not after a progress bar's carriage return);
+    returns the exit status 2."""
+    _close_progress_bars()
+    print(f"{prefix}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def _close_progress_bars() -> None:
