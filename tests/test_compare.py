@@ -92,6 +92,7 @@ def _argv(root, out, budget="64"):
         "--teacher_learning_rate", "5e-4", "--student", "test_resnet", "--student_image_size", "32",
         "--pool", str(root / "pool.parquet"), "--transfer_budget", budget,
         "--distill_epochs", "1", "--finetune_epochs", "1", "--batch_size", "32",
+        "--teacher_cache_views", "2",  # (b)'s feature loss cannot use it: compare runs its teacher online
         "--label_budgets", "2", "--seeds", "0", "1", "--pretrained_student_model", str(root / "pretrained"),
         "--pool_domain_column", "in_domain", "--output_dir", str(out),
     ]  # fmt: skip
@@ -124,6 +125,13 @@ def test_compare_on_the_digits_world_continues_after_a_kill_without_redoing_fini
     result = subprocess.run([*CLI, *_argv(digits_world, out)], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     assert _run_ids(first_cell) == finished  # nothing of the finished cell was redone
+    cache_views = {
+        run: json.loads((first_cell / run / "distill" / "manifest.json").read_text())["inputs"][
+            "teacher_cache_views"
+        ]
+        for run in ("b", "c", "d", "g")
+    }
+    assert cache_views == {"b": 0, "c": 2, "d": 2, "g": 2}  # (b) matches features: no logit cache
 
     report = json.loads((out / "comparison.json").read_text())
     assert [(c["per_class"], c["seed"]) for c in report["cells"]] == [(2, 0), (2, 1)]

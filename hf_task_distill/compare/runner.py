@@ -128,6 +128,8 @@ class Comparison:
         elif run == "b":  # the raw VFM lends its features; no labels reach distillation
             flat.update(teacher_strategy="none", transfer="random", baseline=False)
             flat["distill_loss"] = self.args.feature_loss
+            # a teacher cache stores logits, not the features this loss matches: the teacher runs online
+            flat.update(teacher_cache_views=0, teacher_cache_top_k=None)
         elif run == "g":
             flat.update(teacher=teacher, teacher_strategy="none", baseline=True, pretrained_student=True)
             flat.update(student=self.args.pretrained_student_model, pool=None, transfer_budget=None)
