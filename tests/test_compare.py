@@ -59,6 +59,8 @@ def test_the_report_pairs_cells_by_seed_and_says_whether_each_interval_excludes_
     text = to_markdown(summary, meta)
     assert f"| (d) {METHODS['d'].description} | 76.8 ± 7.6 |" in text
     assert "| (d) − (c) | +5.1 [+4.9, +5.3], excludes 0 |" in text
+    one_seed = to_markdown(summarise(records[:1], ["a", "b", "c", "d"]), meta)
+    assert "| (d) − (c) | +5.0 (one seed: no interval) |" in one_seed
 
 
 @pytest.fixture(scope="module")

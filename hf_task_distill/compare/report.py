@@ -119,6 +119,9 @@ def to_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
         cells = []
         for n in budgets:
             d = summary[n]["differences"][pair]
+            if d["pairs"] < 2:  # no interval from one seed: say so rather than "includes 0"
+                cells.append(f"{_points(d['mean'])} (one seed: no interval)")
+                continue
             verdict = "excludes 0" if d["excludes_zero"] else "includes 0"
             cells.append(f"{_points(d['mean'])} [{_points(d['low'])}, {_points(d['high'])}], {verdict}")
         better, worse = pair.split("-")
