@@ -138,7 +138,7 @@ def convert_timm_checkpoint(
     _check_shapes(state, model.state_dict())
     model.load_state_dict(state, strict=False)  # every weight is present (checked); counters may not be
     names = _label_names(label_names, num_classes)
-    cfg = _data_config(name, pretrained_cfg)
+    cfg = _data_config(model.pretrained_cfg, pretrained_cfg)
     import tempfile
 
     from transformers import TimmWrapperForImageClassification
@@ -259,12 +259,11 @@ def _label_names(label_names: Sequence[str] | None, num_classes: int) -> list[st
     return [f"LABEL_{i}" for i in range(num_classes)]
 
 
-def _data_config(name: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    import timm
-
+def _data_config(registered: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The architecture's registered data config (``model.pretrained_cfg``) without the fields naming
+    timm's own weights, with the caller's ``overrides``."""
     from .student import WEIGHT_SOURCE_FIELDS
 
-    registered = dict(timm.create_model(name, pretrained=False).pretrained_cfg)
     cfg = {k: v for k, v in registered.items() if k not in WEIGHT_SOURCE_FIELDS + ("num_classes", "file")}
     unknown = sorted(set(overrides or {}) - set(cfg) - {"test_input_size"})
     if unknown:

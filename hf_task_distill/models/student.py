@@ -14,10 +14,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..sources import check_model_source, resolve_model_source
-from .heads import reinitialise_head
 from .labels import label_config_kwargs, label_names_of, set_label_space
-from .safe_loading import safetensors_required
-from .teacher import _config_kwargs, has_classification_head
+from .teacher import _config_kwargs, load_for_classes
 
 __all__ = ["create_student", "is_timm_architecture"]
 
@@ -92,24 +90,14 @@ def create_student(
         return AutoModelForImageClassification.from_config(config)
     from_pretrained_kwargs.setdefault("use_safetensors", True)
     config = AutoConfig.from_pretrained(source, **_config_kwargs(from_pretrained_kwargs))
-    existing = label_names_of(config)
-    if existing is not None and sorted(existing) == sorted(names):
-        from .teacher import reorder_classes
-
-        with safetensors_required(name_or_path):
-            model = AutoModelForImageClassification.from_pretrained(source, **from_pretrained_kwargs)
-        if existing != names:  # the task's classes in another order: move the head's rows
-            reorder_classes(model, names)
-        return model
-    _warn_new_head(name_or_path, existing, len(names))
-    with safetensors_required(name_or_path):
-        model = AutoModelForImageClassification.from_pretrained(
-            source, ignore_mismatched_sizes=True, **label_kwargs, **from_pretrained_kwargs
-        )
-    if has_classification_head(config) and config.num_labels == len(names):
-        reinitialise_head(model)  # loaded because its shape fits, but trained for other classes
-    set_label_space(model, names)
-    return model
+    return load_for_classes(
+        source,
+        name_or_path,
+        config,
+        names,
+        on_new_head=lambda: _warn_new_head(name_or_path, label_names_of(config), len(names)),
+        **from_pretrained_kwargs,
+    )
 
 
 def _check_resizable(config, name_or_path: str) -> None:

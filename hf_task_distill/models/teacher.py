@@ -67,6 +67,26 @@ def load_teacher(
             )
         with safetensors_required(name_or_path):
             return AutoModelForImageClassification.from_pretrained(source, config=config, **load)
+
+    def announce() -> None:
+        (logger.warning if warn_new_head else logger.info)(
+            "Attaching a new, untrained %d-class head to '%s'%s",
+            len(label_config_kwargs(labels)["id2label"]),
+            name_or_path,
+            ": finetune it on the task before distilling from it" if warn_new_head else "",
+        )
+
+    return load_for_classes(source, name_or_path, config, labels, on_new_head=announce, **load)
+
+
+def load_for_classes(source: str, name_or_path: str, config, labels, *, on_new_head, **load: Any):
+    """A classifier from ``source`` for the classes ``labels``: a head that already predicts exactly
+    them is kept (its rows reordered when their order differs); otherwise ``on_new_head()`` is called
+    and a new head replaces it. A checkpoint head of the right size but for other classes is loaded
+    by transformers (the shapes fit), so it is re-initialised here. Every record of the classes in
+    the config then names ``labels``. Shared by teachers and pretrained students."""
+    from transformers import AutoModelForImageClassification
+
     label_kwargs = label_config_kwargs(labels)
     names = list(label_kwargs["id2label"].values())
     existing = label_names_of(config) if has_classification_head(config) else None
@@ -76,12 +96,7 @@ def load_teacher(
         if existing != names:  # the same classes in another order: move the head's rows, keep the head
             reorder_classes(model, names)
         return model
-    (logger.warning if warn_new_head else logger.info)(
-        "Attaching a new, untrained %d-class head to '%s'%s",
-        label_kwargs["num_labels"],
-        name_or_path,
-        ": finetune it on the task before distilling from it" if warn_new_head else "",
-    )
+    on_new_head()
     with safetensors_required(name_or_path):
         model = AutoModelForImageClassification.from_pretrained(
             source, ignore_mismatched_sizes=True, **label_kwargs, **load
