@@ -89,7 +89,9 @@ def load_for_classes(source: str, name_or_path: str, config, labels, *, on_new_h
 
     label_kwargs = label_config_kwargs(labels)
     names = list(label_kwargs["id2label"].values())
-    existing = label_names_of(config) if has_classification_head(config) else None
+    # a timm repo's config names no `architectures`, but a timm classifier always has its head
+    headed = has_classification_head(config) or getattr(config, "model_type", None) == "timm_wrapper"
+    existing = label_names_of(config) if headed else None
     if existing is not None and sorted(existing) == sorted(names):
         with safetensors_required(name_or_path):
             model = AutoModelForImageClassification.from_pretrained(source, config=config, **load)
@@ -102,7 +104,7 @@ def load_for_classes(source: str, name_or_path: str, config, labels, *, on_new_h
             source, ignore_mismatched_sizes=True, **label_kwargs, **load
         )
     # a head of the new size that came with the checkpoint was loaded, not replaced: start it afresh
-    if has_classification_head(config) and config.num_labels == len(names):
+    if headed and config.num_labels == len(names):
         reinitialise_head(model)
     set_label_space(model, names)  # the base model's class names must not survive in any field
     return model
