@@ -61,6 +61,27 @@ def test_the_report_pairs_cells_by_seed_and_says_whether_each_interval_excludes_
     assert "| (d) − (c) | +5.1 [+4.9, +5.3], excludes 0 |" in text
     one_seed = to_markdown(summarise(records[:1], ["a", "b", "c", "d"]), meta)
     assert "| (d) − (c) | +5.0 (one seed: no interval) |" in one_seed
+    assert "Not at equal budget" not in text
+
+
+def test_a_cell_whose_runs_got_unequal_transfer_sets_is_marked_in_the_report():
+    """A retrieved set cut short (a benchmark's came out at 200 of 2,000 images) compared (d) on a
+    tenth of (c)'s images under a heading that claimed one budget: the report now says so."""
+    equal = {"transfer_rows": 2000, "steps": 625}
+    records = [
+        {
+            "per_class": 5,
+            "seed": s,
+            "accuracy": {"c": 0.6, "d": 0.7},
+            "distill": {"d": {"transfer_rows": 200, "steps": 70} if s == 1 else equal, "c": equal},
+        }
+        for s in range(3)
+    ]
+    summary = summarise(records, ["c", "d"])
+    assert [c["seed"] for c in summary["5"]["unequal_transfer_sets"]] == [1]
+    meta = dict(task="t", teacher="T", student="S", transfer_budget=2000, test_images=10, wall_s=60, device="CPU")
+    text = to_markdown(summary, meta)
+    assert "**Not at equal budget** (N = 5, seed 1)" in text and "d: 200 images, 70 steps" in text
 
 
 @pytest.fixture(scope="module")

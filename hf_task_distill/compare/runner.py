@@ -179,6 +179,15 @@ class Comparison:
         for run in self.runs:
             distill = manifests[run].manifest("distill")["outputs"]
             record["distill"][run] = {"transfer_rows": distill["transfer_rows"], "steps": distill["steps"]}
+        rows = {run: d["transfer_rows"] for run, d in record["distill"].items()}
+        if len(set(rows.values())) > 1:
+            logger.warning(
+                "compare: N = %d, seed %d: the distillation runs got transfer sets of different sizes (%s), "
+                "not the same budget; the report marks this cell",
+                per_class,
+                seed,
+                ", ".join(f"{run} {n}" for run, n in rows.items()),
+            )
         if self.args.pool_domain_column:
             record["in_domain_share"] = {
                 run: self._domain_share(os.path.join(cell, run, "transfer", "data")) for run in ("d", "c")

@@ -23,7 +23,7 @@ from ..data.validation import UNLABELLED, check_dataset_type, label_array
 from ..devices import process_state
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
-from .search import check_embeddings, plan_index, require_faiss, retrieve
+from .search import check_embeddings, plan_index, require_faiss, retrieve, zero_rows
 
 __all__ = ["RetrievalConfig", "RetrievalTransferSetBuilder", "TransferSetStats"]
 
@@ -97,6 +97,8 @@ class TransferSetStats:
     k: int = 0
     neighbours: int = 0
     after_dedup: int = 0
+    pool_zero_embeddings: int = 0
+    queries_zero_embeddings: int = 0
     removed_leakage: int = 0
     removed_low_confidence: int = 0
     removed_budget: int = 0
@@ -188,10 +190,14 @@ class RetrievalTransferSetBuilder:
         stats.pool_rows = pool_store.rows_seen if streamed else len(pool)
         stats.pool_embedded = len(pool_rows)
         pool_vectors = check_embeddings(pool_vectors, "pool embeddings")
+        stats.pool_zero_embeddings = _count_zero_pool_rows(pool_vectors, pool_rows, self.encoder.name)
         query_vectors, query_rows, query_store = self._embed(queries, os.path.join(embeddings_dir, "queries"))
         stats.queries_unreadable = query_store.skipped
         query_vectors = check_embeddings(
             query_vectors.astype(np.float32), "query embeddings", dim=pool_vectors.shape[1]
+        )
+        query_vectors, query_rows, stats.queries_zero_embeddings = _drop_zero_queries(
+            query_vectors, query_rows, self.encoder.name
         )
         stats.queries = len(query_rows)
 
@@ -205,42 +211,16 @@ class RetrievalTransferSetBuilder:
                 len(pool_vectors),
             )
             k = len(pool_vectors)
-        memory = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
-        while True:
-            stats.k = k
-            plan, _ = plan_index(
-                pool_vectors, query_vectors, k, cfg.recall_target, memory_budget_bytes=memory, seed=cfg.seed
-            )
-            scores, ids, stats.nprobe, stats.recall_at_k = retrieve(
-                pool_vectors, query_vectors, k, plan, recall_target=cfg.recall_target, seed=cfg.seed
-            )
-            picked = union_of_neighbours(scores, ids, min_similarity=cfg.min_similarity)
-            found = len(picked["pool_index"])
-            if cfg.budget is None or found >= cfg.budget or k >= len(pool_vectors):
-                break
-            # queries of one class share neighbours: widen the search until the union can fill the budget
-            logger.info(
-                "k=%d found %d unique images for budget=%d: searching again with k=%d",
-                k,
-                found,
-                cfg.budget,
-                min(2 * k, len(pool_vectors)),
-            )
-            k = min(2 * k, len(pool_vectors))
-        stats.index = plan.factory
-        stats.neighbours = int((ids >= 0).sum())
-        stats.after_dedup = len(picked["pool_index"])
         heldout_vectors = [
             self._embed(ds, os.path.join(embeddings_dir, f"heldout-{i}"))[0] for i, ds in enumerate(heldout)
         ]
-        if heldout_vectors:
-            held = check_embeddings(
-                np.concatenate(heldout_vectors), "held-out embeddings", dim=pool_vectors.shape[1]
-            )
-            candidates = pool_vectors[picked["pool_index"]].astype(np.float32)
-            leaked, _ = leakage_mask(candidates, held, cfg.leakage_threshold)
-            picked = {name: column[~leaked] for name, column in picked.items()}
-            stats.removed_leakage = int(leaked.sum())
+        held = (
+            check_embeddings(np.concatenate(heldout_vectors), "held-out embeddings", dim=pool_vectors.shape[1])
+            if heldout_vectors
+            else None
+        )
+        picked, plan = self._search(pool_vectors, query_vectors, held, k, stats)
+        stats.index = plan.factory
         picked["pool_index"] = pool_rows[picked["pool_index"]]  # embedding row -> pool row
         picked["query_index"] = query_rows[picked["query_index"]]
         candidates = None
@@ -283,6 +263,46 @@ class RetrievalTransferSetBuilder:
             transfer = transfer.add_column(name, values.astype(dtype).tolist())
         self.stats = stats
         return transfer, stats
+
+    def _search(self, pool_vectors, query_vectors, held, k: int, stats: TransferSetStats):
+        """The union of every query's ``k`` nearest pool images, less near-copies of ``held``
+        (validation/test embeddings, or ``None``). With a budget, ``k`` doubles until the images that
+        pass the leakage guard can fill it (or ``k`` spans the pool): the guard must not leave the
+        transfer set short of its budget when the pool has more to give. Returns ``(picked, plan)``."""
+        cfg = self.config
+        memory = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
+        while True:
+            stats.k = k
+            plan, _ = plan_index(
+                pool_vectors, query_vectors, k, cfg.recall_target, memory_budget_bytes=memory, seed=cfg.seed
+            )
+            scores, ids, stats.nprobe, stats.recall_at_k = retrieve(
+                pool_vectors, query_vectors, k, plan, recall_target=cfg.recall_target, seed=cfg.seed
+            )
+            picked = union_of_neighbours(scores, ids, min_similarity=cfg.min_similarity)
+            stats.neighbours = int((ids >= 0).sum())
+            stats.after_dedup = len(picked["pool_index"])
+            if held is not None:
+                candidates = pool_vectors[picked["pool_index"]].astype(np.float32)
+                leaked, _ = leakage_mask(candidates, held, cfg.leakage_threshold)
+                picked = {name: column[~leaked] for name, column in picked.items()}
+                stats.removed_leakage = int(leaked.sum())
+            found = len(picked["pool_index"])
+            if cfg.budget is None or found >= cfg.budget or k >= len(pool_vectors):
+                break
+            # queries of one class share neighbours, and the guard removes some: search wider
+            logger.info(
+                "k=%d found %d unique images (%d near-copies of held-out images removed) for budget=%d: "
+                "searching again with k=%d",
+                k,
+                found,
+                stats.removed_leakage,
+                cfg.budget,
+                min(2 * k, len(pool_vectors)),
+            )
+            k = min(2 * k, len(pool_vectors))
+        _warn_if_guard_dominates(stats, cfg.leakage_threshold)
+        return picked, plan
 
     def _query_labels(self, queries, query_rows: np.ndarray) -> np.ndarray | None:
         column = find_label_column(queries.features)
@@ -349,6 +369,66 @@ class RetrievalTransferSetBuilder:
         keep[leftovers[np.argsort(-picked["score"][leftovers], kind="stable")[:shortfall]]] = True
         stats.removed_budget = int((~keep).sum())
         return keep
+
+
+def _count_zero_pool_rows(vectors: np.ndarray, rows: np.ndarray, encoder: str) -> int:
+    """Count (and report) pool images the encoder maps to the zero vector: they cannot be retrieved."""
+    zero = zero_rows(vectors)
+    if zero.size:
+        logger.warning(
+            "%d of %d pool images (%.1f%%) embed to an all-zero vector with '%s' (first: pool row %d): "
+            "they can never be retrieved. An encoder at a resolution far below its training one does this; "
+            "a larger input size or another --retrieval_encoder avoids it",
+            zero.size,
+            len(vectors),
+            100 * zero.size / len(vectors),
+            encoder,
+            int(rows[zero[0]]),
+        )
+    return int(zero.size)
+
+
+def _drop_zero_queries(vectors: np.ndarray, rows: np.ndarray, encoder: str):
+    """Queries whose embedding is the zero vector have no nearest neighbours (every pool image ties at
+    cosine 0): skip them, counted. Returns ``(vectors, rows, skipped)``; raises when none is left."""
+    zero = zero_rows(vectors)
+    if not zero.size:
+        return vectors, rows, 0
+    if zero.size == len(vectors):
+        raise ValueError(
+            f"every query image embeds to an all-zero vector with '{encoder}': nothing can be retrieved "
+            "around them; use another --retrieval_encoder (or a larger input size)"
+        )
+    logger.warning(
+        "%d of %d query images embed to an all-zero vector with '%s' and are skipped (first: query row %d)",
+        zero.size,
+        len(vectors),
+        encoder,
+        int(rows[zero[0]]),
+    )
+    keep = np.ones(len(vectors), dtype=bool)
+    keep[zero] = False
+    return vectors[keep], rows[keep], int(zero.size)
+
+
+#: Above this share of the retrieved images removed as near-copies, the guard's threshold probably
+#: does not suit the encoder (real copies of the held-out images are rarely so many).
+GUARD_DOMINATES_SHARE = 0.25
+
+
+def _warn_if_guard_dominates(stats: TransferSetStats, threshold: float) -> None:
+    if stats.after_dedup and stats.removed_leakage > GUARD_DOMINATES_SHARE * stats.after_dedup:
+        logger.warning(
+            "the leakage guard removed %d of %d retrieved images (%.0f%%) as near-copies of validation/test "
+            "images (cosine >= %s with '%s'): far more than copies usually are. This encoder may place "
+            "unrelated images that close; look at a few, then raise --leakage_threshold or use a more "
+            "discriminative --retrieval_encoder",
+            stats.removed_leakage,
+            stats.after_dedup,
+            100 * stats.removed_leakage / stats.after_dedup,
+            threshold,
+            stats.encoder,
+        )
 
 
 def _is_streamed(pool) -> bool:

@@ -69,6 +69,22 @@ def check_embeddings(vectors: np.ndarray, name: str, dim: int | None = None) -> 
     return vectors
 
 
+def zero_rows(vectors: np.ndarray) -> np.ndarray:
+    """Indices of the rows of ``vectors`` ``[n, d]`` whose L2 norm is (almost) zero, block by block.
+
+    An encoder whose last activation is a ReLU can map an image to the zero vector. Such a row has
+    cosine 0 with everything: as a pool image it is never retrieved, as a query its "neighbours" are
+    arbitrary ties, as a held-out image it hides its copies from the leakage guard."""
+    found = [
+        start
+        + np.flatnonzero(
+            np.linalg.norm(vectors[start : start + POOL_BLOCK_ROWS].astype(np.float32), axis=1) < 1e-6
+        )
+        for start in range(0, len(vectors), POOL_BLOCK_ROWS)
+    ]
+    return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
 def require_faiss() -> None:
     """Raise ``ImportError`` with the install command when faiss is missing: retrieval needs it, and a
     run should learn so before it finetunes a teacher and embeds a pool, not after."""
