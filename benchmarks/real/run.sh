@@ -28,9 +28,9 @@ hf-task-distill compare \
     --teacher_layer_decay 1.0 \
     --student tf_efficientnet_lite0 --student_image_size 32 \
     --pretrained_student_model "$data/models/lite0" \
-    --pool "$data/pool" --pool_domain_column in_domain --transfer_budget 2000 \
+    --pool "$data/pool" --pool_domain_column in_domain --transfer_budget 1000 \
     --retrieval_encoder "$data/models/lite2-retrieval" \
-    --distill_epochs 10 --distill_learning_rate 2e-3 --temperature 2 --teacher_cache_views 4 \
+    --distill_epochs 6 --distill_learning_rate 2e-3 --temperature 2 --teacher_cache_views 4 \
     --finetune_epochs 20 --finetune_learning_rate 5e-4 \
     --batch_size 32 --crop_min_scale 0.6 \
     --label_budgets 5 10 --seeds 0 1 2 3 4 \

@@ -52,9 +52,9 @@ def load_pool(source, *, streaming: bool = False, split: str = "train", **load_k
             raise ValueError(f"the pool folder {source} is empty")
         builder = _local_builder([f for f in files if not os.path.basename(f).startswith(".")])
         if builder is None:
-            return datasets.load_dataset(
-                "imagefolder", data_dir=source, split=split, streaming=streaming, **load_kwargs
-            )
+            from ..data.loading import load_image_folder
+
+            return load_image_folder(source, split=split, streaming=streaming, **load_kwargs)
         files = [f for f in files if os.path.splitext(f)[1].lower() in _BUILDER_BY_SUFFIX]
         return datasets.load_dataset(
             builder, data_files=files, split="train", streaming=streaming, **load_kwargs
