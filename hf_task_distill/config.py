@@ -50,7 +50,8 @@ class TaskArguments:
     dataset: str = field(
         metadata={
             "help": "Target task: 'digits' (ships with scikit-learn, offline), a registry name "
-            "(cub, eurosat, ham10000, places365, imagenet), a Hub dataset id or an image folder."
+            "(cub, eurosat, ham10000, places365, imagenet), a Hub dataset id, an image folder, or a folder "
+            "written by Dataset(Dict).save_to_disk."
         }
     )
     per_class: int | None = field(

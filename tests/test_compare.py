@@ -203,6 +203,35 @@ def test_a_budget_the_pool_cannot_fill_is_refused_before_any_training(digits_wor
     assert not (tmp_path / "out" / "N2").exists()
 
 
+@pytest.mark.parametrize("form", ["preset", "image folder", "saved datasets object"])
+def test_compare_takes_a_task_in_every_form_the_pipeline_accepts(digits_world, tmp_path, form):
+    """The same digits task as the offline preset, as a class-folder tree and as a DatasetDict saved
+    with save_to_disk: each cell's runs load it with the cell's label budget."""
+    from hf_task_distill.commands.compare import parse
+    from hf_task_distill.compare import Comparison
+    from hf_task_distill.data import load_target_task
+    from hf_task_distill.pipeline import Pipeline
+
+    digits = load_target_task("digits")
+    dataset = "digits"
+    if form == "image folder":
+        dataset = str(tmp_path / "folder")
+        for split in ("train", "test"):
+            for i, row in enumerate(digits[split]):
+                target = tmp_path / "folder" / split / digits.label_names[row["label"]]
+                target.mkdir(parents=True, exist_ok=True)
+                row["image"].save(target / f"{i}.png")
+    elif form == "saved datasets object":
+        dataset = str(tmp_path / "saved")
+        digits.splits.save_to_disk(dataset)
+    argv = _argv(digits_world, tmp_path / "out")[1:]
+    argv[argv.index("digits")] = dataset
+    comparison = Comparison(*parse(argv))
+    task = Pipeline(comparison.run_config(2, 0, "d")).task
+    assert len(task["train"]) == 2 * 10 and len(task["test"]) == len(digits["test"])
+    assert sorted(task.label_names) == sorted(digits.label_names)
+
+
 @pytest.mark.parametrize(
     ("settings", "message"),
     [

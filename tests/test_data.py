@@ -349,3 +349,15 @@ def test_apply_marks_missing_labels_unlabelled_and_checks_ids():
         views.apply(
             make_colour_dataset(20, seed=0).cast_column("label", Value("int64")), train=True, num_labels=2
         )
+
+
+def test_a_saved_dataset_folder_is_a_task_with_its_splits(tmp_path):
+    """How a datasets object reaches the CLI and compare: save_to_disk, then --dataset <folder>."""
+    task = DatasetDict({"train": make_colour_dataset(6, 0), "test": make_colour_dataset(4, 1)})
+    task.save_to_disk(str(tmp_path / "dict"))
+    task["train"].save_to_disk(str(tmp_path / "single"))
+    loaded = load_target_task(str(tmp_path / "dict"))
+    assert set(loaded.splits) == {"train", "test"} and loaded.name == "dict"
+    assert loaded["train"]["label"] == task["train"]["label"] and loaded.label_names == LABELS
+    single = load_target_task(str(tmp_path / "single"))
+    assert set(single.splits) == {"train"} and len(single["train"]) == len(task["train"])

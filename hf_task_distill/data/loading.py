@@ -133,7 +133,9 @@ def load_target_task(
     """Load a labelled task and check it before anything trains on it.
 
     ``source`` is a registry name (``hf_task_distill.data.list_tasks()``), a local image folder (one
-    sub-folder per class, optionally under ``train/``/``validation/``/``test/``), a Hub dataset id, or a
+    sub-folder per class, optionally under ``train/``/``validation/``/``test/``), a folder written by
+    ``Dataset.save_to_disk``/``DatasetDict.save_to_disk`` (how a ``datasets`` object reaches the CLI and
+    ``compare``; a single ``Dataset`` becomes the train split), a Hub dataset id, or a
     ``Dataset``/``DatasetDict``. Columns are found from the features unless named; string or plain
     integer labels become a ``ClassLabel`` shared by all splits. Every split must be non-empty, have the
     image column, and hold label ids in range. ``load_dataset_kwargs`` go to ``datasets.load_dataset``
@@ -146,6 +148,10 @@ def load_target_task(
         splits, task_name = DatasetDict({"train": source}), name or "custom"
     elif isinstance(source, DatasetDict):
         splits, task_name = source, name or "custom"
+    elif isinstance(source, (str, os.PathLike)) and is_saved_dataset(source):  # Dataset.save_to_disk
+        saved = datasets.load_from_disk(os.fspath(source))
+        splits = saved if isinstance(saved, DatasetDict) else DatasetDict({"train": saved})
+        task_name = name or os.path.basename(os.path.normpath(os.fspath(source)))
     elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         splits = load_image_folder(os.fspath(source), **load_dataset_kwargs)
         task_name = name or os.path.basename(os.path.normpath(os.fspath(source)))
@@ -188,6 +194,13 @@ def load_target_task(
             f"cannot load a task from a {type(source).__name__}: pass a datasets.Dataset or DatasetDict"
         )
     return _standardize(splits, task_name, image_column, label_column, label_names, spec)
+
+
+def is_saved_dataset(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
+    path = os.fspath(path)
+    saved_dataset = all(os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_info.json"))
+    return saved_dataset or os.path.isfile(os.path.join(path, "dataset_dict.json"))
 
 
 def image_folder_patterns(root: str) -> dict[str, str] | None:
@@ -264,9 +277,7 @@ def load_image_dataset(
         return source[split]
     if not isinstance(source, (str, os.PathLike)):
         check_dataset_type(source, "the image collection")
-    if os.path.isfile(os.path.join(source, "state.json")) and os.path.isfile(
-        os.path.join(source, "dataset_info.json")
-    ):
+    if is_saved_dataset(source):
         saved = datasets.load_from_disk(os.fspath(source))
         return saved[split] if isinstance(saved, DatasetDict) else saved
     if os.path.isdir(source):
