@@ -397,9 +397,13 @@ def test_precomputed_pool_embeddings_are_reused_and_checked(tmp_path, themed):
             themed["pool"], themed["queries"], embeddings_dir=tmp_path, pool_embeddings=vectors[:, :16]
         )
     zeros = vectors.copy()
-    zeros[4] = 0.0  # a zero vector cannot be normalised: reported as non-finite, with its row
-    with pytest.raises(ValueError, match=r"NaN/inf values \(first: row 4\)"):
-        builder.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path, pool_embeddings=zeros)
+    zeros[4] = 0.0  # a zero vector cannot be normalised: counted, as one the encoder computed would be
+    _, stats = builder.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path, pool_embeddings=zeros)
+    assert stats.pool_zero_embeddings == 1
+    broken = vectors.copy()
+    broken[6, 3] = np.nan  # a NaN is an error naming its row
+    with pytest.raises(ValueError, match=r"NaN/inf values \(first: row 6\)"):
+        builder.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path, pool_embeddings=broken)
 
 
 def _write_pool_files(pool, folder):

@@ -10,7 +10,7 @@
 # --seeds 0 --label_budgets 10 for one cell). Results: $OUT/comparison.{md,json} and the chart.
 #
 # Settings were fixed before any test image was scored. The teacher's schedule (full finetuning,
-# 40 epochs, lr 1e-3, no layer decay) is the best of six tried on the validation split of seed 0 at
+# 40 epochs, lr 1e-3, no layer decay) is the best of seven tried on the validation split of seed 0 at
 # N = 10 (docs/real_benchmark.md lists them); in every cell the best epoch is kept on that split.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"

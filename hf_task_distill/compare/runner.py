@@ -179,14 +179,14 @@ class Comparison:
         for run in self.runs:
             distill = manifests[run].manifest("distill")["outputs"]
             record["distill"][run] = {"transfer_rows": distill["transfer_rows"], "steps": distill["steps"]}
-        rows = {run: d["transfer_rows"] for run, d in record["distill"].items()}
-        if len(set(rows.values())) > 1:
+        runs = record["distill"]
+        if len({d["transfer_rows"] for d in runs.values()}) > 1 or len({d["steps"] for d in runs.values()}) > 1:
             logger.warning(
-                "compare: N = %d, seed %d: the distillation runs got transfer sets of different sizes (%s), "
-                "not the same budget; the report marks this cell",
+                "compare: N = %d, seed %d: the distillation runs got different transfer sets or step counts "
+                "(%s), not the same budget; the report marks this cell",
                 per_class,
                 seed,
-                ", ".join(f"{run} {n}" for run, n in rows.items()),
+                ", ".join(f"{run} {d['transfer_rows']} images / {d['steps']} steps" for run, d in runs.items()),
             )
         if self.args.pool_domain_column:
             record["in_domain_share"] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -209,51 +210,56 @@ def image_folder_patterns(root: str) -> dict[str, str] | None:
     ``datasets``' ``imagefolder`` given ``data_dir`` tries some 47 split-naming patterns, each a walk
     of the whole tree: 44 s per load for Fashion-MNIST's 62,000 files, on every pipeline run. The two
     layouts these docs describe, ``root/<class>/<image>`` and ``root/<split>/<class>/<image>`` (split
-    folders named as ``datasets`` names them: train, validation/valid/dev/val, test/eval...), need
-    one pattern per split (8 s). The rows, labels and order are the same (``tests/test_data.py``);
-    anything else (images or metadata files at the top, deeper trees, two folders for one split)
-    returns ``None`` and is left to ``datasets``' own inference."""
-    from datasets.data_files import SPLIT_KEYWORDS
+    folders named exactly as ``datasets`` names them: train, validation/valid/dev/val, test/eval...),
+    need one pattern per split (8 s), listed in ``datasets``' split order. The splits, rows, order and
+    labels are the same (``tests/test_data.py``). Anything that could make ``datasets`` infer otherwise
+    returns ``None`` and is left to it: files at the top, deeper trees, symbolic links, names starting
+    with ``__``, a split folder without images, and any other folder or file name that contains a
+    split keyword (``datasets`` reads ``test_tube/`` or ``img_train_1.png`` as split names)."""
+    from datasets.data_files import DEFAULT_SPLITS, SPLIT_KEYWORDS
 
-    def visible(entries):
-        return [e for e in entries if not e.name.startswith((".", "__"))]
+    keywords = [k for names in SPLIT_KEYWORDS.values() for k in names]
+    split_of = {k: str(split) for split, names in SPLIT_KEYWORDS.items() for k in names}
 
-    def only_dirs(path: str) -> list[str] | None:
+    def plain_dirs(path: str) -> list[str] | None:
+        """The sub-folders of ``path`` when it holds only plain (not linked) folders, else ``None``."""
         with os.scandir(path) as it:
-            entries = visible(it)
-        return [e.name for e in entries] if entries and all(e.is_dir() for e in entries) else None
+            entries = [e for e in it if not e.name.startswith(".")]
+        if not entries or any(e.is_symlink() or not e.is_dir() or e.name.startswith("__") for e in entries):
+            return None
+        return [e.name for e in entries]
 
-    def class_folders_hold_only_files(path: str, classes: list[str]) -> bool:
+    def images_in_class_folders(path: str, classes: list[str]) -> int | None:
+        """Files in ``path/<class>/``; ``None`` if a class folder holds a folder or a keyword name."""
+        count = 0
         for name in classes:
+            if any(k in name.lower() for k in keywords):
+                return None
             with os.scandir(os.path.join(path, name)) as it:
-                if any(e.is_dir() for e in visible(it)):
-                    return False
-        return True
+                for entry in it:
+                    if entry.is_dir() or any(k in entry.name.lower() for k in keywords):
+                        return None
+                    count += 1
+        return count
 
-    top = only_dirs(root)
+    top = plain_dirs(root)
     if top is None:
         return None
-    keyword_split = {k: str(split) for split, keywords in SPLIT_KEYWORDS.items() for k in keywords}
-    named = {d: keyword_split.get(d.lower()) for d in top}
-    if not any(named.values()):  # root/<class>/<image>: one train split
-        ok = class_folders_hold_only_files(root, top)
-        return {"train": os.path.join(glob_escape(root), "*", "*")} if ok else None
-    if not all(named.values()) or len(set(named.values())) != len(named):
+    if not any(name in split_of for name in top):  # root/<class>/<image>: one train split
+        found = images_in_class_folders(root, top)
+        return {"train": os.path.join(glob.escape(root), "*", "*")} if found else None
+    splits = {split_of.get(name): name for name in top}
+    if None in splits or len(splits) != len(top):  # a non-split folder beside them, or two for one split
         return None
     patterns = {}
-    for folder, split in named.items():
-        classes = only_dirs(os.path.join(root, folder))
-        if classes is None or not class_folders_hold_only_files(os.path.join(root, folder), classes):
+    for split in (str(s) for s in DEFAULT_SPLITS):
+        if split not in splits:
+            continue
+        classes = plain_dirs(os.path.join(root, splits[split]))
+        if classes is None or not images_in_class_folders(os.path.join(root, splits[split]), classes):
             return None
-        patterns[split] = os.path.join(glob_escape(root), glob_escape(folder), "*", "*")
+        patterns[split] = os.path.join(glob.escape(root), glob.escape(splits[split]), "*", "*")
     return patterns
-
-
-def glob_escape(path: str) -> str:
-    """``path`` with glob's special characters escaped (a folder named ``[2024] photos``)."""
-    import glob
-
-    return glob.escape(path)
 
 
 def load_image_folder(root: str, split: str | None = None, **load_dataset_kwargs: Any):

@@ -251,7 +251,7 @@ class RetrievalTransferSetBuilder:
                 stats.final,
                 cfg.budget,
                 stats.after_dedup,
-                k,
+                stats.k,
                 stats.removed_leakage + stats.removed_low_confidence,
             )
         if candidates is not None:
@@ -271,6 +271,7 @@ class RetrievalTransferSetBuilder:
         transfer set short of its budget when the pool has more to give. Returns ``(picked, plan)``."""
         cfg = self.config
         memory = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
+        leaked_rows: dict[int, bool] = {}  # guard verdicts by pool embedding row, kept across rounds
         while True:
             stats.k = k
             plan, _ = plan_index(
@@ -282,9 +283,12 @@ class RetrievalTransferSetBuilder:
             picked = union_of_neighbours(scores, ids, min_similarity=cfg.min_similarity)
             stats.neighbours = int((ids >= 0).sum())
             stats.after_dedup = len(picked["pool_index"])
-            if held is not None:
-                candidates = pool_vectors[picked["pool_index"]].astype(np.float32)
-                leaked, _ = leakage_mask(candidates, held, cfg.leakage_threshold)
+            if held is not None:  # only this round's new candidates meet the guard
+                new = np.array([r for r in picked["pool_index"].tolist() if r not in leaked_rows], dtype=np.int64)
+                if new.size:
+                    verdicts, _ = leakage_mask(pool_vectors[new].astype(np.float32), held, cfg.leakage_threshold)
+                    leaked_rows.update(zip(new.tolist(), verdicts.tolist(), strict=True))
+                leaked = np.array([leaked_rows[r] for r in picked["pool_index"].tolist()], dtype=bool)
                 picked = {name: column[~leaked] for name, column in picked.items()}
                 stats.removed_leakage = int(leaked.sum())
             found = len(picked["pool_index"])
@@ -372,12 +376,13 @@ class RetrievalTransferSetBuilder:
 
 
 def _count_zero_pool_rows(vectors: np.ndarray, rows: np.ndarray, encoder: str) -> int:
-    """Count (and report) pool images the encoder maps to the zero vector: they cannot be retrieved."""
+    """Count (and report) pool images the encoder maps to the zero vector: they rank last for every query."""
     zero = zero_rows(vectors)
     if zero.size:
         logger.warning(
             "%d of %d pool images (%.1f%%) embed to an all-zero vector with '%s' (first: pool row %d): "
-            "they can never be retrieved. An encoder at a resolution far below its training one does this; "
+            "they score 0 with every query, so they are retrieved only after every image that scores above "
+            "0. An encoder at a resolution far below its training one does this; "
             "a larger input size or another --retrieval_encoder avoids it",
             zero.size,
             len(vectors),
@@ -482,8 +487,6 @@ def _precomputed(pool_embeddings, pool_size: int) -> tuple[np.ndarray, np.ndarra
         raise ValueError(
             f"precomputed pool embeddings: {len(vectors)} vectors for rows outside [0, {pool_size})"
         )
-    vectors = vectors.astype(np.float32)
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return np.divide(vectors, norms, out=np.full_like(vectors, np.nan), where=norms > 0), rows.astype(
-        np.int64
-    )
+    vectors = check_embeddings(vectors.astype(np.float32), "precomputed pool embeddings")
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # a zero vector stays zero, and is counted
+    return np.divide(vectors, norms, out=np.zeros_like(vectors), where=norms > 0), rows.astype(np.int64)
