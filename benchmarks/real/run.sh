@@ -4,7 +4,7 @@
 # tf_efficientnet_lite0 from scratch as the student of (a)-(d) and ImageNet Lite0 as (f)/(g)'s.
 #
 #     bash benchmarks/real/setup.sh && python benchmarks/real/prepare.py   # once
-#     bash benchmarks/real/run.sh                                          # about an hour on 2 cores
+#     bash benchmarks/real/run.sh                                          # about 77 min on 2 cores
 #
 # The same command again continues an interrupted run; extra flags are passed to compare (e.g.
 # --seeds 0 --label_budgets 10 for one cell). Results: $OUT/comparison.{md,json} and the chart.
