@@ -75,15 +75,15 @@ def summarise(records: list[dict[str, Any]], methods: Sequence[str]) -> dict[str
     return summary
 
 
+def at_unequal_budget(distill: dict[str, dict[str, int]]) -> bool:
+    """Whether a cell's distillation runs (``{run: {"transfer_rows", "steps"}}``) did not all get the
+    same number of transfer images and student steps: then the cell is not at equal budget."""
+    return any(len({run[key] for run in distill.values()}) > 1 for key in ("transfer_rows", "steps"))
+
+
 def _unequal_transfer_sets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The cells whose distillation runs did not all get the same number of transfer images or
-    student steps: there the comparison is not at equal budget, and the report says so."""
-    found = []
-    for r in cells:
-        runs = r.get("distill", {})
-        if len({v["transfer_rows"] for v in runs.values()}) > 1 or len({v["steps"] for v in runs.values()}) > 1:
-            found.append({"seed": r["seed"], "distill": runs})
-    return found
+    """The cells at unequal budget, with their runs' sizes, for the report to mark."""
+    return [{"seed": r["seed"], "distill": r["distill"]} for r in cells if at_unequal_budget(r.get("distill", {}))]
 
 
 def _points(value: float) -> str:

@@ -16,6 +16,7 @@ from typing import Any
 from ..checks import check_int
 from ..config import STAGES, PipelineConfig
 from .methods import METHODS, RUNS
+from .report import at_unequal_budget
 
 __all__ = ["COMPARE_OWNED", "CompareArguments", "Comparison"]
 
@@ -180,7 +181,7 @@ class Comparison:
             distill = manifests[run].manifest("distill")["outputs"]
             record["distill"][run] = {"transfer_rows": distill["transfer_rows"], "steps": distill["steps"]}
         runs = record["distill"]
-        if len({d["transfer_rows"] for d in runs.values()}) > 1 or len({d["steps"] for d in runs.values()}) > 1:
+        if at_unequal_budget(runs):
             logger.warning(
                 "compare: N = %d, seed %d: the distillation runs got different transfer sets or step counts "
                 "(%s), not the same budget; the report marks this cell",

@@ -73,8 +73,8 @@ def zero_rows(vectors: np.ndarray) -> np.ndarray:
     """Indices of the rows of ``vectors`` ``[n, d]`` whose L2 norm is (almost) zero, block by block.
 
     An encoder whose last activation is a ReLU can map an image to the zero vector. Such a row has
-    cosine 0 with everything: as a pool image it is never retrieved, as a query its "neighbours" are
-    arbitrary ties, as a held-out image it hides its copies from the leakage guard."""
+    cosine 0 with everything: as a pool image it ranks last for every query, as a query its
+    "neighbours" are arbitrary ties, as a held-out image it hides its copies from the leakage guard."""
     found = [
         start
         + np.flatnonzero(
