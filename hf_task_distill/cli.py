@@ -22,33 +22,29 @@ from typing import Any
 
 from . import __version__
 from .commands import TOOL_COMMANDS
-from .config import ARGUMENT_GROUPS, STAGES, PipelineConfig, RunArguments, saved_run_settings
+from .config import ARGUMENT_GROUPS, PipelineConfig, RunArguments, saved_run_settings
 from .demo import demo_defaults
 
 logger = logging.getLogger("hf_task_distill")
 
-COMMANDS = {
-    "run": (
-        "Run every stage: teacher, transfer set, distillation, finetuning, evaluation, publishing.",
-        None,
-    ),
-    "finetune-teacher": ("Stage 1: finetune the VFM with a task head on the labelled images.", ("teacher",)),
-    "build-transfer-set": (
-        "Stage 2: the unlabelled transfer set (task images, retrieval or a dataset).",
-        ("transfer",),
-    ),
-    "distill": (
-        "Stages 1-3: teacher, transfer set, then distil it into the student.",
-        ("teacher", "transfer", "distill"),
-    ),
-    "finetune": (
-        "Stages 1-4: ... then finetune the distilled student on the labels.",
-        ("teacher", "transfer", "distill", "finetune"),
-    ),
-    "evaluate": ("Everything up to evaluation on the test split; prints the results table.", None),
-    "push": ("Publish the student (and a retrieved transfer set) to the Hub; needs --hub_model_id.", None),
-    "demo": ("The offline demo: scikit-learn digits, a small CPU teacher, a few minutes on 2 cores.", None),
-}
+
+def command_table() -> dict[str, tuple[str, str | None]]:
+    """``{command: (help, stage)}``: ``run``, one command per stage that declares one (it runs that
+    stage and every stage it depends on: :func:`~hf_task_distill.stages.stages_for_command`), and
+    ``demo``. ``stage`` is ``None`` for every stage."""
+    from .stages import stage_commands
+
+    return {
+        "run": (
+            "Run every stage: teacher, transfer set, distillation, finetuning, evaluation, publishing.",
+            None,
+        ),
+        **stage_commands(),
+        "demo": (
+            "The offline demo: scikit-learn digits, a small CPU teacher, a few minutes on 2 cores.",
+            None,
+        ),
+    }
 
 
 class CommandLineError(Exception):
@@ -56,7 +52,8 @@ class CommandLineError(Exception):
 
 
 def _usage() -> str:
-    width = max(len(c) for c in COMMANDS)
+    commands = command_table()
+    width = max(len(c) for c in commands)
     lines = [
         "usage: hf-task-distill <command> [--flags | config.json | config.yaml]",
         "",
@@ -64,7 +61,7 @@ def _usage() -> str:
         "",
         "commands:",
     ]
-    lines += [f"  {name:<{width}}  {text}" for name, (text, _) in COMMANDS.items()]
+    lines += [f"  {name:<{width}}  {text}" for name, (text, _) in commands.items()]
     lines += ["", "tools:"] + [f"  {name:<{width}}  {text}" for name, text in TOOL_COMMANDS.items()]
     lines += [
         "",
@@ -135,7 +132,7 @@ def build_parser(command: str):
             "config.json, with these flags on top)\n"
             f"       hf-task-distill {command} config.yaml|.json"
         ),
-        description=COMMANDS[command][0],
+        description=command_table()[command][0],
         formatter_class=_HelpFormatter,
     )
     _describe_off_switches(parser)
@@ -250,16 +247,28 @@ def run_command(command: str, config: PipelineConfig) -> str:
         from .demo import run_demo
 
         return run_demo(config)
-    if command == "push":
-        config.run.push_to_hub = True
-        if not config.run.hub_model_id:
-            raise CommandLineError("push needs --hub_model_id (e.g. me/mobilevitv2-cub)")
+    from .stages import get_stage, stages_for_command
+
+    stage = command_table()[command][1]
+    if stage is not None:
+        for name, value in get_stage(stage).command_settings.items():  # push: push_to_hub
+            setattr(_group_of(config, name), name, value)
+    if config.run.push_to_hub and not config.run.hub_model_id:
+        raise CommandLineError(f"{command} needs --hub_model_id (e.g. me/mobilevitv2-cub)")
     pipeline = Pipeline(config)
-    stages = COMMANDS[command][1]
-    if command == "evaluate":
-        stages = [s for s in STAGES if s != "publish" and (s != "baseline" or config.student.baseline)]
-    pipeline.run(stages)
+    pipeline.run(stages_for_command(config, stage))
     return pipeline.summary()
+
+
+def _group_of(config: PipelineConfig, name: str):
+    """The settings group of ``config`` that has the field ``name``."""
+    import dataclasses
+
+    for group in dataclasses.fields(config):
+        value = getattr(config, group.name)
+        if name in {f.name for f in dataclasses.fields(value)}:
+            return value
+    raise KeyError(f"no setting named '{name}'")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -297,7 +306,7 @@ def _main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command in TOOL_COMMANDS:
         return _run_tool(command, rest)
-    if command not in COMMANDS:
+    if command not in command_table():
         print(f"hf-task-distill: error: unknown command '{command}'\n\n{_usage()}", file=sys.stderr)
         return 2
     from .console import ConsoleSession  # torch and transformers load from here on, not for -h / --version

@@ -33,9 +33,12 @@ __all__ = [
     "stage_upstream",
 ]
 
+#: The package's own stages, in run order (:func:`hf_task_distill.stages.available_stages` adds any
+#: a plugin registered; each stage is one module of :mod:`hf_task_distill.stages`).
 STAGES = ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate", "publish")
 #: Stages that only derive files from finished ones (seconds of work): a changed setting redoes them
-#: without asking. Any other finished stage is redone only when ``--overwrite_stage`` names it.
+#: without asking (``Stage.recomputed_freely``). Any other finished stage is redone only when
+#: ``--overwrite_stage`` names it.
 RECOMPUTED_FREELY = ("evaluate", "publish")
 #: Settings of one command rather than of the run: never saved in, nor read from, a run's config.json.
 INVOCATION_SETTINGS = ("output_dir", "overwrite_stage", "push_to_hub")
@@ -394,9 +397,13 @@ class RunArguments:
                     raise ValueError(f"--{name} '{value}' is not a Hub repo id (owner/name): {err}") from err
         if isinstance(self.overwrite_stage, str):  # a config file may give one stage as a string
             self.overwrite_stage = [self.overwrite_stage]
-        unknown = [s for s in self.overwrite_stage if s not in STAGES]
+        from .stages import available_stages  # the registry: stages a plugin registered count
+
+        unknown = [s for s in self.overwrite_stage if s not in available_stages()]
         if unknown:
-            raise ValueError(f"--overwrite_stage: unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+            raise ValueError(
+                f"--overwrite_stage: unknown stage(s) {unknown}; stages are {', '.join(available_stages())}"
+            )
 
 
 ARGUMENT_GROUPS = (TaskArguments, TeacherArguments, TransferArguments, StudentArguments, RunArguments)
@@ -497,62 +504,21 @@ def saved_run_settings(output_dir: str | os.PathLike) -> dict[str, Any] | None:
     return {k: v for k, v in values.items() if k not in INVOCATION_SETTINGS}
 
 
-def _pick(flat: dict[str, Any], *names: str) -> dict[str, Any]:
-    return {name: flat[name] for name in names}
-
-
 def stage_settings(config: PipelineConfig, stage: str) -> dict[str, Any]:
-    """The settings ``stage``'s result depends on, by flag name: part of the stage's fingerprint, and
-    what a rerun may not change in a finished stage without ``--overwrite_stage``. (The pipeline adds
-    the run ids of the upstream stages, :func:`stage_upstream`.) Settings that do not change results
-    (workers, logging, ``trust_remote_code``) are not among them."""
-    flat = config.to_dict()
-    task = _pick(flat, "dataset", "per_class", "fraction", "budget_seed", "test_fraction")
-    training = _pick(flat, "batch_size", "seed", "bf16", "fp16", "crop_min_scale", "hflip_probability")
-    student = _pick(flat, "student", "pretrained_student", "student_image_size")
-    if stage == "teacher":
-        if flat["teacher_strategy"] == "none":  # used as it is: nothing is trained
-            return _pick(flat, "teacher", "teacher_strategy")
-        return {
-            **task,
-            **training,
-            **_pick(flat, "teacher", "teacher_strategy", "teacher_epochs", "teacher_learning_rate"),
-            **_pick(flat, "teacher_probe_epochs", "teacher_layer_decay"),
-        }
-    if stage == "transfer":
-        if flat["transfer"] == "task":
-            return _pick(flat, "transfer", "dataset")
-        if flat["transfer"] == "random":
-            return _pick(flat, "transfer", "pool", "transfer_budget", "seed")
-        if flat["transfer"] != "retrieval":
-            return _pick(flat, "transfer")
-        return {
-            **task,
-            **_pick(flat, "transfer", "pool", "pool_streaming", "per_query_k", "transfer_budget"),
-            **_pick(flat, "leakage_threshold", "seed"),
-            "retrieval_encoder": flat["retrieval_encoder"] or flat["teacher"],
-        }
-    if stage == "distill":
-        loss = _pick(flat, "distill_epochs", "distill_learning_rate", "temperature", "distill_loss")
-        return {**student, **training, **loss, **_pick(flat, "teacher_cache_views", "teacher_cache_top_k")}
-    if stage in ("baseline", "finetune"):
-        schedule = _pick(flat, "finetune_epochs", "finetune_learning_rate")
-        return {**task, **(student if stage == "baseline" else {}), **training, **schedule}
-    if stage == "evaluate":  # which models it evaluates: its upstream stages
-        return task
-    if stage == "publish":
-        return _pick(flat, "push_to_hub", "hub_model_id", "hub_dataset_id", "hub_private")
-    raise ValueError(f"unknown stage '{stage}'; stages are {', '.join(STAGES)}")
+    """The settings ``stage``'s result depends on, by flag name (:meth:`Stage.settings
+    <hf_task_distill.stages.Stage.settings>`): part of the stage's fingerprint, and what a rerun may
+    not change in a finished stage without ``--overwrite_stage``.
+
+    Raises:
+        ValueError: no stage is called ``stage``.
+    """
+    from .stages import get_stage
+
+    return get_stage(stage).settings(config)
 
 
 def stage_upstream(config: PipelineConfig, stage: str) -> tuple[str, ...]:
     """The stages whose results ``stage`` reads (redoing one of them redoes ``stage``)."""
-    if stage == "distill":
-        return ("teacher", "transfer")
-    if stage == "finetune":
-        return ("distill",)
-    if stage == "evaluate":
-        return ("teacher", "distill", "finetune") + (("baseline",) if config.student.baseline else ())
-    if stage == "publish":
-        return ("transfer", "finetune", "evaluate")
-    return ()
+    from .stages import get_stage
+
+    return get_stage(stage).upstream(config)

@@ -41,12 +41,7 @@ from .files import write_json_atomically
 from .metrics import make_compute_metrics
 from .models.heads import capture_head_inputs, find_classification_head
 from .models.teacher import load_teacher
-from .trainer import (
-    EpochSeededViewsMixin,
-    NativeCheckpointsMixin,
-    NoSingleRowBatchMixin,
-    check_training_arguments,
-)
+from .trainer import TaskTrainer, check_training_arguments
 
 __all__ = [
     "STRATEGIES",
@@ -240,7 +235,7 @@ def layer_decay_parameter_groups(
     return [groups[k] for k in sorted(groups)]
 
 
-class _LayerDecayTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpointsMixin, Trainer):
+class _LayerDecayTrainer(TaskTrainer):
     """A plain classification Trainer whose optimizer uses layer-wise learning-rate decay."""
 
     def __init__(self, *args, layer_decay: float = 1.0, **kwargs):
@@ -546,6 +541,40 @@ class TeacherFinetuner:
         }
         write_json_atomically(os.path.join(output_dir, "finetuning_results.json"), summary)
         return output_dir
+
+    def compute_ledger(self, result: FinetuningResult | None = None, *, stage: str = "teacher") -> list:
+        """The compute of the last :meth:`train`, as :class:`~hf_task_distill.compute.LedgerEntry` s.
+
+        Backbone training (full, LP-FT, LoRA) is counted as training images (epochs x training split,
+        FLOPs of a forward and backward pass); the linear probe's cached features (every training
+        view once) and every validation pass as forward images.
+
+        Raises:
+            RuntimeError: :meth:`train` has not run.
+        """
+        from .compute import LedgerEntry, count_flops_per_image, describe_device
+
+        result = result or self.result
+        if result is None:
+            raise RuntimeError("call train() before compute_ledger()")
+        model, size, device = result.model, self.spec.size, describe_device()
+        probing = self.args.strategy in ("linear", "lp-ft")
+        forward_images = (
+            len(self.train_split) * self.args.probe_views + len(self.validation_split) if probing else 0
+        )
+        entries = []
+        if self.trainer is not None:
+            epochs = self.trainer.state.epoch
+            trained = round(epochs * len(self.train_split))
+            flops = count_flops_per_image(model, size, training=True)
+            entries.append(
+                LedgerEntry(stage, "teacher training", self.model_name_or_path, trained, flops, device)
+            )
+            forward_images += round(epochs) * len(self.validation_split)
+        work = "teacher forward (probe features, validation)" if probing else "teacher forward (validation)"
+        forward = count_flops_per_image(model, size)
+        entries.append(LedgerEntry(stage, work, self.model_name_or_path, forward_images, forward, device))
+        return entries
 
 
 @dataclass

@@ -38,6 +38,7 @@ __all__ = [
     "DistillationArguments",
     "DistillationTrainer",
     "EpochSeededViewsMixin",
+    "TaskTrainer",
     "NativeCheckpointsMixin",
     "NoSingleRowBatchMixin",
     "check_training_arguments",
@@ -288,7 +289,15 @@ class NativeCheckpointsMixin:
             del model.save_pretrained
 
 
-class DistillationTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpointsMixin, Trainer):
+class TaskTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpointsMixin, Trainer):
+    """The ``transformers.Trainer`` every training in the package starts from: teacher finetuning,
+    distillation and student finetuning share its checkpoints (:class:`NativeCheckpointsMixin`),
+    its epoch-seeded views (:class:`EpochSeededViewsMixin`) and its handling of a last batch of one
+    row (:class:`NoSingleRowBatchMixin`). On its own it trains a model on its own loss (the
+    cross-entropy of a classifier given ``labels``): how students are finetuned on the labels."""
+
+
+class DistillationTrainer(TaskTrainer):
     """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
 
     ``teacher_model`` is a model or a Hub id/folder of a finetuned classifier (see ``load_teacher``).
@@ -542,9 +551,13 @@ class DistillationTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCh
     # ---- loss ---------------------------------------------------------------------------------
     @property
     def skipped_rows(self) -> list[int]:
-        """Transfer-set rows skipped because their image could not be decoded (all processes, after
+        """Transfer-set rows skipped because their image could not be decoded: when the teacher cache
+        was built (a cache stores no output for them), or while training (all processes, after
         ``train()``; this process's so far, during it)."""
-        return sorted(self._unreadable_rows)
+        cached = (
+            [item["row"] for item in self.teacher_cache.skipped] if self.teacher_cache is not None else []
+        )
+        return sorted(set(cached) | self._unreadable_rows)
 
     def train(self, *args, **kwargs):
         output = super().train(*args, **kwargs)

@@ -1,0 +1,32 @@
+"""The stages of a run, one module each; see :mod:`hf_task_distill.stages.base` for the contract.
+
+teacher (finetune the VFM on the labels) -> transfer (the unlabelled images to distil on) -> distill
+(match the teacher on them) -> finetune (the student on the labels) -> evaluate -> publish; plus an
+optional baseline (the student on the labels alone) for comparison.
+"""
+
+from .base import (
+    Stage,
+    StageNotReady,
+    StageResult,
+    available_stages,
+    get_stage,
+    register_stage,
+    stage_commands,
+    stages_for_command,
+    unregister_stage,
+)
+from .context import RunContext
+
+__all__ = [
+    "RunContext",
+    "Stage",
+    "StageNotReady",
+    "StageResult",
+    "available_stages",
+    "get_stage",
+    "register_stage",
+    "stage_commands",
+    "stages_for_command",
+    "unregister_stage",
+]

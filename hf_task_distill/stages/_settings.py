@@ -1,0 +1,8 @@
+"""Groups of flags that several stages' results depend on (names as in :mod:`hf_task_distill.config`)."""
+
+#: The labelled task and its label budget.
+TASK = ("dataset", "per_class", "fraction", "budget_seed", "test_fraction")
+#: What every training stage shares: batches, seed, precision and the random crop and flip.
+TRAINING = ("batch_size", "seed", "bf16", "fp16", "crop_min_scale", "hflip_probability")
+#: Which student, and how it starts.
+STUDENT = ("student", "pretrained_student", "student_image_size")

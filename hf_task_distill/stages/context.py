@@ -1,0 +1,283 @@
+"""What every stage reads from a run: its configuration, the labelled task, upstream results, and
+the shared ways of building models, views and training arguments."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from .base import StageNotReady, available_stages
+
+if TYPE_CHECKING:
+    from ..compute import ComputeLedger
+
+__all__ = ["RunContext", "checkpoint_epoch", "loading", "train_resuming"]
+
+logger = logging.getLogger("hf_task_distill.pipeline")
+
+
+@contextlib.contextmanager
+def loading(what: str, name: str):
+    """Name the model or dataset in a loading error (the Hub's own message often does not).
+
+    Raises:
+        OSError: ``cannot load the <what> '<name>': <why>`` (why the Hub was unreachable, if it was).
+    """
+    from ..sources import hub_unreachable, is_local_path
+
+    try:
+        yield
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        why = None if is_local_path(name) else hub_unreachable(err)
+        raise OSError(f"cannot load the {what} '{name}': {why or first}") from err
+
+
+def checkpoint_epoch(checkpoint: str | None) -> float | None:
+    """The epoch a Trainer checkpoint folder was written at (``None`` for no checkpoint)."""
+    if checkpoint is None:
+        return None
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+        return json.load(f).get("epoch")
+
+
+def train_resuming(trainer, checkpoints: str, directory: str) -> tuple[str, str | None, float | None]:
+    """Train from the newest complete checkpoint in ``checkpoints`` (if any); save to ``<directory>/model``.
+
+    Returns:
+        The model folder, the checkpoint resumed from (or ``None``) and its epoch (read before
+        training: the Trainer rotates old checkpoints away).
+    """
+    from ..checkpoints import last_complete_checkpoint
+
+    last = last_complete_checkpoint(checkpoints)
+    resumed_at = checkpoint_epoch(last)
+    if last is not None:
+        logger.info("resuming from %s (epoch %.2f)", os.path.basename(last), resumed_at or 0.0)
+    trainer.train(resume_from_checkpoint=last)
+    model_dir = os.path.join(directory, "model")
+    trainer.save_model(model_dir)
+    return model_dir, last, resumed_at
+
+
+def _listed(names, limit: int = 8) -> str:
+    if isinstance(names, str):
+        return names
+    return ", ".join(map(str, names[:limit])) + (", ..." if len(names) > limit else "")
+
+
+class RunContext:
+    """A run as its stages see it: ``config``, ``task``, the finished stages' ``manifest`` s, and the
+    models, views and training arguments every stage builds the same way."""
+
+    def __init__(self, config, folders, state):
+        self.config = config
+        self.folders = folders
+        self.state = state
+        self.run_dir = folders.path
+        self._task = None
+        self._unbudgeted = None
+        self._full_train = None
+        self._task_fingerprints: dict[tuple[str, ...], str] = {}
+
+    # -- the labelled task ---------------------------------------------------------------------
+    @property
+    def task(self):
+        """The labelled task with its label budget applied (``full_train`` keeps every image)."""
+        if self._task is None:
+            self._task = self._load_task()
+        return self._task
+
+    def _load_task(self):
+        from ..data import load_target_task
+
+        cfg = self.config.task
+        task = load_target_task(cfg.dataset)
+        if not any(split in task.splits for split in ("test", "validation")):
+            task = task.with_test_split(cfg.test_fraction, seed=cfg.budget_seed)
+            logger.info(
+                "task '%s' has no test or validation split: %d images (%.0f%% of each class) are held out "
+                "as its test split (--test_fraction)",
+                task.name,
+                len(task["test"]),
+                100 * cfg.test_fraction,
+            )
+        self._unbudgeted = task
+        self._full_train = task["train"]
+        if cfg.per_class is not None or cfg.fraction is not None:
+            task = task.with_label_budget(
+                per_class=cfg.per_class, fraction=cfg.fraction, seed=cfg.budget_seed
+            )
+        return task
+
+    @property
+    def full_train(self):
+        """The task's whole training split, before the label budget."""
+        self.task  # noqa: B018 - loads both
+        return self._full_train
+
+    @property
+    def unbudgeted_task(self):
+        """The task before its label budget (every split whole)."""
+        self.task  # noqa: B018 - loads both
+        return self._unbudgeted
+
+    @property
+    def eval_split(self) -> str:
+        """The split models are evaluated on: ``test``, or ``validation`` when there is no test split."""
+        return "test" if "test" in self.task.splits else "validation"
+
+    def task_fingerprint_of(self, splits: list[str]) -> str:
+        """The identity of the task's ``splits``: its class names, and per split its size, labels and a
+        sample of its images (``data.fingerprints.task_fingerprint``); before any label budget."""
+        key = tuple(splits)
+        if key not in self._task_fingerprints:
+            from ..data.fingerprints import task_fingerprint
+
+            self._task_fingerprints[key] = task_fingerprint(self.unbudgeted_task, splits)
+        return self._task_fingerprints[key]
+
+    def transfer_fingerprint(self) -> str:
+        """The identity of a transfer set given as a dataset (``--transfer`` a Hub id or folder)."""
+        from ..data import load_image_dataset
+        from ..data.fingerprints import dataset_fingerprint
+        from ..data.loading import find_image_column
+
+        dataset = load_image_dataset(self.config.transfer.transfer)
+        return dataset_fingerprint(dataset, find_image_column(dataset.features) or "image")
+
+    # -- finished stages -----------------------------------------------------------------------
+    def manifest(self, name: str) -> dict[str, Any] | None:
+        """The stage's manifest (output paths resolved), or ``None`` when it is missing or unreadable
+        (the stage is then not complete)."""
+        return self.folders.manifest(name)
+
+    def outputs(self, name: str) -> dict[str, Any]:
+        """A completed stage's outputs.
+
+        Raises:
+            StageNotReady: the stage has not completed in this run.
+        """
+        manifest = self.manifest(name)
+        if manifest is None:
+            raise StageNotReady(f"stage '{name}' has not completed in {self.run_dir}: run it first")
+        return manifest["outputs"]
+
+    def ledger(self) -> ComputeLedger:
+        """Every completed stage's compute, in stage order."""
+        from ..compute import ComputeLedger
+
+        total = ComputeLedger()
+        for name in available_stages():
+            manifest = self.manifest(name)
+            if manifest is not None:
+                total.extend(ComputeLedger.from_dict(manifest["ledger"]))
+        return total
+
+    # -- models and data -----------------------------------------------------------------------
+    @property
+    def teacher_name(self) -> str:
+        """The teacher as a person reads it in ledgers and logs: its source, and ``, finetuned`` when it
+        is the run's own finetuned teacher (not a folder path in the run)."""
+        cfg = self.config.teacher
+        return cfg.teacher if cfg.teacher_strategy == "none" else f"{cfg.teacher}, finetuned"
+
+    def teacher_path(self) -> str:
+        """The finetuned teacher's folder, or the source of a teacher used as it is (strategy none)."""
+        outputs = (self.manifest("teacher") or {}).get("outputs") or {}
+        return outputs.get("model") or outputs.get("source") or self.config.teacher.teacher
+
+    def transfer_dataset(self):
+        """The transfer set the ``transfer`` stage chose, as a ``datasets.Dataset`` of images.
+
+        Raises:
+            StageNotReady: the ``transfer`` stage has not completed.
+        """
+        outputs = self.outputs("transfer")
+        if outputs["kind"] in ("retrieval", "random"):
+            from datasets import load_from_disk
+
+            return load_from_disk(outputs["path"])
+        if outputs["kind"] == "dataset":
+            from ..data import load_image_dataset
+
+            return load_image_dataset(outputs["source"])
+        return self.full_train.remove_columns([self.task.label_column])
+
+    def training_args(self, cls, output_dir: str, **kwargs):
+        """``cls`` (a ``TrainingArguments`` subclass) with the run's shared training settings."""
+        from ..devices import cpu_ranks_need_use_cpu, has_accelerator
+
+        run = self.config.run
+        return cls(
+            output_dir=output_dir,
+            use_cpu=cpu_ranks_need_use_cpu(False),
+            per_device_train_batch_size=run.batch_size,
+            per_device_eval_batch_size=run.batch_size,
+            seed=run.seed,
+            bf16=run.bf16,
+            fp16=run.fp16,
+            dataloader_num_workers=run.dataloader_num_workers,
+            dataloader_pin_memory=has_accelerator(),  # torch warns on every DataLoader otherwise
+            report_to=run.report_to,
+            logging_steps=run.logging_steps,
+            save_total_limit=1,
+            **kwargs,
+        )
+
+    @property
+    def augmentation(self):
+        """The random crop and flip every training stage shares (``--crop_min_scale``, ``--hflip_probability``)."""
+        from ..data import ViewAugmentation
+
+        run = self.config.run
+        return ViewAugmentation(scale=(run.crop_min_scale, 1.0), hflip=run.hflip_probability)
+
+    def new_student(self, labels: list[str] | None = None):
+        """A new student for ``labels`` (default: the task's classes, in the task's order), seeded by
+        ``--seed`` so that a new head (or a whole new student) starts the same in every rerun."""
+        from transformers import set_seed
+
+        from ..models import create_student
+
+        cfg = self.config.student
+        set_seed(self.config.run.seed)
+        return create_student(
+            cfg.student,
+            labels or self.task.label_names,
+            pretrained=cfg.pretrained_student,
+            image_size=cfg.student_image_size,
+        )
+
+    @property
+    def distillation_uses_teacher_predictions(self) -> bool:
+        """False for a task-agnostic (feature) loss: the teacher's classes then do not matter."""
+        from ..losses import build_loss
+
+        return build_loss(self.config.student.distill_loss).requires_teacher_logits
+
+    def teacher_classes(self, config) -> list[str]:
+        """The classes a teacher (its ``config``) predicts, in its output order: exactly the task's, in
+        any order (a student distilled from it gets these; labels are matched to them by name).
+
+        Raises:
+            ValueError: the teacher predicts other or more classes than the task has.
+        """
+        from ..models.labels import label_names_of
+
+        names, task_names = label_names_of(config), list(self.task.label_names)
+        same = (
+            sorted(names) == sorted(task_names) if names is not None else config.num_labels == len(task_names)
+        )
+        if not same:
+            shown = names if names is not None else f"{config.num_labels} unnamed classes"
+            raise ValueError(
+                f"the teacher '{self.config.teacher.teacher}' predicts {config.num_labels} classes "
+                f"({_listed(shown)}), the task '{self.task.name}' has {len(task_names)} ({_listed(task_names)}): "
+                "a teacher used as it is (--teacher_strategy none) must predict the task's classes; "
+                "finetune it on the task instead (--teacher_strategy linear, full, lp-ft or lora)"
+            )
+        return names or task_names

@@ -1,0 +1,72 @@
+"""Stage 5, ``evaluate``: every model of the run on the task's test split (validation if none)."""
+
+from __future__ import annotations
+
+import os
+
+from ._settings import TASK
+from .base import Stage, StageResult, register_stage
+
+
+@register_stage
+class EvaluateStage(Stage):
+    name = "evaluate"
+    command = "evaluate"
+    command_help = "Everything up to evaluation on the test split; prints the results table."
+    settings_read = TASK  # which models it evaluates: its upstream stages
+    recomputed_freely = True
+
+    def upstream(self, config):
+        return ("teacher", "distill", "finetune") + (("baseline",) if config.student.baseline else ())
+
+    def task_splits(self, config, eval_split):
+        return (eval_split,)
+
+    def run(self, context, directory):
+        """Metrics of every model, and their confusion matrices in ``confusion_matrices.json`` (rows:
+        true class, columns: predicted, both in the task's order)."""
+        from ..files import write_json_atomically
+
+        if not context.state.is_main_process:
+            return StageResult(
+                {}
+            )  # only the main process writes the manifest: the others would repeat its work
+        dataset, names = context.task[context.eval_split], list(context.task.label_names)
+        results, matrices = {}, {}
+        for label, path in _models(context).items():
+            results[label], matrix = _evaluate_one(context, label, path, dataset)
+            if matrix is not None:
+                matrices[label] = matrix
+        path = os.path.join(directory, "confusion_matrices.json")
+        write_json_atomically(path, {"labels": names, "matrices": matrices}, indent=None)
+        outputs = {
+            "split": context.eval_split,
+            "images": len(dataset),
+            "results": results,
+            "confusion_matrices": path,
+        }
+        return StageResult(outputs)
+
+
+def _models(context) -> dict[str, str]:
+    """The run's models by the name the results table gives them."""
+    models = {}
+    if context.config.teacher.teacher_strategy != "none" or context.distillation_uses_teacher_predictions:
+        models["teacher"] = context.teacher_path()  # not a backbone that only lent its features
+    if context.manifest("baseline") is not None and context.config.student.baseline:
+        models["student, labels only"] = context.outputs("baseline")["model"]
+    models["student, distilled"] = context.outputs("distill")["model"]
+    models["student, distilled + finetuned"] = context.outputs("finetune")["model"]
+    return models
+
+
+def _evaluate_one(context, label: str, path: str, dataset):
+    """One model's metrics and report details (:meth:`TaskType.evaluate <hf_task_distill.tasks.TaskType.evaluate>`)."""
+    from ..tasks import get_task_type
+
+    task_type = get_task_type()
+    model = task_type.load_model(path, trust_remote_code=context.config.teacher.trust_remote_code)
+    where = f"the {context.eval_split} split of '{context.task.name}' ({label})"
+    return task_type.evaluate(
+        model, dataset, task=context.task, batch_size=context.config.run.batch_size, where=where
+    )

@@ -1,0 +1,24 @@
+"""Stage 6, ``publish``: the student (and a retrieved transfer set) as folders ready for the Hub, with
+their cards; pushed when ``--push_to_hub`` is given."""
+
+from __future__ import annotations
+
+from .base import Stage, StageResult, register_stage
+
+
+@register_stage
+class PublishStage(Stage):
+    name = "publish"
+    command = "push"
+    command_help = "Publish the student (and a retrieved transfer set) to the Hub; needs --hub_model_id."
+    command_settings = {"push_to_hub": True}
+    settings_read = ("push_to_hub", "hub_model_id", "hub_dataset_id", "hub_private")
+    recomputed_freely = True
+
+    def upstream(self, config):
+        return ("transfer", "finetune", "evaluate")
+
+    def run(self, context, directory):
+        from ..hub.publish import publish_run
+
+        return StageResult(publish_run(context, directory))

@@ -1,0 +1,40 @@
+"""Image classification: one label per image; accuracy, balanced accuracy and macro-F1."""
+
+from __future__ import annotations
+
+from .base import TaskType, register_task_type
+
+
+@register_task_type
+class ImageClassification(TaskType):
+    name = "image-classification"
+    metric_names = ("accuracy", "balanced_accuracy", "macro_f1")
+    metric_titles = ("accuracy", "balanced accuracy", "macro F1")
+
+    def model_class(self):
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification
+
+    def evaluate(self, model, dataset, *, task, batch_size: int, where: str):
+        """Metrics on the labelled rows (scikit-learn's), and the confusion matrix ``[C, C]`` (rows: true
+        class, columns: predicted) in the task's class order, or ``None`` when the model's classes are
+        not the task's."""
+        import numpy as np
+
+        from ..evaluation import confusion_matrix, predict
+        from ..metrics import classification_metrics
+        from ..models.labels import label_names_of
+
+        predictions, labels = predict(
+            model, dataset, task=task, batch_size=batch_size, where=where, progress=True
+        )
+        labelled = labels != -100
+        metrics = classification_metrics(predictions[labelled], labels[labelled])
+        names = list(task.label_names)
+        order = label_names_of(model.config) or names
+        if sorted(order) != sorted(names):
+            return metrics, None
+        matrix = confusion_matrix(predictions, labels, len(order))
+        index = [order.index(n) for n in names]
+        return metrics, matrix[np.ix_(index, index)].tolist()

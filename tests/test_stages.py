@@ -1,0 +1,184 @@
+"""Stages as objects (hf_task_distill.stages): the registry, the fingerprints the built-in stages
+have always had, the commands derived from them, and a stage added from one file."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from hf_task_distill.config import STAGES, PipelineConfig
+from hf_task_distill.stages import (
+    Stage,
+    StageResult,
+    available_stages,
+    get_stage,
+    register_stage,
+    stages_for_command,
+    unregister_stage,
+)
+
+TASK = ["budget_seed", "dataset", "fraction", "per_class", "test_fraction"]
+TRAINING = ["batch_size", "bf16", "crop_min_scale", "fp16", "hflip_probability", "seed"]
+STUDENT = ["pretrained_student", "student", "student_image_size"]
+TEACHER = [
+    "teacher",
+    "teacher_epochs",
+    "teacher_layer_decay",
+    "teacher_learning_rate",
+    "teacher_probe_epochs",
+]
+DISTILL = ["distill_epochs", "distill_learning_rate", "distill_loss", "teacher_cache_top_k"]
+DISTILL += ["teacher_cache_views", "temperature"]
+FINETUNE = ["finetune_epochs", "finetune_learning_rate"]
+RETRIEVAL = ["leakage_threshold", "per_query_k", "pool", "pool_streaming", "retrieval_encoder"]
+RETRIEVAL += ["seed", "transfer", "transfer_budget"]
+PUBLISH = ["hub_dataset_id", "hub_model_id", "hub_private", "push_to_hub"]
+
+#: The settings (and upstream stages) each stage's fingerprint was made of before stages became
+#: objects, recorded from that version: a run finished then must continue, not be refused as changed.
+EARLIER_VERSION = {
+    "teacher": (TASK + TRAINING + TEACHER + ["teacher_strategy"], []),
+    "transfer": (["dataset", "transfer"], []),
+    "distill": (STUDENT + TRAINING + DISTILL, ["teacher", "transfer"]),
+    "baseline": (TASK + STUDENT + TRAINING + FINETUNE, []),
+    "finetune": (TASK + TRAINING + FINETUNE, ["distill"]),
+    "evaluate": (TASK, ["teacher", "distill", "finetune", "baseline"]),
+    "publish": (PUBLISH, ["transfer", "finetune", "evaluate"]),
+}
+
+
+def _config(tmp_path, **values):
+    return PipelineConfig.from_dict({"dataset": "digits", "output_dir": str(tmp_path / "run"), **values})
+
+
+def test_the_built_in_stages_are_registered_in_run_order():
+    assert available_stages() == STAGES
+    assert [n for n in STAGES if get_stage(n).recomputed_freely] == ["evaluate", "publish"]
+    with pytest.raises(ValueError, match=r"unknown stage 'distil'; stages are teacher, transfer, distill"):
+        get_stage("distil")
+
+
+def test_fingerprint_settings_are_those_of_the_earlier_version(tmp_path):
+    config = _config(tmp_path)
+    for name, (settings, upstream) in EARLIER_VERSION.items():
+        stage = get_stage(name)
+        assert sorted(stage.settings(config)) == sorted(settings), name
+        assert list(stage.upstream(config)) == upstream, name
+        flat = config.to_dict()
+        assert all(stage.settings(config)[k] == flat[k] for k in settings if k != "retrieval_encoder")
+
+
+@pytest.mark.parametrize(
+    ("values", "stage", "expected"),
+    [
+        ({"teacher_strategy": "none", "teacher": "mini-vfm"}, "teacher", ["teacher", "teacher_strategy"]),
+        ({"transfer": "random", "pool": "POOL", "transfer_budget": 10}, "transfer", None),
+        ({"transfer": "retrieval", "pool": "POOL", "per_query_k": 3}, "transfer", TASK + RETRIEVAL),
+        ({"baseline": False}, "evaluate", TASK),
+    ],
+)
+def test_fingerprint_settings_by_mode_are_those_of_the_earlier_version(tmp_path, values, stage, expected):
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    values = {k: str(pool) if v == "POOL" else v for k, v in values.items()}
+    config = _config(tmp_path, **values)
+    expected = expected or ["pool", "seed", "transfer", "transfer_budget"]
+    assert sorted(get_stage(stage).settings(config)) == sorted(expected)
+    if values.get("transfer") == "retrieval":  # the encoder defaults to the teacher before finetuning
+        assert get_stage(stage).settings(config)["retrieval_encoder"] == config.teacher.teacher
+    if "baseline" in values:
+        assert get_stage("evaluate").upstream(config) == ("teacher", "distill", "finetune")
+
+
+def test_each_command_runs_its_stage_and_what_it_depends_on(tmp_path):
+    """What the CLI's hand-written command table ran before, now derived from the stages."""
+    from hf_task_distill.cli import command_table
+
+    table = command_table()
+    assert list(table) == ["run", "finetune-teacher", "build-transfer-set", "distill", "finetune"] + [
+        "evaluate",
+        "push",
+        "demo",
+    ]
+    config = _config(tmp_path)
+    runs = {command: stages_for_command(config, stage) for command, (_, stage) in table.items()}
+    assert runs["finetune-teacher"] == ["teacher"] and runs["build-transfer-set"] == ["transfer"]
+    assert runs["distill"] == ["teacher", "transfer", "distill"]
+    assert runs["finetune"] == ["teacher", "transfer", "distill", "finetune"]
+    assert runs["evaluate"] == list(STAGES[:-1]) and runs["push"] == runs["run"] == list(STAGES)
+    no_baseline = _config(tmp_path, baseline=False)
+    assert "baseline" not in stages_for_command(no_baseline, "evaluate") + stages_for_command(
+        no_baseline, None
+    )
+
+
+# ---- a stage added from this file alone ----------------------------------------------------------
+class ClassCountStage(Stage):
+    """A toy stage: counts the labelled images per class after the label budget."""
+
+    name = "class_count"
+    command = "count-classes"
+    command_help = "Count the labelled images per class."
+    settings_read = ("dataset", "per_class", "seed")
+
+    def task_splits(self, config, eval_split):
+        return ("train",)
+
+    def run(self, context, directory):
+        from hf_task_distill.compute import LedgerEntry
+
+        labels = context.task["train"][context.task.label_column]
+        counts = {name: labels.count(i) for i, name in enumerate(context.task.label_names)}
+        path = os.path.join(directory, "counts.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(counts, f)
+        entry = LedgerEntry(self.name, "counting", "none", len(labels), 0, "cpu")
+        return StageResult({"counts": path, "classes": len(counts)}, [entry])
+
+
+@pytest.fixture
+def class_count_stage():
+    register_stage(ClassCountStage, after="transfer")
+    yield ClassCountStage
+    unregister_stage(ClassCountStage.name)
+
+
+def test_a_stage_added_from_one_file_runs_is_skipped_and_guards_its_settings(tmp_path, class_count_stage):
+    from hf_task_distill.pipeline import Pipeline, StageSettingsChanged
+
+    assert available_stages()[:3] == ("teacher", "transfer", "class_count")
+    config = _config(tmp_path, per_class=3)
+    first = Pipeline(config).run(["class_count"])["class_count"]
+    with open(first["outputs"]["counts"], encoding="utf-8") as f:
+        assert set(json.load(f).values()) == {3}  # the label budget, per class
+    assert first["outputs"]["classes"] == 10 and first["ledger"]["entries"][0]["images"] == 30
+    assert "class_count" in first["ledger"]["wall_s"]
+    assert Pipeline(config).run(["class_count"])["class_count"]["run_id"] == first["run_id"]  # skipped
+    with pytest.raises(StageSettingsChanged, match=r"stage class_count finished with per_class=3"):
+        Pipeline(_config(tmp_path, per_class=4)).run(["class_count"])
+    redo = _config(tmp_path, per_class=4, overwrite_stage=["class_count"])  # the registry's names count
+    assert Pipeline(redo).run(["class_count"])["class_count"]["outputs"]["classes"] == 10
+
+
+def test_a_stage_added_from_one_file_gets_its_command(tmp_path, class_count_stage, capsys):
+    from hf_task_distill.cli import main
+
+    assert main(["--help"]) == 0 and "count-classes" in capsys.readouterr().out
+    run = str(tmp_path / "run")
+    assert main(["count-classes", "--dataset", "digits", "--per_class", "2", "--output_dir", run]) == 0
+    assert os.path.isfile(os.path.join(run, "class_count", "manifest.json"))
+    assert not os.path.exists(os.path.join(run, "teacher"))  # it depends on no other stage
+
+
+def test_registering_a_stage_twice_or_after_an_unknown_one_is_refused(class_count_stage):
+    with pytest.raises(ValueError, match="a stage named 'class_count' is already registered"):
+        register_stage(ClassCountStage)
+
+    class Other(ClassCountStage):
+        name = "other"
+
+    with pytest.raises(ValueError, match=r"register_stage\(after='nope'\): no such stage"):
+        register_stage(Other, after="nope")
+    assert "other" not in available_stages()
