@@ -9,6 +9,8 @@ from .base import Stage, register_stage
 
 @register_stage
 class BaselineStage(Stage):
+    """The student trained on the labels alone (``--no_baseline`` skips it)."""
+
     name = "baseline"
     settings_read = (*TASK, *STUDENT, *TRAINING, "finetune_epochs", "finetune_learning_rate")
 

@@ -12,6 +12,8 @@ from .context import loading, train_resuming
 
 @register_stage
 class DistillStage(Stage):
+    """The student matches the teacher on the transfer set; output ``model/`` (and ``teacher_cache/``)."""
+
     name = "distill"
     command = "distill"
     command_help = "Stages 1-3: teacher, transfer set, then distil it into the student."

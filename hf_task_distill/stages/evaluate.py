@@ -10,6 +10,8 @@ from .base import Stage, StageResult, register_stage
 
 @register_stage
 class EvaluateStage(Stage):
+    """Every model of the run on the test split; output the metrics and ``confusion_matrices.json``."""
+
     name = "evaluate"
     command = "evaluate"
     command_help = "Everything up to evaluation on the test split; prints the results table."

@@ -9,6 +9,8 @@ from .base import Stage, register_stage
 
 @register_stage
 class FinetuneStage(Stage):
+    """The distilled student finetuned on the labels; output ``model/``."""
+
     name = "finetune"
     command = "finetune"
     command_help = "Stages 1-4: ... then finetune the distilled student on the labels."

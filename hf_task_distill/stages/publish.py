@@ -8,6 +8,8 @@ from .base import Stage, StageResult, register_stage
 
 @register_stage
 class PublishStage(Stage):
+    """``student/`` and ``transfer_set/`` folders with their cards; pushed with ``--push_to_hub``."""
+
     name = "publish"
     command = "push"
     command_help = "Publish the student (and a retrieved transfer set) to the Hub; needs --hub_model_id."

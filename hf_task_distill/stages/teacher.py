@@ -12,6 +12,8 @@ from .context import checkpoint_epoch, loading, logger
 
 @register_stage
 class TeacherStage(Stage):
+    """The VFM finetuned on the labels (or a teacher used as it is); output ``model/`` with its card."""
+
     name = "teacher"
     command = "finetune-teacher"
     command_help = "Stage 1: finetune the VFM with a task head on the labelled images."

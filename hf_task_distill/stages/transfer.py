@@ -16,6 +16,8 @@ MODES = ("task", "retrieval", "random")
 
 @register_stage
 class TransferStage(Stage):
+    """The transfer set: ``task``, ``random``, ``retrieval`` or a dataset; output ``data/`` when built."""
+
     name = "transfer"
     command = "build-transfer-set"
     command_help = "Stage 2: the unlabelled transfer set (task images, retrieval or a dataset)."

@@ -7,6 +7,8 @@ from .base import TaskType, register_task_type
 
 @register_task_type
 class ImageClassification(TaskType):
+    """One label per image: ``AutoModelForImageClassification`` models, scored on the labelled rows."""
+
     name = "image-classification"
     metric_names = ("accuracy", "balanced_accuracy", "macro_f1")
     metric_titles = ("accuracy", "balanced accuracy", "macro F1")
