@@ -83,7 +83,9 @@ def at_unequal_budget(distill: dict[str, dict[str, int]]) -> bool:
 
 def _unequal_transfer_sets(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The cells at unequal budget, with their runs' sizes, for the report to mark."""
-    return [{"seed": r["seed"], "distill": r["distill"]} for r in cells if at_unequal_budget(r.get("distill", {}))]
+    return [
+        {"seed": r["seed"], "distill": r["distill"]} for r in cells if at_unequal_budget(r.get("distill", {}))
+    ]
 
 
 def _points(value: float) -> str:
@@ -125,7 +127,8 @@ def to_markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     for n in budgets:
         for cell in summary[n].get("unequal_transfer_sets", []):
             sizes = ", ".join(
-                f"{run}: {v['transfer_rows']} images, {v['steps']} steps" for run, v in cell["distill"].items()
+                f"{run}: {v['transfer_rows']} images, {v['steps']} steps"
+                for run, v in cell["distill"].items()
             )
             lines += [
                 "",

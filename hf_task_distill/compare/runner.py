@@ -187,7 +187,9 @@ class Comparison:
                 "(%s), not the same budget; the report marks this cell",
                 per_class,
                 seed,
-                ", ".join(f"{run} {d['transfer_rows']} images / {d['steps']} steps" for run, d in runs.items()),
+                ", ".join(
+                    f"{run} {d['transfer_rows']} images / {d['steps']} steps" for run, d in runs.items()
+                ),
             )
         if self.args.pool_domain_column:
             record["in_domain_share"] = {

@@ -215,7 +215,9 @@ class RetrievalTransferSetBuilder:
             self._embed(ds, os.path.join(embeddings_dir, f"heldout-{i}"))[0] for i, ds in enumerate(heldout)
         ]
         held = (
-            check_embeddings(np.concatenate(heldout_vectors), "held-out embeddings", dim=pool_vectors.shape[1])
+            check_embeddings(
+                np.concatenate(heldout_vectors), "held-out embeddings", dim=pool_vectors.shape[1]
+            )
             if heldout_vectors
             else None
         )
@@ -284,9 +286,13 @@ class RetrievalTransferSetBuilder:
             stats.neighbours = int((ids >= 0).sum())
             stats.after_dedup = len(picked["pool_index"])
             if held is not None:  # only this round's new candidates meet the guard
-                new = np.array([r for r in picked["pool_index"].tolist() if r not in leaked_rows], dtype=np.int64)
+                new = np.array(
+                    [r for r in picked["pool_index"].tolist() if r not in leaked_rows], dtype=np.int64
+                )
                 if new.size:
-                    verdicts, _ = leakage_mask(pool_vectors[new].astype(np.float32), held, cfg.leakage_threshold)
+                    verdicts, _ = leakage_mask(
+                        pool_vectors[new].astype(np.float32), held, cfg.leakage_threshold
+                    )
                     leaked_rows.update(zip(new.tolist(), verdicts.tolist(), strict=True))
                 leaked = np.array([leaked_rows[r] for r in picked["pool_index"].tolist()], dtype=bool)
                 picked = {name: column[~leaked] for name, column in picked.items()}

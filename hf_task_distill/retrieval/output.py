@@ -205,4 +205,3 @@ def save_transfer_set(
         render_transfer_set_card(card_data).save(os.path.join(folder, "README.md"))
 
     return write_folder_atomically(output_dir, write)
-
