@@ -109,6 +109,7 @@ class TransferSetStats:
     encoder: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field by name (``dataclasses.asdict``), for the manifest and the dataset card."""
         return asdict(self)
 
 
