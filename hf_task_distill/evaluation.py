@@ -38,22 +38,14 @@ def predict(
     process's device (``devices.process_state``), in eval mode, under ``torch.inference_mode``.
 
     Args:
-        model (`PreTrainedModel`):
-            An image classifier whose output has ``logits`` of shape `[batch, num_labels]`.
-        dataset (`datasets.Dataset`):
-            The split to predict, with an image column and a label column.
-        task (`TargetTask`, *optional*):
-            Names the image and label columns; without it they are found from the features.
-        spec (`ViewSpec`, *optional*):
-            The view (size, crop, normalisation); defaults to ``ViewSpec.from_model(model)``.
-        batch_size (`int`, *optional*, defaults to 64):
-            Images per forward pass.
-        num_workers (`int`, *optional*, defaults to 0):
-            ``DataLoader`` worker processes.
-        where (`str`, *optional*, defaults to `"evaluation split"`):
-            Names the split in errors and on the progress bar.
-        progress (`bool`, *optional*, defaults to `False`):
-            Show a progress bar.
+        model (`PreTrainedModel`): an image classifier whose output has ``logits`` `[batch, num_labels]`.
+        dataset (`datasets.Dataset`): the split to predict, with an image column and a label column.
+        task (`TargetTask`, *optional*): names the columns; without it they are found from the features.
+        spec (`ViewSpec`, *optional*): the view (size, crop, normalisation); defaults to the model's own.
+        batch_size (`int`, *optional*, defaults to 64): images per forward pass.
+        num_workers (`int`, *optional*, defaults to 0): ``DataLoader`` worker processes.
+        where (`str`, *optional*, defaults to `"evaluation split"`): names the split in errors and the bar.
+        progress (`bool`, *optional*, defaults to `False`): show a progress bar.
 
     Returns:
         `tuple[np.ndarray, np.ndarray]`: ``(predictions, labels)``, both int64 of shape `[rows]`, in the
