@@ -81,6 +81,15 @@ class NewHeadLoadReport(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Whether to keep ``record`` (``logging.Filter`` protocol); a new-head report is logged at DEBUG.
+
+        Args:
+            record (`logging.LogRecord`): a record of the ``transformers`` logger.
+
+        Returns:
+            `bool`: ``False`` for a report that only re-initialises a head (it is written at DEBUG
+            instead), ``True`` for every other record.
+        """
         message = _ANSI.sub("", record.getMessage())
         if "LOAD REPORT" not in message:
             return True
@@ -156,6 +165,7 @@ class StageProgressCallback(TrainerCallback):
         return name.removesuffix(".redo")  # a stage redone beside its finished result
 
     def on_train_begin(self, args, state, control, **kwargs):
+        """Open the training bar (``state.max_steps`` steps) on the main process."""
         from tqdm.auto import tqdm
 
         if state.is_world_process_zero:
@@ -165,11 +175,13 @@ class StageProgressCallback(TrainerCallback):
         self.current_step = 0
 
     def on_step_end(self, args, state, control, **kwargs):
+        """Advance the training bar to ``state.global_step``."""
         if state.is_world_process_zero and self.training_bar is not None:
             self.training_bar.update(state.global_step - self.current_step)
             self.current_step = state.global_step
 
     def on_prediction_step(self, args, state, control, eval_dataloader=None, **kwargs):
+        """Advance the evaluation bar by one batch (opened on the first batch; needs a sized loader)."""
         from tqdm.auto import tqdm
 
         if (
@@ -194,12 +206,19 @@ class StageProgressCallback(TrainerCallback):
         self.prediction_bar = None
 
     def on_evaluate(self, args, state, control, **kwargs):
+        """Close the evaluation bar."""
         self._close_prediction_bar(state)
 
     def on_predict(self, args, state, control, **kwargs):
+        """Close the prediction bar."""
         self._close_prediction_bar(state)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Log ``logs`` (without ``total_flos``) on the main process and show the loss on the bar.
+
+        Summaries (``train_runtime``, ``eval_*``) are logged at INFO, periodic training logs at DEBUG;
+        each record carries the numbers as ``record.metrics``.
+        """
         if not state.is_world_process_zero or not logs:
             return
         metrics = {k: v for k, v in logs.items() if k != "total_flos"}
@@ -218,6 +237,7 @@ class StageProgressCallback(TrainerCallback):
             self.training_bar.set_postfix(loss=_number(metrics["loss"]), refresh=False)
 
     def on_train_end(self, args, state, control, **kwargs):
+        """Close the training bar."""
         if state.is_world_process_zero and self.training_bar is not None:
             self.training_bar.close()
         self.training_bar = None

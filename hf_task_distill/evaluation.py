@@ -31,13 +31,30 @@ def predict(
     where: str = "evaluation split",
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(predictions, labels)``, both ``[rows]`` int64 in the model's class ids (unlabelled rows: -100).
+    """Predict every row of ``dataset`` with ``model``'s evaluation view (no augmentation).
 
     The dataset's labels are matched to the model's classes by name (its ``ClassLabel`` against
-    ``model.config.id2label``): the same classes in another order are
-    remapped, classes the model lacks are a ``ValueError`` giving both lists. An image that cannot be
-    decoded is an ``ImageDecodeError`` naming its row and file. ``progress`` shows a progress bar
-    named after ``where``.
+    ``model.config.id2label``): the same classes in another order are remapped. The model runs on the
+    process's device (``devices.process_state``), in eval mode, under ``torch.inference_mode``.
+
+    Args:
+        model (`PreTrainedModel`): an image classifier whose output has ``logits`` `[batch, num_labels]`.
+        dataset (`datasets.Dataset`): the split to predict, with an image column and a label column.
+        task (`TargetTask`, *optional*): names the columns; without it they are found from the features.
+        spec (`ViewSpec`, *optional*): the view (size, crop, normalisation); defaults to the model's own.
+        batch_size (`int`, *optional*, defaults to 64): images per forward pass.
+        num_workers (`int`, *optional*, defaults to 0): ``DataLoader`` worker processes.
+        where (`str`, *optional*, defaults to `"evaluation split"`): names the split in errors and the bar.
+        progress (`bool`, *optional*, defaults to `False`): show a progress bar.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: ``(predictions, labels)``, both int64 of shape `[rows]`, in the
+        model's class ids; unlabelled rows have label ``-100``.
+
+    Raises:
+        ValueError: if the dataset has classes the model lacks (the message gives both lists), or a
+            label id is out of range.
+        ImageDecodeError: if an image cannot be decoded (the message names its row and file).
     """
     spec = spec or ViewSpec.from_model(model)
     prepared = single_view_dataset(  # the split's own ClassLabel says what its ids mean
@@ -67,8 +84,23 @@ def predict(
 def evaluate_classifier(
     model, dataset, *, task=None, spec: ViewSpec | None = None, batch_size: int = 64, num_workers: int = 0
 ) -> dict[str, Any]:
-    """Metrics of ``model`` on ``dataset`` (columns found from ``task`` or the features), over the
-    labelled rows; labels matched to the model's classes by name (see :func:`predict`)."""
+    """Accuracy, balanced accuracy and macro-F1 of ``model`` on the labelled rows of ``dataset``.
+
+    Labels are matched to the model's classes by name (see :func:`predict`, which takes the same
+    arguments and raises the same errors).
+
+    Args:
+        model (`PreTrainedModel`): an image classifier.
+        dataset (`datasets.Dataset`): the labelled split.
+        task (`TargetTask`, *optional*): names the columns; else they are found from the features.
+        spec (`ViewSpec`, *optional*): the evaluation view; defaults to the model's.
+        batch_size (`int`, *optional*, defaults to 64): images per forward pass.
+        num_workers (`int`, *optional*, defaults to 0): ``DataLoader`` worker processes.
+
+    Returns:
+        `dict[str, float]`: ``accuracy``, ``balanced_accuracy``, ``macro_f1`` (each in [0, 1]), as
+        :func:`~hf_task_distill.metrics.classification_metrics` gives them; empty if no row is labelled.
+    """
     predictions, labels = predict(
         model, dataset, task=task, spec=spec, batch_size=batch_size, num_workers=num_workers
     )
@@ -77,8 +109,16 @@ def evaluate_classifier(
 
 
 def confusion_matrix(predictions: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """``[num_classes, num_classes]`` counts: row = true class, column = predicted class (unlabelled
-    rows left out)."""
+    """Count each (true class, predicted class) pair; unlabelled rows (``-100``) are left out.
+
+    Args:
+        predictions (`np.ndarray` of shape `[rows]`): predicted class ids in ``[0, num_classes)``.
+        labels (`np.ndarray` of shape `[rows]`): true class ids, or ``-100``.
+        num_classes (`int`): the number of classes.
+
+    Returns:
+        `np.ndarray` of shape `[num_classes, num_classes]` (int64): row = true class, column = predicted class.
+    """
     labelled = labels != UNLABELLED
     pairs = labels[labelled].astype(np.int64) * num_classes + predictions[labelled].astype(np.int64)
     return np.bincount(pairs, minlength=num_classes * num_classes).reshape(num_classes, num_classes)

@@ -45,6 +45,16 @@ def _dump_json(path: str, payload: Any, indent: int | None) -> None:
 
 
 def write_json_atomically(path: str, payload: Any, *, indent: int | None = 2) -> None:
+    """Write ``payload`` as JSON to ``path`` so that a reader sees the old file or the new, never half of one.
+
+    The file is written and fsync-ed beside ``path``, then moved over it (:func:`write_atomically`).
+    Values JSON cannot hold are written as their ``str``.
+
+    Args:
+        path (`str`): the file to write.
+        payload (`Any`): the JSON value.
+        indent (`int`, *optional*, defaults to 2): ``json.dump``'s indent; ``None`` for one line.
+    """
     write_atomically(path, _dump_json, payload, indent)
 
 

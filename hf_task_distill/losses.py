@@ -37,17 +37,34 @@ __all__ = [
 
 @dataclass
 class LossInputs:
-    """What a loss term may look at for one batch. Labels use ``-100`` for unlabelled rows."""
+    """What a loss term may look at for one batch.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `[batch, num_classes]`):
+            The student's logits.
+        teacher_logits (`torch.Tensor` of shape `[batch, num_classes]`, *optional*):
+            The teacher's logits over the same classes; ``None`` when no term needs them.
+        labels (`torch.LongTensor` of shape `[batch]`, *optional*):
+            Label ids, ``-100`` (``UNLABELLED``) on unlabelled rows; ``None`` when no row has a label.
+        student_features (`torch.Tensor` of shape `[batch, teacher_dim]`, *optional*):
+            For feature terms: the student's image features mapped to the teacher's width by the
+            trainer's learned linear projection.
+        teacher_features (`torch.Tensor` of shape `[batch, teacher_dim]`, *optional*):
+            For feature terms: the teacher's image features.
+    """
 
     student_logits: torch.Tensor
     teacher_logits: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    #: For feature terms: the student's image features mapped to the teacher's width by the
-    #: trainer's learned projection, and the teacher's image features (each ``[batch, dim]``).
     student_features: torch.Tensor | None = None
     teacher_features: torch.Tensor | None = None
 
     def labelled_mask(self) -> torch.Tensor:
+        """Which rows carry a label.
+
+        Returns:
+            `torch.BoolTensor` of shape `[batch]`: ``labels != -100``, or all ``False`` without labels.
+        """
         if self.labels is None:
             return torch.zeros(
                 self.student_logits.shape[0], dtype=torch.bool, device=self.student_logits.device
@@ -61,13 +78,34 @@ def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
 
 
 class LossTerm(nn.Module):
-    """One loss term: ``per_row`` gives a ``[batch]`` tensor, zero on rows the term does not cover."""
+    """One loss term of a :class:`DistillationLoss`: a loss value per row of the batch.
 
-    rows: str = "all"  # "all" or "labelled": the rows this term is averaged over
+    Subclass it and implement :meth:`per_row`; set the class attributes to say what the term needs.
+    :class:`DistillationLoss` sums ``per_row`` and divides by the number of rows in ``rows``.
+
+    Attributes:
+        rows (`str`, defaults to `"all"`):
+            The rows the term is averaged over: ``"all"``, or ``"labelled"`` (``labels != -100``).
+        requires_teacher (`bool`, defaults to `False`):
+            Whether the term needs the teacher (its logits, or its features with ``requires_features``).
+        requires_features (`bool`, defaults to `False`):
+            Whether the term needs ``student_features`` and ``teacher_features``; the trainer then
+            supplies them (the student's through a learned projection to the teacher's width).
+    """
+
+    rows: str = "all"
     requires_teacher: bool = False
-    requires_features: bool = False  # the trainer then supplies projected student and teacher features
+    requires_features: bool = False
 
     def per_row(self, inputs: LossInputs) -> torch.Tensor:  # pragma: no cover - interface
+        """The term's loss on each row of the batch.
+
+        Args:
+            inputs (`LossInputs`): the batch's logits, labels and (for feature terms) features.
+
+        Returns:
+            `torch.Tensor` of shape `[batch]`: the loss per row, zero on rows the term does not cover.
+        """
         raise NotImplementedError
 
 
@@ -75,7 +113,15 @@ class SoftTargetKL(LossTerm):
     """``T^2 * KL(softmax(teacher/T) || softmax(student/T))`` per row (Hinton et al., 2015).
 
     The ``T^2`` factor keeps gradient magnitudes comparable across temperatures. Every row counts,
-    labelled or not: the teacher's prediction is the target.
+    labelled or not: the teacher's prediction is the target. Softmax statistics are computed in at
+    least fp32, also under bf16/fp16 autocast.
+
+    Args:
+        temperature (`float`, *optional*, defaults to 1.0):
+            The softmax temperature ``T`` applied to both logits.
+
+    Raises:
+        ValueError: if ``temperature <= 0``.
     """
 
     rows = "all"
@@ -88,6 +134,17 @@ class SoftTargetKL(LossTerm):
         self.temperature = float(temperature)
 
     def per_row(self, inputs: LossInputs) -> torch.Tensor:
+        """``T^2 * KL`` per row.
+
+        Args:
+            inputs (`LossInputs`): needs ``student_logits`` and ``teacher_logits`` (`[batch, num_classes]`).
+
+        Returns:
+            `torch.Tensor` of shape `[batch]` (fp32, or fp64 for fp64 inputs).
+
+        Raises:
+            ValueError: if ``inputs.teacher_logits`` is ``None``.
+        """
         if inputs.teacher_logits is None:
             raise ValueError("the KL term needs teacher logits, but the batch has none")
         t = self.temperature
@@ -98,7 +155,12 @@ class SoftTargetKL(LossTerm):
 
 
 class LabelCrossEntropy(LossTerm):
-    """Cross-entropy on the rows that carry a label (``labels != -100``); other rows contribute 0."""
+    """Cross-entropy on the rows that carry a label (``labels != -100``); other rows contribute 0.
+
+    Args:
+        label_smoothing (`float`, *optional*, defaults to 0.0):
+            Label smoothing, as ``torch.nn.functional.cross_entropy`` takes it (in [0, 1]).
+    """
 
     rows = "labelled"
 
@@ -107,6 +169,15 @@ class LabelCrossEntropy(LossTerm):
         self.label_smoothing = float(label_smoothing)
 
     def per_row(self, inputs: LossInputs) -> torch.Tensor:
+        """Cross-entropy per row.
+
+        Args:
+            inputs (`LossInputs`): needs ``student_logits``; ``labels`` may be ``None``.
+
+        Returns:
+            `torch.Tensor` of shape `[batch]`: the cross-entropy, 0 on unlabelled rows (all rows when
+            ``labels`` is ``None``).
+        """
         logits = _at_least_fp32(inputs.student_logits)
         if inputs.labels is None:
             return logits.new_zeros(logits.shape[0])
@@ -127,20 +198,46 @@ def _feature_pair(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
 
 class FeatureCosine(LossTerm):
     """``1 - cos(projected student features, teacher features)`` per row: the task-agnostic feature
-    distillation baseline of the paper (match the foundation model's image embedding)."""
+    distillation baseline of the paper (match the foundation model's image embedding).
+
+    The paper is Vemulapalli et al., "Knowledge Transfer from Vision Foundation Models for Efficient
+    Training of Small Task-specific Models" (ICML 2024).
+    """
 
     rows = "all"
     requires_teacher = True
     requires_features = True
 
     def per_row(self, inputs: LossInputs) -> torch.Tensor:
+        """Cosine distance per row.
+
+        Args:
+            inputs (`LossInputs`): needs ``student_features`` and ``teacher_features`` (`[batch, teacher_dim]`).
+
+        Returns:
+            `torch.Tensor` of shape `[batch]`, values in [0, 2].
+
+        Raises:
+            ValueError: if either feature tensor is ``None``.
+        """
         student, teacher = _feature_pair(inputs)
         return 1.0 - F.cosine_similarity(student, teacher, dim=-1)
 
 
 class FeatureContrastive(LossTerm):
     """InfoNCE between projected student and teacher features within a batch: each student row must
-    pick its own image's teacher feature among the batch's (the contrastive variant of the baseline)."""
+    pick its own image's teacher feature among the batch's (the contrastive variant of the baseline).
+
+    InfoNCE is from van den Oord et al., "Representation Learning with Contrastive Predictive Coding"
+    (2018). The other rows of the batch are the negatives, so the loss depends on the batch size.
+
+    Args:
+        temperature (`float`, *optional*, defaults to 0.1):
+            Divides the cosine similarities before the softmax.
+
+    Raises:
+        ValueError: if ``temperature <= 0``.
+    """
 
     rows = "all"
     requires_teacher = True
@@ -153,6 +250,17 @@ class FeatureContrastive(LossTerm):
         self.temperature = float(temperature)
 
     def per_row(self, inputs: LossInputs) -> torch.Tensor:
+        """InfoNCE per row.
+
+        Args:
+            inputs (`LossInputs`): needs ``student_features`` and ``teacher_features`` (`[batch, teacher_dim]`).
+
+        Returns:
+            `torch.Tensor` of shape `[batch]`: row ``i``'s cross-entropy of picking teacher row ``i``.
+
+        Raises:
+            ValueError: if either feature tensor is ``None``.
+        """
         student, teacher = _feature_pair(inputs)
         similarity = F.normalize(student, dim=-1) @ F.normalize(teacher, dim=-1).T / self.temperature
         targets = torch.arange(similarity.shape[0], device=similarity.device)
@@ -160,7 +268,26 @@ class FeatureContrastive(LossTerm):
 
 
 class DistillationLoss(nn.Module):
-    """A weighted sum of named :class:`LossTerm` s, each averaged over the rows it covers."""
+    """A weighted sum of named :class:`LossTerm` s, each averaged over the rows it covers.
+
+    Each term's per-row values are summed and divided by the number of rows it covers (``"all"`` or
+    ``"labelled"``). The trainer passes those counts for the whole gradient-accumulation window (and all
+    processes), so that two accumulated batches of 16 give the same loss as one batch of 32.
+
+    Args:
+        terms (`Mapping[str, tuple[float, LossTerm]]`):
+            Each term's name, weight and module. Terms of weight 0 are dropped.
+
+    Raises:
+        ValueError: if every weight is 0.
+
+    Example:
+
+    ```python
+    >>> loss = DistillationLoss({"kd": (1.0, SoftTargetKL(2.0)), "ce": (0.5, LabelCrossEntropy())})
+    >>> total, parts = loss(LossInputs(student_logits, teacher_logits, labels))
+    ```
+    """
 
     def __init__(self, terms: Mapping[str, tuple[float, LossTerm]]):
         super().__init__()
@@ -172,19 +299,29 @@ class DistillationLoss(nn.Module):
 
     @property
     def requires_teacher(self) -> bool:
+        """Whether any term needs the teacher (logits or features)."""
         return any(term.requires_teacher for term in self.terms.values())
 
     @property
     def requires_features(self) -> bool:
+        """Whether any term needs student and teacher features (a feature-distillation loss)."""
         return any(term.requires_features for term in self.terms.values())
 
     @property
     def requires_teacher_logits(self) -> bool:
+        """Whether any term needs the teacher's logits (a teacher term that is not a feature term)."""
         return any(term.requires_teacher and not term.requires_features for term in self.terms.values())
 
     @staticmethod
     def row_counts(inputs: LossInputs) -> dict[str, torch.Tensor]:
-        """Rows each kind of term covers in this batch."""
+        """Rows each kind of term covers in this batch.
+
+        Args:
+            inputs (`LossInputs`): the batch.
+
+        Returns:
+            `dict[str, torch.Tensor]`: ``{"all": batch, "labelled": labelled rows}``, each a float scalar.
+        """
         n = inputs.student_logits.shape[0]
         return {
             "all": inputs.student_logits.new_tensor(float(n)),
@@ -194,7 +331,18 @@ class DistillationLoss(nn.Module):
     def forward(
         self, inputs: LossInputs, row_counts: Mapping[str, torch.Tensor] | None = None
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Total loss and each term's value. ``row_counts`` default to this batch's own counts."""
+        """The weighted total and each term's (unweighted) value.
+
+        Args:
+            inputs (`LossInputs`): the batch.
+            row_counts (`Mapping[str, torch.Tensor]`, *optional*):
+                Rows covered per kind (``"all"``, ``"labelled"``) to divide by; defaults to
+                :meth:`row_counts` of this batch. A count below 1 is taken as 1.
+
+        Returns:
+            `tuple[torch.Tensor, dict[str, torch.Tensor]]`: the total loss (a scalar) and each term's value
+            by name (scalars, before weighting).
+        """
         counts = row_counts if row_counts is not None else self.row_counts(inputs)
         total, parts = None, {}
         for name, term in self.terms.items():
@@ -210,7 +358,28 @@ _LOSSES: dict[str, LossBuilder] = {}
 
 
 def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:
-    """Register a builder ``(temperature=, kd_weight=, ce_weight=, **kwargs) -> DistillationLoss``."""
+    """Register a loss builder under ``name``, so that ``DistillationArguments(loss_name=name)`` uses it.
+
+    The builder is called as ``builder(temperature=, kd_weight=, ce_weight=, **kwargs)`` and returns a
+    :class:`DistillationLoss`; it should accept (and may ignore) every keyword (``**_``). A name
+    registered again replaces the earlier builder.
+
+    Args:
+        name (`str`): the loss name (``"kd"``, ``"function_matching"``, ``"ce"``, ``"feature_cosine"`` and
+            ``"feature_contrastive"`` are built in).
+
+    Returns:
+        `Callable`: a decorator that registers the builder and returns it unchanged.
+
+    Example:
+
+    ```python
+    >>> @register_loss("kd_smooth")
+    ... def kd_smooth(*, temperature=1.0, kd_weight=1.0, ce_weight=0.0, **_):
+    ...     return DistillationLoss({"kd": (kd_weight, SoftTargetKL(temperature)),
+    ...                              "ce": (ce_weight, LabelCrossEntropy(label_smoothing=0.1))})
+    ```
+    """
 
     def decorator(builder: LossBuilder) -> LossBuilder:
         _LOSSES[name] = builder
@@ -220,10 +389,25 @@ def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:
 
 
 def available_losses() -> list[str]:
+    """The registered loss names, sorted."""
     return sorted(_LOSSES)
 
 
 def build_loss(name: str, **params: Any) -> DistillationLoss:
+    """Build the registered loss ``name``.
+
+    Args:
+        name (`str`): a name from :func:`available_losses`.
+        **params: passed to the builder (``temperature``, ``kd_weight``, ``ce_weight``...).
+
+    Returns:
+        `DistillationLoss`: the loss module.
+
+    Raises:
+        KeyError: if ``name`` is not registered (the message lists the registered names).
+        ValueError: if the builder refuses ``params`` (``function_matching`` with ``ce_weight != 0``,
+            every weight 0, a temperature <= 0).
+    """
     if name not in _LOSSES:
         raise KeyError(f"unknown loss '{name}'; registered: {', '.join(available_losses())}")
     return _LOSSES[name](**params)

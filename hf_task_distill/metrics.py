@@ -13,7 +13,20 @@ def classification_metrics(predictions: np.ndarray, labels: np.ndarray, prefix: 
     """Accuracy, balanced accuracy (mean per-class recall) and macro-F1, over the classes in ``labels``.
 
     Balanced accuracy and macro-F1 matter on imbalanced tasks (HAM10000: 115 to 6,705 images per
-    class), where plain accuracy rewards predicting the majority class.
+    class), where plain accuracy rewards predicting the majority class. A class that is predicted but
+    absent from ``labels`` does not count towards the means; a class never predicted has precision 0.
+
+    Args:
+        predictions (`np.ndarray` of shape `[rows]`):
+            Predicted class ids.
+        labels (`np.ndarray` of shape `[rows]`):
+            True class ids, all labelled (filter out ``-100`` first).
+        prefix (`str`, *optional*, defaults to `""`):
+            Put before every key (``"teacher_"`` gives ``teacher_accuracy``...).
+
+    Returns:
+        `dict[str, float]`: ``{prefix}accuracy``, ``{prefix}balanced_accuracy`` and ``{prefix}macro_f1``,
+        each in [0, 1]; an empty dict when ``labels`` is empty.
     """
     predictions, labels = np.asarray(predictions), np.asarray(labels)
     if labels.size == 0:
@@ -38,6 +51,20 @@ def make_compute_metrics(extra_metrics: list[str] | tuple[str, ...] = ()):
 
     Extra metrics are loaded once, here, with ``evaluate.load`` (a Hub name needs the network the first
     time; a local script path does not) and called as ``metric.compute(predictions=, references=)``.
+
+    Args:
+        extra_metrics (`list[str]` or `tuple[str, ...]`, *optional*):
+            Names or local paths of ``evaluate`` metrics to add to the local ones. A key an extra metric
+            shares with an earlier one is prefixed with the metric's name (``f1_f1``...).
+
+    Returns:
+        `Callable[[transformers.EvalPrediction], dict[str, float]]`: takes logits
+        (`[rows, num_classes]`, or a tuple whose first item is the logits) and ``label_ids`` (`[rows]`),
+        drops the unlabelled rows (``-100``) and returns :func:`classification_metrics` of the arg-max
+        plus the extra metrics.
+
+    Raises:
+        ImportError: if ``extra_metrics`` are given and ``evaluate`` is not installed.
     """
     extras = {}
     if extra_metrics:
@@ -62,8 +89,19 @@ def make_compute_metrics(extra_metrics: list[str] | tuple[str, ...] = ()):
 
 
 def distillation_metrics(eval_prediction) -> dict[str, float]:
-    """``compute_metrics`` for ``DistillationTrainer``: student and teacher accuracy on labelled rows,
-    and teacher-student agreement (same top-1 class) on every row."""
+    """``compute_metrics`` for ``DistillationTrainer``: student and teacher metrics on the labelled rows,
+    and teacher-student agreement (same top-1 class) on every row.
+
+    Args:
+        eval_prediction (`transformers.EvalPrediction`):
+            ``predictions`` is ``(student_logits, teacher_logits)`` (each `[rows, num_classes]`), or the
+            student's logits alone when there is no teacher; ``label_ids`` (`[rows]`, ``-100`` for
+            unlabelled rows) may be ``None``.
+
+    Returns:
+        `dict[str, float]`: ``agreement`` (with a teacher); :func:`classification_metrics` of the student
+        and, with a teacher, the same with the ``teacher_`` prefix, when any row is labelled. Values in [0, 1].
+    """
     predictions = eval_prediction.predictions
     if isinstance(predictions, (tuple, list)):
         student_logits, teacher_logits = predictions

@@ -58,9 +58,11 @@ class RunDirectory:
         self.is_main_process = is_main_process
 
     def stage_dir(self, name: str) -> str:
+        """The folder of stage ``name``: ``<path>/<name>`` (absolute; not created)."""
         return os.path.join(self.path, name)
 
     def redo_dir(self, name: str) -> str:
+        """Where a stage redone over a complete result works: ``<path>/<name>.redo`` (not created)."""
         return self.stage_dir(name) + REDO
 
     def work_dir(self, name: str, *, replacing: bool) -> str:

@@ -79,7 +79,9 @@ def test_a_cell_whose_runs_got_unequal_transfer_sets_is_marked_in_the_report():
     ]
     summary = summarise(records, ["c", "d"])
     assert [c["seed"] for c in summary["5"]["unequal_transfer_sets"]] == [1]
-    meta = dict(task="t", teacher="T", student="S", transfer_budget=2000, test_images=10, wall_s=60, device="CPU")
+    meta = dict(
+        task="t", teacher="T", student="S", transfer_budget=2000, test_images=10, wall_s=60, device="CPU"
+    )
     text = to_markdown(summary, meta)
     assert "**Not at equal budget** (N = 5, seed 1)" in text and "d: 200 images, 70 steps" in text
 

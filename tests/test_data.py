@@ -121,9 +121,22 @@ def _write_tree(root, files):
     "files, fast",
     [
         (["a/1.png", "a/2.png", "b/3.png", "c d/[4].png"], True),  # root/<class>: train only
-        (["train/a/1.png", "train/b/2.png", "valid/a/3.png", "valid/b/4.png", "test/a/5.png", "test/b/6.png"], True),
+        (
+            [
+                "train/a/1.png",
+                "train/b/2.png",
+                "valid/a/3.png",
+                "valid/b/4.png",
+                "test/a/5.png",
+                "test/b/6.png",
+            ],
+            True,
+        ),
         (["training/x/1.png", "training/y/2.png", "eval/x/3.png", "eval/y/4.png"], True),
-        (["a/1.png", "a/notes.txt", "b/2.png", "b/.hidden.png"], True),  # non-images are skipped as datasets does
+        (
+            ["a/1.png", "a/notes.txt", "b/2.png", "b/.hidden.png"],
+            True,
+        ),  # non-images are skipped as datasets does
         (["a/1.png", "b/2.png", "top.png"], False),  # an image at the top: datasets decides
         (["train/a/1.png", "train/b/2.png", "other/a/3.png"], False),  # a split folder beside a non-split one
         (["a/x/1.png", "a/x/2.png", "b/y/3.png"], False),  # deeper trees
@@ -135,7 +148,9 @@ def _write_tree(root, files):
         (["cat/1.png", "dog/2.png", "__x.png"], False),
     ],
 )
-def test_an_image_folder_loads_with_one_pattern_per_split_exactly_as_datasets_infers_it(tmp_path, files, fast):
+def test_an_image_folder_loads_with_one_pattern_per_split_exactly_as_datasets_infers_it(
+    tmp_path, files, fast
+):
     """datasets' own split inference walks the tree ~47 times (44 s for Fashion-MNIST's 62,000 files,
     on every pipeline run); the plain layouts are listed with one pattern per split instead, and must
     give the same splits, rows, order and labels."""
@@ -150,9 +165,10 @@ def test_an_image_folder_loads_with_one_pattern_per_split_exactly_as_datasets_in
     assert list(ours) == list(theirs)  # the splits, in datasets' order
     for split in theirs:
         assert ours[split].features == theirs[split].features
-        assert ours[split]["label" if "label" in theirs[split].column_names else "image"] == theirs[split][
-            "label" if "label" in theirs[split].column_names else "image"
-        ]
+        assert (
+            ours[split]["label" if "label" in theirs[split].column_names else "image"]
+            == theirs[split]["label" if "label" in theirs[split].column_names else "image"]
+        )
         assert [np.asarray(im).tolist() for im in ours[split]["image"]] == [
             np.asarray(im).tolist() for im in theirs[split]["image"]
         ]

@@ -398,7 +398,9 @@ def test_precomputed_pool_embeddings_are_reused_and_checked(tmp_path, themed):
         )
     zeros = vectors.copy()
     zeros[4] = 0.0  # a zero vector cannot be normalised: counted, as one the encoder computed would be
-    _, stats = builder.build(themed["pool"], themed["queries"], embeddings_dir=tmp_path, pool_embeddings=zeros)
+    _, stats = builder.build(
+        themed["pool"], themed["queries"], embeddings_dir=tmp_path, pool_embeddings=zeros
+    )
     assert stats.pool_zero_embeddings == 1
     broken = vectors.copy()
     broken[6, 3] = np.nan  # a NaN is an error naming its row

@@ -18,6 +18,14 @@ OUTPUT_DIR = "runs/compare"
 
 
 def build_parser():
+    """The ``hf-task-distill compare`` parser: the pipeline's flags and ``CompareArguments``.
+
+    The flags ``compare`` sets per cell and run (``COMPARE_OWNED``, ``--pretrained_student``) are hidden
+    from ``--help``.
+
+    Returns:
+        `transformers.HfArgumentParser`: the parser.
+    """
     from transformers import HfArgumentParser
 
     from ..cli import _describe_off_switches, _HelpFormatter

@@ -12,6 +12,11 @@ from . import TOOL_COMMANDS
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``hf-task-distill convert`` parser (``--architecture``, ``--weights``, ``--output_dir``...).
+
+    Returns:
+        `argparse.ArgumentParser`: the parser.
+    """
     parser = argparse.ArgumentParser(
         prog="hf-task-distill convert",
         description=TOOL_COMMANDS["convert"]

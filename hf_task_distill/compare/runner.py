@@ -101,6 +101,7 @@ class Comparison:
         self.runs = tuple(r for r in RUNS if any(m.run == r for m in self.methods.values()))
 
     def cell_dir(self, per_class: int, seed: int) -> str:
+        """The folder of one cell: ``<output_dir>/N<per_class>/seed<seed>`` (its runs are sub-folders)."""
         return os.path.join(self.output_dir, f"N{per_class}", f"seed{seed}")
 
     def run_config(self, per_class: int, seed: int, run: str) -> PipelineConfig:
@@ -145,6 +146,7 @@ class Comparison:
         return PipelineConfig.from_dict(flat)
 
     def cells(self) -> list[tuple[int, int]]:
+        """Every ``(per_class, seed)`` pair, label budgets in the outer loop, in the order given."""
         return [(n, s) for n in self.args.label_budgets for s in self.args.seeds]
 
     def run(self) -> list[dict[str, Any]]:

@@ -36,7 +36,7 @@ def load_digits_task(image_size: int = 32, test_fraction: float = 0.3, seed: int
     from datasets import Image as ImageFeature
 
     from .budget import stratified_holdout_indices
-    from .loading import TargetTask
+    from .task import TargetTask
 
     digits = load_digits()
     labels = digits.target.astype(np.int64)

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass, field, replace
 from typing import Any
 
 import datasets
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict
 
-from .budget import select_label_budget, stratified_holdout_indices
-from .registry import TaskSpec, get_task_spec, list_tasks
+from .registry import get_task_spec, list_tasks
+from .task import TargetTask
 from .validation import (
     UNLABELLED,
     check_dataset_type,
@@ -26,81 +25,6 @@ from .validation import (
 __all__ = ["TargetTask", "find_image_column", "find_label_column", "load_image_dataset", "load_target_task"]
 
 _LABEL_COLUMN_NAMES = ("label", "labels", "fine_label", "target", "class", "category")
-
-
-@dataclass
-class TargetTask:
-    """A labelled image-classification task: its splits, label names and where the columns are."""
-
-    name: str
-    splits: DatasetDict
-    label_names: list[str]
-    image_column: str = "image"
-    label_column: str = "label"
-    spec: TaskSpec | None = None
-    label_budget: dict[str, Any] | None = field(default=None)
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.label_names))
-
-    @property
-    def label2id(self) -> dict[str, int]:
-        return {name: i for i, name in enumerate(self.label_names)}
-
-    def __getitem__(self, split: str) -> Dataset:
-        if split not in self.splits:
-            raise KeyError(f"task '{self.name}' has no split '{split}' (splits: {', '.join(self.splits)})")
-        return self.splits[split]
-
-    def with_label_budget(
-        self,
-        *,
-        per_class: int | None = None,
-        fraction: float | None = None,
-        seed: int = 0,
-        split: str = "train",
-    ) -> TargetTask:
-        """A copy whose ``split`` keeps only a stratified, seeded label budget (see ``label_budget_indices``)."""
-        subset = select_label_budget(
-            self[split], label_column=self.label_column, per_class=per_class, fraction=fraction, seed=seed
-        )
-        splits = DatasetDict({**self.splits, split: subset})
-        budget = {
-            "split": split,
-            "per_class": per_class,
-            "fraction": fraction,
-            "seed": seed,
-            "size": len(subset),
-        }
-        return replace(self, splits=splits, label_budget=budget)
-
-    def with_test_split(self, fraction: float, *, seed: int = 0) -> TargetTask:
-        """A copy whose ``train`` gives ``fraction`` of each class (stratified, seeded; at least one
-        image of a class with two or more) to a new ``test`` split: for a task that has no test or
-        validation split, so that it can be evaluated on images nobody trained on."""
-        if "test" in self.splits:
-            raise ValueError(f"task '{self.name}' already has a test split")
-        train_rows, test_rows = stratified_holdout_indices(
-            label_array(self["train"], self.label_column), fraction, seed=seed
-        )
-        if test_rows.size == 0:
-            raise ValueError(
-                f"task '{self.name}' has no test split and too few images to hold one out (every class has "
-                "a single image): add a test split"
-            )
-        splits = DatasetDict(
-            {
-                **self.splits,
-                "train": self["train"].select(train_rows.tolist()),
-                "test": self["train"].select(test_rows.tolist()),
-            }
-        )
-        return replace(self, splits=splits)
 
 
 def find_image_column(features: datasets.Features) -> str | None:

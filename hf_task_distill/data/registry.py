@@ -13,7 +13,24 @@ __all__ = ["TaskSpec", "get_task_spec", "list_tasks", "register_task"]
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """Where a target task lives on the Hub and how to read it."""
+    """Where a target task lives on the Hub and how to read it (an entry of ``tasks.json``).
+
+    Args:
+        name (`str`): the name ``load_target_task`` accepts (matched lower-case).
+        hub_id (`str`): the Hub dataset id.
+        image_column (`str`, *optional*, defaults to `"image"`): the image column.
+        label_column (`str`, *optional*, defaults to `"label"`): the label column.
+        splits (`dict[str, str]`, *optional*, defaults to `{"train": "train"}`): task split role
+            (``train``, ``validation``, ``test``) -> the Hub dataset's split name.
+        num_classes (`int`, *optional*): the class count, for reference.
+        label_names (`list[str]`, *optional*): class names, when the dataset's label column has none.
+        config_name (`str`, *optional*): the Hub dataset's configuration.
+        license (`str`, *optional*): the dataset's license, for reference.
+        gated (`bool`, *optional*, defaults to `False`): whether the dataset needs accepting terms on the Hub.
+        paper_label_budgets (`dict`, *optional*): the label budgets the paper used on this task.
+        notes (`str`, *optional*): free text.
+        verified (`list[str]`, *optional*): what has been checked about the entry.
+    """
 
     name: str
     hub_id: str
@@ -31,6 +48,18 @@ class TaskSpec:
 
     @classmethod
     def from_dict(cls, name: str, entry: dict[str, Any]) -> TaskSpec:
+        """A spec from one ``tasks.json`` entry.
+
+        Args:
+            name (`str`): the task's name (the entry's key).
+            entry (`dict[str, Any]`): the fields other than ``name``.
+
+        Returns:
+            `TaskSpec`: the spec.
+
+        Raises:
+            ValueError: if ``entry`` has a field ``TaskSpec`` does not know (the message lists both).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(entry) - known)
         if unknown:
@@ -53,6 +82,17 @@ def list_tasks() -> list[str]:
 
 
 def get_task_spec(name: str) -> TaskSpec:
+    """The spec of a built-in or :func:`register_task` task, by name (case-insensitive).
+
+    Args:
+        name (`str`): a name from :func:`list_tasks`.
+
+    Returns:
+        `TaskSpec`: the spec; one registered in this process wins over a built-in of the same name.
+
+    Raises:
+        KeyError: if no task has that name (the message lists the known tasks).
+    """
     tasks = {**_builtin_tasks(), **_USER_TASKS}
     key = name.lower()
     if key not in tasks:

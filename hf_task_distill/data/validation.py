@@ -61,6 +61,17 @@ def label_array(dataset, label_column: str, *, nan_is_unlabelled: bool = True) -
 
 
 def check_image_column(dataset, image_column: str, where: str = "dataset") -> None:
+    """Raise unless ``dataset`` has a column ``image_column`` that may hold images.
+
+    Args:
+        dataset (`datasets.Dataset`): the rows.
+        image_column (`str`): the column that should hold the images.
+        where (`str`, *optional*, defaults to `"dataset"`): names the dataset in the message.
+
+    Raises:
+        ValueError: if the column is missing (the message lists the columns).
+        TypeError: if its feature is a number or boolean ``Value`` (it can hold no image).
+    """
     if image_column not in dataset.column_names:
         raise ValueError(
             f"{where} has no image column '{image_column}' (columns: {', '.join(dataset.column_names) or 'none'}); "

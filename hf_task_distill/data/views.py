@@ -67,9 +67,28 @@ _PIL_RESAMPLE_TO_MODE = {
 class ViewSpec:
     """How one model wants its pixels: output size, normalisation, resampling and evaluation crop.
 
-    ``eval_mode='center'`` keeps a central region of the image's aspect-preserving fit, ``crop_pct`` of
-    its shorter side (resize-shorter-side-then-centre-crop); ``'squash'`` keeps the central ``crop_pct``
-    of each side and resizes it to ``size`` regardless of aspect (ViT/SigLIP processors).
+    Usually derived from a model's own preprocessing (:meth:`from_model`, :meth:`from_image_processor`,
+    :meth:`from_timm_data_config`), so that each model sees the pixels it was trained on.
+
+    Args:
+        size (`tuple[int, int]`):
+            Output ``(height, width)`` in pixels.
+        mean (`tuple[float, ...]`, *optional*, defaults to ImageNet's `(0.485, 0.456, 0.406)`):
+            Per-channel mean subtracted after scaling pixels to [0, 1].
+        std (`tuple[float, ...]`, *optional*, defaults to ImageNet's `(0.229, 0.224, 0.225)`):
+            Per-channel standard deviation divided by after the mean.
+        interpolation (`str`, *optional*, defaults to `"bicubic"`):
+            A ``torchvision.transforms.InterpolationMode`` value (``"bilinear"``, ``"nearest"``...).
+        crop_pct (`float`, *optional*, defaults to 1.0):
+            Share of the image kept by the evaluation crop, in (0, 1].
+        eval_mode (`str`, *optional*, defaults to `"center"`):
+            ``"center"`` keeps a central region of the image's aspect-preserving fit, ``crop_pct`` of its
+            shorter side (resize-shorter-side-then-centre-crop, timm's and DINOv2/CLIP's processors);
+            ``"squash"`` keeps the central ``crop_pct`` of each side and resizes it to ``size``
+            regardless of aspect (ViT/SigLIP processors).
+
+    Raises:
+        ValueError: if ``eval_mode`` is neither ``"center"`` nor ``"squash"``, or ``crop_pct`` is not in (0, 1].
     """
 
     size: tuple[int, int]
@@ -87,7 +106,21 @@ class ViewSpec:
 
     @classmethod
     def from_image_processor(cls, processor: Any) -> ViewSpec:
-        """From a transformers image processor (DINOv2/BiT, CLIP, SigLIP, ViT, ...) or a timm wrapper's."""
+        """From a transformers image processor (DINOv2/BiT, CLIP, SigLIP, ViT, ...) or a timm wrapper's.
+
+        A processor that centre-crops gives ``eval_mode="center"`` with ``crop_pct`` = crop / resize;
+        one that resizes to a fixed height and width gives ``"squash"``. ``do_normalize=False`` gives
+        mean 0 and std 1; ``do_rescale=False`` (a model that takes 0..255) divides mean and std by 255.
+
+        Args:
+            processor (`BaseImageProcessor` or `TimmWrapperImageProcessor`): the model's image processor.
+
+        Returns:
+            `ViewSpec`: the processor's size, normalisation, resampling and evaluation crop.
+
+        Raises:
+            ValueError: if the processor states no output size.
+        """
         data_config = getattr(processor, "data_config", None)
         if data_config is not None:  # TimmWrapperImageProcessor carries timm's resolved data config
             return cls.from_timm_data_config(data_config)
@@ -124,7 +157,15 @@ class ViewSpec:
 
     @classmethod
     def from_timm_data_config(cls, data_config: dict[str, Any]) -> ViewSpec:
-        """From ``timm.data.resolve_data_config(...)`` output."""
+        """From ``timm.data.resolve_data_config(...)`` output.
+
+        Args:
+            data_config (`dict[str, Any]`): needs ``input_size`` (``(channels, height, width)``), ``mean``
+                and ``std``; ``interpolation``, ``crop_pct`` and ``crop_mode`` are optional.
+
+        Returns:
+            `ViewSpec`: ``eval_mode="squash"`` for timm's ``crop_mode="squash"``, else ``"center"``.
+        """
         _, height, width = data_config["input_size"]
         crop_mode = data_config.get("crop_mode", "center")
         return cls(
@@ -142,6 +183,20 @@ class ViewSpec:
 
         Without ``processor`` the image processor is loaded from where the model came from
         (``model.config._name_or_path``) with ``AutoImageProcessor``.
+
+        Args:
+            model (`PreTrainedModel` or `timm` model):
+                A transformers model (a ``TimmWrapperModel`` uses its config's ``pretrained_cfg``) or a
+                bare timm model (its ``pretrained_cfg``).
+            processor (`BaseImageProcessor`, *optional*):
+                The model's image processor; takes precedence over everything else.
+
+        Returns:
+            `ViewSpec`: the model's evaluation view.
+
+        Raises:
+            ValueError: if the model does not say where it was loaded from, or its image processor cannot
+                be loaded from there.
         """
         if processor is not None:
             return cls.from_image_processor(processor)
@@ -175,6 +230,7 @@ class ViewSpec:
 
     @property
     def interpolation_mode(self) -> InterpolationMode:
+        """``interpolation`` as a ``torchvision.transforms.InterpolationMode``."""
         return InterpolationMode(self.interpolation)
 
 
@@ -194,7 +250,22 @@ def _size_dict(size: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ViewAugmentation:
-    """Random-resized-crop and flip parameters shared by teacher and student views (training only)."""
+    """Random-resized-crop and flip parameters shared by teacher and student views (training only).
+
+    The crop is drawn by torchvision's ``RandomResizedCrop`` rule (:func:`sample_view`) in the decoded
+    image, once per image, and rendered for every model.
+
+    Args:
+        scale (`tuple[float, float]`, *optional*, defaults to `(0.08, 1.0)`):
+            Range of the crop's area as a share of the image's, ``0 < low <= high <= 1``.
+        ratio (`tuple[float, float]`, *optional*, defaults to `(3/4, 4/3)`):
+            Range of the crop's aspect ratio (width / height), ``0 < low <= high``; drawn log-uniformly.
+        hflip (`float`, *optional*, defaults to 0.5):
+            Probability of a horizontal flip, in [0, 1].
+
+    Raises:
+        ValueError: if a bound is out of range or ``low > high`` (the message names the field).
+    """
 
     scale: tuple[float, float] = (0.08, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
@@ -385,12 +456,25 @@ class ViewDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Draw the next training views for ``epoch`` (the trainers call it at every epoch start).
+
+        Args:
+            epoch (`int`): the epoch number; the views are a function of ``(seed, epoch, row)``.
+        """
         self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.raw)
 
     def view_generator(self, row: int) -> torch.Generator:
+        """The generator that draws ``row``'s training view this epoch.
+
+        Args:
+            row (`int`): the row index in the dataset.
+
+        Returns:
+            `torch.Generator`: seeded by :func:`derived_seed` of ``(seed, epoch, row)``; a new one per call.
+        """
         return seeded_generator(self.seed, self.epoch, row)
 
     def __getitem__(self, row: int) -> dict[str, Any]:
@@ -481,7 +565,26 @@ def label_or_unlabelled(value: Any) -> int:
 
 @dataclass
 class PairedViews:
-    """Teacher and student view specs plus the shared augmentation; prepares datasets for distillation."""
+    """Teacher and student view specs plus the shared augmentation; prepares datasets for distillation.
+
+    Consistent teaching (Beyer et al., "Knowledge distillation: A good teacher is patient and
+    consistent", 2022): in training, one crop and flip per image is drawn and rendered for both models
+    (the teacher at its size and normalisation, the student at its own), so the teacher labels exactly
+    what the student sees.
+
+    Args:
+        teacher (`ViewSpec`): the teacher's view.
+        student (`ViewSpec`): the student's view.
+        augmentation (`ViewAugmentation`, *optional*): the shared crop and flip; defaults to
+            ``ViewAugmentation()``.
+
+    Example:
+
+    ```python
+    >>> views = PairedViews.from_models(teacher_model, student_model)
+    >>> train_rows = views.apply(task["train"], train=True, seed=0)  # pixel_values, teacher_pixel_values, labels
+    ```
+    """
 
     teacher: ViewSpec
     student: ViewSpec
@@ -496,6 +599,21 @@ class PairedViews:
         teacher_processor: Any = None,
         augmentation: ViewAugmentation | None = None,
     ) -> PairedViews:
+        """Each model's own :class:`ViewSpec` (:meth:`ViewSpec.from_model`) paired.
+
+        Args:
+            teacher (`PreTrainedModel`): the teacher model.
+            student (`PreTrainedModel` or `timm` model): the student model.
+            teacher_processor (`BaseImageProcessor`, *optional*): the teacher's image processor, when it
+                cannot be loaded from where the teacher came from.
+            augmentation (`ViewAugmentation`, *optional*): the shared augmentation; defaults to ``ViewAugmentation()``.
+
+        Returns:
+            `PairedViews`: the two views and the augmentation.
+
+        Raises:
+            ValueError: if a model's view cannot be read (see :meth:`ViewSpec.from_model`).
+        """
         return cls(
             teacher=ViewSpec.from_model(teacher, teacher_processor),
             student=ViewSpec.from_model(student),
@@ -511,7 +629,19 @@ class PairedViews:
         outputs: dict[str, ViewSpec] | None = None,
         **kwargs,
     ) -> ViewTransform:
-        """The transform for ``outputs`` (default: student as ``pixel_values``, teacher as ``teacher_pixel_values``)."""
+        """A ``datasets`` transform (``dataset.with_transform``) rendering each row's views.
+
+        Args:
+            train (`bool`): draw random shared views (``True``) or each output's evaluation view.
+            image_column (`str`, *optional*, defaults to `"image"`): the image column.
+            label_column (`str`, *optional*, defaults to `"label"`): the label column; ``None`` for none.
+            outputs (`dict[str, ViewSpec]`, *optional*): output name -> view; defaults to the student as
+                ``pixel_values`` and the teacher as ``teacher_pixel_values``.
+            **kwargs: passed to :class:`ViewTransform` (``return_view_params``, ``generator``).
+
+        Returns:
+            `ViewTransform`: the transform.
+        """
         return ViewTransform(
             outputs or {"pixel_values": self.student, "teacher_pixel_values": self.teacher},
             train=train,
@@ -548,6 +678,31 @@ class PairedViews:
         count) the label ids are checked to be in range up front. ``skip_unreadable`` (training only):
         a row whose image cannot be decoded yields an ``UNREADABLE_ROW`` placeholder instead of an
         error, for a web-scale transfer set that nobody has checked.
+
+        Args:
+            dataset (`datasets.Dataset`): the rows.
+            train (`bool`): random shared views (training) or deterministic views (evaluation).
+            image_column (`str`, *optional*): found from the features (first ``Image``) when not given.
+            label_column (`str`, *optional*): found from the features when not given; none is fine.
+            num_labels (`int`, *optional*): the model's class count, to check label ids against.
+            label_names (`Sequence[str]`, *optional*): the model's classes in output order, to remap by name.
+            where (`str`, *optional*, defaults to `"dataset"`): names the dataset in errors.
+            outputs (`dict[str, ViewSpec]`, *optional*): output name -> view; defaults to ``pixel_values``
+                (student) and ``teacher_pixel_values`` (teacher).
+            check_images (`bool`, *optional*, defaults to `False`): decode every image now.
+            seed (`int`, *optional*, defaults to 0): seed of the training views.
+            skip_unreadable (`bool`, *optional*, defaults to `False`): placeholder rows for unreadable images
+                (training only).
+
+        Returns:
+            `ViewDataset`: items ``{output name: float tensor [3, height, width], "labels": int}`` (no
+            ``labels`` without a label column; unlabelled rows ``-100``).
+
+        Raises:
+            TypeError: if ``dataset`` is not a ``datasets.Dataset`` (the message says what to pass).
+            ValueError: if it is empty, lacks the image or named label column, has a label id out of range
+                or classes the model lacks (the message names the column, row or classes).
+            ImageDecodeError: with ``check_images``, if an image cannot be decoded (the message names the row).
         """
         from ..models.labels import label_id_map
         from .loading import find_image_column, find_label_column

@@ -4,7 +4,7 @@ from .builder import RetrievalConfig, RetrievalTransferSetBuilder, TransferSetSt
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
 from .index_choice import IndexPlan, candidate_plans, choose_index, default_nlist, estimate, format_bytes
-from .output import MAX_SHEET_ROWS, contact_sheet, push_transfer_set, save_transfer_set
+from .output import MAX_SHEET_ROWS, contact_sheet, save_transfer_set
 from .pool import load_pool
 from .search import (
     POOL_BLOCK_ROWS,
@@ -46,7 +46,6 @@ __all__ = [
     "load_pool",
     "pilot_probe_fraction",
     "plan_index",
-    "push_transfer_set",
     "recall_at_k",
     "require_faiss",
     "retrieve",

@@ -32,7 +32,40 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RetrievalConfig:
-    """How many images to retrieve and which to refuse."""
+    """How many images to retrieve and which to refuse.
+
+    Give exactly one of ``per_query_k`` (the paper's balanced scheme: the ``k`` nearest pool images of
+    every labelled image, de-duplicated) and ``budget`` (a total, spread evenly over the query classes).
+    Every bound is checked on construction, before a pool is embedded.
+
+    Args:
+        per_query_k (`int`, *optional*):
+            Neighbours per query image, >= 1.
+        budget (`int`, *optional*):
+            Total transfer-set size in images, >= 1, spread evenly over the classes; the search widens
+            ``k`` until the images that pass the filters can fill it (or ``k`` spans the pool).
+        leakage_threshold (`float`, *optional*, defaults to 0.95):
+            Cosine similarity in [-1, 1] at or above which a pool image counts as a copy of a
+            validation/test image and is removed.
+        min_similarity (`float`, *optional*):
+            Drop neighbours whose cosine similarity to their query is below this, in [-1, 1].
+        min_teacher_confidence (`float`, *optional*):
+            With ``build(..., teacher=)``: drop images whose top-class probability is below this, in [0, 1].
+        memory_budget_gb (`float`, *optional*):
+            Memory the faiss index may use, in GiB (2**30 bytes), > 0; ``None`` for no limit.
+        recall_target (`float`, *optional*, defaults to 0.95):
+            recall@k against exact search that an IVF index's ``nprobe`` is tuned to, in (0, 1].
+        shard_size (`int`, *optional*, defaults to 4096):
+            Rows per embedding shard on disk (the unit of resumption).
+        batch_size (`int`, *optional*, defaults to 64):
+            Images per encoder forward pass.
+        seed (`int`, *optional*, defaults to 0):
+            Seed of the IVF training sample and tuning.
+
+    Raises:
+        ValueError: if neither or both of ``per_query_k`` and ``budget`` are given, or a value is out of
+            range (the message names the field).
+    """
 
     per_query_k: int | None = field(
         default=None, metadata={"help": "Neighbours per query (the paper's balanced scheme)."}
@@ -87,7 +120,15 @@ class RetrievalConfig:
 
 @dataclass
 class TransferSetStats:
-    """Sizes at each step, for the run summary and the dataset card."""
+    """Sizes at each step, for the run summary and the dataset card.
+
+    Counts are images (rows) unless said otherwise: ``pool_rows`` seen, ``pool_embedded``,
+    ``pool_unreadable`` (skipped), ``queries`` embedded, ``queries_unreadable``, ``k`` (neighbours per
+    query, after widening), ``neighbours`` found, ``after_dedup`` (unique), ``pool_zero_embeddings`` /
+    ``queries_zero_embeddings`` (all-zero vectors), ``removed_leakage``, ``removed_low_confidence``,
+    ``removed_budget``, ``final``; ``index`` (the faiss factory string), ``nprobe``, ``recall_at_k``
+    (measured when tuned, else ``None``) and ``encoder`` (its name).
+    """
 
     pool_rows: int = 0
     pool_embedded: int = 0
@@ -109,11 +150,37 @@ class TransferSetStats:
     encoder: str = ""
 
     def as_dict(self) -> dict[str, Any]:
+        """Every field by name (``dataclasses.asdict``), for the manifest and the dataset card."""
         return asdict(self)
 
 
 class RetrievalTransferSetBuilder:
-    """Build a transfer set from ``pool`` around ``queries`` (the labelled target images)."""
+    """Build a transfer set from ``pool`` around ``queries`` (the labelled target images).
+
+    The retrieval step of Vemulapalli et al. (ICML 2024): embed the pool and the queries with one
+    encoder (L2-normalised), take each query's nearest pool images by cosine similarity (exact search
+    or a faiss IVF index, chosen by :func:`~hf_task_distill.retrieval.choose_index`), de-duplicate,
+    remove near-copies of validation/test images, and cut to the budget.
+
+    Args:
+        encoder (`ImageEncoder` or `str`):
+            The embedding model, or a Hub id / local folder to load one from (``ImageEncoder.from_pretrained``).
+        config (`RetrievalConfig`, *optional*):
+            The settings; when not given, built from ``config_overrides``.
+        **config_overrides:
+            ``RetrievalConfig`` fields (``per_query_k=``, ``budget=``...), used when ``config`` is ``None``.
+
+    Raises:
+        ImportError: if faiss is not installed (the message gives the install command).
+        ValueError: if the settings are invalid (see :class:`RetrievalConfig`).
+
+    Example:
+
+    ```python
+    >>> builder = RetrievalTransferSetBuilder("facebook/dinov2-small", per_query_k=50)
+    >>> transfer, stats = builder.build(pool, task["train"], heldout=[task["test"]], embeddings_dir="emb/")
+    ```
+    """
 
     def __init__(
         self, encoder: ImageEncoder | str, config: RetrievalConfig | None = None, **config_overrides: Any
@@ -151,7 +218,7 @@ class RetrievalTransferSetBuilder:
         pool_embeddings_dir: str | os.PathLike | None = None,
         teacher=None,
     ):
-        """Return ``(transfer_set, stats)``.
+        """Retrieve the transfer set; return ``(transfer_set, stats)``.
 
         ``pool``: a ``datasets.Dataset`` of images. ``queries``: the labelled target images (labels, if
         present, spread a ``budget`` evenly over classes). ``heldout``: datasets whose near-duplicates
@@ -164,6 +231,28 @@ class RetrievalTransferSetBuilder:
         classifier (or a :class:`TeacherConfidence`); its top-class probability on each retrieved
         image becomes a ``teacher_confidence`` column, and ``min_teacher_confidence`` drops the
         images it is unsure about before the budget is applied.
+
+        Args:
+            pool (`datasets.Dataset` or `datasets.IterableDataset`): the unlabelled images to retrieve from.
+            queries (`datasets.Dataset`): the labelled target images.
+            heldout (`Sequence[datasets.Dataset]`, *optional*): splits whose near-copies are removed.
+            embeddings_dir (`str` or `os.PathLike`): where embeddings are cached (resumable shards).
+            pool_embeddings (`np.ndarray` of shape `[len(pool), dim]`, or `(vectors, pool_rows)`, *optional*):
+                Precomputed pool embeddings (map-style pool only).
+            pool_embeddings_dir (`str` or `os.PathLike`, *optional*): where the pool's embeddings go;
+                defaults to ``<embeddings_dir>/pool``.
+            teacher (`PreTrainedModel` or `TeacherConfidence`, *optional*): scores each retrieved image.
+
+        Returns:
+            `tuple[datasets.Dataset, TransferSetStats]`: the pool's retrieved rows (images included) with
+            ``pool_index``, ``query_index``, ``rank`` (int64) and ``score`` (float32 cosine) columns, and
+            ``teacher_confidence`` with a teacher; and the sizes at each step.
+
+        Raises:
+            TypeError: if ``pool``, ``queries`` or a ``heldout`` split is not a ``datasets`` dataset.
+            ValueError: if the pool or queries are empty, ``min_teacher_confidence`` is set without a
+                teacher, precomputed embeddings do not match the pool or a streamed pool, embeddings
+                are invalid (NaN, wrong dimension), or no image is left after the filters.
         """
         cfg, stats = self.config, TransferSetStats(encoder=self.encoder.name)
         embeddings_dir = os.fspath(embeddings_dir)

@@ -38,7 +38,16 @@ WEIGHT_LIST_SCAN = {"ivf_flat": 9.0, "ivf_sq8": 7.0, "ivf_pq": 9.0}
 
 @dataclass(frozen=True)
 class IndexPlan:
-    """A faiss ``index_factory`` string with its expected memory and cost."""
+    """A faiss ``index_factory`` string with its expected memory and cost.
+
+    Args:
+        factory (`str`): the ``faiss.index_factory`` string (``"Flat"``, ``"IVF1024,SQ8"``...).
+        nlist (`int`, *optional*, defaults to 0): inverted lists (0 for exact search).
+        nprobe (`int`, *optional*, defaults to 0): lists scanned per query (0 for exact search).
+        memory_bytes (`int`, *optional*, defaults to 0): the index's expected size in bytes.
+        build_cost (`float`, *optional*, defaults to 0.0): weighted multiply-adds to train and fill it.
+        search_cost (`float`, *optional*, defaults to 0.0): weighted multiply-adds to search every query.
+    """
 
     factory: str
     nlist: int = 0
@@ -49,10 +58,12 @@ class IndexPlan:
 
     @property
     def total_cost(self) -> float:
+        """``build_cost + search_cost``, in weighted multiply-adds: what :func:`choose_index` ranks by."""
         return self.build_cost + self.search_cost
 
     @property
     def exact(self) -> bool:
+        """Whether the plan is exact (brute-force) search, ``factory == "Flat"``."""
         return self.factory == "Flat"
 
 

@@ -1,8 +1,7 @@
-"""A retrieved transfer set on disk or on the Hub, with its dataset card and a contact sheet."""
+"""A retrieved transfer set on disk, with its dataset card and a contact sheet."""
 
 from __future__ import annotations
 
-import io
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -13,7 +12,7 @@ from ..data.images import ImageDecodeError, load_rgb_image
 from ..data.loading import find_image_column, find_label_column
 from ..files import write_folder_atomically
 
-__all__ = ["MAX_SHEET_ROWS", "contact_sheet", "push_transfer_set", "save_transfer_set"]
+__all__ = ["MAX_SHEET_ROWS", "contact_sheet", "save_transfer_set"]
 
 
 #: Rows of a contact sheet at most: a 1000-class task shows its first classes and says how many more there are.
@@ -206,32 +205,3 @@ def save_transfer_set(
         render_transfer_set_card(card_data).save(os.path.join(folder, "README.md"))
 
     return write_folder_atomically(output_dir, write)
-
-
-def push_transfer_set(
-    transfer, repo_id: str, card_data, sheet: Image.Image | None = None, *, private=None, token=None
-):
-    """Push the rows, then the card and the contact sheet as their own commits.
-
-    ``Dataset.push_to_hub`` writes a README with YAML metadata only, so the card is pushed after it.
-    The token is resolved by huggingface_hub (login, ``HF_TOKEN``); it is never written anywhere.
-    """
-    from huggingface_hub import HfApi
-
-    from ..hub.cards import render_transfer_set_card
-
-    transfer.push_to_hub(repo_id, private=private, token=token)
-    api = HfApi(token=token)
-    if sheet is not None:
-        buffer = io.BytesIO()
-        sheet.save(buffer, format="PNG")
-        api.upload_file(
-            path_or_fileobj=buffer.getvalue(),
-            path_in_repo="contact_sheet.png",
-            repo_id=repo_id,
-            repo_type="dataset",
-            commit_message="Add contact sheet",
-        )
-        card_data.contact_sheet = "contact_sheet.png"
-    render_transfer_set_card(card_data).push_to_hub(repo_id, repo_type="dataset", token=token)
-    return repo_id

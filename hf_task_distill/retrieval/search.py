@@ -134,6 +134,17 @@ def build_index(pool: np.ndarray, plan: IndexPlan, *, use_gpu: bool | None = Non
 
 
 def search(index, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest pool rows of each query in a faiss index (inner product on normalised vectors).
+
+    Args:
+        index (`faiss.Index`): an index from :func:`build_index`.
+        queries (`np.ndarray` of shape `[num_queries, dim]`): query embeddings (cast to float32).
+        k (`int`): neighbours per query.
+
+    Returns:
+        `tuple[np.ndarray, np.ndarray]`: ``(scores, ids)``, each of shape `[num_queries, k]`, best first;
+        ``ids`` are pool rows, ``-1`` where fewer than ``k`` were found.
+    """
     scores, ids = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
     return scores, ids
 

@@ -1,0 +1,145 @@
+"""The labelled target task: splits, label names and column names, with the label-budget and test-split copies.
+
+It lives apart from :mod:`~hf_task_distill.data.loading` so that the task loaders (``loading``,
+``digits``) both build it without importing each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from datasets import Dataset, DatasetDict
+
+from .budget import select_label_budget, stratified_holdout_indices
+from .registry import TaskSpec
+from .validation import label_array
+
+__all__ = ["TargetTask"]
+
+
+@dataclass
+class TargetTask:
+    """A labelled image-classification task: its splits, label names and where the columns are.
+
+    Built by :func:`~hf_task_distill.data.load_target_task` (which checks it); ``task["train"]`` is a split.
+
+    Args:
+        name (`str`):
+            The task's name, used in run folders, model cards and error messages.
+        splits (`datasets.DatasetDict`):
+            The splits by role (``train``, and ``validation``/``test`` when the task has them).
+        label_names (`list[str]`):
+            The class names; label id ``i`` is ``label_names[i]``.
+        image_column (`str`, *optional*, defaults to `"image"`):
+            The column holding the images.
+        label_column (`str`, *optional*, defaults to `"label"`):
+            The column holding the label ids (``ClassLabel``).
+        spec (`TaskSpec`, *optional*):
+            The registry entry the task was loaded from, if any.
+        label_budget (`dict`, *optional*):
+            How :meth:`with_label_budget` cut the split (``split``, ``per_class``, ``fraction``, ``seed``,
+            ``size`` in images); ``None`` when every label is kept.
+    """
+
+    name: str
+    splits: DatasetDict
+    label_names: list[str]
+    image_column: str = "image"
+    label_column: str = "label"
+    spec: TaskSpec | None = None
+    label_budget: dict[str, Any] | None = field(default=None)
+
+    @property
+    def num_labels(self) -> int:
+        """The number of classes (``len(label_names)``)."""
+        return len(self.label_names)
+
+    @property
+    def id2label(self) -> dict[int, str]:
+        """The class names by label id, as ``transformers`` configs take them."""
+        return dict(enumerate(self.label_names))
+
+    def __getitem__(self, split: str) -> Dataset:
+        if split not in self.splits:
+            raise KeyError(f"task '{self.name}' has no split '{split}' (splits: {', '.join(self.splits)})")
+        return self.splits[split]
+
+    def with_label_budget(
+        self,
+        *,
+        per_class: int | None = None,
+        fraction: float | None = None,
+        seed: int = 0,
+        split: str = "train",
+    ) -> TargetTask:
+        """A copy whose ``split`` keeps only a stratified, seeded label budget (see ``label_budget_indices``).
+
+        Args:
+            per_class (`int`, *optional*):
+                Images kept per class; give this or ``fraction``.
+            fraction (`float`, *optional*):
+                Share of each class kept, in (0, 1].
+            seed (`int`, *optional*, defaults to 0):
+                Seed of the draw; the same seed keeps the same images.
+            split (`str`, *optional*, defaults to `"train"`):
+                The split to cut.
+
+        Returns:
+            `TargetTask`: a copy with the cut split and ``label_budget`` recording the cut.
+
+        Raises:
+            KeyError: if the task has no split ``split``.
+            ValueError: if neither or both of ``per_class`` and ``fraction`` are given, or one is out of range.
+        """
+        subset = select_label_budget(
+            self[split], label_column=self.label_column, per_class=per_class, fraction=fraction, seed=seed
+        )
+        splits = DatasetDict({**self.splits, split: subset})
+        budget = {
+            "split": split,
+            "per_class": per_class,
+            "fraction": fraction,
+            "seed": seed,
+            "size": len(subset),
+        }
+        return replace(self, splits=splits, label_budget=budget)
+
+    def with_test_split(self, fraction: float, *, seed: int = 0) -> TargetTask:
+        """A copy whose ``train`` gives ``fraction`` of each class to a new ``test`` split.
+
+        For a task that has no test or validation split, so that it can be evaluated on images nobody
+        trained on. The hold-out is stratified and seeded, and takes at least one image of a class with
+        two or more.
+
+        Args:
+            fraction (`float`):
+                Share of each class's training images moved to ``test``, in (0, 1).
+            seed (`int`, *optional*, defaults to 0):
+                Seed of the draw.
+
+        Returns:
+            `TargetTask`: a copy with the smaller ``train`` and the new ``test`` split.
+
+        Raises:
+            ValueError: if the task already has a ``test`` split, or every class has a single image (none
+                can be held out).
+        """
+        if "test" in self.splits:
+            raise ValueError(f"task '{self.name}' already has a test split")
+        train_rows, test_rows = stratified_holdout_indices(
+            label_array(self["train"], self.label_column), fraction, seed=seed
+        )
+        if test_rows.size == 0:
+            raise ValueError(
+                f"task '{self.name}' has no test split and too few images to hold one out (every class has "
+                "a single image): add a test split"
+            )
+        splits = DatasetDict(
+            {
+                **self.splits,
+                "train": self["train"].select(train_rows.tolist()),
+                "test": self["train"].select(test_rows.tolist()),
+            }
+        )
+        return replace(self, splits=splits)

@@ -1,0 +1,103 @@
+"""Every public function, class and method of the package has a docstring, except the names still
+listed in ``STILL_MISSING``, and that list can only shrink.
+
+The check is ``benchmarks/code_structure.missing_docstrings`` (imported by path, so the benchmark
+and this test use one definition of "public" and "documented"): public means a name without a
+leading underscore, in a module that is not private, and methods of public classes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Public names without a docstring, as ``"path qualified.name"``. Every one is in a module that was
+#: being rewritten elsewhere when this test was written; remove a name here when it gains a docstring.
+STILL_MISSING = frozenset(
+    {
+        "hf_task_distill/compute.py LedgerEntry.flops",
+        "hf_task_distill/compute.py ComputeLedger.add",
+        "hf_task_distill/compute.py ComputeLedger.extend",
+        "hf_task_distill/compute.py ComputeLedger.total_flops",
+        "hf_task_distill/compute.py ComputeLedger.as_dict",
+        "hf_task_distill/compute.py ComputeLedger.save",
+        "hf_task_distill/compute.py ComputeLedger.load",
+        "hf_task_distill/config.py PipelineConfig.to_dict",
+        "hf_task_distill/demo.py run_demo",
+        "hf_task_distill/pipeline.py Pipeline.full_train",
+        "hf_task_distill/pipeline.py Pipeline.eval_split",
+        "hf_task_distill/pipeline.py Pipeline.stage_dir",
+        "hf_task_distill/pipeline.py Pipeline.transfer_dataset",
+        "hf_task_distill/teacher.py TeacherFinetuner.processor",
+        "hf_task_distill/teacher.py TeacherFinetuner.augmentation",
+        "hf_task_distill/teacher_cache.py TeacherCache.image_column",
+        "hf_task_distill/teacher_cache.py TeacherCache.view",
+        "hf_task_distill/teacher_cache.py CachedTeacherDataset.set_epoch",
+        "hf_task_distill/trainer.py NoSingleRowBatchMixin.training_step",
+        "hf_task_distill/trainer.py NoSingleRowBatchMixin.get_train_dataloader",
+        "hf_task_distill/trainer.py DistillationTrainer.teacher_logits",
+        "hf_task_distill/trainer.py DistillationTrainer.train",
+        "hf_task_distill/trainer.py DistillationTrainer.get_batch_samples",
+        "hf_task_distill/trainer.py DistillationTrainer.compute_loss",
+        "hf_task_distill/trainer.py DistillationTrainer.prediction_step",
+        "hf_task_distill/hub/cards.py write_teacher_card",
+        "hf_task_distill/hub/cards.py MiniVFMCardData.from_pretraining",
+        "hf_task_distill/hub/cards.py render_mini_vfm_card",
+        "hf_task_distill/retrieval/embedding.py ImageEncoder.from_pretrained",
+        "hf_task_distill/retrieval/embedding.py EmbeddingStore.manifests",
+        "hf_task_distill/retrieval/embedding.py EmbeddingStore.skipped",
+    }
+)
+
+
+def _code_structure():
+    path = ROOT / "benchmarks" / "code_structure.py"
+    spec = importlib.util.spec_from_file_location("code_structure", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _undocumented() -> set[str]:
+    """``missing_docstrings`` of the package, without line numbers (they move with every edit)."""
+    structure = _code_structure()
+    found = set()
+    for entry in structure.missing_docstrings(structure._modules()):
+        where, name = entry.split(" ", 1)
+        path = re.sub(r":\d+$", "", where).replace(os.sep, "/")
+        found.add(f"{path} {name}")
+    return found
+
+
+def test_public_names_have_docstrings():
+    new = sorted(_undocumented() - STILL_MISSING)
+    assert not new, (
+        "public names without a docstring (write one in Hugging Face form: a summary line, Args:, "
+        "Returns:, Raises:):\n  " + "\n  ".join(new)
+    )
+
+
+def test_allow_list_is_current():
+    documented = sorted(STILL_MISSING - _undocumented())
+    assert not documented, (
+        "these names have a docstring now (or are gone): remove them from STILL_MISSING in "
+        "tests/test_docstrings.py:\n  " + "\n  ".join(documented)
+    )
+
+
+def test_the_check_sees_a_missing_docstring(tmp_path):
+    """The check itself: it reports an undocumented public function and method, and nothing private."""
+    import ast
+
+    source = (
+        "def public():\n    pass\n\n"
+        "def _private():\n    pass\n\n"
+        "class Documented:\n    '''Doc.'''\n\n    def method(self):\n        pass\n\n"
+        "    def _helper(self):\n        pass\n"
+    )
+    found = _code_structure().missing_docstrings({"pkg/module.py": ast.parse(source)})
+    assert [entry.split(" ", 1)[1] for entry in found] == ["public", "Documented.method"]
