@@ -22,7 +22,7 @@ from .config import PipelineConfig
 from .devices import process_state
 from .run_directory import NOT_HASHED, RunDirectory, RunInUse
 from .sources import is_local_path
-from .stages import RunContext, StageNotReady, get_stage, stages_for_command
+from .stages import RunContext, StageNotReady, available_stages, get_stage, stages_for_command
 from .stages.context import loading as _loading
 
 __all__ = ["Pipeline", "RunInUse", "StageNotReady", "StageSettingsChanged"]
@@ -362,36 +362,23 @@ class Pipeline:
 
     # -- summary ---------------------------------------------------------------------------------
     def skipped_images(self) -> dict[str, int]:
-        """Images skipped because they could not be decoded, per where they were met (non-zero only)."""
-        transfer = (self.manifest("transfer") or {}).get("outputs", {})
-        distill = (self.manifest("distill") or {}).get("outputs", {})
-        counts = {
-            "retrieval pool": transfer.get("stats", {}).get("pool_unreadable", 0),
-            "retrieval queries": transfer.get("stats", {}).get("queries_unreadable", 0),
-            "transfer set (distillation)": distill.get("transfer_unreadable", 0),
-        }
+        """Images skipped because they could not be decoded, per where they were met (non-zero only;
+        each stage says what it skipped: :meth:`Stage.skipped_images`)."""
+        counts: dict[str, int] = {}
+        for name in available_stages():
+            manifest = self.manifest(name)
+            if manifest is not None:
+                counts.update(get_stage(name).skipped_images(manifest.get("outputs") or {}))
         return {where: n for where, n in counts.items() if n}
 
     def summary(self) -> str:
-        """The results table and the compute per stage, one screen."""
-        from .tasks import get_task_type
-
-        task_type = get_task_type()
+        """Each finished stage's report (the results table), skipped images and the compute per
+        stage, one screen."""
         lines = [f"Run directory: {self.run_dir}"]
-        evaluation = self.manifest("evaluate")
-        if evaluation is not None:
-            out = evaluation["outputs"]
-            lines += [
-                "",
-                f"Results on the {out['split']} split ({out['images']} images):",
-                "",
-                "| model | " + " | ".join(task_type.metric_titles) + " |",
-                "|---|" + "---:|" * len(task_type.metric_names),
-            ]
-            for name, m in out["results"].items():
-                lines.append(
-                    f"| {name} | " + " | ".join(f"{m[k]:.4f}" for k in task_type.metric_names) + " |"
-                )
+        for name in available_stages():
+            manifest = self.manifest(name)
+            if manifest is not None:
+                lines += get_stage(name).report(manifest.get("outputs") or {})
         skipped = self.skipped_images()
         if skipped:
             lines += [

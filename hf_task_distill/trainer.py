@@ -28,8 +28,9 @@ from .devices import cpu_ranks_need_use_cpu, has_accelerator
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.heads import capture_head_inputs, find_classification_head
-from .models.labels import check_label_spaces_match, label_id_map, label_names_of
+from .models.labels import label_id_map, label_names_of
 from .models.teacher import load_teacher
+from .tasks import task_type_of
 from .teacher_cache import CachedTeacherDataset, TeacherCache
 
 logger = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ class DistillationTrainer(TaskTrainer):
             )
         if teacher_model is not None:
             if not self.distillation_loss.requires_features:  # features need no shared label space
-                check_label_spaces_match(teacher_model, model)
+                task_type_of(model).check_label_spaces(teacher_model, model)
             teacher_model.requires_grad_(False)
             teacher_model.eval()
         if self.distillation_loss.requires_features:

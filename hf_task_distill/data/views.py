@@ -444,6 +444,7 @@ class ViewDataset(torch.utils.data.Dataset):
         skip_unreadable: bool = False,
         train: bool = True,
         label_map: Any = None,
+        task_type: str = "image-classification",
     ):
         from .images import undecoded
 
@@ -454,6 +455,9 @@ class ViewDataset(torch.utils.data.Dataset):
         self.skip_unreadable, self.train = skip_unreadable, train
         self.label_map = None if label_map is None else [int(i) for i in label_map]
         self.epoch = 0
+        from ..tasks import get_task_type
+
+        self.task_type = get_task_type(task_type)  # how a row's label becomes the model's target
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the next training views for ``epoch`` (the trainers call it at every epoch start).
@@ -498,7 +502,10 @@ class ViewDataset(torch.utils.data.Dataset):
                 for name, spec in self.outputs.items()
             }
         if self.label_column is not None:
-            item["labels"] = map_label(label_or_unlabelled(example[self.label_column]), self.label_map)
+            target_view = view if self.train else None
+            item["labels"] = self.task_type.render_target(
+                example[self.label_column], target_view, self.label_map
+            )
         return item
 
 

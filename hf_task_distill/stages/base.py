@@ -98,6 +98,14 @@ class Stage:
         image must not redo a training stage."""
         return None
 
+    def skipped_images(self, outputs: dict[str, Any]) -> dict[str, int]:
+        """Images the finished stage skipped as undecodable, by where they were met (from its outputs)."""
+        return {}
+
+    def report(self, outputs: dict[str, Any]) -> list[str]:
+        """Lines the finished stage adds to a command's summary (each starting with a blank line)."""
+        return []
+
     def run(self, context: RunContext, directory: str) -> StageResult:
         """Do the stage's work in ``directory`` (a fresh or resumed work folder) and return its result.
 

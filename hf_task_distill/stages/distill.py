@@ -34,6 +34,9 @@ class DistillStage(Stage):
     def models_needed(self, config):
         return [("student", config.student.student)]
 
+    def skipped_images(self, outputs):
+        return {"transfer set (distillation)": outputs.get("transfer_unreadable", 0)}
+
     def run(self, context, directory):
         from ..compute import LedgerEntry, count_flops_per_image, describe_device
         from ..data import PairedViews

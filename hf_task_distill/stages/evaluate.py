@@ -24,6 +24,25 @@ class EvaluateStage(Stage):
     def task_splits(self, config, eval_split):
         return (eval_split,)
 
+    def report(self, outputs):
+        """The results table: one row per model, the task type's metrics as columns."""
+        from ..tasks import get_task_type
+
+        if "results" not in outputs:
+            return []
+        task_type = get_task_type()
+        lines = [
+            "",
+            f"Results on the {outputs['split']} split ({outputs['images']} images):",
+            "",
+            "| model | " + " | ".join(task_type.metric_titles) + " |",
+            "|---|" + "---:|" * len(task_type.metric_names),
+        ]
+        for name, metrics in outputs["results"].items():
+            values = " | ".join(f"{metrics[k]:.4f}" for k in task_type.metric_names)
+            lines.append(f"| {name} | {values} |")
+        return lines
+
     def run(self, context, directory):
         """Metrics of every model, and their confusion matrices in ``confusion_matrices.json`` (rows:
         true class, columns: predicted, both in the task's order)."""

@@ -58,6 +58,13 @@ class TransferStage(Stage):
         # retrieval also reads validation and test, to keep their copies out of the transfer set
         return ("train",) if config.transfer.transfer == "task" else ("train", "validation", "test")
 
+    def skipped_images(self, outputs):
+        stats = outputs.get("stats", {})
+        return {
+            "retrieval pool": stats.get("pool_unreadable", 0),
+            "retrieval queries": stats.get("queries_unreadable", 0),
+        }
+
     def run(self, context, directory):
         mode = context.config.transfer.transfer
         if mode == "task":

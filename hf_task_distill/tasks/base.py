@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-__all__ = ["TaskType", "available_task_types", "get_task_type", "register_task_type"]
+__all__ = ["TaskType", "available_task_types", "get_task_type", "register_task_type", "task_type_of"]
 
 
 class TaskType:
@@ -44,6 +44,32 @@ class TaskType:
         Returns:
             ``(metrics, details)``: :attr:`metric_names` to floats, and what a report adds (for
             classification the confusion matrix in the task's class order, or ``None``).
+        """
+        raise NotImplementedError
+
+    def matches_model(self, model) -> bool:
+        """Whether ``model`` (a ``PreTrainedModel``) is a model of this task type."""
+        names = _auto_class_names(self.model_class())
+        return any(cls.__name__ in names for cls in type(model).__mro__)
+
+    def check_label_spaces(self, teacher, student) -> None:
+        """Raise ``ValueError`` when ``teacher`` and ``student`` do not predict the same classes in the
+        same order (distillation matches their outputs class by class)."""
+        from ..models.labels import check_label_spaces_match
+
+        check_label_spaces_match(teacher, student)
+
+    def render_target(self, value: Any, view: Any, label_map: list[int] | None):
+        """A row's training target as the model sees it, given the view its image was rendered with.
+
+        Args:
+            value: the row's label column value (``None``, ``-1`` or ``-100``: unlabelled).
+            view (`ViewParams` or `None`): the crop and flip applied to the image (``None``: the
+                evaluation view). A dense target (a mask) is cropped and flipped the same way.
+            label_map (`list[int]` or `None`): the model's id of each dataset class.
+
+        Returns:
+            The target (``-100`` for an unlabelled row).
         """
         raise NotImplementedError
 
@@ -84,3 +110,24 @@ def get_task_type(name: str = "image-classification") -> TaskType:
     if name not in _REGISTRY:
         raise ValueError(f"unknown task type '{name}'; registered: {', '.join(names)}")
     return _REGISTRY[name]
+
+
+def task_type_of(model) -> TaskType:
+    """The registered task type whose models ``model`` is (a model of no registered type: image
+    classification, the package's first task, whose checks then say what is wrong)."""
+    names = available_task_types()
+    for name in names:
+        if _REGISTRY[name].matches_model(model):
+            return _REGISTRY[name]
+    return _REGISTRY["image-classification"]
+
+
+def _auto_class_names(auto_class) -> set[str]:
+    """The names of the model classes an auto class maps to, including models registered with it
+    (names only: nothing is imported)."""
+    mapping = auto_class._model_mapping
+    names = set()
+    for value in [*mapping._model_mapping.values(), *mapping._extra_content.values()]:
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            names.add(item if isinstance(item, str) else item.__name__)
+    return names

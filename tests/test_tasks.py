@@ -1,0 +1,90 @@
+"""The task-type seam (hf_task_distill.tasks): what is specific to image classification lives in
+one registered object, and a second task type plugs in from one file."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import LABELS, make_colour_dataset, tiny_dinov2
+
+from hf_task_distill.tasks import TaskType, available_task_types, get_task_type, register_task_type, task_type_of
+from hf_task_distill.tasks import base as task_base
+
+
+def test_classification_is_the_registered_default_and_knows_its_models():
+    from transformers import Dinov2Config, Dinov2Model
+
+    from hf_task_distill.models import create_student
+
+    assert available_task_types() == ("image-classification",)
+    classification = get_task_type()
+    assert classification.name == "image-classification"
+    assert classification.metric_names == ("accuracy", "balanced_accuracy", "macro_f1")
+    student = create_student("resnet18", list(LABELS))
+    assert classification.matches_model(student) and classification.matches_model(tiny_dinov2())
+    backbone = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2))
+    assert not classification.matches_model(backbone)  # a backbone without a head is no classifier
+    with pytest.raises(ValueError, match=r"unknown task type 'depth'; registered: image-classification"):
+        get_task_type("depth")
+
+
+def test_classification_renders_labels_as_the_models_ids():
+    classification = get_task_type()
+    assert classification.render_target(2, None, None) == 2
+    assert classification.render_target(2, None, [5, 6, 7]) == 7  # the dataset's class 2 is the model's 7
+    assert classification.render_target(None, None, [5, 6, 7]) == -100  # unlabelled stays unlabelled
+
+
+def test_classification_checks_label_spaces_by_name():
+    classification = get_task_type()
+    teacher, student = tiny_dinov2(), tiny_dinov2()
+    classification.check_label_spaces(teacher, student)
+    student.config.id2label = {i: name for i, name in enumerate(reversed(LABELS))}
+    with pytest.raises(ValueError, match="teacher"):
+        classification.check_label_spaces(teacher, student)
+
+
+class DoubledLabels(TaskType):
+    """A toy task type: the target is twice the label (stands in for a dense target)."""
+
+    name = "toy-doubled"
+    metric_names = ("error",)
+    metric_titles = ("error",)
+
+    def model_class(self):
+        from transformers import AutoModelForImageClassification
+
+        return AutoModelForImageClassification
+
+    def render_target(self, value, view, label_map):
+        return -100 if value is None else 2 * int(value)
+
+
+@pytest.fixture
+def doubled():
+    register_task_type(DoubledLabels)
+    yield get_task_type("toy-doubled")
+    task_base._REGISTRY.pop("toy-doubled")
+
+
+def test_a_task_type_added_from_one_file_renders_the_targets_of_views(doubled):
+    from hf_task_distill.data import ViewAugmentation, ViewSpec
+    from hf_task_distill.data.views import ViewDataset
+
+    dataset = make_colour_dataset(4, seed=0)
+    spec = ViewSpec(size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
+    rows = ViewDataset(
+        dataset,
+        {"pixel_values": spec},
+        augmentation=ViewAugmentation(),
+        image_column="image",
+        label_column="label",
+        task_type="toy-doubled",
+    )
+    assert [rows[i]["labels"] for i in range(4)] == [2 * label for label in dataset["label"]]
+    assert rows[0]["pixel_values"].shape == (3, 16, 16)
+    with pytest.raises(ValueError, match="a task type named 'toy-doubled' is already registered"):
+        register_task_type(DoubledLabels)
+
+
+def test_a_model_of_no_registered_type_falls_back_to_classification(doubled):
+    assert task_type_of(tiny_dinov2()).name == "image-classification"
