@@ -6,7 +6,13 @@ from __future__ import annotations
 import pytest
 from conftest import LABELS, make_colour_dataset, tiny_dinov2
 
-from hf_task_distill.tasks import TaskType, available_task_types, get_task_type, register_task_type, task_type_of
+from hf_task_distill.tasks import (
+    TaskType,
+    available_task_types,
+    get_task_type,
+    register_task_type,
+    task_type_of,
+)
 from hf_task_distill.tasks import base as task_base
 
 
