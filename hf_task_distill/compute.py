@@ -29,7 +29,9 @@ def describe_device() -> str:
 
 def _example_batch(model: torch.nn.Module, image_size: tuple[int, int], batch: int) -> torch.Tensor:
     for tensor in (*model.parameters(), *model.buffers()):
-        return torch.zeros(batch, 3, *image_size, dtype=torch.float32, device=tensor.device)
+        # a model loaded in half precision takes half-precision pixels (as the trainer casts them)
+        dtype = tensor.dtype if tensor.is_floating_point() else torch.float32
+        return torch.zeros(batch, 3, *image_size, dtype=dtype, device=tensor.device)
     return torch.zeros(batch, 3, *image_size)
 
 

@@ -25,6 +25,7 @@ from .data.loading import find_label_column
 from .data.validation import UNLABELLED, check_dataset_type, check_label_ids, class_label_names, label_array
 from .data.views import UNREADABLE_ROW, PairedViews, RandomViewDataset, ViewSpec
 from .devices import cpu_ranks_need_use_cpu, has_accelerator
+from .hub.trainer_card import ModelCardMixin
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.heads import capture_head_inputs, find_classification_head
@@ -298,7 +299,7 @@ class TaskTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpoint
     cross-entropy of a classifier given ``labels``): how students are finetuned on the labels."""
 
 
-class DistillationTrainer(TaskTrainer):
+class DistillationTrainer(ModelCardMixin, TaskTrainer):
     """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
 
     ``teacher_model`` is a model or a Hub id/folder of a finetuned classifier (see ``load_teacher``).
@@ -537,8 +538,10 @@ class DistillationTrainer(TaskTrainer):
         return logits, student.feature_projection(captured[-1].flatten(1))
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
-        """Checkpoints keep the feature projection (a resumed run needs it); the saved model does not
-        (it is only the bridge to the teacher's features, and the student's own class would not load it)."""
+        """Save the student, with its model card (``README.md``, see :meth:`create_model_card`).
+
+        Checkpoints keep the feature projection (a resumed run needs it); the saved model does not (it is only the bridge to the
+        teacher's features, and the student's own class would not load it)."""
         model = self.accelerator.unwrap_model(self.model)
         projection = None
         if not self._writing_checkpoint and "feature_projection" in model._modules:
@@ -548,6 +551,11 @@ class DistillationTrainer(TaskTrainer):
         finally:
             if projection is not None:
                 model.feature_projection = projection
+
+    @property
+    def card_teacher_model(self):
+        """The teacher the card names (``ModelCardMixin``): the model given, unprepared."""
+        return self._views_source[0]
 
     # ---- loss ---------------------------------------------------------------------------------
     @property
@@ -590,7 +598,19 @@ class DistillationTrainer(TaskTrainer):
         if self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         self._windows_since_log += 1
+        self._count_work(batch_samples, counts[0] if self.args.world_size > 1 else rows)
         return batch_samples, _AccumulationWindow(all=counts[0], labelled=counts[1])
+
+    def _count_work(self, batch_samples, rows) -> None:
+        """Hand one optimizer step's rows (all processes) and the models' input sizes to the card's counter."""
+        if not batch_samples:
+            return
+        batch = batch_samples[0]
+        sizes = {"student": list(batch["pixel_values"].shape[-2:])}
+        teacher_ran = self._teacher is not None and "teacher_logits" not in batch
+        if teacher_ran:
+            sizes["teacher"] = list(batch.get("teacher_pixel_values", batch["pixel_values"]).shape[-2:])
+        self.model_card_callback.add_training_rows(rows, teacher_ran=teacher_ran, sizes=sizes)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")

@@ -379,3 +379,36 @@ def repo_with_remote_code(folder: pathlib.Path) -> pathlib.Path:
         "class SneakyClassifier(Dinov2ForImageClassification):\n    config_class = SneakyConfig\n"
     )
     return marker
+
+
+def check_card_metadata(path) -> dict:
+    """Assert what huggingface_hub checks of a model card's YAML metadata offline, and return it.
+
+    ``RepoCard.validate`` asks the Hub; offline the checks are the client's own: the block parses
+    (``metadata_load``, plain YAML), ``ModelCard.load`` accepts it (an unreadable ``model-index``
+    raises), ``ModelCardData`` rebuilds the same dict from it, and the ``model-index`` round-trips
+    through ``model_index_to_eval_results``/``eval_results_to_model_index``. ``base_model`` and
+    ``datasets`` must be Hub ids (``owner/name``), which the Hub resolves into links.
+    """
+    import re
+
+    import yaml
+    from huggingface_hub import ModelCard, ModelCardData, metadata_load
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+
+    text = pathlib.Path(path).read_text(encoding="utf-8")
+    assert text.startswith("---\n"), f"{path}: no YAML block first"
+    metadata = metadata_load(path)
+    assert metadata == yaml.safe_load(text.split("---\n")[1])
+    card = ModelCard.load(path)
+    assert card.data.to_dict() == metadata
+    assert ModelCardData(**metadata).to_dict() == metadata
+    if "model-index" in metadata:
+        name, results = model_index_to_eval_results(metadata["model-index"])
+        assert name == card.data.model_name and results
+        assert eval_results_to_model_index(name, results) == metadata["model-index"]
+    hub_ids = [metadata.get("base_model")] + list(metadata.get("datasets") or [])
+    assert all(re.fullmatch(r"[\w.-]+/[\w.-]+", i) for i in hub_ids if i is not None), hub_ids
+    assert metadata["pipeline_tag"] == "image-classification"
+    assert metadata["library_name"] in ("timm", "transformers")
+    return metadata

@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import LABELS, write_run_inputs
+from conftest import LABELS, check_card_metadata, write_run_inputs
 from PIL import Image
 
 from hf_task_distill.cli import main
@@ -141,6 +141,19 @@ def test_cards_have_a_real_title_and_examples_a_reader_can_run(private_run):
         assert set(re.findall(r'model="([^"]*)"', card)) == {"."}
         assert "<user>/" in card
     assert 'timm.create_model("local-dir:.", pretrained=True)' in student
+    # the trainer's and the pipeline's cards come from one renderer and pass the same checks
+    check_card_metadata(run / "teacher" / "model" / "README.md")
+    metadata = check_card_metadata(run / "publish" / "student" / "README.md")
+    assert metadata["model-index"][0]["name"] == "test_resnet-colours-student"
+    distilled = run / "distill" / "model" / "README.md"  # DistillationTrainer.save_model's own card
+    check_card_metadata(distilled)
+    text = distilled.read_text()
+    assert "**Teacher**: `model (local)`" in text  # the run's finetuned teacher, by its folder's name
+    # the trainer counts the images the pipeline's ledger records for the stage
+    ledger = json.loads((run / "publish" / "student" / "compute_ledger.json").read_text())["entries"]
+    images = next(e["images"] for e in ledger if (e["stage"], e["work"]) == ("distill", "student training"))
+    assert re.search(rf"^\| distill \| student training \| test_resnet \| {images} \|", text, re.MULTILINE)
+    assert not _leaks([distilled], [MARKER, str(run), "alice-run"])
     cards = sorted(run.rglob("README.md"))
     assert len(cards) >= 3  # teacher, student, transfer set(s)
     for card in cards:  # a text file ends with one newline (Jinja drops the template's)

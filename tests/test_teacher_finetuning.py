@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import pytest
 import torch
-from conftest import LABELS, distill_args, make_colour_dataset, make_texture_dataset
+from conftest import LABELS, check_card_metadata, distill_args, make_colour_dataset, make_texture_dataset
 from datasets import DatasetDict
 
 from hf_task_distill import DistillationTrainer, create_student, load_teacher
@@ -71,6 +71,10 @@ def test_every_strategy_gives_a_teacher_the_distillation_trainer_uses(
         and "balanced_accuracy" in card
         and "pipeline_tag: image-classification" in card
     )
+    metadata = check_card_metadata(
+        tmp_path / strategy / "README.md"
+    )  # as the student's card (test_trainer_cards)
+    assert f"finetune-{strategy}" in metadata["tags"] and "base_model" not in metadata  # a local base model
 
     student = create_student("test_resnet", teacher.config.id2label, image_size=32)
     args = distill_args(tmp_path / "student", max_steps=2, per_device_train_batch_size=8)

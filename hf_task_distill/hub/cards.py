@@ -213,60 +213,90 @@ def _size_category(n: int) -> str:
 
 @dataclass
 class StudentCardData:
-    """Everything a published student's card says: lineage, results and the compute it cost.
+    """Everything a student's card says: lineage, results and the compute it cost.
+
+    One card for whoever made the student. Its fields are grouped by who fills them (as setfit's
+    ``SetFitModelCardData`` is): :class:`~hf_task_distill.DistillationTrainer` fills the first group
+    from the models and its own state when it saves (``save_model``), the user may set the second
+    (``trainer.create_model_card(...)``), and the pipeline's publish step fills the third, which
+    adds the teacher's finetuning, the student's finetuning and the comparison table. A field left
+    ``None`` leaves its line out of the card.
 
     ``ledger`` is rendered as given (a markdown table): name its models with ``public_name`` first.
     ``repo_id``: the student's Hub repo, when known (the usage examples load it; without one, they
     load the card's own folder)."""
 
+    # -- filled by DistillationTrainer (from the models, its arguments and its state) ----------------
     model_name: str
     architecture: str
-    task_name: str
     label_names: list[str]
-    teacher_base: str
-    teacher_strategy: str
-    distill_loss: str
-    temperature: float
-    transfer_description: str
-    train_size: int
-    image_size: int
-    eval_split: str
-    eval_images: int
-    results: dict[str, dict[str, float]]
+    teacher_base: str | None = None
+    distill_loss: str = "kd"
+    temperature: float = 1.0
+    transfer_description: str | None = None
+    image_size: int = 0
     ledger: str = ""
     base_model: str | None = None
-    teacher_repo: str | None = None
-    transfer_repo: str | None = None
+    #: the last evaluation's metrics (``eval_`` prefix dropped), for a card without ``results``
+    metrics: dict[str, float] = field(default_factory=dict)
+    eval_images: int | None = None
+    #: ``"timm"`` (the usage examples show timm too) or ``"transformers"``
+    library_name: str = "timm"
+    # -- given by the user (``DistillationTrainer.create_model_card``) or the pipeline's config ------
     dataset_id: str | None = None
+    transfer_repo: str | None = None
     license: str | None = None
+    tags: list[str] = field(default_factory=list)
+    repo_id: str | None = None
+    # -- filled by the pipeline's publish step ---------------------------------------------------------
+    task_name: str | None = None
+    teacher_strategy: str | None = None
+    train_size: int | None = None
+    eval_split: str | None = None
+    results: dict[str, dict[str, float]] = field(default_factory=dict)
+    teacher_repo: str | None = None
     label_budget: dict[str, Any] | None = None
     student_result: str = "student, distilled + finetuned"
-    repo_id: str | None = None
 
 
-def render_student_card(data: StudentCardData):
-    """A ``huggingface_hub.ModelCard`` for a distilled student, with a ``model-index`` of its metrics."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+#: The metrics of a card's ``model-index`` (those the task's evaluation reports for every model).
+CARD_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
 
-    mine = data.results.get(data.student_result, {})
-    eval_results = [
+
+def _student_eval_results(data: StudentCardData) -> list:
+    """``EvalResult`` s of the student's metrics (the pipeline's table row, else the last evaluation);
+    none when no dataset is named, as the ``model-index`` needs one."""
+    from huggingface_hub import EvalResult
+
+    mine = data.results.get(data.student_result) or data.metrics
+    dataset_type = hub_id(data.dataset_id) or data.task_name or public_name(data.dataset_id)
+    if not dataset_type:
+        return []
+    return [
         EvalResult(
             task_type="image-classification",
-            dataset_type=hub_id(data.dataset_id) or data.task_name,
-            dataset_name=data.task_name,
+            dataset_type=dataset_type,
+            dataset_name=data.task_name or dataset_type,
             dataset_split=data.eval_split,
             metric_type=metric,
             metric_value=float(mine[metric]),
         )
-        for metric in ("accuracy", "balanced_accuracy", "macro_f1")
+        for metric in CARD_METRICS
         if metric in mine
     ]
+
+
+def _student_card_data(data: StudentCardData):
+    """The card's YAML metadata: Hub ids only (``base_model``, ``datasets``, ``teacher:`` tags)."""
+    from huggingface_hub import ModelCardData
+
     teacher_id, transfer_id = hub_id(data.teacher_base), hub_id(data.transfer_repo)
     datasets_used = [d for d in (hub_id(data.dataset_id), transfer_id) if d]
-    card_data = ModelCardData(
+    eval_results = _student_eval_results(data)
+    return ModelCardData(
         model_name=data.model_name,
         base_model=hub_id(data.base_model),
-        library_name="timm",
+        library_name=data.library_name,
         pipeline_tag="image-classification",
         tags=[
             "hf-task-distill",
@@ -275,22 +305,31 @@ def render_student_card(data: StudentCardData):
             "transformers",
             *([f"teacher:{teacher_id}"] if teacher_id else []),  # a local folder has no id to tag
             *([f"transfer-set:{transfer_id}"] if transfer_id else []),
+            *data.tags,
         ],
         datasets=datasets_used or None,
         license=data.license if data.license and " " not in data.license else None,
         eval_results=eval_results or None,
     )
+
+
+def render_student_card(data: StudentCardData):
+    """A ``huggingface_hub.ModelCard`` for a distilled student, with a ``model-index`` of its metrics
+    when a dataset is named (``dataset_id`` or ``task_name``)."""
+    from huggingface_hub import ModelCard
+
     template = _template("student_card")
     fields = asdict(data)
     for name in ("teacher_base", "base_model", "dataset_id"):
         fields[name] = public_name(fields[name])
-    fields["teacher_repo"], fields["transfer_repo"] = hub_id(data.teacher_repo), transfer_id
+    fields["teacher_repo"], fields["transfer_repo"] = hub_id(data.teacher_repo), hub_id(data.transfer_repo)
     fields["repo_id"] = hub_id(data.repo_id)
     fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None
     fields["num_labels"] = len(data.label_names)
     fields["label_names"] = ", ".join(data.label_names)
     fields["results"] = {name: _Metrics(**m) for name, m in data.results.items()}
-    return _ending_in_newline(ModelCard.from_template(card_data, template_str=template, **fields))
+    card = ModelCard.from_template(_student_card_data(data), template_str=template, **fields)
+    return _ending_in_newline(card)
 
 
 @dataclass
