@@ -242,6 +242,8 @@ class StudentCardData:
     eval_images: int | None = None
     #: ``"timm"`` (the usage examples show timm too) or ``"transformers"``
     library_name: str = "timm"
+    #: the student's task type (:mod:`hf_task_distill.tasks`): the card's ``pipeline_tag``, tags and metrics
+    task_type: str = "image-classification"
     # -- given by the user (``DistillationTrainer.create_model_card``) or the pipeline's config ------
     dataset_id: str | None = None
     transfer_repo: str | None = None
@@ -259,29 +261,28 @@ class StudentCardData:
     student_result: str = "student, distilled + finetuned"
 
 
-#: The metrics of a card's ``model-index`` (those the task's evaluation reports for every model).
-CARD_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
-
-
 def _student_eval_results(data: StudentCardData) -> list:
     """``EvalResult`` s of the student's metrics (the pipeline's table row, else the last evaluation);
     none when no dataset is named, as the ``model-index`` needs one."""
     from huggingface_hub import EvalResult
 
+    from ..tasks import get_task_type
+
+    task_type = get_task_type(data.task_type)
     mine = data.results.get(data.student_result) or data.metrics
     dataset_type = hub_id(data.dataset_id) or data.task_name or public_name(data.dataset_id)
     if not dataset_type:
         return []
     return [
         EvalResult(
-            task_type="image-classification",
+            task_type=task_type.name,
             dataset_type=dataset_type,
             dataset_name=data.task_name or dataset_type,
             dataset_split=data.eval_split,
             metric_type=metric,
             metric_value=float(mine[metric]),
         )
-        for metric in CARD_METRICS
+        for metric in task_type.metric_names
         if metric in mine
     ]
 
@@ -290,6 +291,9 @@ def _student_card_data(data: StudentCardData):
     """The card's YAML metadata: Hub ids only (``base_model``, ``datasets``, ``teacher:`` tags)."""
     from huggingface_hub import ModelCardData
 
+    from ..tasks import get_task_type
+
+    task_type = get_task_type(data.task_type)
     teacher_id, transfer_id = hub_id(data.teacher_base), hub_id(data.transfer_repo)
     datasets_used = [d for d in (hub_id(data.dataset_id), transfer_id) if d]
     eval_results = _student_eval_results(data)
@@ -297,11 +301,11 @@ def _student_card_data(data: StudentCardData):
         model_name=data.model_name,
         base_model=hub_id(data.base_model),
         library_name=data.library_name,
-        pipeline_tag="image-classification",
+        pipeline_tag=task_type.name,
         tags=[
             "hf-task-distill",
             "knowledge-distillation",
-            "image-classification",
+            *task_type.card_tags(),
             "transformers",
             *([f"teacher:{teacher_id}"] if teacher_id else []),  # a local folder has no id to tag
             *([f"transfer-set:{transfer_id}"] if transfer_id else []),

@@ -130,35 +130,35 @@ def _transfer_description(outputs: dict[str, Any], cfg) -> str:
     return f"{outputs['rows']:,} images retrieved from `{public_name(cfg.pool)}` ({how})"
 
 
-def _public_ledger(pipeline):
+def _public_ledger(context):
     """The run's compute ledger with every model named for publishing (the run's own finetuned
     teacher as ``"<teacher>, finetuned"``, any other source by ``public_name``)."""
     from dataclasses import replace
 
     from ..compute import ComputeLedger
 
-    ledger = pipeline.ledger()
+    ledger = context.ledger()
     suffix = ", finetuned"  # the run's own teacher (Pipeline.teacher_name)
-    finetuned = os.path.abspath(pipeline.teacher_path())  # ledgers of earlier versions named its folder
+    finetuned = os.path.abspath(context.teacher_path())  # ledgers of earlier versions named its folder
 
     def name(model: str) -> str:
         if model.endswith(suffix):
             return public_name(model.removesuffix(suffix)) + suffix
-        if os.path.abspath(model) == finetuned and pipeline.config.teacher.teacher_strategy != "none":
-            return public_name(pipeline.config.teacher.teacher) + suffix
+        if os.path.abspath(model) == finetuned and context.config.teacher.teacher_strategy != "none":
+            return public_name(context.config.teacher.teacher) + suffix
         return public_name(model)
 
     return ComputeLedger([replace(e, model=name(e.model)) for e in ledger.entries], dict(ledger.wall_s))
 
 
-def _student_card(pipeline, model_config, ledger):
+def _student_card(context, model_config, ledger):
     """The card data of the published student, every source named by ``public_name``/``hub_id``."""
     from .cards import StudentCardData, descriptive_name, label_budget_summary
 
-    config, task = pipeline.config, pipeline.task
-    evaluation = pipeline.manifest("evaluate")["outputs"]
-    transfer = pipeline.manifest("transfer")["outputs"]
-    teacher_outputs = pipeline.manifest("teacher")["outputs"]
+    config, task = context.config, context.task
+    evaluation = context.manifest("evaluate")["outputs"]
+    transfer = context.manifest("transfer")["outputs"]
+    teacher_outputs = context.manifest("teacher")["outputs"]
     pretrained_cfg = getattr(model_config, "pretrained_cfg", None) or {}
     architecture = getattr(model_config, "architecture", None) or model_config.model_type
     repo_id = hub_id(config.run.hub_model_id)
@@ -189,8 +189,11 @@ def _student_card(pipeline, model_config, ledger):
     )
 
 
-def publish_run(pipeline, directory: str) -> dict[str, Any]:
+def publish_run(context, directory: str) -> dict[str, Any]:
     """Write ``student/`` (and ``transfer_set/``) under ``directory``; push them if asked.
+
+    ``context`` is the run as its stages see it (:class:`~hf_task_distill.stages.RunContext`; a
+    :class:`~hf_task_distill.pipeline.Pipeline` serves too): its settings, task and finished stages.
 
     Raises :class:`HubUploadError` when a push fails; the folders written stay as they are.
     """
@@ -198,20 +201,20 @@ def publish_run(pipeline, directory: str) -> dict[str, Any]:
 
     from .cards import render_student_card
 
-    config = pipeline.config
-    finetuned = pipeline.manifest("finetune")["outputs"]["model"]
-    evaluation = pipeline.manifest("evaluate")["outputs"]
-    transfer = pipeline.manifest("transfer")["outputs"]
+    config = context.config
+    finetuned = context.manifest("finetune")["outputs"]["model"]
+    evaluation = context.manifest("evaluate")["outputs"]
+    transfer = context.manifest("transfer")["outputs"]
     student_dir = os.path.join(directory, "student")
     outputs: dict[str, Any] = {"student": student_dir}
-    if pipeline.state.is_main_process:
+    if context.state.is_main_process:
         os.makedirs(student_dir, exist_ok=True)
         for name in _STUDENT_FILES:
             if os.path.exists(os.path.join(finetuned, name)):
                 # copyfile, not copy2: a published file gets the usual permissions, not a temp file's 0600
                 shutil.copyfile(os.path.join(finetuned, name), os.path.join(student_dir, name))
-        ledger = _public_ledger(pipeline)
-        card = _student_card(pipeline, AutoConfig.from_pretrained(student_dir), ledger)
+        ledger = _public_ledger(context)
+        card = _student_card(context, AutoConfig.from_pretrained(student_dir), ledger)
         render_student_card(card).save(os.path.join(student_dir, "README.md"))
         ledger.save(os.path.join(student_dir, "compute_ledger.json"))
         public = {key: evaluation[key] for key in ("split", "images", "results")}  # no paths of this run
@@ -232,5 +235,5 @@ def publish_run(pipeline, directory: str) -> dict[str, Any]:
             if not config.run.hub_model_id:
                 raise ValueError("--push_to_hub needs --hub_model_id (e.g. me/mobilevitv2-cub)")
             _push(config, outputs)
-    pipeline.state.wait_for_everyone()
+    context.state.wait_for_everyone()
     return outputs

@@ -214,6 +214,8 @@ def trainer_card_data(
         flops_per_image: ``(model, training) -> float``, ``model`` being ``"student"`` or ``"teacher"``.
         teacher: the teacher model (unwrapped), if the trainer has one: named by its ``config._name_or_path``.
     """
+    from ..tasks import task_type_of
+
     student = trainer.accelerator.unwrap_model(trainer.model)
     architecture = _architecture(student)
     source = options.teacher or getattr(getattr(teacher, "config", None), "_name_or_path", None)
@@ -242,6 +244,7 @@ def trainer_card_data(
         library_name="timm"
         if getattr(student.config, "model_type", None) == "timm_wrapper"
         else "transformers",
+        task_type=task_type_of(student).name,
         dataset_id=options.dataset_name,
         transfer_repo=options.transfer_set,
         license=options.license,
