@@ -114,6 +114,7 @@ class ModelCardCallback(TrainerCallback, ExportableState):
         self._pending = []
 
     def state(self) -> dict[str, Any]:
+        """The counts so far, as ``TrainerState.stateful_callbacks`` stores them in a checkpoint."""
         self._flush()
         attributes = {name: getattr(self, name) for name in self._COUNTS}
         return {"args": {}, "attributes": {**attributes, "sizes": dict(self.sizes)}}
@@ -126,6 +127,7 @@ class ModelCardCallback(TrainerCallback, ExportableState):
             self.sizes.setdefault(model, list(size))
 
     def on_train_begin(self, args, state, control, **kwargs):
+        """Start the clock; a resumed run takes its counts back from the checkpoint's state."""
         saved = (state.stateful_callbacks or {}).get(type(self).__name__)
         if state.global_step > 0 and isinstance(saved, dict):  # resumed: the checkpoint's counts
             self._pending = []
@@ -135,11 +137,13 @@ class ModelCardCallback(TrainerCallback, ExportableState):
         self._started = time.perf_counter()
 
     def on_train_end(self, args, state, control, **kwargs):
+        """Add this run's training time (seconds) to the total."""
         if self._started is not None:
             self.train_seconds += time.perf_counter() - self._started
             self._started = None
 
     def on_evaluate(self, args, state, control, metrics=None, eval_dataloader=None, **kwargs):
+        """Count the evaluation's forward passes (the evaluation split's rows)."""
         dataset = getattr(eval_dataloader, "dataset", None)
         try:
             rows = len(dataset)
@@ -285,6 +289,8 @@ class ModelCardMixin:
         self.add_callback(ModelCardCallback())
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """``Trainer.save_model``, then the model card (``README.md``) next to the weights, on the
+        process that saves, and never in a checkpoint."""
         saved = super().save_model(output_dir, _internal_call)
         if not getattr(self, "_writing_checkpoint", False):
             self.create_model_card(output_dir=output_dir)
