@@ -292,44 +292,15 @@ class Pipeline:
         inputs = self._inputs(name)
         fingerprint = _fingerprint(inputs)
         manifest = self.manifest(name)
-        overwrite = name in self.config.run.overwrite_stage and name not in self._redone
-        reason, damaged = None, False
-        if manifest is not None and not overwrite:
-            if manifest.get("fingerprint") == fingerprint:
-                changed = self._changed_output(name, manifest)
-                if changed is None:
-                    logger.info("stage %s: complete (%s), skipped", name, manifest["run_id"])
-                    self.folders.drop_checkpoints(name)
-                    if os.path.isdir(self.folders.redo_dir(name)):
-                        logger.info(
-                            "stage %s: %s holds an interrupted redo; the command that started it "
-                            "resumes it (with --overwrite_stage %s), or delete the folder",
-                            name,
-                            self.folders.redo_dir(name),
-                            name,
-                        )
-                    return manifest
-                # its files were changed since: nothing there is worth keeping
-                reason, damaged = f"its output {changed} is not what it wrote", True
-            else:
-                reason = self._redo_reason(name, manifest, inputs)
-        elif manifest is not None:
-            reason = "--overwrite_stage"
+        reason, damaged = self._why_redo(name, manifest, inputs, fingerprint)
+        if manifest is not None and reason is None:
+            return manifest  # complete: skipped
         # a finished result is kept until its replacement is complete; derived stages (evaluate,
         # publish: seconds of work, and publish's folders are what a failed push points the user at)
         # are rewritten in place
         replacing = manifest is not None and not damaged and not get_stage(name).recomputed_freely
-        # an attempt that started in the work folder and never finished (a finished stage rewritten in
-        # place keeps its own started.json there: that one was not interrupted)
-        interrupted = self.folders.started(self.folders.work_dir(name, replacing=replacing))
-        if manifest is not None and not replacing:
-            interrupted = {}
-        if interrupted and interrupted.get("fingerprint") != fingerprint and not damaged:
-            changes = _setting_changes(interrupted.get("inputs", {}), inputs, ())
-            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes) or "its inputs changed"
-            logger.info(
-                "stage %s: an interrupted attempt had other settings (%s): starting over", name, listed
-            )
+        if manifest is None or replacing:
+            self._log_interrupted_attempt(name, inputs, fingerprint, replacing=replacing, damaged=damaged)
         self.state.wait_for_everyone()  # every process has decided before a folder changes
         directory, resumed = self.folders.begin(name, fingerprint, inputs, replacing=replacing, fresh=damaged)
         self.state.wait_for_everyone()
@@ -337,17 +308,55 @@ class Pipeline:
             kept = "; the finished result is kept until the new one is complete" if replacing else ""
             logger.info("stage %s: redoing, %s%s", name, reason, kept)
         logger.info("stage %s: %s", name, "resuming an interrupted run" if resumed else "starting")
+        return self._execute(name, directory, inputs, fingerprint)
+
+    def _why_redo(self, name, manifest, inputs, fingerprint) -> tuple[str | None, bool]:
+        """``(reason, damaged)``: why a finished stage is redone (``None``: it is complete and is
+        skipped; for a stage with no manifest, ``None`` too) and whether its outputs were changed."""
+        if manifest is None:
+            return None, False
+        if name in self.config.run.overwrite_stage and name not in self._redone:
+            return "--overwrite_stage", False
+        if manifest.get("fingerprint") != fingerprint:
+            return self._redo_reason(name, manifest, inputs), False
+        changed = self._changed_output(name, manifest)
+        if changed is not None:  # its files were changed since: nothing there is worth keeping
+            return f"its output {changed} is not what it wrote", True
+        logger.info("stage %s: complete (%s), skipped", name, manifest["run_id"])
+        self.folders.drop_checkpoints(name)
+        if os.path.isdir(self.folders.redo_dir(name)):
+            logger.info(
+                "stage %s: %s holds an interrupted redo; the command that started it resumes it (with "
+                "--overwrite_stage %s), or delete the folder",
+                name,
+                self.folders.redo_dir(name),
+                name,
+            )
+        return None, False
+
+    def _log_interrupted_attempt(self, name, inputs, fingerprint, *, replacing: bool, damaged: bool) -> None:
+        """Say so when an attempt that started in the work folder and never finished had other
+        settings (a finished stage rewritten in place keeps its own started.json there: that one was
+        not interrupted)."""
+        interrupted = self.folders.started(self.folders.work_dir(name, replacing=replacing))
+        if interrupted and interrupted.get("fingerprint") != fingerprint and not damaged:
+            changes = _setting_changes(interrupted.get("inputs", {}), inputs, ())
+            listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, old, new in changes) or "its inputs changed"
+            logger.info(
+                "stage %s: an interrupted attempt had other settings (%s): starting over", name, listed
+            )
+
+    def _execute(self, name: str, directory: str, inputs: dict[str, Any], fingerprint: str) -> dict[str, Any]:
+        """Run the stage in ``directory`` and complete it: its manifest, written last."""
         with Stopwatch() as watch:
             result = get_stage(name).run(self.context, directory)
-        ledger = ComputeLedger(list(result.ledger), {name: watch.seconds})
-        outputs = result.outputs
         manifest = {
             "stage": name,
             "run_id": uuid.uuid4().hex[:12],
             "fingerprint": fingerprint,
             "inputs": inputs,
-            "outputs": outputs,
-            "ledger": ledger.as_dict(),
+            "outputs": result.outputs,
+            "ledger": ComputeLedger(list(result.ledger), {name: watch.seconds}).as_dict(),
             "device": describe_device(),
             "num_processes": self.state.num_processes,
             "versions": _versions(),
@@ -355,10 +364,9 @@ class Pipeline:
         self.state.wait_for_everyone()  # every process's outputs are on disk before they are hashed
         self.folders.complete(name, directory, manifest)
         self.state.wait_for_everyone()
-        manifest = self.manifest(name)  # every process continues from what was written
         self._redone.add(name)
         logger.info("stage %s: done in %.1f s", name, watch.seconds)
-        return manifest
+        return self.manifest(name)  # every process continues from what was written
 
     # -- summary ---------------------------------------------------------------------------------
     def skipped_images(self) -> dict[str, int]:
