@@ -7,20 +7,17 @@ model is shown, :meth:`StudentFamily.view_spec`, and the layer its features are 
 register is asked before the built-in ``timm`` and ``transformers`` ones; ``transformers``, asked
 last, takes every name and every model.
 
-This module imports nothing of the package at import time, so ``sources``, ``data.views`` and
-``models.heads`` can ask the registry without an import cycle.
+This module imports nothing of the package, so ``sources``, ``data.views`` and ``models.heads`` can
+ask the registry without an import cycle (a view spec is a ``hf_task_distill.data.ViewSpec``).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from torch import nn
-
-    from ...data.views import ViewSpec
+from torch import nn
 
 __all__ = [
     "StudentFamily",
@@ -100,9 +97,9 @@ class StudentFamily:
         """Whether ``model`` is of this family (for :meth:`view_spec` and :meth:`head`). Default: no."""
         return False
 
-    def view_spec(self, model: Any) -> ViewSpec | None:
-        """How ``model`` wants its pixels (``ViewSpec.from_model`` asks), or ``None`` to leave it to
-        the next family that owns the model."""
+    def view_spec(self, model: Any) -> Any:
+        """How ``model`` wants its pixels, a ``ViewSpec`` (``ViewSpec.from_model`` asks), or ``None``
+        to leave it to the next family that owns the model."""
         return None
 
     def head(self, model: Any) -> nn.Module | None:
@@ -192,7 +189,7 @@ def student_family_of(model: Any) -> list[StudentFamily]:
     return [_FAMILIES[name] for name in reversed(_FAMILIES) if _FAMILIES[name].owns(model)]
 
 
-def family_view_spec(model: Any) -> ViewSpec:
+def family_view_spec(model: Any) -> Any:
     """The first view spec an owning family gives for ``model`` (``ViewSpec.from_model`` without a
     processor)."""
     for family in student_family_of(model):
