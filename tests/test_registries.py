@@ -29,8 +29,8 @@ from hf_task_distill.models.families import (
     StudentFamily,
     available_student_families,
     register_student_family,
+    student_families_of,
     student_family_for,
-    student_family_of,
     unregister_student_family,
 )
 from hf_task_distill.models.heads import capture_head_inputs, find_classification_head
@@ -137,10 +137,10 @@ def test_the_built_in_families_take_the_names_they_took_before(name, family):
 def test_the_built_in_families_read_the_models_they_build(tmp_path):
     student = create_student("test_resnet", LABELS, image_size=32)
     assert type(student).__name__ == "TimmWrapperForImageClassification"
-    assert [f.name for f in student_family_of(student)] == ["timm", "transformers"]
+    assert [f.name for f in student_families_of(student)] == ["timm", "transformers"]
     assert ViewSpec.from_model(student).size == (32, 32)  # timm's pretrained_cfg, as set
     assert find_classification_head(student)[0] == "timm_model.fc"
-    assert [f.name for f in student_family_of(tiny_dinov2())] == ["transformers"]
+    assert [f.name for f in student_families_of(tiny_dinov2())] == ["transformers"]
 
 
 # --- a registered family, end to end -------------------------------------------------------------

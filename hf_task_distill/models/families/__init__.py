@@ -15,8 +15,8 @@ from .base import (
     _register_builtin,
     available_student_families,
     register_student_family,
+    student_families_of,
     student_family_for,
-    student_family_of,
     unregister_student_family,
     warn_new_head,
 )
@@ -31,7 +31,7 @@ __all__ = [
     "is_timm_architecture",
     "register_student_family",
     "student_family_for",
-    "student_family_of",
+    "student_families_of",
     "unregister_student_family",
     "warn_new_head",
 ]

@@ -24,7 +24,7 @@ __all__ = [
     "available_student_families",
     "register_student_family",
     "student_family_for",
-    "student_family_of",
+    "student_families_of",
     "unregister_student_family",
     "warn_new_head",
 ]
@@ -183,7 +183,7 @@ def student_family_for(name_or_path: str, *, custom_only: bool = False) -> Stude
     return None
 
 
-def student_family_of(model: Any) -> list[StudentFamily]:
+def student_families_of(model: Any) -> list[StudentFamily]:
     """The families that own ``model``, in the order they are asked (the built-in ``transformers``
     family owns every model, so the list ends with it)."""
     return [_FAMILIES[name] for name in reversed(_FAMILIES) if _FAMILIES[name].owns(model)]
@@ -192,7 +192,7 @@ def student_family_of(model: Any) -> list[StudentFamily]:
 def family_view_spec(model: Any) -> Any:
     """The first view spec an owning family gives for ``model`` (``ViewSpec.from_model`` without a
     processor)."""
-    for family in student_family_of(model):
+    for family in student_families_of(model):
         spec = family.view_spec(model)
         if spec is not None:
             return spec
@@ -201,7 +201,7 @@ def family_view_spec(model: Any) -> Any:
 
 def family_head(model: Any) -> nn.Module:
     """The first classification head an owning family gives for ``model``."""
-    for family in student_family_of(model):
+    for family in student_families_of(model):
         head = family.head(model)
         if head is not None:
             return head
