@@ -76,10 +76,19 @@ def check_model_source(name: str | os.PathLike, what: str, *, timm_architectures
     """Raise ``ValueError`` naming ``what`` (e.g. ``--teacher``) if ``name`` cannot be a model.
 
     Accepted: a shipped name, an existing folder, a well-formed Hub id (``owner/name``; whether it
-    exists is only known when it is loaded), and with ``timm_architectures`` a timm architecture with
-    an optional pretrained tag (``resnet18``, ``mobilevitv2_100.cvnets_in1k``).
+    exists is only known when it is loaded), and with ``timm_architectures`` (the names
+    ``create_student`` takes) a timm architecture with an optional pretrained tag (``resnet18``,
+    ``mobilevitv2_100.cvnets_in1k``), and any name a student family registered outside the package
+    matches, which that family's ``check`` judges instead.
     """
     name = os.fspath(name)
+    if timm_architectures:
+        from .models.families.base import student_family_for
+
+        family = student_family_for(name, custom_only=True)
+        if family is not None:
+            family.check(name, what)
+            return
     if name in SHIPPED_MODELS or os.path.isdir(os.path.expanduser(name)):
         return
     if os.path.exists(name):

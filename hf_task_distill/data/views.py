@@ -179,7 +179,8 @@ class ViewSpec:
 
     @classmethod
     def from_model(cls, model: Any, processor: Any = None) -> ViewSpec:
-        """From a model's own preprocessing: timm's data config for timm models, else its image processor.
+        """From a model's own preprocessing, as its student family reads it: timm's data config for
+        timm models, else its image processor (a registered family may read its models its own way).
 
         Without ``processor`` the image processor is loaded from where the model came from
         (``model.config._name_or_path``) with ``AutoImageProcessor``.
@@ -200,33 +201,9 @@ class ViewSpec:
         """
         if processor is not None:
             return cls.from_image_processor(processor)
-        from timm.data import resolve_data_config
+        from ..models.families.base import family_view_spec
 
-        wrapped_cfg = getattr(getattr(model, "config", None), "pretrained_cfg", None)
-        if (
-            wrapped_cfg is not None
-        ):  # TimmWrapper: the config's pretrained_cfg is what its saved processor uses
-            return cls.from_timm_data_config(
-                resolve_data_config(dict(wrapped_cfg), model=None, verbose=False)
-            )
-        if hasattr(model, "pretrained_cfg") and hasattr(model, "default_cfg"):  # a bare timm model
-            return cls.from_timm_data_config(resolve_data_config({}, model=model))
-        source = getattr(getattr(model, "config", None), "_name_or_path", "")
-        if not source:
-            raise ValueError(
-                f"{type(model).__name__} does not say where it was loaded from: pass its image processor "
-                "(e.g. processor=AutoImageProcessor.from_pretrained(...))"
-            )
-        from transformers import AutoImageProcessor
-
-        try:
-            processor = AutoImageProcessor.from_pretrained(source)
-        except (OSError, ValueError) as err:
-            raise ValueError(
-                f"could not load the image processor of {type(model).__name__} from '{source}': {err}. "
-                "Save it next to the model or pass it explicitly"
-            ) from err
-        return cls.from_image_processor(processor)
+        return family_view_spec(model)
 
     @property
     def interpolation_mode(self) -> InterpolationMode:

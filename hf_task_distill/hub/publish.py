@@ -19,6 +19,7 @@ import os
 import shutil
 from typing import Any
 
+from ..export.safetensors import STUDENT_FILES as _STUDENT_FILES  # the files a student is published with
 from .names import hub_id, public_name
 
 __all__ = ["HubUploadError", "publish_run", "upload_folder", "write_parquet_dataset"]
@@ -29,9 +30,6 @@ class HubUploadError(OSError):
 
     The message is one line: what failed and why, then which folders are ready and how to upload them later.
     """
-
-
-_STUDENT_FILES = ("config.json", "model.safetensors", "preprocessor_config.json")
 
 
 def write_parquet_dataset(dataset, output_dir: str, max_shard_rows: int = 10_000) -> list[str]:

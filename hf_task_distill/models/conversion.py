@@ -143,7 +143,7 @@ def convert_timm_checkpoint(
 
     from transformers import TimmWrapperForImageClassification
 
-    from .student import write_timm_folder
+    from .families.timm import write_timm_folder
 
     with tempfile.TemporaryDirectory(prefix="hf_task_distill_convert_") as folder:
         write_timm_folder(model, name, names, cfg, folder)
@@ -262,7 +262,7 @@ def _label_names(label_names: Sequence[str] | None, num_classes: int) -> list[st
 def _data_config(registered: Mapping[str, Any], overrides: Mapping[str, Any] | None) -> dict[str, Any]:
     """The architecture's registered data config (``model.pretrained_cfg``) without the fields naming
     timm's own weights, with the caller's ``overrides``."""
-    from .student import WEIGHT_SOURCE_FIELDS
+    from .families.timm import WEIGHT_SOURCE_FIELDS
 
     cfg = {k: v for k, v in registered.items() if k not in WEIGHT_SOURCE_FIELDS + ("num_classes", "file")}
     unknown = sorted(set(overrides or {}) - set(cfg) - {"test_input_size"})

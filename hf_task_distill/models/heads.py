@@ -12,19 +12,22 @@ __all__ = ["capture_head_inputs", "find_classification_head", "reinitialise_head
 
 
 def find_classification_head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """The linear layer that maps features to the task's classes (``classifier`` in transformers)."""
-    num_labels = model.config.num_labels
-    candidates = [
-        (n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_labels
-    ]
-    for name, module in candidates:
-        if name.split(".")[-1] in ("classifier", "head", "fc"):
-            return name, module
-    if not candidates:
-        raise ValueError(
-            f"{type(model).__name__} has no linear layer with {num_labels} outputs to serve as the head"
-        )
-    return candidates[-1]
+    """The layer that maps features to the task's classes, and its qualified name.
+
+    The model's student family decides (:meth:`~hf_task_distill.models.families.StudentFamily.head`);
+    for transformers and timm models it is the linear layer with ``config.num_labels`` outputs
+    named ``classifier``, ``head`` or ``fc`` (else the last such layer).
+
+    Raises:
+        ValueError: the model has no such layer, or the layer the family names is not in the model.
+    """
+    from .families.base import family_head
+
+    head = family_head(model)
+    for name, module in model.named_modules():
+        if module is head:
+            return name, head
+    raise ValueError(f"the head a student family gave for {type(model).__name__} is not one of its modules")
 
 
 @contextlib.contextmanager

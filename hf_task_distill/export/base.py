@@ -1,0 +1,166 @@
+"""The contract of an export format, the registry of formats, and ``export_student``.
+
+A student is saved as a transformers model folder (``config.json``, ``model.safetensors``, the
+image processor's ``preprocessor_config.json``): what ``save_pretrained`` and the Trainer's
+``save_model`` write. An export format turns such a folder into another artefact (the folder itself,
+ONNX, TorchScript...). A new format is one new file in this package: an :class:`ExportFormat`
+subclass registered with :func:`register_export_format`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+__all__ = [
+    "ExportFormat",
+    "available_export_formats",
+    "check_student_folder",
+    "export_student",
+    "register_export_format",
+    "unregister_export_format",
+]
+
+#: What every student folder holds, whatever it is exported to.
+REQUIRED_FILES = ("config.json", "model.safetensors")
+
+
+class ExportFormat:
+    """One way to write a student out of its model folder.
+
+    Subclass it, set ``name``, implement :meth:`export`, and register an instance with
+    :func:`register_export_format` (also usable as a class decorator). Override :meth:`check` for
+    what the format needs beyond a student folder (an optional package, a model it can trace), so
+    that :func:`export_student` refuses before writing anything.
+    """
+
+    #: The format's registry name (``export_student(folder, formats=[name])``).
+    name: str = ""
+
+    def check(self, model_folder: str) -> None:
+        """Raise (``ValueError``, ``ImportError``...) naming the problem if this format cannot export
+        ``model_folder``, which :func:`check_student_folder` has already accepted. Default: nothing."""
+
+    def export(self, model_folder: str, output_dir: str) -> list[str]:
+        """Write the format's files for the student in ``model_folder`` into ``output_dir`` (which
+        exists; it may be ``model_folder`` itself).
+
+        Returns:
+            The paths of the format's files in ``output_dir``.
+        """
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+
+_FORMATS: dict[str, ExportFormat] = {}
+_BUILTIN: set[str] = set()
+
+
+def register_export_format(export_format: ExportFormat | type[ExportFormat]):
+    """Register ``export_format`` (an instance, or a class with a no-argument constructor) under its
+    ``name``. Usable as a class decorator.
+
+    Returns:
+        ``export_format`` as given.
+
+    Raises:
+        TypeError: it is not an ``ExportFormat``.
+        ValueError: it has no ``name``, or another format is registered under that name.
+    """
+    instance = export_format() if isinstance(export_format, type) else export_format
+    if not isinstance(instance, ExportFormat):
+        raise TypeError(f"an export format subclasses ExportFormat; got {type(instance).__name__}")
+    if not instance.name:
+        raise ValueError(f"{type(instance).__name__} has no name: set the class attribute `name`")
+    if instance.name in _FORMATS:
+        raise ValueError(
+            f"an export format named '{instance.name}' is already registered "
+            f"({type(_FORMATS[instance.name]).__name__}); unregister_export_format('{instance.name}') first"
+        )
+    _FORMATS[instance.name] = instance
+    return export_format
+
+
+def _register_builtin(export_format: ExportFormat) -> None:
+    register_export_format(export_format)
+    _BUILTIN.add(export_format.name)
+
+
+def unregister_export_format(name: str) -> ExportFormat:
+    """Remove the format registered as ``name`` and return it.
+
+    Raises:
+        ValueError: ``name`` is not registered, or is one of the package's own formats.
+    """
+    if name in _BUILTIN:
+        raise ValueError(f"'{name}' is a built-in export format and stays registered")
+    return _FORMATS.pop(_format_named(name).name)
+
+
+def available_export_formats() -> list[str]:
+    """The registered formats' names, sorted."""
+    return sorted(_FORMATS)
+
+
+def _format_named(name: str) -> ExportFormat:
+    if name not in _FORMATS:
+        raise ValueError(
+            f"unknown export format '{name}'; registered: {', '.join(available_export_formats())}"
+        )
+    return _FORMATS[name]
+
+
+def check_student_folder(folder: str | os.PathLike) -> str:
+    """``folder`` as a string if it holds a saved student; else ``ValueError`` naming the folder and
+    what it lacks (pickle weights, ``pytorch_model.bin``, are not exported: re-save with
+    ``save_pretrained``, which writes safetensors)."""
+    folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        what = "a file" if os.path.exists(folder) else "no such folder"
+        raise ValueError(
+            f"'{folder}' is not a student folder: {what} (a student is a folder saved by save_pretrained)"
+        )
+    missing = [name for name in REQUIRED_FILES if not os.path.isfile(os.path.join(folder, name))]
+    if missing:
+        hint = ""
+        if os.path.isfile(os.path.join(folder, "pytorch_model.bin")):
+            hint = " (it has pickle weights, pytorch_model.bin: load and re-save it with save_pretrained)"
+        raise ValueError(f"'{folder}' is not a student folder: it has no {' and no '.join(missing)}{hint}")
+    return folder
+
+
+def export_student(
+    folder: str | os.PathLike,
+    formats: str | Sequence[str] = ("safetensors",),
+    output_dir: str | os.PathLike | None = None,
+) -> dict[str, list[str]]:
+    """Export the student saved in ``folder`` to each of ``formats``.
+
+    Every format is looked up and checked before any file is written.
+
+    Args:
+        folder: a student's model folder (``save_pretrained``, ``trainer.save_model``, a run's
+            ``finetune/model``).
+        formats: registered format names (``available_export_formats()``), or one name.
+        output_dir: where the files go (created if needed); default ``folder`` itself.
+
+    Returns:
+        Each format's name and the paths of its files in ``output_dir``.
+
+    Raises:
+        ValueError: an unknown format (the message lists the registered ones), or a folder that is
+            not a student (the message names it and what it lacks); a format's own ``check`` may
+            raise more.
+    """
+    names = [formats] if isinstance(formats, str) else list(formats)
+    if not names:
+        raise ValueError(f"no export format given; registered: {', '.join(available_export_formats())}")
+    chosen = [_format_named(name) for name in names]
+    folder = check_student_folder(folder)
+    for export_format in chosen:
+        export_format.check(folder)
+    output_dir = os.fspath(output_dir) if output_dir is not None else folder
+    os.makedirs(output_dir, exist_ok=True)
+    return {export_format.name: list(export_format.export(folder, output_dir)) for export_format in chosen}
