@@ -188,15 +188,14 @@ def build_ratio(teacher, transfer, work: str, views: int, repeats: int) -> dict:
     Raw forward and build alternate ``repeats`` times (each build into a fresh folder) and the ratio
     of the medians is reported: single timings on this shared machine vary by 20%.
     """
-    import datasets
-
-    from hf_task_distill.teacher_cache import _ShardViews
+    from hf_task_distill.data.images import load_rgb_image
+    from hf_task_distill.teacher_cache import _TeacherViews
 
     config = TeacherCacheConfig(num_views=views, batch_size=BATCH, shard_size=64)
-    raw = transfer.cast_column("image", datasets.Image(decode=False))
-    rendered = _ShardViews(raw, "image", 0, len(transfer), TEACHER_VIEW, ViewAugmentation(), views, 0)
+    rendered = _TeacherViews(TEACHER_VIEW, ViewAugmentation(), views, 0)  # what the build renders per row
     device = next(teacher.parameters()).device
-    pixels = torch.cat([rendered[i]["pixels"] for i in range(len(transfer))]).to(device)
+    images = [load_rgb_image(transfer[i]["image"]) for i in range(len(transfer))]
+    pixels = torch.cat([rendered(i, image)["pixels"] for i, image in enumerate(images)]).to(device)
     total_views = pixels.shape[0]
 
     def raw_forward():

@@ -34,7 +34,7 @@ from .checkpoints import last_complete_checkpoint
 from .checks import check_choice, check_int, check_number
 from .data.budget import stratified_holdout_indices
 from .data.loading import TargetTask, load_target_task
-from .data.validation import UNLABELLED, check_images_decode, label_array
+from .data.validation import UNLABELLED, check_classes_trained, check_images_decode, label_array
 from .data.views import ViewAugmentation, ViewSpec, single_view_dataset, stack_single_views
 from .devices import cpu_ranks_need_use_cpu
 from .files import write_json_atomically
@@ -318,12 +318,7 @@ class TeacherFinetuner:
             logger.info("No validation split in task '%s': model selection on a %s", task.name, source)
         train_labels = label_array(train, task.label_column)
         present = set(np.unique(train_labels[train_labels != UNLABELLED]).tolist())
-        missing = [task.label_names[i] for i in range(num_labels) if i not in present]
-        if missing:
-            raise ValueError(
-                f"task '{task.name}': {len(missing)} class(es) have no labelled training image: {missing[:10]}; "
-                "a teacher cannot learn a class it never sees. Add examples or drop these labels"
-            )
+        check_classes_trained(present, task.label_names, task.name)
         if len(present) < 2:
             raise ValueError(f"task '{task.name}': the labelled training images cover a single class")
         val_labels = label_array(validation, task.label_column)

@@ -26,7 +26,6 @@ does not match.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -38,8 +37,8 @@ import torch
 from torchvision.transforms.v2 import functional as TF
 
 from .checks import check_choice, check_int
-from .data.fingerprints import dataset_fingerprint
-from .data.images import ImageDecodeError, load_rgb_image, undecoded
+from .data.fingerprints import dataset_fingerprint, fingerprint_hash
+from .data.images import load_rgb_image, undecoded
 from .data.loading import find_image_column, find_label_column
 from .data.validation import check_dataset_type
 from .data.views import (
@@ -55,6 +54,7 @@ from .data.views import (
 )
 from .devices import process_state
 from .files import read_json, write_atomically, write_json_atomically
+from .inference import ShardedInference, ShardLayout, ShardResult, ShardStorage, finish_on_main_process
 
 __all__ = [
     "CachedTeacherDataset",
@@ -125,12 +125,14 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     Hashing every weight costs about a second for a ViT-L and is the only check that catches a
     teacher finetuned differently under the same name.
     """
-    digest = hashlib.sha256(type(model).__name__.encode())
+    return fingerprint_hash(type(model).__name__, _weight_parts(model))
+
+
+def _weight_parts(model: torch.nn.Module):
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
-        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
+        yield f"{name}|{tensor.dtype}|{tuple(tensor.shape)}"
+        yield tensor.contiguous().reshape(-1).view(torch.uint8).cpu().numpy().tobytes()
 
 
 def _describe_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
@@ -206,7 +208,7 @@ class TeacherCache:
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
         rows, shards, offsets = [], [], []
-        expected = _fingerprint_hash(self.fingerprint)
+        expected = fingerprint_hash(self.fingerprint)
         for shard in range(int(info["num_shards"])):
             shard_rows = self._checked_shard_rows(shard, expected)
             rows.append(shard_rows)
@@ -347,34 +349,46 @@ def _jsonable(value: Any) -> Any:
 
 
 # ---- building -------------------------------------------------------------------------------------
-class _ShardViews(torch.utils.data.Dataset):
-    """Rows ``[start, stop)`` of the transfer set -> the teacher's rendering of each row's K views."""
+@dataclass(frozen=True)
+class _TeacherViews:
+    """One decoded transfer image -> the teacher's rendering of its K views, with their parameters
+    (runs in DataLoader workers: holds no model)."""
 
-    def __init__(self, raw, image_column, start, stop, spec, augmentation, num_views, seed):
-        self.raw, self.image_column, self.start, self.stop = raw, image_column, start, stop
-        self.spec, self.augmentation, self.num_views, self.seed = spec, augmentation, num_views, seed
+    spec: ViewSpec
+    augmentation: ViewAugmentation
+    num_views: int
+    seed: int
 
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        row = self.start + i
-        try:
-            image = load_rgb_image(self.raw[row][self.image_column])
-        except ImageDecodeError as err:  # an unreadable transfer image is skipped and counted
-            return {"row": row, "error": f"{type(err).__name__}: {err}"[:200]}
+    def __call__(self, row: int, image) -> dict[str, torch.Tensor]:
         pixels = TF.pil_to_tensor(image)
         views = sample_views(image.size, self.augmentation, self.num_views, self.seed, row)
         return {
-            "row": row,
             "pixels": torch.stack([render_view(pixels, v, self.spec) for v in views]),
             "boxes": torch.tensor([[v.top, v.left, v.height, v.width] for v in views], dtype=torch.int32),
             "flips": torch.tensor([v.flip for v in views], dtype=torch.uint8),
         }
 
 
-def _keep_as_list(items):
-    return items
+class _TeacherForward:
+    """A batch of images' K views -> the teacher's float32 logits ``[B, K, num_labels]`` on the CPU."""
+
+    def __init__(self, teacher: torch.nn.Module, num_views: int, precision: str):
+        self.teacher, self.num_views, self.precision = teacher.eval(), num_views, precision
+        self.device = next(teacher.parameters()).device
+
+    def __call__(self, rows: list[int], inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        pixels = torch.cat([item["pixels"] for item in inputs]).to(self.device, non_blocking=True)
+        with torch.inference_mode(), _autocast(self.device, self.precision):
+            logits = self.teacher(pixel_values=pixels.to(next(self.teacher.parameters()).dtype)).logits
+        logits = logits.float().reshape(len(rows), self.num_views, -1).cpu()
+        if not torch.isfinite(logits).all():
+            bad = [rows[i] for i in range(len(rows)) if not torch.isfinite(logits[i]).all()]
+            raise FloatingPointError(f"the teacher produced non-finite logits for transfer rows {bad[:10]}")
+        return {
+            "logits": logits,
+            "boxes": torch.stack([item["boxes"] for item in inputs]),
+            "flips": torch.stack([item["flips"] for item in inputs]),
+        }
 
 
 def _autocast(device: torch.device, precision: str):
@@ -384,11 +398,6 @@ def _autocast(device: torch.device, precision: str):
         precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _fingerprint_hash(fingerprint: dict[str, Any]) -> str:
-    """The short hash every shard of a cache carries in its header."""
-    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _save_shard(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -415,6 +424,98 @@ def _shard_metadata(path: str) -> dict[str, Any]:
         return json.loads((f.metadata() or {}).get("hf_task_distill", "{}"))
 
 
+class _SafetensorsShards(ShardStorage):
+    """``shard-NNNNN.safetensors`` files, each carrying the cache's fingerprint hash in its header:
+    a missing, unreadable or foreign shard is not complete (it is computed again)."""
+
+    name = "teacher cache"
+
+    def __init__(self, directory: str, fingerprint_hash: str, config: TeacherCacheConfig, num_labels: int):
+        self.directory, self.fingerprint_hash = directory, fingerprint_hash
+        self.config, self.num_labels = config, num_labels
+
+    def is_complete(self, shard: int) -> bool:
+        return _shard_is_complete(os.path.join(self.directory, _shard_file(shard)), self.fingerprint_hash)
+
+    def write(self, result: ShardResult) -> None:
+        # one metadata entry: safetensors writes several in a process-dependent order, and identical
+        # inputs must give byte-identical shards
+        header = {"fingerprint": self.fingerprint_hash, "shard": result.index, "start": result.start}
+        header.update(stop=result.stop, skipped=result.skipped)
+        metadata = {"hf_task_distill": json.dumps(header, sort_keys=True)}
+        tensors = _shard_tensors(result, self.config, self.num_labels)
+        write_atomically(
+            os.path.join(self.directory, _shard_file(result.index)), _save_shard, tensors, metadata
+        )
+
+
+def _shard_tensors(
+    result: ShardResult, config: TeacherCacheConfig, num_labels: int
+) -> dict[str, torch.Tensor]:
+    k, outputs = config.num_views, result.outputs
+    if outputs:
+        boxes, flips, logits = outputs["boxes"], outputs["flips"], outputs["logits"]
+    else:  # no readable image in the shard
+        boxes, flips = torch.zeros(0, k, 4, dtype=torch.int32), torch.zeros(0, k, dtype=torch.uint8)
+        logits = torch.zeros(0, k, num_labels)
+    tensors = {"rows": result.rows, "boxes": boxes, "flips": flips}
+    if config.top_k is None:
+        tensors["logits"] = logits.to(torch.float16)
+    else:
+        values, indices = logits.topk(config.top_k, dim=-1)
+        tensors["topk_logits"] = values.to(torch.float16)
+        tensors["topk_indices"] = indices.to(torch.int32)
+        # the mass of the stored logits is computed from their float16 values, as they are read back
+        tensors["logsumexp"] = torch.logsumexp(logits, dim=-1)
+    return {name: t.contiguous() for name, t in tensors.items()}
+
+
+def _checked_transfer_set(dataset, image_column: str | None) -> str:
+    """The image column of a usable transfer set."""
+    check_dataset_type(dataset, "the transfer set of a teacher cache")
+    if len(dataset) == 0:
+        raise ValueError("the transfer set is empty: nothing to cache")
+    image_column = image_column or find_image_column(dataset.features) or "image"
+    if image_column not in dataset.column_names:
+        raise ValueError(
+            f"the transfer set has no image column '{image_column}' (columns: {', '.join(dataset.column_names)})"
+        )
+    return image_column
+
+
+def _cache_fingerprint(teacher, dataset, image_column, config, teacher_view, augmentation) -> dict[str, Any]:
+    """Everything a cache's validity depends on (hashed into every shard's header)."""
+    num_labels = int(teacher.config.num_labels)
+    if config.top_k is not None and config.top_k > num_labels:
+        raise ValueError(f"top_k={config.top_k} exceeds the teacher's {num_labels} labels")
+    return {
+        "format": FORMAT_VERSION,
+        "teacher": model_fingerprint(teacher),
+        "dataset": dataset_fingerprint(dataset, image_column),
+        "num_views": config.num_views,
+        "top_k": config.top_k,
+        "seed": config.view_seed,
+        "shard_size": config.shard_size,
+        "num_labels": num_labels,
+        "teacher_view": _jsonable(asdict(teacher_view)),
+        "augmentation": _jsonable(asdict(augmentation)),
+    }
+
+
+def _claim_folder(output_dir: str, fingerprint: dict[str, Any], is_main_process: bool) -> None:
+    """Refuse a folder holding a cache (finished or not) for other inputs; record ours first."""
+    os.makedirs(output_dir, exist_ok=True)
+    for name in (COMPLETE_FILE, BUILD_FILE):
+        previous = read_json(os.path.join(output_dir, name)).get("fingerprint")
+        if previous is not None and previous != fingerprint:
+            raise TeacherCacheMismatch(
+                f"{output_dir} holds a teacher cache built for other inputs ({_describe_mismatch(fingerprint, previous)}): "
+                "use another folder or delete it"
+            )
+    if is_main_process and not os.path.exists(os.path.join(output_dir, BUILD_FILE)):
+        write_json_atomically(os.path.join(output_dir, BUILD_FILE), {"fingerprint": fingerprint})
+
+
 def build_teacher_cache(
     teacher: torch.nn.Module,
     dataset,
@@ -432,158 +533,45 @@ def build_teacher_cache(
     defaults to the teacher's own preprocessing and ``augmentation`` to :class:`ViewAugmentation`'s
     defaults. Finished shards in ``output_dir`` are kept; a folder built for other inputs is refused.
     Under ``accelerate launch`` the shards are split across processes and every process returns the
-    complete cache.
+    complete cache. The pass itself is :class:`~hf_task_distill.inference.ShardedInference`.
     """
-    from tqdm.auto import tqdm
-
     config = config or TeacherCacheConfig()
     output_dir = os.fspath(output_dir)
-    check_dataset_type(dataset, "the transfer set of a teacher cache")
-    if len(dataset) == 0:
-        raise ValueError("the transfer set is empty: nothing to cache")
-    image_column = image_column or find_image_column(dataset.features) or "image"
-    if image_column not in dataset.column_names:
-        raise ValueError(
-            f"the transfer set has no image column '{image_column}' (columns: {', '.join(dataset.column_names)})"
-        )
+    image_column = _checked_transfer_set(dataset, image_column)
     teacher_view = teacher_view or ViewSpec.from_model(teacher)
     augmentation = augmentation or ViewAugmentation()
-    num_labels = int(teacher.config.num_labels)
-    if config.top_k is not None and config.top_k > num_labels:
-        raise ValueError(f"top_k={config.top_k} exceeds the teacher's {num_labels} labels")
+    fingerprint = _cache_fingerprint(teacher, dataset, image_column, config, teacher_view, augmentation)
     state = process_state()
-    fingerprint = {
-        "format": FORMAT_VERSION,
-        "teacher": model_fingerprint(teacher),
-        "dataset": dataset_fingerprint(dataset, image_column),
-        "num_views": config.num_views,
-        "top_k": config.top_k,
-        "seed": config.view_seed,
-        "shard_size": config.shard_size,
-        "num_labels": num_labels,
-        "teacher_view": _jsonable(asdict(teacher_view)),
-        "augmentation": _jsonable(asdict(augmentation)),
-    }
-    fingerprint_hash = _fingerprint_hash(fingerprint)
-    os.makedirs(output_dir, exist_ok=True)
-    for name in (COMPLETE_FILE, BUILD_FILE):
-        previous = read_json(os.path.join(output_dir, name)).get("fingerprint")
-        if previous is not None and previous != fingerprint:
-            raise TeacherCacheMismatch(
-                f"{output_dir} holds a teacher cache built for other inputs ({_describe_mismatch(fingerprint, previous)}): "
-                "use another folder or delete it"
-            )
-    if state.is_main_process and not os.path.exists(os.path.join(output_dir, BUILD_FILE)):
-        write_json_atomically(os.path.join(output_dir, BUILD_FILE), {"fingerprint": fingerprint})
+    _claim_folder(output_dir, fingerprint, state.is_main_process)
     if read_json(os.path.join(output_dir, COMPLETE_FILE)):  # an unreadable cache.json is rewritten below
         return TeacherCache(output_dir)
-
-    import datasets
-
-    raw = dataset.with_format(None).select_columns([image_column])
-    if isinstance(raw.features.get(image_column), datasets.Image):
-        raw = raw.cast_column(image_column, datasets.Image(decode=False))
-    num_shards = (len(dataset) + config.shard_size - 1) // config.shard_size
-    mine = [s for s in range(num_shards) if s % state.num_processes == state.process_index]
-    todo = [
-        s for s in mine if not _shard_is_complete(os.path.join(output_dir, _shard_file(s)), fingerprint_hash)
-    ]
-    if len(todo) < len(mine):
-        logger.info(
-            "Resuming the teacher cache: %d of %d shard(s) already complete", len(mine) - len(todo), len(mine)
-        )
-    device = next(teacher.parameters()).device
-    teacher.eval()
-    images_per_batch = max(1, config.batch_size // config.num_views)
-    bar = tqdm(
-        total=sum(min(config.shard_size, len(dataset) - s * config.shard_size) for s in todo)
-        * config.num_views,
-        disable=not progress or not state.is_local_main_process,
-        desc="caching teacher outputs",
+    num_views = config.num_views
+    storage = _SafetensorsShards(output_dir, fingerprint_hash(fingerprint), config, fingerprint["num_labels"])
+    inference = ShardedInference(
+        prepare=_TeacherViews(teacher_view, augmentation, num_views, config.view_seed),
+        compute=_TeacherForward(teacher, num_views, config.precision),
+        storage=storage,
+        layout=ShardLayout(config.shard_size, state.process_index, state.num_processes),
+        batch_size=max(1, config.batch_size // num_views),  # images per forward
+        num_workers=config.num_workers,
+        description="caching teacher outputs",
         unit="view",
+        units_per_row=num_views,
     )
-    for shard in todo:
-        start, stop = shard * config.shard_size, min(len(dataset), (shard + 1) * config.shard_size)
-        views = _ShardViews(
-            raw, image_column, start, stop, teacher_view, augmentation, config.num_views, config.view_seed
-        )
-        loader = torch.utils.data.DataLoader(
-            views, batch_size=images_per_batch, num_workers=config.num_workers, collate_fn=_keep_as_list
-        )
-        parts: dict[str, list[torch.Tensor]] = {"rows": [], "boxes": [], "flips": [], "logits": []}
-        skipped: list[dict[str, Any]] = []
-        for items in loader:
-            good = [item for item in items if "error" not in item]
-            skipped.extend({"row": item["row"], "error": item["error"]} for item in items if "error" in item)
-            if good:
-                pixels = torch.cat([item["pixels"] for item in good]).to(device, non_blocking=True)
-                with torch.inference_mode(), _autocast(device, config.precision):
-                    logits = teacher(pixel_values=pixels.to(next(teacher.parameters()).dtype)).logits
-                logits = logits.float().reshape(len(good), config.num_views, -1).cpu()
-                if not torch.isfinite(logits).all():
-                    bad = [good[i]["row"] for i in range(len(good)) if not torch.isfinite(logits[i]).all()]
-                    raise FloatingPointError(
-                        f"the teacher produced non-finite logits for transfer rows {bad[:10]}"
-                    )
-                parts["logits"].append(logits)
-                parts["rows"].append(torch.tensor([item["row"] for item in good], dtype=torch.int64))
-                parts["boxes"].append(torch.stack([item["boxes"] for item in good]))
-                parts["flips"].append(torch.stack([item["flips"] for item in good]))
-            bar.update(len(items) * config.num_views)
-        tensors = _shard_tensors(parts, config, num_labels)
-        # one metadata entry: safetensors writes several in a process-dependent order, and identical
-        # inputs must give byte-identical shards
-        metadata = {
-            "hf_task_distill": json.dumps(
-                {
-                    "fingerprint": fingerprint_hash,
-                    "shard": shard,
-                    "start": start,
-                    "stop": stop,
-                    "skipped": skipped,
-                },
-                sort_keys=True,
-            )
-        }
-        write_atomically(os.path.join(output_dir, _shard_file(shard)), _save_shard, tensors, metadata)
-        if skipped:
-            logger.warning("Teacher cache shard %d: skipped %d unreadable image(s)", shard, len(skipped))
-    bar.close()
-    state.wait_for_everyone()
-    if state.is_main_process:
-        _finish(output_dir, fingerprint, fingerprint_hash, num_shards, image_column, teacher)
-    state.wait_for_everyone()
+    inference.run(dataset, image_column, progress=progress and state.is_local_main_process)
+    num_shards = inference.layout.num_shards(len(dataset))
+    finish_on_main_process(lambda: _finish(storage, fingerprint, num_shards, image_column, teacher))
     return TeacherCache(output_dir)
 
 
-def _shard_tensors(parts, config: TeacherCacheConfig, num_labels: int) -> dict[str, torch.Tensor]:
-    k = config.num_views
-    if parts["rows"]:
-        rows, boxes = torch.cat(parts["rows"]), torch.cat(parts["boxes"])
-        flips, logits = torch.cat(parts["flips"]), torch.cat(parts["logits"])
-    else:
-        rows, boxes = torch.zeros(0, dtype=torch.int64), torch.zeros(0, k, 4, dtype=torch.int32)
-        flips, logits = torch.zeros(0, k, dtype=torch.uint8), torch.zeros(0, k, num_labels)
-    tensors = {"rows": rows, "boxes": boxes, "flips": flips}
-    if config.top_k is None:
-        tensors["logits"] = logits.to(torch.float16)
-    else:
-        values, indices = logits.topk(config.top_k, dim=-1)
-        tensors["topk_logits"] = values.to(torch.float16)
-        tensors["topk_indices"] = indices.to(torch.int32)
-        # the mass of the stored logits is computed from their float16 values, as they are read back
-        tensors["logsumexp"] = torch.logsumexp(logits, dim=-1)
-    return {name: t.contiguous() for name, t in tensors.items()}
-
-
-def _finish(output_dir, fingerprint, fingerprint_hash, num_shards, image_column, teacher) -> None:
+def _finish(storage: _SafetensorsShards, fingerprint, num_shards, image_column, teacher) -> None:
     """Check every shard, index them and write ``cache.json`` last."""
     from safetensors import safe_open
 
-    rows, skipped = 0, []
+    output_dir, rows, skipped = storage.directory, 0, []
     for shard in range(num_shards):
         path = os.path.join(output_dir, _shard_file(shard))
-        if not _shard_is_complete(path, fingerprint_hash):
+        if not storage.is_complete(shard):
             raise RuntimeError(f"teacher cache shard {shard} is missing from {output_dir} after the build")
         with safe_open(path, framework="pt") as f:
             rows += f.get_slice("rows").get_shape()[0]

@@ -3,11 +3,44 @@
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["dataset_fingerprint", "task_fingerprint"]
+__all__ = ["dataset_fingerprint", "fingerprint_hash", "task_fingerprint"]
+
+
+def fingerprint_hash(*parts: Any) -> str:
+    """The package's one content hash: sha256 over ``parts`` in order, as 16 hex digits.
+
+    Every stored identity (a stage's inputs, a teacher cache's fingerprint, a dataset, a task, a
+    model's weights) is this hash, so that equal inputs give equal hashes wherever they are checked.
+
+    Args:
+        *parts: Hashed in order, as one stream: ``bytes``/``bytearray``/``memoryview`` as they are,
+            ``str`` as UTF-8, an iterator lazily part by part (a model's weights one tensor at a
+            time), anything else as canonical JSON (sorted keys; values JSON cannot hold via ``str``).
+
+    Returns:
+        `str`: 16 lowercase hex digits (64 bits).
+    """
+    digest = hashlib.sha256()
+    _update(digest, parts)
+    return digest.hexdigest()[:16]
+
+
+def _update(digest, parts) -> None:
+    for part in parts:
+        if isinstance(part, (bytes, bytearray, memoryview)):
+            digest.update(part)
+        elif isinstance(part, str):
+            digest.update(part.encode())
+        elif isinstance(part, Iterator):
+            _update(digest, part)
+        else:
+            digest.update(json.dumps(part, sort_keys=True, default=str).encode())
 
 
 def dataset_fingerprint(dataset, image_column: str, *, samples: int = 64) -> str:
@@ -19,18 +52,19 @@ def dataset_fingerprint(dataset, image_column: str, *, samples: int = 64) -> str
     """
     import datasets
 
-    digest = hashlib.sha256(f"{len(dataset)}|{sorted(dataset.column_names)}".encode())
     raw = dataset.with_format(None).select_columns([image_column])
     if isinstance(raw.features.get(image_column), datasets.Image):
         raw = raw.cast_column(image_column, datasets.Image(decode=False))
     count = min(samples, len(dataset))
     rows = sorted({round(i * (len(dataset) - 1) / max(1, count - 1)) for i in range(count)})
-    for row in rows:
-        digest.update(_image_bytes(raw[row][image_column]))
+    pool_index = b""
     if "pool_index" in dataset.column_names:
-        pool_index = np.asarray(dataset.with_format(None)["pool_index"], dtype=np.int64)
-        digest.update(pool_index.tobytes())
-    return digest.hexdigest()[:16]
+        pool_index = np.asarray(dataset.with_format(None)["pool_index"], dtype=np.int64).tobytes()
+    return fingerprint_hash(
+        f"{len(dataset)}|{sorted(dataset.column_names)}",
+        (_image_bytes(raw[row][image_column]) for row in rows),
+        pool_index,
+    )
 
 
 def _image_bytes(cell: Any) -> bytes:
@@ -55,9 +89,10 @@ def task_fingerprint(task, splits=None) -> str:
     a few dozen images per split."""
     from .validation import label_array
 
-    digest = hashlib.sha256("|".join(task.label_names).encode())
-    for name in sorted(task.splits if splits is None else splits):
+    def split_parts(name: str):
         split = task.splits[name]
-        digest.update(f"{name}:{dataset_fingerprint(split, task.image_column)}".encode())
-        digest.update(label_array(split, task.label_column).tobytes())
-    return digest.hexdigest()[:16]
+        yield f"{name}:{dataset_fingerprint(split, task.image_column)}"
+        yield label_array(split, task.label_column).tobytes()
+
+    names = sorted(task.splits if splits is None else splits)
+    return fingerprint_hash("|".join(task.label_names), *(split_parts(name) for name in names))

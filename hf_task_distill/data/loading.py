@@ -14,6 +14,7 @@ from .registry import get_task_spec, list_tasks
 from .task import TargetTask
 from .validation import (
     UNLABELLED,
+    check_classes_trained,
     check_dataset_type,
     check_image_column,
     check_label_ids,
@@ -279,13 +280,7 @@ def _standardize(splits, task_name, image_column, label_column, label_names, spe
             if not (labels != UNLABELLED).any():
                 raise ValueError(f"task '{task_name}': the train split has no labelled rows")
             trained = set(np.unique(labels[labels != UNLABELLED]).tolist())
-    # a teacher cannot learn a class it never sees: found here, not after an epoch of finetuning
-    missing = [str(n) for i, n in enumerate(label_names) if i not in trained]
-    if missing:
-        raise ValueError(
-            f"task '{task_name}': {len(missing)} class(es) have no labelled training image: {missing[:10]}; "
-            "a teacher cannot learn a class it never sees. Add examples or drop these labels"
-        )
+    check_classes_trained(trained, label_names, task_name)
     if not isinstance(feature, ClassLabel):
         splits = DatasetDict(
             {k: v.cast_column(label_column, ClassLabel(names=list(label_names))) for k, v in splits.items()}

@@ -6,6 +6,7 @@ import numpy as np
 
 __all__ = [
     "UNLABELLED",
+    "check_classes_trained",
     "check_dataset_type",
     "check_image_column",
     "check_images_decode",
@@ -95,6 +96,27 @@ def check_label_ids(labels: np.ndarray, num_labels: int, label_column: str, wher
         raise ValueError(
             f"{where}: label column '{label_column}' has {bad.size} id(s) outside [0, {num_labels}) "
             f"({examples}); the models have {num_labels} classes"
+        )
+
+
+def check_classes_trained(trained, label_names, task_name: str) -> None:
+    """Raise unless every class has at least one labelled training row: a teacher cannot learn a
+    class it never sees, and this says so before an epoch of finetuning, not after.
+
+    Args:
+        trained (`Iterable[int]`): The class ids that have a labelled training row.
+        label_names (`Sequence[str]`): The task's class names, by id.
+        task_name (`str`): The task, for the message.
+
+    Raises:
+        ValueError: Naming how many classes have no labelled training image, and the first 10.
+    """
+    trained = set(trained)
+    missing = [str(name) for i, name in enumerate(label_names) if i not in trained]
+    if missing:
+        raise ValueError(
+            f"task '{task_name}': {len(missing)} class(es) have no labelled training image: {missing[:10]}; "
+            "a teacher cannot learn a class it never sees. Add examples or drop these labels"
         )
 
 

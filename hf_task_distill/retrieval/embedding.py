@@ -21,11 +21,10 @@ import numpy as np
 import torch
 from torchvision.transforms.v2 import functional as TF
 
-from ..data.images import ImageDecodeError, load_rgb_image
 from ..data.loading import find_image_column
 from ..data.views import ViewSpec, eval_view, render_view
-from ..devices import process_state
 from ..files import read_json, write_atomically, write_json_atomically
+from ..inference import ShardedInference, ShardLayout, ShardResult, ShardStorage
 
 __all__ = ["EmbeddingStore", "ImageEncoder", "TeacherConfidence", "embed_pool"]
 
@@ -184,63 +183,68 @@ def _shard_name(index: int) -> str:
     return f"shard-{index:05d}"
 
 
-class _ShardWriter:
-    """Decode, embed in batches and write one shard: the npz first, the manifest last, both atomically."""
+@dataclass(frozen=True)
+class _EvalView:
+    """One decoded image -> the encoder's deterministic view, ``[3, H, W]`` (runs in loader workers)."""
 
-    def __init__(self, encoder: ImageEncoder, output_dir: str, shard: int, start: int, batch_size: int):
-        self.encoder, self.output_dir, self.shard, self.start = encoder, output_dir, shard, start
-        self.batch_size = batch_size
-        self.vectors: list[np.ndarray] = []
-        self.rows: list[int] = []
-        self.skipped: list[dict[str, Any]] = []
-        self.pending: list[tuple[int, torch.Tensor]] = []
+    spec: ViewSpec
 
-    def add(self, row: int, cell) -> None:
-        try:
-            image = load_rgb_image(cell)
-            tensor = TF.pil_to_tensor(image)
-        except ImageDecodeError as err:  # undecodable file: skip and count
-            self.skipped.append({"row": row, "error": f"{type(err).__name__}: {err}"[:200]})
-            return
-        spec = self.encoder.spec
-        self.pending.append((row, render_view(tensor, eval_view(image.size, spec), spec)))
-        if len(self.pending) >= self.batch_size:
-            self._flush()
+    def __call__(self, row: int, image) -> torch.Tensor:
+        return render_view(TF.pil_to_tensor(image), eval_view(image.size, self.spec), self.spec)
 
-    def _flush(self) -> None:
-        if self.pending:
-            pixels = torch.stack([p for _, p in self.pending])
-            self.vectors.append(self.encoder(pixels).cpu().numpy().astype(np.float16))
-            self.rows.extend(row for row, _ in self.pending)
-            self.pending = []
 
-    def finish(self, stop: int, process_index: int) -> None:
-        self._flush()
-        dim = self.vectors[0].shape[1] if self.vectors else 0
-        embeddings = np.concatenate(self.vectors) if self.vectors else np.zeros((0, dim), np.float16)
-        data_file = _shard_name(self.shard) + ".npz"
-        write_atomically(
-            os.path.join(self.output_dir, data_file),
-            _save_npz,
-            embeddings=embeddings,
-            rows=np.asarray(self.rows, dtype=np.int64),
-        )
+class _Embed:
+    """A batch of rendered views -> ``{"embeddings": [B, D]}`` on the CPU."""
+
+    def __init__(self, encoder: ImageEncoder):
+        self.encoder = encoder
+
+    def __call__(self, rows: list[int], inputs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"embeddings": self.encoder(torch.stack(inputs)).cpu()}
+
+
+class _NpzShards(ShardStorage):
+    """``shard-NNNNN.npz`` (float16 embeddings, pool rows) and its manifest ``shard-NNNNN.json``,
+    written last: a shard is complete exactly when its manifest exists. A folder holding shards of
+    another encoder or shard size is refused, never mixed in."""
+
+    name = "pool embedding"
+
+    def __init__(self, directory: str, encoder_name: str, shard_size: int, process_index: int):
+        self.directory, self.encoder_name, self.process_index = directory, encoder_name, process_index
+        existing = EmbeddingStore(directory).manifests()
+        for manifest in existing:
+            if manifest["encoder"] != encoder_name or manifest["start"] != manifest["shard"] * shard_size:
+                raise ValueError(
+                    f"{directory} holds embeddings from encoder '{manifest['encoder']}' in shards starting at "
+                    f"row {manifest['start']}; this run uses '{encoder_name}' with shard_size={shard_size}: "
+                    "use another folder or delete it"
+                )
+        self.done = {m["shard"] for m in existing}
+
+    def is_complete(self, shard: int) -> bool:
+        return shard in self.done
+
+    def write(self, result: ShardResult) -> None:
+        vectors = result.outputs.get("embeddings")
+        embeddings = np.zeros((0, 0), np.float16) if vectors is None else vectors.numpy().astype(np.float16)
+        data_file = _shard_name(result.index) + ".npz"
+        rows = result.rows.numpy().astype(np.int64)
+        write_atomically(os.path.join(self.directory, data_file), _save_npz, embeddings=embeddings, rows=rows)
         manifest = {
-            "shard": self.shard,
+            "shard": result.index,
             "file": data_file,
-            "start": self.start,
-            "stop": stop,
-            "count": len(self.rows),
-            "dim": int(dim),
-            "skipped": self.skipped,
-            "encoder": self.encoder.name,
-            "process": process_index,
+            "start": result.start,
+            "stop": result.stop,
+            "count": len(rows),
+            "dim": int(embeddings.shape[1]),
+            "skipped": result.skipped,
+            "encoder": self.encoder_name,
+            "process": self.process_index,
         }
-        write_json_atomically(
-            os.path.join(self.output_dir, _shard_name(self.shard) + ".json"), manifest, indent=None
-        )
-        if self.skipped:
-            logger.warning("Pool shard %d: skipped %d unreadable image(s)", self.shard, len(self.skipped))
+        path = os.path.join(self.directory, _shard_name(result.index) + ".json")
+        write_json_atomically(path, manifest, indent=None)
+        self.done.add(result.index)
 
 
 def _claim_folder_for(pool, image_column: str, output_dir: str) -> None:
@@ -283,10 +287,10 @@ def embed_pool(
     :func:`~hf_task_distill.retrieval.load_pool` for folders, parquet and webdataset shards). Shard
     ``i`` holds rows ``[i * shard_size, (i + 1) * shard_size)`` in pool order and is done by process
     ``i % num_processes`` (accelerate's process layout by default). A streamed pool is read by
-    every process, which decodes only the rows of its own unfinished shards.
+    every process, which decodes only the rows of its own unfinished shards. The pass itself is
+    :class:`~hf_task_distill.inference.ShardedInference`; this function does not wait for the other
+    processes.
     """
-    from tqdm.auto import tqdm
-
     output_dir = os.fspath(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     features = pool.features
@@ -295,89 +299,30 @@ def embed_pool(
         raise ValueError(
             f"the pool has no image column '{image_column}' (columns: {', '.join(pool.column_names)})"
         )
-    if process_index is None or num_processes is None:
-        state = process_state()
-        process_index, num_processes = state.process_index, state.num_processes
-    raw = pool.select_columns([image_column]).cast_column(image_column, _undecoded_image_feature())
-    if not isinstance(pool, _iterable_dataset_type()):
+    layout = ShardLayout.for_processes(shard_size, process_index, num_processes)
+    streamed = isinstance(pool, _iterable_dataset_type())
+    if not streamed:
         _claim_folder_for(pool, image_column, output_dir)
-    existing = EmbeddingStore(output_dir).manifests()
-    for manifest in existing:  # a folder filled by another encoder or shard size must not be mixed in
-        if manifest["encoder"] != encoder.name or manifest["start"] != manifest["shard"] * shard_size:
-            raise ValueError(
-                f"{output_dir} holds embeddings from encoder '{manifest['encoder']}' in shards starting at "
-                f"row {manifest['start']}; this run uses '{encoder.name}' with shard_size={shard_size}: "
-                "use another folder or delete it"
-            )
-    done = {m["shard"] for m in existing}
-
-    def wanted(shard: int) -> bool:
-        return shard % num_processes == process_index and shard not in done
-
-    if isinstance(pool, _iterable_dataset_type()):
-        bar = tqdm(disable=not progress, desc="embedding pool (streamed)", unit="img")
-        seen = _embed_stream(
-            raw, image_column, encoder, output_dir, wanted, shard_size, batch_size, process_index, bar
-        )
-        if seen == 0:
-            raise ValueError("the pool is empty: nothing to embed")
-    else:
-        if len(pool) == 0:
-            raise ValueError("the pool is empty: nothing to embed")
-        num_shards = (len(pool) + shard_size - 1) // shard_size
-        todo = [i for i in range(num_shards) if wanted(i)]
-        mine = sum(1 for i in range(num_shards) if i % num_processes == process_index)
-        if len(todo) < mine:
-            logger.info("Resuming pool embedding: %d of %d shard(s) already complete", mine - len(todo), mine)
-        bar = tqdm(
-            total=sum(min(shard_size, len(pool) - i * shard_size) for i in todo),
-            disable=not progress,
-            desc="embedding pool",
-            unit="img",
-        )
-        for shard in todo:
-            start, stop = shard * shard_size, min(len(pool), (shard + 1) * shard_size)
-            writer = _ShardWriter(encoder, output_dir, shard, start, batch_size)
-            for batch_start in range(start, stop, batch_size):
-                cells = raw[batch_start : min(stop, batch_start + batch_size)][image_column]
-                for offset, cell in enumerate(cells):
-                    writer.add(batch_start + offset, cell)
-                bar.update(len(cells))
-            writer.finish(stop, process_index)
-    bar.close()
+    storage = _NpzShards(output_dir, encoder.name, shard_size, layout.process_index)
+    if not streamed and len(pool) == 0:
+        raise ValueError("the pool is empty: nothing to embed")
+    inference = ShardedInference(
+        prepare=_EvalView(encoder.spec),
+        compute=_Embed(encoder),
+        storage=storage,
+        layout=layout,
+        batch_size=batch_size,
+        description="embedding pool",
+    )
+    if inference.run(pool, image_column, progress=progress) == 0:
+        raise ValueError("the pool is empty: nothing to embed")
     return EmbeddingStore(output_dir)
-
-
-def _embed_stream(
-    raw, image_column, encoder, output_dir, wanted, shard_size, batch_size, process_index, bar
-) -> int:
-    """Walk a streamed pool once, embedding the rows of the wanted shards; returns the rows seen."""
-    writer, row = None, -1
-    for row, example in enumerate(raw):
-        shard = row // shard_size
-        if writer is not None and writer.shard != shard:
-            writer.finish(row, process_index)
-            writer = None
-        if writer is None and row % shard_size == 0 and wanted(shard):
-            writer = _ShardWriter(encoder, output_dir, shard, row, batch_size)
-        if writer is not None:
-            writer.add(row, example[image_column])
-            bar.update(1)
-    if writer is not None:
-        writer.finish(row + 1, process_index)
-    return row + 1
 
 
 def _iterable_dataset_type():
     import datasets
 
     return datasets.IterableDataset
-
-
-def _undecoded_image_feature():
-    import datasets
-
-    return datasets.Image(decode=False)
 
 
 def _save_npz(path: str, **arrays) -> None:
