@@ -79,31 +79,14 @@ def load_target_task(
         splits = saved if isinstance(saved, DatasetDict) else DatasetDict({"train": saved})
         task_name = name or os.path.basename(os.path.normpath(os.fspath(source)))
     elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
-        splits = load_image_folder(os.fspath(source), **load_dataset_kwargs)
-        task_name = name or os.path.basename(os.path.normpath(os.fspath(source)))
-        if (
-            label_column is None
-            and find_label_column(splits["train"].features if "train" in splits else {}) is None
-        ):
-            raise ValueError(
-                f"task '{task_name}': the folder {os.fspath(source)} has no class sub-folders, so its images "
-                f"have no labels: put each class's images in {os.path.join(os.fspath(source), '<class>')}/ "
-                "(optionally under train/, validation/ and test/)"
-            )
+        splits, task_name = _image_folder_task(os.fspath(source), name, label_column, load_dataset_kwargs)
     elif isinstance(source, str) and source.lower() == "digits":  # ships with scikit-learn: no network
         from .digits import load_digits_task
 
         return load_digits_task(**load_dataset_kwargs)
     elif isinstance(source, str) and source.lower() in list_tasks():
         spec = get_task_spec(source)
-        raw = datasets.load_dataset(spec.hub_id, spec.config_name, **load_dataset_kwargs)
-        missing = [hub_split for hub_split in spec.splits.values() if hub_split not in raw]
-        if missing:
-            raise ValueError(
-                f"task '{spec.name}': {spec.hub_id} has no split(s) {missing} (has: {', '.join(raw)})"
-            )
-        splits = DatasetDict({role: raw[hub_split] for role, hub_split in spec.splits.items()})
-        task_name = name or spec.name
+        splits, task_name = _registry_splits(spec, load_dataset_kwargs), name or spec.name
         image_column = image_column or spec.image_column
         label_column = label_column or spec.label_column
         label_names = label_names or spec.label_names
@@ -120,6 +103,41 @@ def load_target_task(
             f"cannot load a task from a {type(source).__name__}: pass a datasets.Dataset or DatasetDict"
         )
     return _standardize(splits, task_name, image_column, label_column, label_names, spec)
+
+
+def _image_folder_task(source: str, name, label_column, load_dataset_kwargs) -> tuple[DatasetDict, str]:
+    """An image folder's splits and the task's name (the folder's).
+
+    Raises:
+        ValueError: the folder has no class sub-folders (its images have no labels).
+    """
+    splits = load_image_folder(source, **load_dataset_kwargs)
+    task_name = name or os.path.basename(os.path.normpath(source))
+    if (
+        label_column is None
+        and find_label_column(splits["train"].features if "train" in splits else {}) is None
+    ):
+        raise ValueError(
+            f"task '{task_name}': the folder {source} has no class sub-folders, so its images "
+            f"have no labels: put each class's images in {os.path.join(source, '<class>')}/ "
+            "(optionally under train/, validation/ and test/)"
+        )
+    return splits, task_name
+
+
+def _registry_splits(spec, load_dataset_kwargs) -> DatasetDict:
+    """A registry task's splits from its Hub dataset, by role (``train``, ``validation``, ``test``).
+
+    Raises:
+        ValueError: the Hub dataset lacks a split the registry names.
+    """
+    raw = datasets.load_dataset(spec.hub_id, spec.config_name, **load_dataset_kwargs)
+    missing = [hub_split for hub_split in spec.splits.values() if hub_split not in raw]
+    if missing:
+        raise ValueError(
+            f"task '{spec.name}': {spec.hub_id} has no split(s) {missing} (has: {', '.join(raw)})"
+        )
+    return DatasetDict({role: raw[hub_split] for role, hub_split in spec.splits.items()})
 
 
 def is_saved_dataset(path: str | os.PathLike) -> bool:
@@ -221,28 +239,11 @@ def load_image_dataset(
 
 
 def _standardize(splits, task_name, image_column, label_column, label_names, spec) -> TargetTask:
-    if isinstance(splits, Dataset):
-        splits = DatasetDict({"train": splits})
-    if "train" not in splits:
-        raise ValueError(f"task '{task_name}' has no 'train' split (splits: {', '.join(splits) or 'none'})")
-    for split_name, split in splits.items():
-        if len(split) == 0:
-            raise ValueError(f"task '{task_name}': split '{split_name}' is empty")
+    """``splits`` as a :class:`TargetTask`: checked, one ``ClassLabel`` order in every split, and the
+    image and label columns named ``image`` and ``label`` where those names are free."""
+    splits = _checked_splits(splits, task_name)
     features = splits["train"].features
-    image_column = image_column or find_image_column(features)
-    if image_column is None:
-        raise ValueError(
-            f"task '{task_name}' has no image column (columns: {', '.join(features)}); pass image_column="
-        )
-    label_column = label_column or find_label_column(features)
-    if label_column is None or label_column not in features:
-        named = f" '{label_column}'" if label_column else ""
-        raise ValueError(
-            f"task '{task_name}' has no label column{named} (columns: {', '.join(features)}); pass label_column="
-        )
-    for split_name, split in splits.items():
-        check_image_column(split, image_column, where=f"task '{task_name}' split '{split_name}'")
-
+    image_column, label_column = _task_columns(splits, task_name, image_column, label_column)
     feature = features[label_column]
     is_string = getattr(feature, "dtype", None) in ("string", "large_string")
     if isinstance(feature, ClassLabel):
@@ -258,6 +259,77 @@ def _standardize(splits, task_name, image_column, label_column, label_names, spe
         raise ValueError(
             f"task '{task_name}' should have {spec.num_classes} classes, found {len(label_names)}"
         )
+    trained = _checked_labels(splits, task_name, label_column, label_names, is_string)
+    check_classes_trained(trained, label_names, task_name)
+    if not isinstance(feature, ClassLabel):
+        splits = DatasetDict(
+            {k: v.cast_column(label_column, ClassLabel(names=list(label_names))) for k, v in splits.items()}
+        )
+    renames = {}
+    if image_column != "image" and "image" not in features:
+        renames[image_column] = "image"
+    if label_column != "label" and "label" not in features:
+        renames[label_column] = "label"
+    if renames:
+        splits = DatasetDict({k: v.rename_columns(renames) for k, v in splits.items()})
+    return TargetTask(
+        name=task_name,
+        splits=splits,
+        label_names=[str(n) for n in label_names],
+        image_column=renames.get(image_column, image_column),
+        label_column=renames.get(label_column, label_column),
+        spec=spec,
+    )
+
+
+def _checked_splits(splits, task_name: str) -> DatasetDict:
+    """``splits`` as a ``DatasetDict`` with a non-empty ``train`` split and no empty split.
+
+    Raises:
+        ValueError: naming the task and the split.
+    """
+    if isinstance(splits, Dataset):
+        splits = DatasetDict({"train": splits})
+    if "train" not in splits:
+        raise ValueError(f"task '{task_name}' has no 'train' split (splits: {', '.join(splits) or 'none'})")
+    for split_name, split in splits.items():
+        if len(split) == 0:
+            raise ValueError(f"task '{task_name}': split '{split_name}' is empty")
+    return splits
+
+
+def _task_columns(splits: DatasetDict, task_name: str, image_column, label_column) -> tuple[str, str]:
+    """The task's image and label columns (given, or found by their features), checked in every split.
+
+    Raises:
+        ValueError: a column is missing (the message lists the columns there are).
+    """
+    features = splits["train"].features
+    image_column = image_column or find_image_column(features)
+    if image_column is None:
+        raise ValueError(
+            f"task '{task_name}' has no image column (columns: {', '.join(features)}); pass image_column="
+        )
+    label_column = label_column or find_label_column(features)
+    if label_column is None or label_column not in features:
+        named = f" '{label_column}'" if label_column else ""
+        raise ValueError(
+            f"task '{task_name}' has no label column{named} (columns: {', '.join(features)}); pass label_column="
+        )
+    for split_name, split in splits.items():
+        check_image_column(split, image_column, where=f"task '{task_name}' split '{split_name}'")
+    return image_column, label_column
+
+
+def _checked_labels(
+    splits: DatasetDict, task_name: str, label_column: str, label_names, is_string: bool
+) -> set[int]:
+    """Check every split's labels against ``label_names``; return the class ids the train split labels.
+
+    Raises:
+        ValueError: an unknown label, an id out of range, NaN in a labelled split, or a train split
+            without labelled rows (naming the split).
+    """
     trained: set[int] = set()  # class ids with at least one labelled training row
     for split_name, split in splits.items():
         where = f"task '{task_name}' split '{split_name}'"
@@ -280,27 +352,7 @@ def _standardize(splits, task_name, image_column, label_column, label_names, spe
             if not (labels != UNLABELLED).any():
                 raise ValueError(f"task '{task_name}': the train split has no labelled rows")
             trained = set(np.unique(labels[labels != UNLABELLED]).tolist())
-    check_classes_trained(trained, label_names, task_name)
-    if not isinstance(feature, ClassLabel):
-        splits = DatasetDict(
-            {k: v.cast_column(label_column, ClassLabel(names=list(label_names))) for k, v in splits.items()}
-        )
-
-    renames = {}
-    if image_column != "image" and "image" not in features:
-        renames[image_column] = "image"
-    if label_column != "label" and "label" not in features:
-        renames[label_column] = "label"
-    if renames:
-        splits = DatasetDict({k: v.rename_columns(renames) for k, v in splits.items()})
-    return TargetTask(
-        name=task_name,
-        splits=splits,
-        label_names=[str(n) for n in label_names],
-        image_column=renames.get(image_column, image_column),
-        label_column=renames.get(label_column, label_column),
-        spec=spec,
-    )
+    return trained
 
 
 def _one_class_order(splits: DatasetDict, label_column: str, label_names: list[str], task_name: str):
