@@ -85,6 +85,12 @@ def figures_summary(run_dir: str, results: dict[str, dict[str, float]], title: s
 
 
 def run_demo(config: PipelineConfig) -> str:
+    """Run every stage of the offline demo's configuration (:func:`demo_defaults` with the user's
+    flags on top) and return the summary, with the run's figures drawn (or how to get them).
+
+    Returns:
+        The one-screen summary that ``hf-task-distill demo`` prints.
+    """
     from .pipeline import Pipeline
 
     pipeline = Pipeline(config)

@@ -121,6 +121,7 @@ def render_teacher_card(data: TeacherCardData):
 
 
 def write_teacher_card(data: TeacherCardData, output_dir: str | os.PathLike) -> str:
+    """Write the teacher's card as ``<output_dir>/README.md``; returns its path."""
     path = os.path.join(os.fspath(output_dir), "README.md")
     render_teacher_card(data).save(path)
     return path
