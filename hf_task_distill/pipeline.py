@@ -10,7 +10,6 @@ killed part-way has no manifest and is run again; its Trainer resumes from its l
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -82,7 +81,10 @@ class StageSettingsChanged(ValueError):
 
 
 def _fingerprint(inputs: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    """A stage's fingerprint: :func:`~hf_task_distill.data.fingerprints.fingerprint_hash` of its inputs."""
+    from .data.fingerprints import fingerprint_hash
+
+    return fingerprint_hash(inputs)
 
 
 def _setting_changes(recorded: dict[str, Any], current: dict[str, Any], upstream: tuple[str, ...]):
