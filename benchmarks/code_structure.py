@@ -146,13 +146,24 @@ def _module_level(tree: ast.Module):
             todo.extend(ast.iter_child_nodes(node))
 
 
+def _runnable(tree: ast.Module):
+    """Every statement that can run (those in ``if TYPE_CHECKING:`` blocks never do)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            continue
+        yield node
+        todo.extend(ast.iter_child_nodes(node))
+
+
 def _imports(trees: dict[str, ast.Module], *, lazy: bool = True) -> dict[str, set[str]]:
     """Each module's imports of the package's own modules (with ``lazy``, those inside functions too)."""
     names = {p[: -len(".py")].replace(os.sep, ".").removesuffix(".__init__"): p for p in trees}
     graph: dict[str, set[str]] = {name: set() for name in names}
     for name, path in names.items():
         package = name if path.endswith("__init__.py") else name.rsplit(".", 1)[0]
-        for node in ast.walk(trees[path]) if lazy else _module_level(trees[path]):
+        for node in _runnable(trees[path]) if lazy else _module_level(trees[path]):
             targets = []
             if isinstance(node, ast.ImportFrom):
                 base = node.module or ""

@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from importlib import resources
 from typing import Any
+
+from .sources import mini_vfm_path  # the shipped folder, resolved where every model name is
 
 __all__ = [
     "MINI_STUDENT",
@@ -40,17 +41,6 @@ class _Architecture:
 MINI_VFM = _Architecture("resnet10t", {"channels": (32, 64, 128, 256)})
 #: The miniature's student: the same family at an eighth of the width (0.34M parameters).
 MINI_STUDENT = _Architecture("resnet10t", {"channels": (16, 32, 64, 128)})
-
-
-def mini_vfm_path() -> str:
-    """The folder of the shipped mini-VFM (config, safetensors weights, image processor, card)."""
-    folder = os.fspath(resources.files("hf_task_distill").joinpath("assets/mini-vfm"))
-    if not os.path.exists(os.path.join(folder, "model.safetensors")):
-        raise FileNotFoundError(
-            f"the mini-VFM is not in {folder}: regenerate it with "
-            "python benchmarks/miniature/pretrain_mini_vfm.py --output_dir " + folder
-        )
-    return folder
 
 
 @dataclass

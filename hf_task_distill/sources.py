@@ -20,18 +20,30 @@ __all__ = [
     "SHIPPED_MODELS",
     "check_model_source",
     "is_local_path",
+    "mini_vfm_path",
     "resolve_model_source",
 ]
 
 
-def _mini_vfm() -> str:
-    from .miniature import mini_vfm_path
+def mini_vfm_path() -> str:
+    """The folder of the shipped mini-VFM (config, safetensors weights, image processor, card).
 
-    return mini_vfm_path()
+    Raises:
+        FileNotFoundError: its weights are missing (the folder says how to regenerate them).
+    """
+    from importlib import resources
+
+    folder = os.fspath(resources.files("hf_task_distill").joinpath("assets/mini-vfm"))
+    if not os.path.exists(os.path.join(folder, "model.safetensors")):
+        raise FileNotFoundError(
+            f"the mini-VFM is not in {folder}: regenerate it with "
+            "python benchmarks/miniature/pretrain_mini_vfm.py --output_dir " + folder
+        )
+    return folder
 
 
 #: Models that ship inside the package, by the name every entry point accepts.
-SHIPPED_MODELS = {"mini-vfm": _mini_vfm}
+SHIPPED_MODELS = {"mini-vfm": mini_vfm_path}
 
 
 def resolve_model_source(name: str | os.PathLike) -> str:

@@ -84,7 +84,7 @@ def test_a_task_type_added_from_one_file_renders_the_targets_of_views(doubled):
         augmentation=ViewAugmentation(),
         image_column="image",
         label_column="label",
-        task_type="toy-doubled",
+        render_target=doubled.render_target,
     )
     assert [rows[i]["labels"] for i in range(4)] == [2 * label for label in dataset["label"]]
     assert rows[0]["pixel_values"].shape == (3, 16, 16)

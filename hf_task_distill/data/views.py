@@ -421,7 +421,7 @@ class ViewDataset(torch.utils.data.Dataset):
         skip_unreadable: bool = False,
         train: bool = True,
         label_map: Any = None,
-        task_type: str = "image-classification",
+        render_target: Any = None,
     ):
         from .images import undecoded
 
@@ -432,9 +432,9 @@ class ViewDataset(torch.utils.data.Dataset):
         self.skip_unreadable, self.train = skip_unreadable, train
         self.label_map = None if label_map is None else [int(i) for i in label_map]
         self.epoch = 0
-        from ..tasks import get_task_type
-
-        self.task_type = get_task_type(task_type)  # how a row's label becomes the model's target
+        # how a row's label becomes the model's target: a task type's ``render_target`` (its label as
+        # the model's class id for classification, the default)
+        self.render_target = render_target or class_target
 
     def set_epoch(self, epoch: int) -> None:
         """Draw the next training views for ``epoch`` (the trainers call it at every epoch start).
@@ -480,14 +480,18 @@ class ViewDataset(torch.utils.data.Dataset):
             }
         if self.label_column is not None:
             target_view = view if self.train else None
-            item["labels"] = self.task_type.render_target(
-                example[self.label_column], target_view, self.label_map
-            )
+            item["labels"] = self.render_target(example[self.label_column], target_view, self.label_map)
         return item
 
 
 #: The name of earlier versions (training views only).
 RandomViewDataset = ViewDataset
+
+
+def class_target(value: Any, view: Any, label_map: list[int] | None) -> int:
+    """An image-level label as the model's class id: the target of image classification, which no view
+    changes (the ``render_target`` a :class:`ViewDataset` uses by default)."""
+    return map_label(label_or_unlabelled(value), label_map)
 
 
 def map_label(label: int, label_map: list[int] | None) -> int:

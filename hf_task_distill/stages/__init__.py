@@ -5,6 +5,7 @@ teacher (finetune the VFM on the labels) -> transfer (the unlabelled images to d
 optional baseline (the student on the labels alone) for comparison.
 """
 
+from . import builtin  # noqa: F401 - registers the package's own stages, in run order
 from .base import (
     Stage,
     StageNotReady,

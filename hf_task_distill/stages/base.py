@@ -149,9 +149,8 @@ def unregister_stage(name: str) -> None:
 
 
 def available_stages() -> tuple[str, ...]:
-    """The registered stages' names, in the order a run runs them."""
-    from . import builtin  # noqa: F401 - registers the package's own stages
-
+    """The registered stages' names, in the order a run runs them (the package's own are registered
+    when :mod:`hf_task_distill.stages` is imported, which importing this module does first)."""
     return tuple(_REGISTRY)
 
 

@@ -94,9 +94,8 @@ def register_task_type(cls: type[TaskType]) -> type[TaskType]:
 
 
 def available_task_types() -> tuple[str, ...]:
-    """The registered task types' names."""
-    from . import classification  # noqa: F401 - registers the package's own
-
+    """The registered task types' names (the package's own are registered when
+    :mod:`hf_task_distill.tasks` is imported, which importing this module does first)."""
     return tuple(_REGISTRY)
 
 

@@ -20,9 +20,9 @@ class ImageClassification(TaskType):
 
     def render_target(self, value, view, label_map):
         """The label as the model's class id (views do not change a whole-image label)."""
-        from ..data.views import label_or_unlabelled, map_label
+        from ..data.views import class_target
 
-        return map_label(label_or_unlabelled(value), label_map)
+        return class_target(value, view, label_map)
 
     def evaluate(self, model, dataset, *, task, batch_size: int, where: str):
         """Metrics on the labelled rows (scikit-learn's), and the confusion matrix ``[C, C]`` (rows: true
