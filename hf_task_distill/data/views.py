@@ -194,9 +194,20 @@ def _size_dict(size: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ViewAugmentation:
-    """Random-resized-crop and flip parameters shared by teacher and student views (training only)."""
+    """Random-resized-crop and flip parameters shared by teacher and student views (training only).
 
-    scale: tuple[float, float] = (0.08, 1.0)
+    The names are timm's (``create_transform(scale=, ratio=, hflip=)``); the command line sets
+    ``scale[0]`` as ``--crop_min_scale`` and ``hflip`` as ``--hflip_probability``, with the same defaults.
+
+    Args:
+        scale: Range of the crop's area, as a fraction of the image. The lower bound is 0.25, the
+            package's recipe for every stage (``--crop_min_scale``; not from the paper); timm's and
+            torchvision's default is 0.08.
+        ratio: Range of the crop's aspect ratio (width / height); torchvision's default.
+        hflip: Probability of a horizontal flip (``--hflip_probability``); 0 for text or digits.
+    """
+
+    scale: tuple[float, float] = (0.25, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
 
