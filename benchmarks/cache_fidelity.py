@@ -77,7 +77,7 @@ def main() -> None:
                 learning_rate=student_cfg.distill_learning_rate,
                 num_train_epochs=cli.epochs,
                 temperature=student_cfg.temperature,
-                loss_name=student_cfg.distill_loss,
+                distill_loss=student_cfg.distill_loss,
                 seed=seed,
                 save_strategy="no",
                 report_to="none",

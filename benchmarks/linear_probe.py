@@ -66,8 +66,8 @@ def main() -> None:
     )
     args = TeacherFinetuningArguments(
         output_dir=folder,
-        strategy="linear",
-        probe_epochs=cli.epochs,
+        teacher_strategy="linear",
+        teacher_probe_epochs=cli.epochs,
         report_to="none",
         use_cpu=True,
         per_device_eval_batch_size=64,
@@ -86,7 +86,7 @@ def main() -> None:
     finetuner.train_head(head, x, y, xv, yv)
     cached = time.perf_counter() - start
 
-    args.probe_epochs = 1
+    args.teacher_probe_epochs = 1
     start = time.perf_counter()
     for _ in range(cli.epochs):  # what a probe without a cache does: the backbone runs every epoch
         x, y = finetuner.embed(model, finetuner.train_split, spec)

@@ -10,7 +10,7 @@ With ``--teacher_cache_dir``, the teacher runs once on ``--num_views`` augmented
 transfer image (a resumable cache in that folder) and training replays them instead of running the
 teacher every step: cheaper as soon as the epochs outnumber the views.
 ``--transfer_dataset`` is any image dataset (Hub id, folder); its labels, if any, are ignored unless
-``--ce_weight`` > 0. Without it, the task's own training images are the transfer set. Every
+``--distill_loss kd --ce_weight`` > 0. Without it, the task's own training images are the transfer set. Every
 ``TrainingArguments``/``DistillationArguments`` flag works (``--help`` lists them).
 """
 

@@ -2,7 +2,7 @@
 
     accelerate launch examples/run_finetune_teacher.py \
         --model facebook/dinov2-large --dataset eurosat --per_class 10 \
-        --strategy lp-ft --output_dir teachers/dinov2-large-eurosat-10shot \
+        --teacher_strategy lp-ft --output_dir teachers/dinov2-large-eurosat-10shot \
         --num_train_epochs 20 --learning_rate 1e-4 --bf16
 
 Strategies: linear, full (layer-wise lr decay), lp-ft, lora (merged after training). The output

@@ -17,6 +17,7 @@ from typing import Any
 
 from .checks import SEED_MAX, check_choice, check_int, check_number, check_report_to
 from .files import write_json_atomically
+from .options import RetrievalSettings, distill_loss_field
 from .sources import absolute_local_path, check_model_source, is_local_path
 
 __all__ = [
@@ -40,6 +41,8 @@ STAGES = ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate", 
 #: without asking (``Stage.recomputed_freely``). Any other finished stage is redone only when
 #: ``--overwrite_stage`` names it.
 RECOMPUTED_FREELY = ("evaluate", "publish")
+#: Retrieval settings that are off (None) unless given: given with another --transfer, they are an error.
+RETRIEVAL_ONLY = ("min_similarity", "min_teacher_confidence", "memory_budget_gb")
 #: Settings of one command rather than of the run: never saved in, nor read from, a run's config.json.
 INVOCATION_SETTINGS = ("output_dir", "overwrite_stage", "push_to_hub")
 
@@ -68,8 +71,8 @@ class TaskArguments:
     test_fraction: float = field(
         default=0.2,
         metadata={
-            "help": "Share of each class held out as the test split when the task has neither a test nor a "
-            "validation split (an image folder with class folders only); seeded by --budget_seed."
+            "help": "Test share of each class when the task has no test or validation split "
+            "(seeded by --budget_seed)."
         },
     )
 
@@ -135,10 +138,8 @@ class TeacherArguments:
 
 
 @dataclass
-class TransferArguments:
-    """Stage 2: the unlabelled images the teacher's knowledge is transferred on."""
-
-    _argument_group_name = "stage 2, transfer set (the unlabelled images to distil on)"
+class _TransferSource:
+    """Where the transfer set comes from (listed first in the transfer group's help)."""
 
     transfer: str = field(
         default="task",
@@ -158,29 +159,34 @@ class TransferArguments:
         default=None,
         metadata={"help": "Folder of pool embeddings, shared by runs."},
     )
-    per_query_k: int | None = field(
-        default=None, metadata={"help": "Neighbours per labelled image (paper: 127/63/31/15/7)."}
-    )
-    transfer_budget: int | None = field(
-        default=None,
-        metadata={"help": "Total transfer-set size spread over classes (instead of per_query_k)."},
-    )
+
+
+@dataclass
+class TransferArguments(RetrievalSettings, _TransferSource):
+    """Stage 2: the unlabelled images the teacher's knowledge is transferred on.
+
+    The retrieval fields (``per_query_k`` ... ``recall_target``) are those of
+    :class:`~hf_task_distill.options.RetrievalSettings`, which
+    :class:`~hf_task_distill.retrieval.RetrievalConfig` inherits too: one definition, one default.
+    """
+
+    _argument_group_name = "stage 2, transfer set (the unlabelled images to distil on)"
+
     retrieval_encoder: str | None = field(
         default=None,
         metadata={"help": "Embedding model for retrieval (default: the teacher before finetuning)."},
     )
-    leakage_threshold: float = field(
-        default=0.95,
-        metadata={"help": "Cosine above which a pool image is a copy of a validation/test image."},
-    )
+
+    def retrieval_config(self, **embedding: Any):
+        """The :class:`~hf_task_distill.retrieval.RetrievalConfig` of ``--transfer retrieval``: the
+        shared fields, plus ``embedding`` (``batch_size=``, ``seed=``, ``shard_size=``)."""
+        from .retrieval.builder import RetrievalConfig
+
+        return RetrievalConfig(**self.retrieval_settings(), **embedding)
 
     def __post_init__(self):
         # checked here, not when stage 2 starts: a typo must not cost a finetuned teacher first
-        self.per_query_k = check_int(self.per_query_k, "--per_query_k", minimum=1, optional=True)
-        self.transfer_budget = check_int(self.transfer_budget, "--transfer_budget", minimum=1, optional=True)
-        self.leakage_threshold = check_number(
-            self.leakage_threshold, "--leakage_threshold", minimum=-1, maximum=1
-        )
+        self.check_retrieval_settings(flag="--")
         if self.transfer not in ("retrieval", "random") and (
             self.pool or self.per_query_k or self.transfer_budget
         ):
@@ -189,10 +195,11 @@ class TransferArguments:
             raise ValueError(
                 f"--{given[0]} applies to --transfer {modes} only (--transfer is '{self.transfer}')"
             )
-        if self.pool_embeddings_dir is not None and self.transfer != "retrieval":
-            raise ValueError(
-                f"--pool_embeddings_dir applies to --transfer retrieval only (--transfer is '{self.transfer}')"
-            )
+        for name in ("pool_embeddings_dir", *RETRIEVAL_ONLY):
+            if getattr(self, name) is not None and self.transfer != "retrieval":
+                raise ValueError(
+                    f"--{name} applies to --transfer retrieval only (--transfer is '{self.transfer}')"
+                )
         if self.transfer == "random":
             if self.pool is None or self.transfer_budget is None or self.per_query_k is not None:
                 raise ValueError(
@@ -260,20 +267,12 @@ class StudentArguments:
     )
     distill_learning_rate: float = field(default=1e-3, metadata={"help": "Distillation learning rate."})
     temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the KD loss."})
-    distill_loss: str = field(
-        default="function_matching",
-        metadata={
-            "help": "Loss from the registry: function_matching (KL to the teacher only; paper), kd (+ CE on "
-            "labelled rows), feature_cosine / feature_contrastive (task-agnostic: match the teacher's image "
-            "features through a learned projection; the paper's baseline, finetune after)."
-        },
-    )
+    distill_loss: str = distill_loss_field()
     teacher_cache_views: int = field(
         default=0,
         metadata={
-            "help": "0: run the teacher on every distillation step (fresh views every epoch). K > 0: run it "
-            "once on K augmented views of each transfer image, stored in distill/teacher_cache, and "
-            "replay those; cheaper as soon as distill_epochs > K (see docs/performance.md)."
+            "help": "0: the teacher runs at every step. K > 0: it runs once on K views per "
+            "transfer image, stored and replayed (docs/performance.md)."
         },
     )
     teacher_cache_top_k: int | None = field(
@@ -438,7 +437,7 @@ class PipelineConfig:
             )
         groups = []
         for group in ARGUMENT_GROUPS:
-            annotations = group.__annotations__  # as written (HfArgumentParser rewrites fields' .type)
+            annotations = _annotations(group)  # as written (HfArgumentParser rewrites fields' .type)
             mine = {k: v for k, v in values.items() if k in annotations}
             for name, value in mine.items():
                 _check_type(name, value, annotations[name])
@@ -464,6 +463,15 @@ class PipelineConfig:
         """The run's settings as JSON (not the one-command settings, :data:`INVOCATION_SETTINGS`)."""
         settings = {k: v for k, v in self.to_dict().items() if k not in INVOCATION_SETTINGS}
         write_json_atomically(os.fspath(path), settings)
+
+
+def _annotations(group: type) -> dict[str, str]:
+    """A group's field annotations as written, its base classes' included (``TransferArguments``
+    inherits the retrieval fields)."""
+    merged: dict[str, str] = {}
+    for cls in reversed(group.__mro__):
+        merged.update(cls.__dict__.get("__annotations__", {}))
+    return merged
 
 
 def _check_type(name: str, value: Any, annotation: str) -> None:

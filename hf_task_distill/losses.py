@@ -6,7 +6,7 @@ rows it covers; the trainer passes those counts for the whole gradient-accumulat
 processes), which is what makes 2x16 accumulation equal to one batch of 32, unlabelled rows included.
 
 New objectives need no trainer change: ``@register_loss("name")`` on a builder that returns a
-:class:`DistillationLoss`, then ``DistillationArguments(loss_name="name")``.
+:class:`DistillationLoss`, then ``DistillationArguments(distill_loss="name")``.
 """
 
 from __future__ import annotations
@@ -358,7 +358,7 @@ _LOSSES: dict[str, LossBuilder] = {}
 
 
 def register_loss(name: str) -> Callable[[LossBuilder], LossBuilder]:
-    """Register a loss builder under ``name``, so that ``DistillationArguments(loss_name=name)`` uses it.
+    """Register a loss builder under ``name``, so that ``DistillationArguments(distill_loss=name)`` uses it.
 
     The builder is called as ``builder(temperature=, kd_weight=, ce_weight=, **kwargs)`` and returns a
     :class:`DistillationLoss`; it should accept (and may ignore) every keyword (``**_``). A name
@@ -430,7 +430,7 @@ def _function_matching(
     """Teacher-only target (Beyer et al., 2022): KL on every row, labels ignored."""
     if ce_weight:
         raise ValueError(
-            "function_matching uses the teacher as the only target: set ce_weight=0 or use loss_name='kd'"
+            "function_matching uses the teacher as the only target: set ce_weight=0 or use distill_loss='kd'"
         )
     return DistillationLoss({"kd": (kd_weight, SoftTargetKL(temperature))})
 

@@ -101,11 +101,11 @@ def pretrain_mini_vfm(
         MINI_VFM.create(task.label_names).save_pretrained(init)
         args = TeacherFinetuningArguments(
             output_dir=checkpoints,
-            strategy="full",
+            teacher_strategy="full",
             num_train_epochs=config.epochs,
             learning_rate=config.learning_rate,
             weight_decay=config.weight_decay,
-            layer_decay=1.0,
+            teacher_layer_decay=1.0,
             per_device_train_batch_size=config.batch_size,
             per_device_eval_batch_size=256,
             crop_min_scale=config.crop_min_scale,

@@ -1,6 +1,6 @@
 """``TeacherFinetuner``: stage 1, adapting a vision foundation model to the task with few labels.
 
-Four strategies, chosen by ``TeacherFinetuningArguments.strategy``:
+Four strategies, chosen by ``TeacherFinetuningArguments.teacher_strategy``:
 
 - ``linear``: a linear probe. The frozen backbone embeds the labelled set once (optionally several
   augmented views per image) and only the head trains, on the cached features: E epochs cost one
@@ -41,6 +41,7 @@ from .files import write_json_atomically
 from .metrics import make_compute_metrics
 from .models.heads import capture_head_inputs, find_classification_head
 from .models.teacher import load_teacher
+from .options import renamed_field, resolve_renamed
 from .trainer import TaskTrainer, check_training_arguments
 
 __all__ = [
@@ -65,14 +66,21 @@ class TeacherFinetuningArguments(TrainingArguments):
     Defaults select the best epoch on the validation split by balanced accuracy.
     """
 
-    strategy: str = field(default="lp-ft", metadata={"help": f"One of {', '.join(STRATEGIES)}."})
-    layer_decay: float = field(
+    teacher_strategy: str = field(
+        default="lp-ft",
+        metadata={
+            "help": f"One of {', '.join(STRATEGIES)} (lp-ft: a linear probe, then full; not from the paper)."
+        },
+    )
+    teacher_layer_decay: float = field(
         default=0.75,
         metadata={
             "help": "Layer-wise lr decay for full/lp-ft: layer i of L gets lr * decay^(L+1-i); 1 disables it."
         },
     )
-    probe_epochs: int = field(default=100, metadata={"help": "Epochs of head training on cached features."})
+    teacher_probe_epochs: int = field(
+        default=100, metadata={"help": "Epochs of head training on cached features."}
+    )
     probe_learning_rate: float = field(
         default=1e-3, metadata={"help": "AdamW learning rate of the linear probe."}
     )
@@ -128,11 +136,30 @@ class TeacherFinetuningArguments(TrainingArguments):
     remove_unused_columns: bool = field(
         default=False, metadata={"help": "Kept False: views come from raw images."}
     )
+    strategy: str | None = renamed_field()
+    layer_decay: float | None = renamed_field()
+    probe_epochs: int | None = renamed_field()
+
+    #: Old names of options, accepted with a FutureWarning until 0.2.0 (docs/pipeline.md): the names
+    #: of the command line's flags (``--teacher_strategy`` ...) are the canonical ones.
+    _renamed = {
+        "strategy": "teacher_strategy",
+        "layer_decay": "teacher_layer_decay",
+        "probe_epochs": "teacher_probe_epochs",
+    }
 
     def __post_init__(self):
-        check_choice(self.strategy, "strategy", STRATEGIES)
-        self.layer_decay = check_number(self.layer_decay, "layer_decay", above=0, maximum=1)
-        self.probe_epochs = check_int(self.probe_epochs, "probe_epochs", minimum=1)
+        named = resolve_renamed(self)  # errors name the spelling the caller used
+        check_choice(self.teacher_strategy, named.get("teacher_strategy", "teacher_strategy"), STRATEGIES)
+        self.teacher_layer_decay = check_number(
+            self.teacher_layer_decay,
+            named.get("teacher_layer_decay", "teacher_layer_decay"),
+            above=0,
+            maximum=1,
+        )
+        self.teacher_probe_epochs = check_int(
+            self.teacher_probe_epochs, named.get("teacher_probe_epochs", "teacher_probe_epochs"), minimum=1
+        )
         self.probe_learning_rate = check_number(self.probe_learning_rate, "probe_learning_rate", above=0)
         self.probe_weight_decay = check_number(self.probe_weight_decay, "probe_weight_decay", minimum=0)
         self.probe_batch_size = check_int(self.probe_batch_size, "probe_batch_size", minimum=1)
@@ -191,7 +218,7 @@ def lora_target_modules(model: nn.Module) -> list[str]:
     if not targets:
         raise ValueError(
             f"found no attention projections in {type(model).__name__}: LoRA adapts attention layers, and "
-            "this model has none (a CNN?). Finetune it with strategy 'full' or 'lp-ft' instead, or name the "
+            "this model has none (a CNN?). Finetune it with teacher_strategy 'full' or 'lp-ft' instead, or name the "
             "layers to adapt (TeacherFinetuningArguments(lora_target_modules=[...]))"
         )
     return targets
@@ -366,7 +393,7 @@ class TeacherFinetuner:
 
     # -- training --
     def train(self, resume_from_checkpoint: str | os.PathLike | bool | None = None) -> FinetuningResult:
-        """Finetune with ``args.strategy``; returns the model and its validation metrics.
+        """Finetune with ``args.teacher_strategy``; returns the model and its validation metrics.
 
         ``resume_from_checkpoint``: a checkpoint folder, or ``True`` for the newest complete one in
         ``args.output_dir`` (none yet: start fresh). A killed run resumes with its optimizer,
@@ -392,15 +419,15 @@ class TeacherFinetuner:
         )
         spec = self.spec
         history: list[dict[str, float]] = []
-        if args.strategy in ("linear", "lp-ft"):
+        if args.teacher_strategy in ("linear", "lp-ft"):
             history = self.linear_probe(model, spec)
         metrics = history[-1]["best"] if history else {}
-        if args.strategy in ("full", "lp-ft"):
+        if args.teacher_strategy in ("full", "lp-ft"):
             metrics = self._train_through_backbone(model, spec, resume)
-        elif args.strategy == "lora":
+        elif args.teacher_strategy == "lora":
             model, metrics = self._train_lora(model, spec, resume)
         model.eval()
-        self.result = FinetuningResult(model, args.strategy, metrics, self.validation_source, history)
+        self.result = FinetuningResult(model, args.teacher_strategy, metrics, self.validation_source, history)
         return self.result
 
     def _trainer(self, model, spec: ViewSpec, **kwargs) -> Trainer:
@@ -416,7 +443,7 @@ class TeacherFinetuner:
 
     def _train_through_backbone(self, model, spec: ViewSpec, resume: str | None) -> dict[str, float]:
         model.requires_grad_(True)
-        trainer = self.trainer = self._trainer(model, spec, layer_decay=self.args.layer_decay)
+        trainer = self.trainer = self._trainer(model, spec, layer_decay=self.args.teacher_layer_decay)
         trainer.train(resume_from_checkpoint=resume)
         return _strip_eval_prefix(trainer.evaluate())
 
@@ -485,7 +512,7 @@ class TeacherFinetuner:
             probe.parameters(), lr=args.probe_learning_rate, weight_decay=args.probe_weight_decay
         )
         steps_per_epoch = math.ceil(len(x_train) / args.probe_batch_size)
-        total = max(1, steps_per_epoch * args.probe_epochs)
+        total = max(1, steps_per_epoch * args.teacher_probe_epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
         )
@@ -494,7 +521,7 @@ class TeacherFinetuner:
         x_train, y_train = x_train[labelled], y_train[labelled]
         metric = args.metric_for_best_model or "balanced_accuracy"
         best_score, best_state, history = -math.inf, copy.deepcopy(probe.state_dict()), []
-        for epoch in range(args.probe_epochs):
+        for epoch in range(args.teacher_probe_epochs):
             order = torch.randperm(len(x_train), generator=generator)
             for start in range(0, len(order), args.probe_batch_size):
                 rows = order[start : start + args.probe_batch_size]
@@ -553,7 +580,7 @@ class TeacherFinetuner:
         if result is None:
             raise RuntimeError("call train() before compute_ledger()")
         model, size, device = result.model, self.spec.size, describe_device()
-        probing = self.args.strategy in ("linear", "lp-ft")
+        probing = self.args.teacher_strategy in ("linear", "lp-ft")
         forward_images = (
             len(self.train_split) * self.args.probe_views + len(self.validation_split) if probing else 0
         )

@@ -31,6 +31,7 @@ from .metrics import distillation_metrics
 from .models.heads import capture_head_inputs, find_classification_head
 from .models.labels import label_id_map, label_names_of
 from .models.teacher import load_teacher
+from .options import distill_loss_field, renamed_field, resolve_renamed
 from .tasks import task_type_of
 from .teacher_cache import CachedTeacherDataset, TeacherCache
 
@@ -51,13 +52,7 @@ __all__ = [
 class DistillationArguments(TrainingArguments):
     """``TrainingArguments`` plus the distillation objective."""
 
-    loss_name: str = field(
-        default="kd",
-        metadata={
-            "help": "Registered loss: 'kd' (KL to the teacher + optional label CE), 'function_matching' "
-            "(KL only, labels ignored), 'ce' (labels only), or any name added with register_loss."
-        },
-    )
+    distill_loss: str = distill_loss_field()
     temperature: float = field(
         default=1.0, metadata={"help": "Softmax temperature T of the KL term (scaled by T^2)."}
     )
@@ -76,20 +71,30 @@ class DistillationArguments(TrainingArguments):
             "model's forward does not name."
         },
     )
+    loss_name: str | None = renamed_field()
+
+    #: Old names of options, accepted with a FutureWarning until 0.2.0 (docs/pipeline.md).
+    _renamed = {"loss_name": "distill_loss"}
 
     def __post_init__(self):
-        if self.loss_name not in available_losses():
+        loss = resolve_renamed(self).get("distill_loss", "distill_loss")  # the name the caller used
+        if self.distill_loss not in available_losses():
             raise ValueError(
-                f"unknown loss_name '{self.loss_name}'; registered: {', '.join(available_losses())}"
+                f"unknown {loss} '{self.distill_loss}'; registered: {', '.join(available_losses())}"
             )
         self.temperature = check_number(self.temperature, "temperature", above=0)
         self.kd_weight = check_number(self.kd_weight, "kd_weight", minimum=0)
         self.ce_weight = check_number(self.ce_weight, "ce_weight", minimum=0)
-        if self.loss_name == "kd" and self.kd_weight == 0 and self.ce_weight == 0:
-            raise ValueError("kd_weight and ce_weight are both 0: the 'kd' loss would train nothing")
+        if self.kd_weight == 0 and self.ce_weight == 0:
+            raise ValueError(
+                f"kd_weight and ce_weight are both 0: the '{self.distill_loss}' loss would train nothing"
+            )
         # a loss's own rules on its parameters (e.g. function_matching takes no label term), now
         build_loss(
-            self.loss_name, temperature=self.temperature, kd_weight=self.kd_weight, ce_weight=self.ce_weight
+            self.distill_loss,
+            temperature=self.temperature,
+            kd_weight=self.kd_weight,
+            ce_weight=self.ce_weight,
         )
         check_training_arguments(self)
         if cpu_ranks_need_use_cpu(self.use_cpu):
@@ -340,7 +345,10 @@ class DistillationTrainer(ModelCardMixin, TaskTrainer):
         if model is None:
             raise ValueError("DistillationTrainer needs the student model (model=)")
         self.distillation_loss = loss or build_loss(
-            args.loss_name, temperature=args.temperature, kd_weight=args.kd_weight, ce_weight=args.ce_weight
+            args.distill_loss,
+            temperature=args.temperature,
+            kd_weight=args.kd_weight,
+            ce_weight=args.ce_weight,
         )
         if isinstance(teacher_model, (str, os.PathLike)):
             teacher_model = load_teacher(os.fspath(teacher_model))
@@ -348,12 +356,12 @@ class DistillationTrainer(ModelCardMixin, TaskTrainer):
             teacher_cache = TeacherCache(teacher_cache)
         if teacher_model is None and self.distillation_loss.requires_features:
             raise ValueError(
-                f"loss '{args.loss_name}' matches the teacher's image features: pass teacher_model= "
+                f"loss '{args.distill_loss}' matches the teacher's image features: pass teacher_model= "
                 "(a teacher cache stores logits only)"
             )
         if teacher_model is None and teacher_cache is None and self.distillation_loss.requires_teacher:
             raise ValueError(
-                f"loss '{args.loss_name}' needs a teacher: pass teacher_model= or teacher_cache="
+                f"loss '{args.distill_loss}' needs a teacher: pass teacher_model= or teacher_cache="
             )
         if teacher_model is not None:
             if not self.distillation_loss.requires_features:  # features need no shared label space

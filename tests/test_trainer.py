@@ -73,7 +73,7 @@ def test_training_logs_each_loss_term(tmp_path, trained_teacher_dir):
     student = create_student("test_resnet", teacher.config.id2label, image_size=32)
     mixed = make_colour_dataset(64, seed=11)
     mixed = mixed.map(lambda row, i: {"label": -1 if i % 2 else row["label"]}, with_indices=True)
-    args = _args(tmp_path, ce_weight=0.5, logging_steps=1, max_steps=2)
+    args = _args(tmp_path, distill_loss="kd", ce_weight=0.5, logging_steps=1, max_steps=2)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=mixed)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
@@ -110,6 +110,7 @@ def _one_run(tmp_path, name, batch, accumulation, dataset):
         lr_scheduler_type="constant",
         max_steps=2,
         temperature=2.0,
+        distill_loss="kd",
         ce_weight=0.7,
         max_grad_norm=0.0,
         logging_steps=1,
@@ -215,7 +216,9 @@ def test_dataset_without_image_column_is_refused(tmp_path, teacher_and_student):
 def test_distillation_loss_without_teacher_is_refused(tmp_path):
     student = create_student("test_resnet", LABELS, image_size=32)
     with pytest.raises(ValueError, match="loss 'kd' needs a teacher"):
-        DistillationTrainer(model=student, args=_args(tmp_path))
+        DistillationTrainer(model=student, args=_args(tmp_path, distill_loss="kd"))
+    with pytest.raises(ValueError, match="loss 'function_matching' needs a teacher"):
+        DistillationTrainer(model=student, args=_args(tmp_path))  # the default, the paper's
 
 
 def test_evaluation_on_unlabelled_data_reports_agreement(tmp_path, teacher_and_student, colour_splits):

@@ -98,7 +98,7 @@ def train_student(model, dataset, *, teacher=None, loss="ce", epochs, lr, seed, 
     """One DistillationTrainer run: labels only (``ce``), KD from ``teacher``, or feature matching."""
     args = DistillationArguments(
         output_dir=output_dir,
-        loss_name=loss,
+        distill_loss=loss,
         temperature=2.0 if loss == "function_matching" else 1.0,
         num_train_epochs=epochs,
         learning_rate=lr,
@@ -148,10 +148,10 @@ def run(per_class: int, seed: int, world, encoder, pool_embeddings, agnostic: di
         # (e) the teacher, finetuned on the labels
         teacher_args = TeacherFinetuningArguments(
             output_dir=os.path.join(tmp, "teacher"),
-            strategy=cli.teacher_strategy,
+            teacher_strategy=cli.teacher_strategy,
             num_train_epochs=cli.teacher_epochs,
             learning_rate=cli.teacher_lr,
-            layer_decay=1.0,
+            teacher_layer_decay=1.0,
             per_device_train_batch_size=16,
             crop_min_scale=AUGMENTATION.scale[0],
             hflip_probability=0.0,
@@ -191,7 +191,7 @@ def run(per_class: int, seed: int, world, encoder, pool_embeddings, agnostic: di
         out["c"] = accuracy(train_student(student, labelled, **ft, output_dir=tmp), test, task)
 
         # (d) task-oriented KD on the retrieved transfer set, then finetune
-        builder = RetrievalTransferSetBuilder(encoder, budget=cli.budget, seed=seed, batch_size=256)
+        builder = RetrievalTransferSetBuilder(encoder, transfer_budget=cli.budget, seed=seed, batch_size=256)
         # no held-out guard: the test digits are not in the pool by construction
         retrieved, _ = builder.build(
             pool, labelled, embeddings_dir=os.path.join(tmp, "embeddings"), pool_embeddings=pool_embeddings

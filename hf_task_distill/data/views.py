@@ -230,21 +230,25 @@ class ViewAugmentation:
     """Random-resized-crop and flip parameters shared by teacher and student views (training only).
 
     The crop is drawn by torchvision's ``RandomResizedCrop`` rule (:func:`sample_view`) in the decoded
-    image, once per image, and rendered for every model.
+    image, once per image, and rendered for every model. The names are timm's
+    (``create_transform(scale=, ratio=, hflip=)``); the command line sets ``scale[0]`` as
+    ``--crop_min_scale`` and ``hflip`` as ``--hflip_probability``, with the same defaults.
 
     Args:
-        scale (`tuple[float, float]`, *optional*, defaults to `(0.08, 1.0)`):
-            Range of the crop's area as a share of the image's, ``0 < low <= high <= 1``.
+        scale (`tuple[float, float]`, *optional*, defaults to `(0.25, 1.0)`):
+            Range of the crop's area as a share of the image's, ``0 < low <= high <= 1``. The lower
+            bound 0.25 is the package's recipe for every stage (not from the paper); timm's and
+            torchvision's default is 0.08.
         ratio (`tuple[float, float]`, *optional*, defaults to `(3/4, 4/3)`):
             Range of the crop's aspect ratio (width / height), ``0 < low <= high``; drawn log-uniformly.
         hflip (`float`, *optional*, defaults to 0.5):
-            Probability of a horizontal flip, in [0, 1].
+            Probability of a horizontal flip, in [0, 1] (0 for text or digits).
 
     Raises:
         ValueError: if a bound is out of range or ``low > high`` (the message names the field).
     """
 
-    scale: tuple[float, float] = (0.08, 1.0)
+    scale: tuple[float, float] = (0.25, 1.0)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     hflip: float = 0.5
 

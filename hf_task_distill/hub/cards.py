@@ -169,7 +169,7 @@ class TransferSetCardData:
             ),
             stats=builder.stats.as_dict(),
             per_query_k=builder.config.per_query_k,
-            budget=builder.config.budget,
+            budget=builder.config.transfer_budget,
             leakage_threshold=builder.config.leakage_threshold,
             min_teacher_confidence=builder.config.min_teacher_confidence,
             has_confidence="teacher_confidence" in (transfer.column_names or []),

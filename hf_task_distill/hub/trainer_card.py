@@ -237,7 +237,7 @@ def trainer_card_data(
         architecture=architecture,
         label_names=label_names_of(student.config) or [str(i) for i in range(student.config.num_labels)],
         teacher_base=teacher_name,
-        distill_loss=trainer.args.loss_name,
+        distill_loss=trainer.args.distill_loss,
         temperature=trainer.args.temperature,
         transfer_description=_transfer_description(trainer.train_dataset, options.transfer_set),
         image_size=int(size[0]) if len(size) == 2 and size[0] == size[1] else 0,
@@ -275,7 +275,7 @@ class ModelCardMixin:
     the process that saves them (``args.should_save``); checkpoints get none (they are not meant for
     publishing, and their folders are rotated away). The trainer names its teacher with
     :attr:`card_teacher_model`, hands its training rows to :attr:`model_card_callback` and has the
-    ``args`` of :class:`~hf_task_distill.DistillationArguments` (``loss_name``, ``temperature``).
+    ``args`` of :class:`~hf_task_distill.DistillationArguments` (``distill_loss``, ``temperature``).
     """
 
     #: The teacher the card names and counts FLOPs of (``None``: no teacher model).

@@ -17,10 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from ..checks import check_int, check_number
+from ..checks import check_int
 from ..data.loading import find_image_column, find_label_column
 from ..data.validation import UNLABELLED, check_dataset_type, label_array
 from ..devices import process_state
+from ..options import RetrievalSettings, renamed_field, resolve_renamed
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
 from .search import check_embeddings, plan_index, require_faiss, retrieve, zero_rows
@@ -31,17 +32,19 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class RetrievalConfig:
-    """How many images to retrieve and which to refuse.
+class RetrievalConfig(RetrievalSettings):
+    """How many images to retrieve and which to refuse, and how the pool is embedded. The retrieval
+    fields are :class:`~hf_task_distill.options.RetrievalSettings`', which the command line's
+    ``--transfer retrieval`` flags share (one name, one default).
 
     Give exactly one of ``per_query_k`` (the paper's balanced scheme: the ``k`` nearest pool images of
-    every labelled image, de-duplicated) and ``budget`` (a total, spread evenly over the query classes).
+    every labelled image, de-duplicated) and ``transfer_budget`` (a total, spread evenly over the query classes; ``budget`` until 0.2.0, with a warning).
     Every bound is checked on construction, before a pool is embedded.
 
     Args:
         per_query_k (`int`, *optional*):
             Neighbours per query image, >= 1.
-        budget (`int`, *optional*):
+        transfer_budget (`int`, *optional*):
             Total transfer-set size in images, >= 1, spread evenly over the classes; the search widens
             ``k`` until the images that pass the filters can fill it (or ``k`` spans the pool).
         leakage_threshold (`float`, *optional*, defaults to 0.95):
@@ -63,56 +66,25 @@ class RetrievalConfig:
             Seed of the IVF training sample and tuning.
 
     Raises:
-        ValueError: if neither or both of ``per_query_k`` and ``budget`` are given, or a value is out of
+        ValueError: if neither or both of ``per_query_k`` and ``transfer_budget`` are given, or a value is out of
             range (the message names the field).
     """
 
-    per_query_k: int | None = field(
-        default=None, metadata={"help": "Neighbours per query (the paper's balanced scheme)."}
-    )
-    budget: int | None = field(
-        default=None, metadata={"help": "Total transfer-set size, spread evenly over classes."}
-    )
-    leakage_threshold: float = field(
-        default=0.95,
-        metadata={"help": "Cosine above which a pool image counts as a copy of a validation/test image."},
-    )
-    min_similarity: float | None = field(
-        default=None, metadata={"help": "Drop neighbours less similar than this."}
-    )
-    min_teacher_confidence: float | None = field(
-        default=None,
-        metadata={"help": "With a teacher: drop retrieved images whose top class probability is lower."},
-    )
-    memory_budget_gb: float | None = field(default=None, metadata={"help": "Memory the index may use."})
-    recall_target: float = field(
-        default=0.95, metadata={"help": "recall@k against exact search that IVF nprobe is tuned to."}
-    )
     shard_size: int = field(
         default=4096, metadata={"help": "Rows per embedding shard (the unit of resumption)."}
     )
     batch_size: int = field(default=64, metadata={"help": "Images per encoder forward pass."})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "Seed of the index's training sample and recall pilot."})
+    budget: int | None = renamed_field()
+
+    _renamed = {"budget": "transfer_budget"}
 
     def __post_init__(self):
+        resolve_renamed(self)
         # 0 is a value, not "not given": every bound is checked here, before the pool is embedded
-        if (self.per_query_k is None) == (self.budget is None):
-            raise ValueError("give exactly one of per_query_k= or budget=")
-        self.per_query_k = check_int(self.per_query_k, "per_query_k", minimum=1, optional=True)
-        self.budget = check_int(self.budget, "budget", minimum=1, optional=True)
-        self.leakage_threshold = check_number(
-            self.leakage_threshold, "leakage_threshold", minimum=-1, maximum=1
-        )
-        self.min_similarity = check_number(
-            self.min_similarity, "min_similarity", minimum=-1, maximum=1, optional=True
-        )
-        self.min_teacher_confidence = check_number(
-            self.min_teacher_confidence, "min_teacher_confidence", minimum=0, maximum=1, optional=True
-        )
-        self.memory_budget_gb = check_number(
-            self.memory_budget_gb, "memory_budget_gb", above=0, optional=True
-        )
-        self.recall_target = check_number(self.recall_target, "recall_target", above=0, maximum=1)
+        if (self.per_query_k is None) == (self.transfer_budget is None):
+            raise ValueError("give exactly one of per_query_k= or budget= (renamed transfer_budget=)")
+        self.check_retrieval_settings()
         self.shard_size = check_int(self.shard_size, "shard_size", minimum=1)
         self.batch_size = check_int(self.batch_size, "batch_size", minimum=1)
         self.seed = check_int(self.seed, "seed")
@@ -168,7 +140,7 @@ class RetrievalTransferSetBuilder:
         config (`RetrievalConfig`, *optional*):
             The settings; when not given, built from ``config_overrides``.
         **config_overrides:
-            ``RetrievalConfig`` fields (``per_query_k=``, ``budget=``...), used when ``config`` is ``None``.
+            ``RetrievalConfig`` fields (``per_query_k=``, ``transfer_budget=``...), used when ``config`` is ``None``.
 
     Raises:
         ImportError: if faiss is not installed (the message gives the install command).
@@ -335,12 +307,12 @@ class RetrievalTransferSetBuilder:
         keep = self._budget_mask(picked, query_labels, query_rows, stats)
         picked = {name: column[keep] for name, column in picked.items()}
         stats.final = len(picked["pool_index"])
-        if cfg.budget is not None and stats.final < cfg.budget:
+        if cfg.transfer_budget is not None and stats.final < cfg.transfer_budget:
             logger.warning(
-                "the transfer set holds %d images, fewer than budget=%d: the search found only %d unique "
+                "the transfer set holds %d images, fewer than transfer_budget=%d: the search found only %d unique "
                 "neighbours (k=%d per query) and %d were removed; a larger pool or fewer filters gives more",
                 stats.final,
-                cfg.budget,
+                cfg.transfer_budget,
                 stats.after_dedup,
                 stats.k,
                 stats.removed_leakage + stats.removed_low_confidence,
@@ -387,16 +359,16 @@ class RetrievalTransferSetBuilder:
                 picked = {name: column[~leaked] for name, column in picked.items()}
                 stats.removed_leakage = int(leaked.sum())
             found = len(picked["pool_index"])
-            if cfg.budget is None or found >= cfg.budget or k >= len(pool_vectors):
+            if cfg.transfer_budget is None or found >= cfg.transfer_budget or k >= len(pool_vectors):
                 break
             # queries of one class share neighbours, and the guard removes some: search wider
             logger.info(
-                "k=%d found %d unique images (%d near-copies of held-out images removed) for budget=%d: "
+                "k=%d found %d unique images (%d near-copies of held-out images removed) for transfer_budget=%d: "
                 "searching again with k=%d",
                 k,
                 found,
                 stats.removed_leakage,
-                cfg.budget,
+                cfg.transfer_budget,
                 min(2 * k, len(pool_vectors)),
             )
             k = min(2 * k, len(pool_vectors))
@@ -415,8 +387,8 @@ class RetrievalTransferSetBuilder:
         if cfg.per_query_k is not None:
             return cfg.per_query_k
         if labels is None:
-            return math.ceil(cfg.budget / num_queries)
-        per_class = cfg.budget / len(np.unique(labels))
+            return math.ceil(cfg.transfer_budget / num_queries)
+        per_class = cfg.transfer_budget / len(np.unique(labels))
         smallest_class = np.bincount(labels)[np.unique(labels)].min()
         return math.ceil(per_class / smallest_class) * 2  # headroom for duplicates across queries
 
@@ -450,7 +422,7 @@ class RetrievalTransferSetBuilder:
         """
         cfg = self.config
         keep = np.ones(len(picked["pool_index"]), dtype=bool)
-        if cfg.budget is None or keep.size <= cfg.budget:
+        if cfg.transfer_budget is None or keep.size <= cfg.transfer_budget:
             return keep
         if labels is None:
             groups = np.zeros(keep.size, dtype=int)
@@ -458,13 +430,13 @@ class RetrievalTransferSetBuilder:
             label_of_row = dict(zip(query_rows.tolist(), labels.tolist(), strict=True))
             groups = np.array([label_of_row[q] for q in picked["query_index"].tolist()])
         classes = np.unique(groups)
-        share = cfg.budget // len(classes)
+        share = cfg.transfer_budget // len(classes)
         keep[:] = False
         for cls in classes:
             rows = np.flatnonzero(groups == cls)
             keep[rows[np.argsort(-picked["score"][rows], kind="stable")[:share]]] = True
         leftovers = np.flatnonzero(~keep)
-        shortfall = cfg.budget - int(keep.sum())
+        shortfall = cfg.transfer_budget - int(keep.sum())
         keep[leftovers[np.argsort(-picked["score"][leftovers], kind="stable")[:shortfall]]] = True
         stats.removed_budget = int((~keep).sum())
         return keep

@@ -54,7 +54,7 @@ class DistillStage(Stage):
             num_train_epochs=cfg.distill_epochs,
             learning_rate=cfg.distill_learning_rate,
             temperature=cfg.temperature,
-            loss_name=cfg.distill_loss,
+            distill_loss=cfg.distill_loss,
             save_strategy="epoch",
         )
         views = PairedViews.from_models(teacher, student, augmentation=context.augmentation)

@@ -45,11 +45,11 @@ class TeacherStage(Stage):
         args = context.training_args(
             TeacherFinetuningArguments,
             os.path.join(directory, "checkpoints"),
-            strategy=cfg.teacher_strategy,
+            teacher_strategy=cfg.teacher_strategy,
             num_train_epochs=cfg.teacher_epochs,
             learning_rate=cfg.teacher_learning_rate,
-            probe_epochs=cfg.teacher_probe_epochs,
-            layer_decay=cfg.teacher_layer_decay,
+            teacher_probe_epochs=cfg.teacher_probe_epochs,
+            teacher_layer_decay=cfg.teacher_layer_decay,
             crop_min_scale=context.config.run.crop_min_scale,
             hflip_probability=context.config.run.hflip_probability,
         )

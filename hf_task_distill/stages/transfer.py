@@ -4,14 +4,18 @@ own training images, a uniform pool sample, a dataset, or images retrieved from 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
+from ..options import RetrievalSettings
 from ._settings import TASK
 from .base import Stage, StageResult, register_stage
 from .context import loading
 
 #: ``--transfer`` values that name a way of building the transfer set rather than a dataset.
 MODES = ("task", "retrieval", "random")
+#: Retrieval settings added after runs were first recorded: part of the fingerprint when not at default.
+RETRIEVAL_FILTERS = ("min_similarity", "min_teacher_confidence", "memory_budget_gb", "recall_target")
 
 
 @register_stage
@@ -43,8 +47,16 @@ class TransferStage(Stage):
         else:
             settings = super().settings(config)
             settings["retrieval_encoder"] = flat["retrieval_encoder"] or flat["teacher"]
+            # recorded only when not at their default, so that runs made before these flags existed continue
+            defaults = {f.name: f.default for f in dataclasses.fields(RetrievalSettings)}
+            settings.update({k: flat[k] for k in RETRIEVAL_FILTERS if flat[k] != defaults[k]})
             return settings
         return {name: flat[name] for name in names}
+
+    def upstream(self, config):
+        if config.transfer.min_teacher_confidence is not None:
+            return ("teacher",)  # the finetuned teacher's confidence filters the retrieved images
+        return ()
 
     def models_needed(self, config):
         cfg = config.transfer
@@ -125,13 +137,9 @@ def _retrieved_transfer_set(context, directory: str) -> StageResult:
         encoder = ImageEncoder.from_pretrained(
             encoder_name, trust_remote_code=context.config.teacher.trust_remote_code
         )
+    run = context.config.run
     builder = RetrievalTransferSetBuilder(
-        encoder,
-        per_query_k=cfg.per_query_k,
-        budget=cfg.transfer_budget,
-        leakage_threshold=cfg.leakage_threshold,
-        batch_size=context.config.run.batch_size,
-        seed=context.config.run.seed,
+        encoder, cfg.retrieval_config(batch_size=run.batch_size, seed=run.seed)
     )
     pool = load_pool(cfg.pool, streaming=cfg.pool_streaming)
     heldout = [task[s] for s in ("validation", "test") if s in task.splits]
@@ -141,6 +149,7 @@ def _retrieved_transfer_set(context, directory: str) -> StageResult:
         heldout=heldout,
         embeddings_dir=os.path.join(directory, "embeddings"),
         pool_embeddings_dir=cfg.pool_embeddings_dir,
+        teacher=_confidence_teacher(context),
     )
     path = os.path.join(directory, "data")
     if context.state.is_main_process:
@@ -153,3 +162,16 @@ def _retrieved_transfer_set(context, directory: str) -> StageResult:
     entry = LedgerEntry("transfer", "retrieval embedding", encoder_name, embedded, flops, describe_device())
     outputs = {"kind": "retrieval", "path": path, "rows": len(transfer), "stats": stats.as_dict()}
     return StageResult(outputs, [entry])
+
+
+def _confidence_teacher(context):
+    """The run's finetuned teacher, when ``--min_teacher_confidence`` filters the retrieved images by
+    its top-class probability (``None`` otherwise)."""
+    if context.config.transfer.min_teacher_confidence is None:
+        return None
+    from ..models import load_teacher
+
+    with loading("teacher", context.teacher_path()):
+        return load_teacher(
+            context.teacher_path(), trust_remote_code=context.config.teacher.trust_remote_code
+        )
