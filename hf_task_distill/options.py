@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,18 +51,16 @@ def resolve_renamed(obj: Any) -> dict[str, str]:
     """
     given_as: dict[str, str] = {}
     fields = {f.name: f for f in dataclasses.fields(obj)}
-    internal = _called_by_the_pipeline()
     for old, new in getattr(type(obj), "_renamed", {}).items():
         value = getattr(obj, old)
         if value is None:
             continue
-        if not internal:
-            warnings.warn(
-                f"{type(obj).__name__}: '{old}' is renamed '{new}'; the old name stops working in "
-                f"hf-task-distill {REMOVED_IN}",
-                FutureWarning,
-                stacklevel=4,
-            )
+        warnings.warn(
+            f"{type(obj).__name__}: '{old}' is renamed '{new}'; the old name stops working in "
+            f"hf-task-distill {REMOVED_IN}",
+            FutureWarning,
+            stacklevel=4,
+        )
         current = getattr(obj, new)
         if current != _default_of(fields[new]) and current != value:
             raise ValueError(
@@ -91,21 +88,6 @@ def distill_loss_field() -> Any:
             "feature_contrastive (task-agnostic baseline) or a registered loss."
         },
     )
-
-
-def _called_by_the_pipeline() -> bool:
-    """Whether the object is being made by :mod:`hf_task_distill.pipeline`, whose user can do nothing
-    about an old name: it still passes ``strategy=``, ``loss_name=``, ``budget=`` while it is being
-    rewritten. Remove this (and its use) once it passes the new names."""
-    frame = sys._getframe(2)  # 0 here, 1 resolve_renamed, 2 __post_init__, then __init__ and callers
-    while frame is not None:
-        module = frame.f_globals.get("__name__", "")
-        if module == f"{__package__}.pipeline":
-            return True
-        if not module.startswith(f"{__package__}."):  # a user's code (or a library's) made it
-            return False
-        frame = frame.f_back
-    return False
 
 
 def _default_of(f: dataclasses.Field) -> Any:
