@@ -47,7 +47,7 @@ from hf_task_distill import (  # noqa: E402
     build_teacher_cache,
     create_student,
 )
-from hf_task_distill.compute import count_flops_per_image  # noqa: E402
+from hf_task_distill.ledger import count_flops_per_image  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 LABELS = [f"class_{i}" for i in range(10)]

@@ -27,7 +27,11 @@ from transformers import BitImageProcessor, Dinov2Config, Dinov2Model  # noqa: E
 
 from hf_task_distill.data import load_target_task  # noqa: E402
 from hf_task_distill.models import load_teacher  # noqa: E402
-from hf_task_distill.teacher import TeacherFinetuner, TeacherFinetuningArguments, find_classification_head  # noqa: E402
+from hf_task_distill.teacher_finetuning import (  # noqa: E402
+    TeacherFinetuner,
+    TeacherFinetuningArguments,
+    find_classification_head,
+)
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from transformers import HfArgumentParser
 
 from hf_task_distill.data import load_target_task
-from hf_task_distill.teacher import TeacherFinetuner, TeacherFinetuningArguments
+from hf_task_distill.teacher_finetuning import TeacherFinetuner, TeacherFinetuningArguments
 
 
 @dataclass

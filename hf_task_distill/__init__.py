@@ -17,9 +17,9 @@ __version__ = "0.1.0.dev0"
 _EXPORTS = {
     "DistillationArguments": "trainer",
     "DistillationTrainer": "trainer",
-    "TeacherFinetuner": "teacher",
-    "TeacherFinetuningArguments": "teacher",
-    "FinetuningResult": "teacher",
+    "TeacherFinetuner": "teacher_finetuning",
+    "TeacherFinetuningArguments": "teacher_finetuning",
+    "FinetuningResult": "teacher_finetuning",
     "DistillationLoss": "losses",
     "LabelCrossEntropy": "losses",
     "LossInputs": "losses",
@@ -94,6 +94,6 @@ if TYPE_CHECKING:  # pragma: no cover
         load_teacher,
     )
     from .retrieval import RetrievalConfig, RetrievalTransferSetBuilder
-    from .teacher import FinetuningResult, TeacherFinetuner, TeacherFinetuningArguments
     from .teacher_cache import TeacherCache, TeacherCacheConfig, build_teacher_cache
+    from .teacher_finetuning import FinetuningResult, TeacherFinetuner, TeacherFinetuningArguments
     from .trainer import DistillationArguments, DistillationTrainer

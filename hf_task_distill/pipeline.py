@@ -16,9 +16,9 @@ import os
 import uuid
 from typing import Any
 
-from .compute import ComputeLedger, Stopwatch, describe_device
 from .config import PipelineConfig
 from .devices import process_state
+from .ledger import ComputeLedger, Stopwatch, describe_device
 from .run_directory import NOT_HASHED, RunDirectory, RunInUse
 from .sources import is_local_path
 from .stages import RunContext, StageNotReady, available_stages, get_stage, stages_for_command

@@ -221,7 +221,7 @@ def test_progress_bars_are_named_and_library_noise_is_silenced(interrupted_demo)
 def test_retrieval_does_not_print_faiss_loader_lines(tmp_path):
     """build-transfer-set with retrieval imports faiss, whose loader logs its failed CPU-specific
     imports (ModuleNotFoundError) at INFO: that is not for the user."""
-    from hf_task_distill.miniature import mini_vfm_path
+    from hf_task_distill.demo.miniature import mini_vfm_path
 
     save_image_folder(make_colour_dataset(24, seed=3), tmp_path / "pool", labelled=False)
     argv = [

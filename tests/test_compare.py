@@ -94,7 +94,7 @@ def digits_world(tmp_path_factory):
     from datasets import concatenate_datasets
 
     from hf_task_distill.data import load_target_task
-    from hf_task_distill.data.glyphs import GlyphPoolConfig, make_glyph_pool
+    from hf_task_distill.demo.glyphs import GlyphPoolConfig, make_glyph_pool
 
     root = tmp_path_factory.mktemp("compare")
     train = load_target_task("digits")["train"]

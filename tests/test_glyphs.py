@@ -12,7 +12,7 @@ from PIL import Image
 
 pytest.importorskip("matplotlib")
 
-from hf_task_distill.data.glyphs import (  # noqa: E402
+from hf_task_distill.demo.glyphs import (  # noqa: E402
     GLYPH_ALPHABETS,
     GlyphPoolConfig,
     glyph_class_names,

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from hf_task_distill.miniature import MINI_VFM, MiniVFMPretraining, mini_vfm_path, pretrain_mini_vfm
+from hf_task_distill.demo.miniature import MINI_VFM, MiniVFMPretraining, mini_vfm_path, pretrain_mini_vfm
 
 
 def test_pretraining_writes_a_loadable_model_with_its_card(tmp_path):
@@ -32,7 +32,7 @@ def test_the_shipped_mini_vfm_is_what_its_card_reports():
     recorded accuracy: the shipped file and the card agree."""
     from transformers import AutoModelForImageClassification
 
-    from hf_task_distill.data.glyphs import GlyphPoolConfig, make_glyph_pool
+    from hf_task_distill.demo.glyphs import GlyphPoolConfig, make_glyph_pool
     from hf_task_distill.evaluation import evaluate_classifier
 
     folder = mini_vfm_path()

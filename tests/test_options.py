@@ -33,8 +33,8 @@ from hf_task_distill.data.loading import TargetTask
 from hf_task_distill.data.views import ViewAugmentation
 from hf_task_distill.options import REMOVED_IN, RetrievalSettings
 from hf_task_distill.retrieval.builder import RetrievalConfig
-from hf_task_distill.teacher import TeacherFinetuningArguments
 from hf_task_distill.teacher_cache import TeacherCacheConfig
+from hf_task_distill.teacher_finetuning import TeacherFinetuningArguments
 from hf_task_distill.trainer import DistillationArguments
 
 #: Where each command-line group's flags live in the API.

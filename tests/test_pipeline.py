@@ -16,8 +16,8 @@ from datasets import Image as ImageFeature
 from PIL import Image
 
 from hf_task_distill.cli import main, parse_config
-from hf_task_distill.compute import ComputeLedger, LedgerEntry, count_flops_per_image
 from hf_task_distill.config import PipelineConfig
+from hf_task_distill.ledger import ComputeLedger, LedgerEntry, count_flops_per_image
 
 CLI = [sys.executable, "-m", "hf_task_distill.cli"]
 

@@ -242,8 +242,8 @@ def test_public_name_keeps_hub_ids_and_reduces_local_paths_to_their_folder(tmp_p
     import getpass
     import socket
 
+    from hf_task_distill.demo.miniature import mini_vfm_path
     from hf_task_distill.hub.names import hub_id, public_name
-    from hf_task_distill.miniature import mini_vfm_path
 
     monkeypatch.setattr(getpass, "getuser", lambda: "alice")
     monkeypatch.setattr(socket, "gethostname", lambda: "alices-laptop.example.org")

@@ -289,7 +289,7 @@ def test_saved_transfer_set_has_a_card_and_a_contact_sheet(tmp_path, themed):
 
     from hf_task_distill.hub import TransferSetCardData
     from hf_task_distill.retrieval import contact_sheet, save_transfer_set
-    from hf_task_distill.retrieval.output import _Layout
+    from hf_task_distill.retrieval.transfer_set import _Layout
 
     pool = themed["pool"]
     pool.info.license = "cc-by-4.0"
@@ -330,7 +330,7 @@ def test_the_contact_sheet_shows_a_row_per_class_with_its_best_retrieved_images(
     from datasets import Image as ImageFeature
 
     from hf_task_distill.retrieval import contact_sheet
-    from hf_task_distill.retrieval.output import _Layout
+    from hf_task_distill.retrieval.transfer_set import _Layout
 
     names = ["cat", "dog", "owl", "eel"]
     labels = [0, 0, 1, 2, 2, 3]  # query 3 (owl) and query 5 (eel) kept nothing

@@ -107,7 +107,7 @@ def test_names_from_a_dataset_never_become_paths_outside_the_output_folder(tmp_p
     from hf_task_distill.data import load_target_task
     from hf_task_distill.hub.cards import TransferSetCardData
     from hf_task_distill.retrieval import RetrievalTransferSetBuilder, contact_sheet, save_transfer_set
-    from hf_task_distill.teacher import TeacherFinetuner, TeacherFinetuningArguments
+    from hf_task_distill.teacher_finetuning import TeacherFinetuner, TeacherFinetuningArguments
 
     evil = [
         "../../escaped-a.png",

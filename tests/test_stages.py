@@ -127,7 +127,7 @@ class ClassCountStage(Stage):
         return ("train",)
 
     def run(self, context, directory):
-        from hf_task_distill.compute import LedgerEntry
+        from hf_task_distill.ledger import LedgerEntry
 
         labels = context.task["train"][context.task.label_column]
         counts = {name: labels.count(i) for i, name in enumerate(context.task.label_names)}

@@ -12,7 +12,7 @@ from datasets import DatasetDict
 
 from hf_task_distill import DistillationTrainer, create_student, load_teacher
 from hf_task_distill.data import load_target_task
-from hf_task_distill.teacher import (
+from hf_task_distill.teacher_finetuning import (
     STRATEGIES,
     TeacherFinetuner,
     TeacherFinetuningArguments,

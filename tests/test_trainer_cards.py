@@ -112,7 +112,7 @@ def test_the_card_ledger_counts_the_work_of_the_trainer(run):
         "teacher forward (evaluation)": ("my-teacher (local)", EPOCHS * EVAL_ROWS),
         "student forward (evaluation)": ("test_resnet", EPOCHS * EVAL_ROWS),
     }
-    from hf_task_distill.compute import count_flops_per_image
+    from hf_task_distill.ledger import count_flops_per_image
 
     student = run.trainer.accelerator.unwrap_model(run.trainer.model)
     training = count_flops_per_image(student, 32, training=True)

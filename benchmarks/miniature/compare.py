@@ -1,6 +1,6 @@
 """The paper's comparison in miniature, offline on a CPU: does task-oriented transfer beat the rest?
 
-World: the "web" is a pool of rendered printed characters (``hf_task_distill.data.glyphs``) with
+World: the "web" is a pool of rendered printed characters (``hf_task_distill.demo.glyphs``) with
 unlabelled handwritten digits mixed in; the foundation model is the shipped mini-VFM (pretrained on
 other glyphs, never on handwriting); the target task is scikit-learn's digits with N labels per class.
 A third of the digits goes, unlabelled, into the pool; of the rest, three quarters are the test split
@@ -46,12 +46,12 @@ from hf_task_distill import (  # noqa: E402
 )
 from hf_task_distill.data import ViewAugmentation, ViewSpec, load_target_task  # noqa: E402
 from hf_task_distill.data.budget import label_budget_indices, stratified_holdout_indices  # noqa: E402
-from hf_task_distill.data.digits import load_digits_task  # noqa: E402
-from hf_task_distill.data.glyphs import GlyphPoolConfig, make_glyph_pool  # noqa: E402
+from hf_task_distill.demo.digits import load_digits_task  # noqa: E402
+from hf_task_distill.demo.glyphs import GlyphPoolConfig, make_glyph_pool  # noqa: E402
+from hf_task_distill.demo.miniature import MINI_STUDENT, mini_vfm_path  # noqa: E402
 from hf_task_distill.evaluation import evaluate_classifier  # noqa: E402
-from hf_task_distill.miniature import MINI_STUDENT, mini_vfm_path  # noqa: E402
 from hf_task_distill.retrieval import ImageEncoder, RetrievalTransferSetBuilder, embed_pool  # noqa: E402
-from hf_task_distill.teacher import TeacherFinetuner, TeacherFinetuningArguments  # noqa: E402
+from hf_task_distill.teacher_finetuning import TeacherFinetuner, TeacherFinetuningArguments  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "results")
 METHODS = {
@@ -293,7 +293,7 @@ def main() -> None:
                 result = run(n, seed, world, encoder, pool_embeddings, agnostic, cli)
                 runs.append({"per_class": n, "seed": seed, **result})
                 print(json.dumps({**runs[-1], "seconds": round(time.perf_counter() - t0, 1)}), flush=True)
-    from hf_task_distill.compute import describe_device
+    from hf_task_distill.ledger import describe_device
 
     _, test, pool = world
     meta = {

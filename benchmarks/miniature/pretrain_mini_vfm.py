@@ -17,7 +17,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from hf_task_distill.miniature import MiniVFMPretraining, pretrain_mini_vfm  # noqa: E402
+from hf_task_distill.demo.miniature import MiniVFMPretraining, pretrain_mini_vfm  # noqa: E402
 
 
 def main() -> None:

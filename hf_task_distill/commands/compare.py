@@ -95,7 +95,7 @@ def log_folder(args) -> str:
 def run(args) -> str:
     """Run (or continue) the comparison; returns the report's markdown and where it was written."""
     from ..compare import Comparison, summarise, to_markdown, write_report
-    from ..compute import describe_device
+    from ..ledger import describe_device
 
     base, compare_args = args
     started = time.perf_counter()

@@ -81,7 +81,7 @@ def load_target_task(
     elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source):
         splits, task_name = _image_folder_task(os.fspath(source), name, label_column, load_dataset_kwargs)
     elif isinstance(source, str) and source.lower() == "digits":  # ships with scikit-learn: no network
-        from .digits import load_digits_task
+        from ..demo.digits import load_digits_task
 
         return load_digits_task(**load_dataset_kwargs)
     elif isinstance(source, str) and source.lower() in list_tasks():

@@ -74,7 +74,7 @@ class TeacherCardData:
 
     @classmethod
     def from_finetuner(cls, finetuner) -> TeacherCardData:
-        """The card of a trained :class:`~hf_task_distill.teacher.TeacherFinetuner`: named by its
+        """The card of a trained :class:`~hf_task_distill.teacher_finetuning.TeacherFinetuner`: named by its
         ``args.hub_model_id`` if set, else ``<base model>-<task>-teacher``."""
         task, result = finetuner.task, finetuner.result
         budget = label_budget_summary(task)
@@ -370,7 +370,7 @@ class MiniVFMCardData:
 
     @classmethod
     def from_pretraining(cls, config, architecture, label_names) -> MiniVFMCardData:
-        from ..compute import describe_device
+        from ..ledger import describe_device
 
         settings = {k: v for k, v in asdict(config).items() if k != "results"}
         return cls(

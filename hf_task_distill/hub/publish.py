@@ -133,7 +133,7 @@ def _public_ledger(context):
     teacher as ``"<teacher>, finetuned"``, any other source by ``public_name``)."""
     from dataclasses import replace
 
-    from ..compute import ComputeLedger
+    from ..ledger import ComputeLedger
 
     ledger = context.ledger()
     suffix = ", finetuned"  # the run's own teacher (Pipeline.teacher_name)

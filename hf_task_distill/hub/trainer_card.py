@@ -19,7 +19,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from ..compute import ComputeLedger, LedgerEntry, describe_device
+from ..ledger import ComputeLedger, LedgerEntry, describe_device
 from ..models.labels import label_names_of
 from .cards import StudentCardData, descriptive_name
 from .names import hub_id, public_name
@@ -155,7 +155,7 @@ class ModelCardCallback(TrainerCallback, ExportableState):
             self.teacher_eval_images += rows
 
     def ledger(self, names: dict[str, str], flops_per_image) -> ComputeLedger:
-        """The work as a :class:`~hf_task_distill.compute.ComputeLedger`: ``names`` maps ``"student"``
+        """The work as a :class:`~hf_task_distill.ledger.ComputeLedger`: ``names`` maps ``"student"``
         and ``"teacher"`` to the names to print, ``flops_per_image(model, training)`` gives FLOPs."""
         self._flush()
         ledger = ComputeLedger(wall_s={STAGE: round(self.train_seconds, 3)})
@@ -366,8 +366,8 @@ class ModelCardMixin:
 
     def _flops_per_image(self, model: str, training: bool) -> float:
         """FLOPs of one image through the student or the teacher at the size it was trained at
-        (:func:`~hf_task_distill.compute.count_flops_per_image`), counted once per size."""
-        from ..compute import count_flops_per_image
+        (:func:`~hf_task_distill.ledger.count_flops_per_image`), counted once per size."""
+        from ..ledger import count_flops_per_image
 
         size = self.model_card_callback.sizes.get(model) or getattr(self.views, model).size
         key = (model, tuple(size), training)

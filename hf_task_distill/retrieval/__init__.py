@@ -4,7 +4,6 @@ from .builder import RetrievalConfig, RetrievalTransferSetBuilder, TransferSetSt
 from .curation import leakage_mask, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
 from .index_choice import IndexPlan, candidate_plans, choose_index, default_nlist, estimate, format_bytes
-from .output import MAX_SHEET_ROWS, contact_sheet, save_transfer_set
 from .pool import load_pool
 from .search import (
     POOL_BLOCK_ROWS,
@@ -20,6 +19,7 @@ from .search import (
     search,
     tune_nprobe,
 )
+from .transfer_set import MAX_SHEET_ROWS, contact_sheet, save_transfer_set
 
 __all__ = [
     "MAX_SHEET_ROWS",

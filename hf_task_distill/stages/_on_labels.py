@@ -20,8 +20,8 @@ def train_on_labels(context, model, directory: str, stage: str):
     """
     from transformers import TrainingArguments
 
-    from ..compute import LedgerEntry, count_flops_per_image, describe_device
     from ..data import ViewSpec, single_view_dataset
+    from ..ledger import LedgerEntry, count_flops_per_image, describe_device
     from ..models.labels import label_names_of
     from ..trainer import TaskTrainer
     from .base import StageResult

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from ..compute import LedgerEntry
     from ..config import PipelineConfig
+    from ..ledger import LedgerEntry
     from .context import RunContext
 
 __all__ = [
@@ -48,7 +48,7 @@ class StageResult:
         outputs: JSON-serialisable results recorded in the stage's manifest (paths inside the stage
             folder are stored relative to it by :class:`~hf_task_distill.run_directory.RunDirectory`).
         ledger: the compute the stage did (images through a model and FLOPs per image), one
-            :class:`~hf_task_distill.compute.LedgerEntry` per kind of work.
+            :class:`~hf_task_distill.ledger.LedgerEntry` per kind of work.
     """
 
     outputs: dict[str, Any]

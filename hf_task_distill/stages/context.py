@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from .base import StageNotReady, available_stages
 
 if TYPE_CHECKING:
-    from ..compute import ComputeLedger
+    from ..ledger import ComputeLedger
 
 __all__ = ["RunContext", "checkpoint_epoch", "loading", "train_resuming"]
 
@@ -168,7 +168,7 @@ class RunContext:
 
     def ledger(self) -> ComputeLedger:
         """Every completed stage's compute, in stage order."""
-        from ..compute import ComputeLedger
+        from ..ledger import ComputeLedger
 
         total = ComputeLedger()
         for name in available_stages():

@@ -38,8 +38,8 @@ class DistillStage(Stage):
         return {"transfer set (distillation)": outputs.get("transfer_unreadable", 0)}
 
     def run(self, context, directory):
-        from ..compute import LedgerEntry, count_flops_per_image, describe_device
         from ..data import PairedViews
+        from ..ledger import LedgerEntry, count_flops_per_image, describe_device
         from ..trainer import DistillationArguments, DistillationTrainer
 
         cfg = context.config.student

@@ -1,5 +1,5 @@
 """Stage 1, ``teacher``: finetune the vision foundation model with a task head on the labelled images
-(:class:`~hf_task_distill.teacher.TeacherFinetuner`), or check a teacher used as it is."""
+(:class:`~hf_task_distill.teacher_finetuning.TeacherFinetuner`), or check a teacher used as it is."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ class TeacherStage(Stage):
         cfg = context.config.teacher
         if cfg.teacher_strategy == "none":
             return self._as_given(context)
-        from ..teacher import TeacherFinetuner, TeacherFinetuningArguments
+        from ..teacher_finetuning import TeacherFinetuner, TeacherFinetuningArguments
 
         args = context.training_args(
             TeacherFinetuningArguments,

@@ -121,8 +121,8 @@ def _random_transfer_set(context, directory: str) -> dict:
 
 def _retrieved_transfer_set(context, directory: str) -> StageResult:
     """``--transfer retrieval``: the pool images nearest to the labelled ones, saved with its card."""
-    from ..compute import LedgerEntry, count_flops_per_image, describe_device
     from ..hub.cards import TransferSetCardData
+    from ..ledger import LedgerEntry, count_flops_per_image, describe_device
     from ..retrieval import (
         ImageEncoder,
         RetrievalTransferSetBuilder,

@@ -11,9 +11,10 @@ from it on the unlabelled digits is compared with the same student trained on th
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .config import PipelineConfig
+if TYPE_CHECKING:
+    from ..config import PipelineConfig
 
 __all__ = ["DEMO_TEACHER", "demo_defaults", "figures_summary", "make_demo_teacher", "run_demo"]
 
@@ -60,7 +61,7 @@ def make_demo_teacher(folder: str, label_names: list[str] | None = None) -> str:
     """The earlier demo's teacher: a timm ResNet-34 for 32 px images, randomly initialised (trained
     on the labels only, so it knows no more than they do). ``benchmarks/cache_fidelity.py`` uses it.
     """
-    from .models import create_student
+    from ..models import create_student
 
     if not os.path.exists(os.path.join(folder, "config.json")):
         labels = label_names or [str(d) for d in range(10)]
@@ -71,7 +72,7 @@ def make_demo_teacher(folder: str, label_names: list[str] | None = None) -> str:
 def figures_summary(run_dir: str, results: dict[str, dict[str, float]], title: str | None = None) -> str:
     """Draw the demo's figures (``<run>/results.png``, ``<run>/confusion_matrix.png``) and say where
     they are; without matplotlib, say how to get it instead (the demo's numbers do not need it)."""
-    from .plots import write_run_figures
+    from ..plots import write_run_figures
 
     try:
         written = write_run_figures(run_dir, results, title=title)
@@ -91,7 +92,7 @@ def run_demo(config: PipelineConfig) -> str:
     Returns:
         The one-screen summary that ``hf-task-distill demo`` prints.
     """
-    from .pipeline import Pipeline
+    from ..pipeline import Pipeline
 
     pipeline = Pipeline(config)
     pipeline.run()
