@@ -20,9 +20,8 @@ from .config import PipelineConfig
 from .devices import process_state
 from .ledger import ComputeLedger, Stopwatch, describe_device
 from .run_directory import NOT_HASHED, RunDirectory, RunInUse
-from .sources import is_local_path
 from .stages import RunContext, StageNotReady, available_stages, get_stage, stages_for_command
-from .stages.context import loading as _loading
+from .stages.context import TASK_DATA, TRANSFER_DATA, check_models_reachable
 
 __all__ = ["Pipeline", "RunInUse", "StageNotReady", "StageSettingsChanged"]
 
@@ -30,13 +29,6 @@ logger = logging.getLogger(__name__)
 
 #: Kept for callers of earlier versions: see :mod:`hf_task_distill.run_directory`.
 _NOT_HASHED = NOT_HASHED
-#: Inputs that fingerprint data, not settings: a change means the files changed, not a flag.
-TASK_DATA, TRANSFER_DATA = "task_data", "transfer_data"
-#: ``--transfer`` values that name a way of building the transfer set, not a dataset to fingerprint.
-TRANSFER_MODES = ("task", "retrieval", "random")
-#: How a stage's inputs name a local data folder: by its fingerprint (TASK_DATA, TRANSFER_DATA), not
-#: its path, so a run and its data moved or reached by another path continue (second newcomer try).
-LOCAL_FOLDER = "a local folder (compared by its contents)"
 _DATA_INPUTS = {
     TASK_DATA: "task's data (its images, labels or classes)",
     TRANSFER_DATA: "transfer set's images",
@@ -100,16 +92,6 @@ def _setting_changes(recorded: dict[str, Any], current: dict[str, Any], upstream
 
 def _canonical(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
-
-
-def _timm_weights_reachable(name: str) -> None:
-    """Fetch (or find in the cache) the config file next to a timm model's pretrained weights."""
-    import timm
-    from huggingface_hub import hf_hub_download
-
-    hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
-    if hub_id:
-        hf_hub_download(hub_id, "config.json")
 
 
 class Pipeline:
@@ -184,24 +166,8 @@ class Pipeline:
         return inputs
 
     def _settings(self, name: str) -> dict[str, Any]:
-        """The stage's settings (:meth:`Stage.settings`) and a fingerprint of the data they name: an
-        image folder whose images or classes change is not the same task."""
-        settings = get_stage(name).settings(self.config)
-        if "dataset" in settings:
-            settings[TASK_DATA] = self.task_fingerprint_of(self._splits_read_by(name))
-            if is_local_path(settings["dataset"]):  # a folder is its contents, wherever it is now
-                settings["dataset"] = LOCAL_FOLDER
-        if settings.get("transfer") not in (None, *TRANSFER_MODES):
-            settings[TRANSFER_DATA] = self.context.transfer_fingerprint()
-            if is_local_path(settings["transfer"]):
-                settings["transfer"] = LOCAL_FOLDER
-        return settings
-
-    def _splits_read_by(self, stage: str) -> list[str]:
-        """The task's splits a stage's result depends on (:meth:`Stage.task_splits`; all by default)."""
-        available = self.context.unbudgeted_task.splits
-        wanted = get_stage(stage).task_splits(self.config, self.eval_split)
-        return sorted(set(wanted or available) & set(available))
+        """The stage's settings and a fingerprint of the data they name (:meth:`RunContext.stage_settings`)."""
+        return self.context.stage_settings(name)
 
     def check_settings(self, stages) -> None:
         """Raise :class:`StageSettingsChanged` if any of ``stages`` is complete with other settings than
@@ -237,7 +203,9 @@ class Pipeline:
                 self.folders.recover(name)
             self.state.wait_for_everyone()
             self.check_settings(stages)
-            self._check_models_load([s for s in stages if self.manifest(s) is None or s in overwrite])
+            check_models_reachable(
+                self.config, [s for s in stages if self.manifest(s) is None or s in overwrite]
+            )
             os.makedirs(self.run_dir, exist_ok=True)
             config_path = os.path.join(self.run_dir, "config.json")
             # config.json holds the settings the finished stages have: a command that changes them
@@ -250,26 +218,6 @@ class Pipeline:
             if self.state.is_main_process:
                 self.config.save(config_path)
             return results
-
-    def _check_models_load(self, stages: list[str]) -> None:
-        """Before the first stage runs: the models later stages will load from the Hub (a student or
-        retrieval encoder given by Hub id, a timm student's pretrained weights) can be reached, so that
-        a typo or a missing network fails now, not after the teacher has been finetuned."""
-        from transformers import AutoConfig
-
-        from .sources import is_local_path, resolve_model_source
-
-        cfg = self.config
-        wanted = [model for name in stages for model in get_stage(name).models_needed(cfg)]
-        for what, name in wanted:
-            source = resolve_model_source(name)
-            if is_local_path(source):
-                continue  # checked when the settings were read
-            with _loading(what, name):
-                if "/" in source:
-                    AutoConfig.from_pretrained(source, trust_remote_code=cfg.teacher.trust_remote_code)
-                elif cfg.student.pretrained_student and what == "student":
-                    _timm_weights_reachable(source)
 
     def _redo_reason(self, name: str, manifest: dict[str, Any], inputs: dict[str, Any]) -> str:
         """Why a complete stage whose fingerprint differs is redone, or raise if it may not be."""
@@ -375,20 +323,16 @@ class Pipeline:
         """Images skipped because they could not be decoded, per where they were met (non-zero only;
         each stage says what it skipped: :meth:`Stage.skipped_images`)."""
         counts: dict[str, int] = {}
-        for name in available_stages():
-            manifest = self.manifest(name)
-            if manifest is not None:
-                counts.update(get_stage(name).skipped_images(manifest.get("outputs") or {}))
+        for name, outputs in self._finished_outputs():
+            counts.update(get_stage(name).skipped_images(outputs))
         return {where: n for where, n in counts.items() if n}
 
     def summary(self) -> str:
         """Each finished stage's report (the results table), skipped images and the compute per
         stage, one screen."""
         lines = [f"Run directory: {self.run_dir}"]
-        for name in available_stages():
-            manifest = self.manifest(name)
-            if manifest is not None:
-                lines += get_stage(name).report(manifest.get("outputs") or {})
+        for name, outputs in self._finished_outputs():
+            lines += get_stage(name).report(outputs)
         skipped = self.skipped_images()
         if skipped:
             lines += [
@@ -399,6 +343,13 @@ class Pipeline:
         if ledger.entries or ledger.wall_s:
             lines += ["", "Compute per stage:", "", ledger.markdown()]
         return "\n".join(lines)
+
+    def _finished_outputs(self):
+        """``(stage, outputs)`` of every finished stage, in run order."""
+        for name in available_stages():
+            manifest = self.manifest(name)
+            if manifest is not None:
+                yield name, manifest.get("outputs") or {}
 
 
 def _versions() -> dict[str, str]:

@@ -21,15 +21,14 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .checks import SEED_MAX, check_int, check_number
 from .data.images import ImageDecodeError
-from .data.loading import find_label_column
-from .data.validation import UNLABELLED, check_dataset_type, check_label_ids, class_label_names, label_array
+from .data.validation import UNLABELLED
 from .data.views import UNREADABLE_ROW, PairedViews, RandomViewDataset, ViewSpec
 from .devices import cpu_ranks_need_use_cpu, has_accelerator
+from .distillation_data import cached_dataset, prepare_dataset
 from .hub.trainer_card import ModelCardMixin
 from .losses import DistillationLoss, LossInputs, available_losses, build_loss
 from .metrics import distillation_metrics
 from .models.heads import capture_head_inputs, find_classification_head
-from .models.labels import label_id_map, label_names_of
 from .models.teacher import load_teacher
 from .options import distill_loss_field, renamed_field, resolve_renamed
 from .tasks import task_type_of
@@ -296,6 +295,40 @@ class NativeCheckpointsMixin:
             del model.save_pretrained
 
 
+def _teacher_sources(loss: DistillationLoss, args, model, teacher_model, teacher_cache, train_dataset):
+    """The teacher and the teacher cache a :class:`DistillationTrainer` gets, loaded (a Hub id or
+    folder is loaded) and checked against the loss and the student; the teacher frozen in eval mode,
+    the student given its feature projection when the loss matches features.
+
+    Raises:
+        ValueError: the loss needs a teacher (or its features) that was not given, the label spaces
+            differ, or a cache comes without the dataset it was built on.
+    """
+    if isinstance(teacher_model, (str, os.PathLike)):
+        teacher_model = load_teacher(os.fspath(teacher_model))
+    if isinstance(teacher_cache, (str, os.PathLike)):
+        teacher_cache = TeacherCache(teacher_cache)
+    if teacher_model is None and loss.requires_features:
+        raise ValueError(
+            f"loss '{args.distill_loss}' matches the teacher's image features: pass teacher_model= "
+            "(a teacher cache stores logits only)"
+        )
+    if teacher_model is None and teacher_cache is None and loss.requires_teacher:
+        raise ValueError(f"loss '{args.distill_loss}' needs a teacher: pass teacher_model= or teacher_cache=")
+    if teacher_model is not None:
+        if not loss.requires_features:  # features need no shared label space
+            task_type_of(model).check_label_spaces(teacher_model, model)
+        teacher_model.requires_grad_(False)
+        teacher_model.eval()
+    if loss.requires_features:
+        _attach_feature_projection(model, teacher_model, seed=args.seed)
+    if teacher_cache is not None:
+        teacher_cache.check(teacher=teacher_model, num_labels=model.config.num_labels, where="this run")
+        if train_dataset is None:
+            raise ValueError("teacher_cache= needs the train_dataset it was built on")
+    return teacher_model, teacher_cache
+
+
 class TaskTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpointsMixin, Trainer):
     """The ``transformers.Trainer`` every training in the package starts from: teacher finetuning,
     distillation and student finetuning share its checkpoints (:class:`NativeCheckpointsMixin`),
@@ -304,7 +337,88 @@ class TaskTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpoint
     cross-entropy of a classifier given ``labels``): how students are finetuned on the labels."""
 
 
-class DistillationTrainer(ModelCardMixin, TaskTrainer):
+class LossWindowMixin:
+    """For :class:`DistillationTrainer`: the rows of each optimizer step's gradient-accumulation
+    window, counted over all processes before its first forward (so that the loss is normalised by
+    the whole window, not by each micro-batch); each loss term's mean between two logs; and the
+    transfer-set rows skipped because their image could not be decoded."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._unreadable_rows: set[int] = set()
+        self._part_sums: dict[str, torch.Tensor] = {}
+        self._windows_since_log = 0
+
+    @property
+    def skipped_rows(self) -> list[int]:
+        """Transfer-set rows skipped because their image could not be decoded: when the teacher cache
+        was built (a cache stores no output for them), or while training (all processes, after
+        ``train()``; this process's so far, during it)."""
+        cached = (
+            [item["row"] for item in self.teacher_cache.skipped] if self.teacher_cache is not None else []
+        )
+        return sorted(set(cached) | self._unreadable_rows)
+
+    def train(self, *args, **kwargs):
+        output = super().train(*args, **kwargs)
+        if (
+            self.args.world_size > 1
+        ):  # only after a normal end: a rank that raised would leave the others waiting
+            from accelerate.utils import gather_object
+
+            self._unreadable_rows = set(gather_object(sorted(self._unreadable_rows)))
+        if self._unreadable_rows:
+            logger.warning(
+                "skipped %d transfer-set row(s) whose image could not be decoded: %s",
+                len(self._unreadable_rows),
+                self.skipped_rows[:20],
+            )
+        return output
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        for batch in batch_samples:
+            skipped = batch.pop(UNREADABLE_ROWS, None)
+            if skipped is not None:
+                self._unreadable_rows.update(int(r) for r in skipped.tolist())
+        rows = sum(int(batch["pixel_values"].shape[0]) for batch in batch_samples)
+        labelled = sum(
+            int((batch["labels"] != UNLABELLED).sum()) for batch in batch_samples if "labels" in batch
+        )
+        counts = torch.tensor([rows, labelled], dtype=torch.float32, device=device)
+        if self.args.world_size > 1:
+            counts = self.accelerator.reduce(counts, reduction="sum")
+        self._windows_since_log += 1
+        self._count_work(batch_samples, counts[0] if self.args.world_size > 1 else rows)
+        return batch_samples, _AccumulationWindow(all=counts[0], labelled=counts[1])
+
+    def _count_work(self, batch_samples, rows) -> None:
+        """Hand one optimizer step's rows (all processes) and the models' input sizes to the card's counter."""
+        if not batch_samples:
+            return
+        batch = batch_samples[0]
+        sizes = {"student": list(batch["pixel_values"].shape[-2:])}
+        teacher_ran = self._teacher is not None and "teacher_logits" not in batch
+        if teacher_ran:
+            sizes["teacher"] = list(batch.get("teacher_pixel_values", batch["pixel_values"]).shape[-2:])
+        self.model_card_callback.add_training_rows(rows, teacher_ran=teacher_ran, sizes=sizes)
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Add each loss term's mean since the last log to the training logs."""
+        if "loss" in logs and self._part_sums and self._windows_since_log:
+            names = sorted(self._part_sums)
+            stacked = torch.stack(
+                [torch.as_tensor(self._part_sums[n], device=self.args.device) for n in names]
+            )
+            if self.args.world_size > 1:
+                stacked = self.accelerator.reduce(stacked, reduction="sum")
+            for name, value in zip(names, (stacked / self._windows_since_log).tolist(), strict=True):
+                logs[f"loss_{name}"] = round(value, 6)
+            self._part_sums, self._windows_since_log = {}, 0
+        super().log(logs, *args, **kwargs)
+
+
+class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
     """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
 
     ``teacher_model`` is a model or a Hub id/folder of a finetuned classifier (see ``load_teacher``).
@@ -350,30 +464,9 @@ class DistillationTrainer(ModelCardMixin, TaskTrainer):
             kd_weight=args.kd_weight,
             ce_weight=args.ce_weight,
         )
-        if isinstance(teacher_model, (str, os.PathLike)):
-            teacher_model = load_teacher(os.fspath(teacher_model))
-        if isinstance(teacher_cache, (str, os.PathLike)):
-            teacher_cache = TeacherCache(teacher_cache)
-        if teacher_model is None and self.distillation_loss.requires_features:
-            raise ValueError(
-                f"loss '{args.distill_loss}' matches the teacher's image features: pass teacher_model= "
-                "(a teacher cache stores logits only)"
-            )
-        if teacher_model is None and teacher_cache is None and self.distillation_loss.requires_teacher:
-            raise ValueError(
-                f"loss '{args.distill_loss}' needs a teacher: pass teacher_model= or teacher_cache="
-            )
-        if teacher_model is not None:
-            if not self.distillation_loss.requires_features:  # features need no shared label space
-                task_type_of(model).check_label_spaces(teacher_model, model)
-            teacher_model.requires_grad_(False)
-            teacher_model.eval()
-        if self.distillation_loss.requires_features:
-            _attach_feature_projection(model, teacher_model, seed=args.seed)
-        if teacher_cache is not None:
-            teacher_cache.check(teacher=teacher_model, num_labels=model.config.num_labels, where="this run")
-            if train_dataset is None:
-                raise ValueError("teacher_cache= needs the train_dataset it was built on")
+        teacher_model, teacher_cache = _teacher_sources(
+            self.distillation_loss, args, model, teacher_model, teacher_cache, train_dataset
+        )
         self.teacher_cache = teacher_cache
         self._views = views
         self._views_source = (teacher_model, model, teacher_processor)
@@ -388,17 +481,7 @@ class DistillationTrainer(ModelCardMixin, TaskTrainer):
                 where="train_dataset",
                 seed=args.data_seed if args.data_seed is not None else args.seed,
             )
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {
-                name: self._prepare_dataset(
-                    ds, train=False, num_labels=num_labels, where=f"eval_dataset['{name}']"
-                )
-                for name, ds in eval_dataset.items()
-            }
-        else:
-            eval_dataset = self._prepare_dataset(
-                eval_dataset, train=False, num_labels=num_labels, where="eval_dataset"
-            )
+        eval_dataset = self._prepare_eval_datasets(eval_dataset, num_labels)
         if isinstance(train_dataset, RandomViewDataset) and train_dataset.skip_unreadable:
             kwargs.setdefault("data_collator", collate_skipping_unreadable)
         super().__init__(
@@ -409,81 +492,39 @@ class DistillationTrainer(ModelCardMixin, TaskTrainer):
             compute_metrics=compute_metrics or distillation_metrics,
             **kwargs,
         )
-        self._unreadable_rows: set[int] = set()
         self._teacher = teacher_model
         self._teacher_prepared = False
-        self._part_sums: dict[str, torch.Tensor] = {}
-        self._windows_since_log = 0
 
-    # ---- data -------------------------------------------------------------------------------
+    # ---- data (hf_task_distill.distillation_data) ----------------------------------------------
     def _prepare_dataset(self, dataset, *, train: bool, num_labels: int, where: str, seed: int = 0):
-        """Check a dataset up front; attach paired views to raw image datasets.
-
-        Labels are matched to the student's classes by name (:func:`label_id_map`): a ``ClassLabel``
-        column listing the same classes in another order is remapped, other classes are refused.
-        """
-        if dataset is None:
-            return None
-        check_dataset_type(dataset, where, torch_datasets=True)
-        if len(dataset) == 0:
-            raise ValueError(f"{where} is empty")
-        if not hasattr(dataset, "with_transform"):
-            return dataset  # a torch Dataset yielding tensors: the user owns its format
-        model_names = label_names_of(self._views_source[1].config)
-        if dataset.format.get("type") == "custom" or "pixel_values" in dataset.column_names:
-            raw = dataset.with_format(None)
-            label_column = find_label_column(raw.features)
-            if label_column is not None:
-                data_names = class_label_names(raw, label_column)
-                if label_id_map(data_names, model_names, num_labels=num_labels, where=where) is not None:
-                    raise ValueError(
-                        f"{where} already holds pixel values, so its labels cannot be remapped here: its "
-                        f"classes are numbered {data_names} and the model's {model_names}. Remap them first "
-                        f"(dataset.align_labels_with_mapping(model.config.label2id, '{label_column}'))"
-                    )
-                check_label_ids(label_array(raw, label_column), num_labels, label_column, where=where)
-            return dataset
-        if self.views is None:
-            raise ValueError(
-                f"{where} holds raw images and there is no teacher to derive views from: pass views="
-            )
-        outputs = None
-        if (
-            self._views_source[0] is None
-        ):  # distilling from a cache: evaluation renders the student's view only
-            outputs = {"pixel_values": self.views.student}
-        # a transfer set is web-scale and unchecked: an undecodable image is skipped and counted
-        return self.views.apply(
+        """Check a dataset up front; attach paired views to raw image datasets (see
+        :func:`~hf_task_distill.distillation_data.prepare_dataset`)."""
+        return prepare_dataset(
             dataset,
+            views=lambda: self.views,
+            student=self._views_source[1],
+            has_teacher=self._views_source[0] is not None,
             train=train,
             num_labels=num_labels,
-            label_names=model_names,
             where=where,
-            outputs=outputs,
             seed=seed,
-            skip_unreadable=train,
         )
 
+    def _prepare_eval_datasets(self, eval_dataset, num_labels: int):
+        """``eval_dataset`` (one dataset, or a dict of them as the Trainer takes) with evaluation views."""
+        if isinstance(eval_dataset, dict):
+            return {
+                name: self._prepare_dataset(
+                    ds, train=False, num_labels=num_labels, where=f"eval_dataset['{name}']"
+                )
+                for name, ds in eval_dataset.items()
+            }
+        return self._prepare_dataset(eval_dataset, train=False, num_labels=num_labels, where="eval_dataset")
+
     def _cached_dataset(self, dataset, num_labels: int) -> CachedTeacherDataset:
-        if not hasattr(dataset, "with_format") or not hasattr(dataset, "__len__"):
-            raise TypeError(
-                "teacher_cache= needs the transfer set it was built on, as a map-style datasets.Dataset, "
-                f"got {type(dataset).__name__}"
-            )
-        check_dataset_type(dataset, "train_dataset")
-        if len(dataset) == 0:
-            raise ValueError("train_dataset is empty")
-        self.teacher_cache.check(dataset=dataset, where="train_dataset")
-        label_column = find_label_column(dataset.features)
-        label_map = None
-        if label_column is not None:
-            data_names = class_label_names(dataset, label_column)
-            model_names = label_names_of(self._views_source[1].config)
-            label_map = label_id_map(data_names, model_names, num_labels=num_labels, where="train_dataset")
-            known = len(data_names) if label_map is not None else num_labels
-            check_label_ids(label_array(dataset, label_column), known, label_column, where="train_dataset")
-        return CachedTeacherDataset(
-            dataset, self.teacher_cache, self.views.student, label_column=label_column, label_map=label_map
+        """The transfer set replayed from the teacher cache (:func:`~hf_task_distill.distillation_data.cached_dataset`)."""
+        return cached_dataset(
+            dataset, self.teacher_cache, self._views_source[1], self.views.student, num_labels
         )
 
     @property
@@ -566,60 +607,6 @@ class DistillationTrainer(ModelCardMixin, TaskTrainer):
         return self._views_source[0]
 
     # ---- loss ---------------------------------------------------------------------------------
-    @property
-    def skipped_rows(self) -> list[int]:
-        """Transfer-set rows skipped because their image could not be decoded: when the teacher cache
-        was built (a cache stores no output for them), or while training (all processes, after
-        ``train()``; this process's so far, during it)."""
-        cached = (
-            [item["row"] for item in self.teacher_cache.skipped] if self.teacher_cache is not None else []
-        )
-        return sorted(set(cached) | self._unreadable_rows)
-
-    def train(self, *args, **kwargs):
-        output = super().train(*args, **kwargs)
-        if (
-            self.args.world_size > 1
-        ):  # only after a normal end: a rank that raised would leave the others waiting
-            from accelerate.utils import gather_object
-
-            self._unreadable_rows = set(gather_object(sorted(self._unreadable_rows)))
-        if self._unreadable_rows:
-            logger.warning(
-                "skipped %d transfer-set row(s) whose image could not be decoded: %s",
-                len(self._unreadable_rows),
-                self.skipped_rows[:20],
-            )
-        return output
-
-    def get_batch_samples(self, epoch_iterator, num_batches, device):
-        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        for batch in batch_samples:
-            skipped = batch.pop(UNREADABLE_ROWS, None)
-            if skipped is not None:
-                self._unreadable_rows.update(int(r) for r in skipped.tolist())
-        rows = sum(int(batch["pixel_values"].shape[0]) for batch in batch_samples)
-        labelled = sum(
-            int((batch["labels"] != UNLABELLED).sum()) for batch in batch_samples if "labels" in batch
-        )
-        counts = torch.tensor([rows, labelled], dtype=torch.float32, device=device)
-        if self.args.world_size > 1:
-            counts = self.accelerator.reduce(counts, reduction="sum")
-        self._windows_since_log += 1
-        self._count_work(batch_samples, counts[0] if self.args.world_size > 1 else rows)
-        return batch_samples, _AccumulationWindow(all=counts[0], labelled=counts[1])
-
-    def _count_work(self, batch_samples, rows) -> None:
-        """Hand one optimizer step's rows (all processes) and the models' input sizes to the card's counter."""
-        if not batch_samples:
-            return
-        batch = batch_samples[0]
-        sizes = {"student": list(batch["pixel_values"].shape[-2:])}
-        teacher_ran = self._teacher is not None and "teacher_logits" not in batch
-        if teacher_ran:
-            sizes["teacher"] = list(batch.get("teacher_pixel_values", batch["pixel_values"]).shape[-2:])
-        self.model_card_callback.add_training_rows(rows, teacher_ran=teacher_ran, sizes=sizes)
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs.get("labels")
         teacher_logits = inputs.get("teacher_logits")  # from a teacher cache
@@ -695,17 +682,3 @@ class DistillationTrainer(ModelCardMixin, TaskTrainer):
         if outputs["teacher_logits"] is not None:
             logits = (logits, outputs["teacher_logits"].detach().to(logits.dtype))
         return loss, logits, labels
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """Add each loss term's mean since the last log to the training logs."""
-        if "loss" in logs and self._part_sums and self._windows_since_log:
-            names = sorted(self._part_sums)
-            stacked = torch.stack(
-                [torch.as_tensor(self._part_sums[n], device=self.args.device) for n in names]
-            )
-            if self.args.world_size > 1:
-                stacked = self.accelerator.reduce(stacked, reduction="sum")
-            for name, value in zip(names, (stacked / self._windows_since_log).tolist(), strict=True):
-                logs[f"loss_{name}"] = round(value, 6)
-            self._part_sums, self._windows_since_log = {}, 0
-        super().log(logs, *args, **kwargs)

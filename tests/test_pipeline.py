@@ -621,9 +621,9 @@ def test_a_fixed_test_image_redoes_no_stage_that_never_read_the_test_split(tmp_p
     (folder / "test" / "red" / sorted(os.listdir(folder / "test" / "red"))[0]).unlink()
     pipeline = Pipeline(config)
     assert pipeline.run(["transfer"])["transfer"]["run_id"] == finished  # skipped, not refused
-    assert pipeline._splits_read_by("transfer") == ["train"] and pipeline._splits_read_by("evaluate") == [
-        "test"
-    ]
+    assert pipeline.context.splits_read_by("transfer") == ["train"] and pipeline.context.splits_read_by(
+        "evaluate"
+    ) == ["test"]
 
 
 def test_a_run_on_a_relative_folder_continues_from_elsewhere_and_after_its_data_moved(tmp_path, monkeypatch):

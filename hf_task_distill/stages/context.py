@@ -14,9 +14,27 @@ from .base import StageNotReady, available_stages
 if TYPE_CHECKING:
     from ..ledger import ComputeLedger
 
-__all__ = ["RunContext", "checkpoint_epoch", "loading", "train_resuming"]
+__all__ = [
+    "LOCAL_FOLDER",
+    "TASK_DATA",
+    "TRANSFER_DATA",
+    "TRANSFER_MODES",
+    "RunContext",
+    "check_models_reachable",
+    "checkpoint_epoch",
+    "loading",
+    "train_resuming",
+]
 
 logger = logging.getLogger("hf_task_distill.pipeline")
+
+#: Inputs that fingerprint data, not settings: a change means the files changed, not a flag.
+TASK_DATA, TRANSFER_DATA = "task_data", "transfer_data"
+#: ``--transfer`` values that name a way of building the transfer set, not a dataset to fingerprint.
+TRANSFER_MODES = ("task", "retrieval", "random")
+#: How a stage's inputs name a local data folder: by its fingerprint (TASK_DATA, TRANSFER_DATA), not
+#: its path, so a run and its data moved or reached by another path continue (second newcomer try).
+LOCAL_FOLDER = "a local folder (compared by its contents)"
 
 
 @contextlib.contextmanager
@@ -61,6 +79,41 @@ def train_resuming(trainer, checkpoints: str, directory: str) -> tuple[str, str 
     model_dir = os.path.join(directory, "model")
     trainer.save_model(model_dir)
     return model_dir, last, resumed_at
+
+
+def check_models_reachable(config, stages: list[str]) -> None:
+    """Before the first stage runs: the models ``stages`` will load by name (a student or retrieval
+    encoder given by Hub id, a timm student's pretrained weights; :meth:`Stage.models_needed`) can be
+    reached, so that a typo or a missing network fails now, not after the teacher has been finetuned.
+
+    Raises:
+        OSError: ``cannot load the <what> '<name>': <why>``.
+    """
+    from transformers import AutoConfig
+
+    from ..sources import is_local_path, resolve_model_source
+    from .base import get_stage
+
+    wanted = [model for name in stages for model in get_stage(name).models_needed(config)]
+    for what, name in wanted:
+        source = resolve_model_source(name)
+        if is_local_path(source):
+            continue  # checked when the settings were read
+        with loading(what, name):
+            if "/" in source:
+                AutoConfig.from_pretrained(source, trust_remote_code=config.teacher.trust_remote_code)
+            elif config.student.pretrained_student and what == "student":
+                _timm_weights_reachable(source)
+
+
+def _timm_weights_reachable(name: str) -> None:
+    """Fetch (or find in the cache) the config file next to a timm model's pretrained weights."""
+    import timm
+    from huggingface_hub import hf_hub_download
+
+    hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
+    if hub_id:
+        hf_hub_download(hub_id, "config.json")
 
 
 def _listed(names, limit: int = 8) -> str:
@@ -148,6 +201,32 @@ class RunContext:
 
         dataset = load_image_dataset(self.config.transfer.transfer)
         return dataset_fingerprint(dataset, find_image_column(dataset.features) or "image")
+
+    def stage_settings(self, name: str) -> dict[str, Any]:
+        """A stage's settings (:meth:`Stage.settings`) and a fingerprint of the data they name: an
+        image folder whose images or classes change is not the same task; a folder is compared by its
+        contents, wherever it is now."""
+        from ..sources import is_local_path
+        from .base import get_stage
+
+        settings = get_stage(name).settings(self.config)
+        if "dataset" in settings:
+            settings[TASK_DATA] = self.task_fingerprint_of(self.splits_read_by(name))
+            if is_local_path(settings["dataset"]):
+                settings["dataset"] = LOCAL_FOLDER
+        if settings.get("transfer") not in (None, *TRANSFER_MODES):
+            settings[TRANSFER_DATA] = self.transfer_fingerprint()
+            if is_local_path(settings["transfer"]):
+                settings["transfer"] = LOCAL_FOLDER
+        return settings
+
+    def splits_read_by(self, stage: str) -> list[str]:
+        """The task's splits a stage's result depends on (:meth:`Stage.task_splits`; all by default)."""
+        from .base import get_stage
+
+        available = self.unbudgeted_task.splits
+        wanted = get_stage(stage).task_splits(self.config, self.eval_split)
+        return sorted(set(wanted or available) & set(available))
 
     # -- finished stages -----------------------------------------------------------------------
     def manifest(self, name: str) -> dict[str, Any] | None:
