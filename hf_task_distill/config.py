@@ -454,6 +454,7 @@ class PipelineConfig:
         return cls.from_dict({**saved, **overrides, "output_dir": os.fspath(output_dir)})
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as one flat mapping of flag names to values (what a config file holds)."""
         flat: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             flat.update(dataclasses.asdict(getattr(self, f.name)))

@@ -107,6 +107,7 @@ class LedgerEntry:
 
     @property
     def flops(self) -> float:
+        """Total FLOPs of this work: ``images * flops_per_image``."""
         return self.images * self.flops_per_image
 
 
@@ -118,10 +119,12 @@ class ComputeLedger:
     wall_s: dict[str, float] = field(default_factory=dict)  # per stage: its kinds of work overlap in time
 
     def add(self, entry: LedgerEntry) -> LedgerEntry:
+        """Append ``entry``; returns it."""
         self.entries.append(entry)
         return entry
 
     def extend(self, other: ComputeLedger) -> None:
+        """Append ``other``'s entries and add its wall-clock seconds stage by stage."""
         self.entries.extend(other.entries)
         for stage, seconds in other.wall_s.items():
             self.wall_s[stage] = self.wall_s.get(stage, 0.0) + seconds
@@ -138,9 +141,11 @@ class ComputeLedger:
 
     @property
     def total_flops(self) -> float:
+        """FLOPs of every entry together."""
         return sum(entry.flops for entry in self.entries)
 
     def as_dict(self) -> dict[str, Any]:
+        """The ledger as JSON-ready data: ``entries`` (each with its total ``flops``) and ``wall_s`` per stage."""
         return {
             "entries": [asdict(entry) | {"flops": entry.flops} for entry in self.entries],
             "wall_s": self.wall_s,
@@ -149,6 +154,7 @@ class ComputeLedger:
         }
 
     def save(self, path: str | os.PathLike) -> None:
+        """Write :meth:`as_dict` to ``path`` as JSON (``compute_ledger.json``)."""
         with open(path, "w", encoding="utf-8") as f:
             json.dump(self.as_dict(), f, indent=2)
 
@@ -160,6 +166,7 @@ class ComputeLedger:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> ComputeLedger:
+        """Read a ledger written by :meth:`save`."""
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 

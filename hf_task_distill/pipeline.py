@@ -141,6 +141,7 @@ class Pipeline:
 
     # -- stage bookkeeping -----------------------------------------------------------------------
     def stage_dir(self, name: str) -> str:
+        """The folder of stage ``name``: ``<run>/<name>``."""
         return self.folders.stage_dir(name)
 
     def manifest(self, name: str) -> dict[str, Any] | None:

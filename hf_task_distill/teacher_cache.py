@@ -243,6 +243,7 @@ class TeacherCache:
 
     @property
     def image_column(self) -> str:
+        """The transfer set's image column the cache was built from."""
         return self.info["image_column"]
 
     def __len__(self) -> int:
@@ -267,6 +268,7 @@ class TeacherCache:
         return handle
 
     def view(self, row: int, view: int) -> ViewParams:
+        """The crop box and flip of view ``view`` of image ``row``, as stored (the student's view is rendered from them)."""
         shard, offset = self._locate(row)
         handle = self._open(shard)
         box = handle.get_slice("boxes")[offset : offset + 1, view][0].tolist()
@@ -622,6 +624,7 @@ class CachedTeacherDataset(torch.utils.data.Dataset):
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
+        """Replay each row's cached view for ``epoch`` (the trainers call it at every epoch start)."""
         self.epoch = int(epoch)
 
     def __len__(self) -> int:

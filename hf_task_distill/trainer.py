@@ -240,6 +240,7 @@ class NoSingleRowBatchMixin:
             self._drop_single_row_batch = True
 
     def training_step(self, *args, **kwargs):
+        """``Trainer.training_step``, with BatchNorm's one-value-per-channel error explained (batch size, image size)."""
         try:
             return super().training_step(*args, **kwargs)
         except ValueError as err:
@@ -252,6 +253,7 @@ class NoSingleRowBatchMixin:
             ) from err
 
     def get_train_dataloader(self):
+        """``Trainer.get_train_dataloader``, dropping an epoch's last batch when it would hold one row."""
         if not self._drop_single_row_batch:
             return super().get_train_dataloader()
         self.args.dataloader_drop_last = True  # the Trainer reads it when it builds the loader
@@ -360,6 +362,7 @@ class LossWindowMixin:
         return sorted(set(cached) | self._unreadable_rows)
 
     def train(self, *args, **kwargs):
+        """``Trainer.train``, then the unreadable rows of every process gathered and reported once."""
         output = super().train(*args, **kwargs)
         if (
             self.args.world_size > 1
@@ -376,6 +379,7 @@ class LossWindowMixin:
         return output
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """``Trainer.get_batch_samples``, and the window's rows and labelled rows over all processes (the loss's normaliser)."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         for batch in batch_samples:
             skipped = batch.pop(UNREADABLE_ROWS, None)
@@ -575,6 +579,7 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         return logits, captured[-1].flatten(1)
 
     def teacher_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher's logits ``[batch, num_labels]`` on the batch's teacher views."""
         return self.teacher_outputs(inputs)[0]
 
     def _student_outputs(self, model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -608,6 +613,8 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
 
     # ---- loss ---------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        """The distillation loss of one micro-batch, normalised by the rows of the whole accumulation window
+        (all processes); the teacher runs first, its targets and the loss are checked to be finite."""
         labels = inputs.get("labels")
         teacher_logits = inputs.get("teacher_logits")  # from a teacher cache
         teacher_features = None
@@ -669,6 +676,8 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         return (loss, {"logits": student_logits, "teacher_logits": None}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """The loss, the student's logits (with the teacher's, when there is a teacher) and the labels
+        (``-100`` for unlabelled rows), for the Trainer's evaluation loop."""
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         with torch.no_grad(), self.compute_loss_context_manager():

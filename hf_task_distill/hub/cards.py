@@ -370,6 +370,7 @@ class MiniVFMCardData:
 
     @classmethod
     def from_pretraining(cls, config, architecture, label_names) -> MiniVFMCardData:
+        """The card data of a mini-VFM pretrained with ``config`` (:class:`~hf_task_distill.demo.miniature.MiniVFMPretraining`)."""
         from ..ledger import describe_device
 
         settings = {k: v for k, v in asdict(config).items() if k != "results"}
@@ -386,6 +387,7 @@ class MiniVFMCardData:
 
 
 def render_mini_vfm_card(data: MiniVFMCardData):
+    """A ``huggingface_hub.ModelCard`` for the shipped mini-VFM."""
     from huggingface_hub import ModelCard, ModelCardData
 
     card_data = ModelCardData(

@@ -52,6 +52,8 @@ class ImageEncoder:
     def from_pretrained(
         cls, name_or_path: str, *, trust_remote_code: bool = False, **kwargs: Any
     ) -> ImageEncoder:
+        """An encoder from a Hub id or folder (``AutoModel`` with safetensors weights only, and the
+        view spec of its image processor); see the class for which features it embeds."""
         from transformers import AutoImageProcessor, AutoModel
 
         from ..models.safe_loading import safetensors_required
@@ -105,6 +107,11 @@ class EmbeddingStore:
     directory: str
 
     def manifests(self) -> list[dict[str, Any]]:
+        """Every shard's manifest (``shard-*.json``), in file-name order.
+
+        Raises:
+            ValueError: a manifest is unreadable or lacks a field (naming the file to delete).
+        """
         if not os.path.isdir(self.directory):
             return []
         names = sorted(
@@ -171,6 +178,7 @@ class EmbeddingStore:
 
     @property
     def skipped(self) -> int:
+        """Pool rows skipped as unreadable, over every shard."""
         return sum(len(m["skipped"]) for m in self.manifests())
 
 
