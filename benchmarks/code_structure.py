@@ -72,12 +72,28 @@ def sizes(trees: dict[str, ast.Module]) -> dict[str, object]:
     }
 
 
+#: Calls whose string argument names a stage (a manifest read, a stage's folder or outputs, a run).
+STAGE_CALLS = {"manifest", "outputs", "stage_dir", "run_stage", "get_stage", "run", "stages_for_command"}
+
+
 def stage_mentions(trees: dict[str, ast.Module]) -> list[str]:
-    """Modules holding a string literal that is a stage name."""
+    """Modules that name a stage *as a stage*: a stage name passed to a stage call
+    (:data:`STAGE_CALLS`: ``manifest("distill")``...), or a tuple/list/set of two or more stage names.
+    (A bare ``"teacher"`` is also the teacher's role in a card or a log line: not counted.)"""
     found = []
     for path, tree in trees.items():
-        if any(isinstance(node, ast.Constant) and node.value in STAGE_NAMES for node in ast.walk(tree)):
-            found.append(path)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call):
+                name = getattr(node.func, "attr", getattr(node.func, "id", None))
+                args = [a for a in node.args if isinstance(a, ast.Constant)]
+                if name in STAGE_CALLS and any(a.value in STAGE_NAMES for a in args):
+                    found.append(path)
+                    break
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                names = [e.value for e in node.elts if isinstance(e, ast.Constant) and e.value in STAGE_NAMES]
+                if len(names) >= 2:
+                    found.append(path)
+                    break
     return found
 
 
