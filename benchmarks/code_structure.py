@@ -41,14 +41,18 @@ def _modules() -> dict[str, ast.Module]:
 
 
 def _span(node: ast.AST) -> int:
-    """Lines of a class or function, decorators included, its own docstring not (a docstring in the
-    HF ``Args``/``Returns``/``Raises`` form is documentation, not length)."""
+    """Lines of a class or function, decorators included, docstrings not (its own and those of what
+    it defines: a docstring in the HF ``Args``/``Returns``/``Raises`` form is documentation, not length)."""
     first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
     lines = node.end_lineno - first + 1
-    body = getattr(node, "body", [])
-    if body and isinstance(body[0], ast.Expr) and isinstance(getattr(body[0], "value", None), ast.Constant):
-        if isinstance(body[0].value.value, str):
-            lines -= body[0].end_lineno - body[0].lineno + 1
+    for inner in ast.walk(node):
+        body = getattr(inner, "body", None)
+        if not isinstance(inner, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) or not body:
+            continue
+        first_statement = body[0]
+        if isinstance(first_statement, ast.Expr) and isinstance(first_statement.value, ast.Constant):
+            if isinstance(first_statement.value.value, str):
+                lines -= first_statement.end_lineno - first_statement.lineno + 1
     return lines
 
 

@@ -175,17 +175,13 @@ class Pipeline:
         the configuration's (and is not to be overwritten): before anything in the run is touched."""
         changes = []
         for name in stages:
-            manifest = self.manifest(name)
-            if (
-                manifest is None
-                or name in self.config.run.overwrite_stage
-                or get_stage(name).recomputed_freely
-            ):
+            manifest, stage = self.manifest(name), get_stage(name)
+            if manifest is None or name in self.config.run.overwrite_stage or stage.recomputed_freely:
                 continue
-            current = self._settings(name)
-            upstream = get_stage(name).upstream(self.config)
-            for setting, old, new in _setting_changes(manifest.get("inputs", {}), current, upstream):
-                changes.append((name, setting, old, new))
+            recorded, upstream = manifest.get("inputs", {}), stage.upstream(self.config)
+            changes += [
+                (name, *change) for change in _setting_changes(recorded, self._settings(name), upstream)
+            ]
         if changes:
             raise StageSettingsChanged(self.run_dir, changes)
 
