@@ -17,7 +17,7 @@ from .base import (
     stages_for_command,
     unregister_stage,
 )
-from .context import RunContext
+from .context import RunContext, check_models_reachable
 
 __all__ = [
     "RunContext",
@@ -25,6 +25,7 @@ __all__ = [
     "StageNotReady",
     "StageResult",
     "available_stages",
+    "check_models_reachable",
     "get_stage",
     "register_stage",
     "stage_commands",
