@@ -4,12 +4,13 @@ Composes the pieces of this package: embed pool, queries and held-out images onc
 shards), choose an index from size/queries/memory (:mod:`.index_choice`), search (tuning ``nprobe`` to
 a recall target for IVF), take the union of per-query neighbours, drop near-duplicates of the
 validation/test images, and return a ``datasets.Dataset`` of pool rows with provenance columns.
+The budget's policy (``k`` per query, which rows a total budget keeps) is pure functions in
+:mod:`.curation`; ``build`` runs the steps in order and fills :class:`TransferSetStats`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -22,7 +23,7 @@ from ..data.loading import find_image_column, find_label_column
 from ..data.validation import UNLABELLED, check_dataset_type, label_array
 from ..devices import process_state
 from ..options import RetrievalSettings, renamed_field, resolve_renamed
-from .curation import leakage_mask, union_of_neighbours
+from .curation import budget_mask, drop_leaked, neighbours_per_query, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
 from .search import check_embeddings, plan_index, require_faiss, retrieve, zero_rows
 
@@ -229,17 +230,53 @@ class RetrievalTransferSetBuilder:
         cfg, stats = self.config, TransferSetStats(encoder=self.encoder.name)
         embeddings_dir = os.fspath(embeddings_dir)
         streamed = _is_streamed(pool)
-        if not streamed:
-            check_dataset_type(pool, "the pool")
-        check_dataset_type(queries, "the queries")
-        for name, extra in enumerate(heldout):
-            check_dataset_type(extra, f"heldout[{name}]")
-        if not streamed and len(pool) == 0:
-            raise ValueError("the pool is empty: nothing to retrieve from")
-        if len(queries) == 0:
-            raise ValueError("there are no query images")
-        if cfg.min_teacher_confidence is not None and teacher is None:
-            raise ValueError("min_teacher_confidence needs a teacher: pass teacher= to build()")
+        _check_build_inputs(
+            pool,
+            queries,
+            heldout,
+            streamed=streamed,
+            min_teacher_confidence=cfg.min_teacher_confidence,
+            teacher=teacher,
+        )
+        pool_vectors, pool_rows = self._pool_vectors(
+            pool, streamed, embeddings_dir, pool_embeddings, pool_embeddings_dir, stats
+        )
+        query_vectors, query_rows = self._query_vectors(queries, embeddings_dir, pool_vectors.shape[1], stats)
+        query_labels = _query_labels(queries, query_rows)  # None when unlabelled
+        k = _bounded_k(
+            neighbours_per_query(
+                query_labels,
+                len(query_rows),
+                per_query_k=cfg.per_query_k,
+                transfer_budget=cfg.transfer_budget,
+            ),
+            len(pool_vectors),
+        )
+        held = self._heldout_vectors(heldout, embeddings_dir, pool_vectors.shape[1])
+        picked, plan = self._search(pool_vectors, query_vectors, held, k, stats)
+        stats.index = plan.factory
+        picked["pool_index"] = pool_rows[picked["pool_index"]]  # embedding row -> pool row
+        picked["query_index"] = query_rows[picked["query_index"]]
+        candidates = None
+        if teacher is not None:
+            picked, candidates = self._filter_by_teacher(pool, picked, teacher, embeddings_dir, stats)
+        _check_something_left(picked, stats, cfg.leakage_threshold)
+        keep = budget_mask(
+            picked["score"], _query_classes(picked, query_labels, query_rows), cfg.transfer_budget
+        )
+        stats.removed_budget = int((~keep).sum())
+        picked = {name: column[keep] for name, column in picked.items()}
+        stats.final = len(picked["pool_index"])
+        _warn_if_short(stats, cfg.transfer_budget)
+        transfer = _with_provenance(pool, candidates, keep, picked)
+        self.stats = stats
+        return transfer, stats
+
+    def _pool_vectors(
+        self, pool, streamed: bool, embeddings_dir: str, pool_embeddings, pool_embeddings_dir, stats
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The pool's embeddings (computed and cached, or the precomputed ones checked) and their pool
+        rows; fills the pool's counts in ``stats``."""
         if pool_embeddings is None:
             pool_dir = os.fspath(pool_embeddings_dir or os.path.join(embeddings_dir, "pool"))
             pool_vectors, pool_rows, pool_store = self._embed(pool, pool_dir)
@@ -252,80 +289,39 @@ class RetrievalTransferSetBuilder:
         stats.pool_embedded = len(pool_rows)
         pool_vectors = check_embeddings(pool_vectors, "pool embeddings")
         stats.pool_zero_embeddings = _count_zero_pool_rows(pool_vectors, pool_rows, self.encoder.name)
+        return pool_vectors, pool_rows
+
+    def _query_vectors(self, queries, embeddings_dir: str, dim: int, stats) -> tuple[np.ndarray, np.ndarray]:
+        """The queries' embeddings (``dim`` wide, as the pool's) less the all-zero ones, and their rows."""
         query_vectors, query_rows, query_store = self._embed(queries, os.path.join(embeddings_dir, "queries"))
         stats.queries_unreadable = query_store.skipped
-        query_vectors = check_embeddings(
-            query_vectors.astype(np.float32), "query embeddings", dim=pool_vectors.shape[1]
-        )
+        query_vectors = check_embeddings(query_vectors.astype(np.float32), "query embeddings", dim=dim)
         query_vectors, query_rows, stats.queries_zero_embeddings = _drop_zero_queries(
             query_vectors, query_rows, self.encoder.name
         )
         stats.queries = len(query_rows)
+        return query_vectors, query_rows
 
-        query_labels = self._query_labels(queries, query_rows)  # None when unlabelled
-        k = self._neighbours_per_query(query_labels, len(query_rows))
-        if k > len(pool_vectors):
-            logger.warning(
-                "k=%d is more than the %d embedded pool images: using k=%d",
-                k,
-                len(pool_vectors),
-                len(pool_vectors),
-            )
-            k = len(pool_vectors)
+    def _heldout_vectors(self, heldout, embeddings_dir: str, dim: int) -> np.ndarray | None:
+        """Every held-out split's embeddings in one array, or ``None`` without held-out splits."""
         heldout_vectors = [
             self._embed(ds, os.path.join(embeddings_dir, f"heldout-{i}"))[0] for i, ds in enumerate(heldout)
         ]
-        held = (
-            check_embeddings(
-                np.concatenate(heldout_vectors), "held-out embeddings", dim=pool_vectors.shape[1]
-            )
-            if heldout_vectors
-            else None
-        )
-        picked, plan = self._search(pool_vectors, query_vectors, held, k, stats)
-        stats.index = plan.factory
-        picked["pool_index"] = pool_rows[picked["pool_index"]]  # embedding row -> pool row
-        picked["query_index"] = query_rows[picked["query_index"]]
-        candidates = None
-        if teacher is not None:
-            candidates = _select_rows(pool, picked["pool_index"])
-            confidence = self._teacher_confidence(candidates, teacher, embeddings_dir, picked["pool_index"])
-            keep = confidence >= (
-                cfg.min_teacher_confidence if cfg.min_teacher_confidence is not None else -1
-            )
-            stats.removed_low_confidence = int((~keep).sum())
-            picked = {name: column[keep] for name, column in picked.items()}
-            picked["teacher_confidence"] = confidence[keep]
-            candidates = candidates.select(np.flatnonzero(keep).tolist())
-        if len(picked["pool_index"]) == 0:
-            raise ValueError(
-                f"no pool image is left for the transfer set: {stats.after_dedup} retrieved, "
-                f"{stats.removed_leakage} removed as near-duplicates of validation/test images (cosine >= "
-                f"{cfg.leakage_threshold}), {stats.removed_low_confidence} removed for low teacher confidence. "
-                "An encoder whose embeddings are all alike (e.g. untrained) makes everything look like a copy"
-            )
-        keep = self._budget_mask(picked, query_labels, query_rows, stats)
+        if not heldout_vectors:
+            return None
+        return check_embeddings(np.concatenate(heldout_vectors), "held-out embeddings", dim=dim)
+
+    def _filter_by_teacher(self, pool, picked: dict[str, np.ndarray], teacher, embeddings_dir: str, stats):
+        """Score the picked rows with the teacher, drop those under ``min_teacher_confidence`` and add a
+        ``teacher_confidence`` column. Returns ``(picked, candidates)``, the kept pool rows as a Dataset."""
+        cfg = self.config
+        candidates = _select_rows(pool, picked["pool_index"])
+        confidence = self._teacher_confidence(candidates, teacher, embeddings_dir, picked["pool_index"])
+        keep = confidence >= (cfg.min_teacher_confidence if cfg.min_teacher_confidence is not None else -1)
+        stats.removed_low_confidence = int((~keep).sum())
         picked = {name: column[keep] for name, column in picked.items()}
-        stats.final = len(picked["pool_index"])
-        if cfg.transfer_budget is not None and stats.final < cfg.transfer_budget:
-            logger.warning(
-                "the transfer set holds %d images, fewer than transfer_budget=%d: the search found only %d unique "
-                "neighbours (k=%d per query) and %d were removed; a larger pool or fewer filters gives more",
-                stats.final,
-                cfg.transfer_budget,
-                stats.after_dedup,
-                stats.k,
-                stats.removed_leakage + stats.removed_low_confidence,
-            )
-        if candidates is not None:
-            transfer = candidates.select(np.flatnonzero(keep).tolist())
-        else:
-            transfer = _select_rows(pool, picked["pool_index"])
-        for name, values in picked.items():
-            dtype = np.int64 if name in ("pool_index", "query_index", "rank") else np.float32
-            transfer = transfer.add_column(name, values.astype(dtype).tolist())
-        self.stats = stats
-        return transfer, stats
+        picked["teacher_confidence"] = confidence[keep]
+        return picked, candidates.select(np.flatnonzero(keep).tolist())
 
     def _search(self, pool_vectors, query_vectors, held, k: int, stats: TransferSetStats):
         """The union of every query's ``k`` nearest pool images, less near-copies of ``held``
@@ -334,7 +330,7 @@ class RetrievalTransferSetBuilder:
         transfer set short of its budget when the pool has more to give. Returns ``(picked, plan)``."""
         cfg = self.config
         memory = None if cfg.memory_budget_gb is None else int(cfg.memory_budget_gb * 2**30)
-        leaked_rows: dict[int, bool] = {}  # guard verdicts by pool embedding row, kept across rounds
+        verdicts: dict[int, bool] = {}  # guard verdicts by pool embedding row, kept across rounds
         while True:
             stats.k = k
             plan, _ = plan_index(
@@ -347,17 +343,9 @@ class RetrievalTransferSetBuilder:
             stats.neighbours = int((ids >= 0).sum())
             stats.after_dedup = len(picked["pool_index"])
             if held is not None:  # only this round's new candidates meet the guard
-                new = np.array(
-                    [r for r in picked["pool_index"].tolist() if r not in leaked_rows], dtype=np.int64
+                picked, stats.removed_leakage = drop_leaked(
+                    picked, pool_vectors, held, cfg.leakage_threshold, verdicts
                 )
-                if new.size:
-                    verdicts, _ = leakage_mask(
-                        pool_vectors[new].astype(np.float32), held, cfg.leakage_threshold
-                    )
-                    leaked_rows.update(zip(new.tolist(), verdicts.tolist(), strict=True))
-                leaked = np.array([leaked_rows[r] for r in picked["pool_index"].tolist()], dtype=bool)
-                picked = {name: column[~leaked] for name, column in picked.items()}
-                stats.removed_leakage = int(leaked.sum())
             found = len(picked["pool_index"])
             if cfg.transfer_budget is None or found >= cfg.transfer_budget or k >= len(pool_vectors):
                 break
@@ -374,23 +362,6 @@ class RetrievalTransferSetBuilder:
             k = min(2 * k, len(pool_vectors))
         _warn_if_guard_dominates(stats, cfg.leakage_threshold)
         return picked, plan
-
-    def _query_labels(self, queries, query_rows: np.ndarray) -> np.ndarray | None:
-        column = find_label_column(queries.features)
-        if column is None:
-            return None
-        labels = label_array(queries, column)[query_rows]
-        return labels if (labels != UNLABELLED).all() else None
-
-    def _neighbours_per_query(self, labels: np.ndarray | None, num_queries: int) -> int:
-        cfg = self.config
-        if cfg.per_query_k is not None:
-            return cfg.per_query_k
-        if labels is None:
-            return math.ceil(cfg.transfer_budget / num_queries)
-        per_class = cfg.transfer_budget / len(np.unique(labels))
-        smallest_class = np.bincount(labels)[np.unique(labels)].min()
-        return math.ceil(per_class / smallest_class) * 2  # headroom for duplicates across queries
 
     def _teacher_confidence(
         self, candidates, teacher, embeddings_dir: str, pool_rows: np.ndarray
@@ -411,35 +382,85 @@ class RetrievalTransferSetBuilder:
         confidence[rows] = values[:, 0]
         return confidence
 
-    def _budget_mask(
-        self, picked: dict[str, np.ndarray], labels: np.ndarray | None, query_rows: np.ndarray, stats
-    ) -> np.ndarray:
-        """Which rows a total budget keeps: the best-scored ``budget / classes`` per query class.
 
-        A class whose neighbours (after de-duplication) number fewer than its share leaves the rest
-        of its share to the other classes' best-scored leftovers, so the set holds ``budget`` images
-        whenever the search found that many: methods compared at one budget see as many images.
-        """
-        cfg = self.config
-        keep = np.ones(len(picked["pool_index"]), dtype=bool)
-        if cfg.transfer_budget is None or keep.size <= cfg.transfer_budget:
-            return keep
-        if labels is None:
-            groups = np.zeros(keep.size, dtype=int)
-        else:
-            label_of_row = dict(zip(query_rows.tolist(), labels.tolist(), strict=True))
-            groups = np.array([label_of_row[q] for q in picked["query_index"].tolist()])
-        classes = np.unique(groups)
-        share = cfg.transfer_budget // len(classes)
-        keep[:] = False
-        for cls in classes:
-            rows = np.flatnonzero(groups == cls)
-            keep[rows[np.argsort(-picked["score"][rows], kind="stable")[:share]]] = True
-        leftovers = np.flatnonzero(~keep)
-        shortfall = cfg.transfer_budget - int(keep.sum())
-        keep[leftovers[np.argsort(-picked["score"][leftovers], kind="stable")[:shortfall]]] = True
-        stats.removed_budget = int((~keep).sum())
-        return keep
+def _check_build_inputs(pool, queries, heldout, *, streamed: bool, min_teacher_confidence, teacher) -> None:
+    """``build``'s argument checks, in the order it documents: types, emptiness, then the teacher."""
+    if not streamed:
+        check_dataset_type(pool, "the pool")
+    check_dataset_type(queries, "the queries")
+    for name, extra in enumerate(heldout):
+        check_dataset_type(extra, f"heldout[{name}]")
+    if not streamed and len(pool) == 0:
+        raise ValueError("the pool is empty: nothing to retrieve from")
+    if len(queries) == 0:
+        raise ValueError("there are no query images")
+    if min_teacher_confidence is not None and teacher is None:
+        raise ValueError("min_teacher_confidence needs a teacher: pass teacher= to build()")
+
+
+def _query_labels(queries, query_rows: np.ndarray) -> np.ndarray | None:
+    """The class of each embedded query, or ``None`` when the queries are unlabelled (in part or all)."""
+    column = find_label_column(queries.features)
+    if column is None:
+        return None
+    labels = label_array(queries, column)[query_rows]
+    return labels if (labels != UNLABELLED).all() else None
+
+
+def _query_classes(
+    picked: dict[str, np.ndarray], labels: np.ndarray | None, query_rows: np.ndarray
+) -> np.ndarray | None:
+    """The class of each picked row's query (``None`` without labels): the groups a budget spreads over."""
+    if labels is None:
+        return None
+    label_of_row = dict(zip(query_rows.tolist(), labels.tolist(), strict=True))
+    return np.array([label_of_row[q] for q in picked["query_index"].tolist()])
+
+
+def _bounded_k(k: int, pool_size: int) -> int:
+    """``k`` neighbours per query, at most the ``pool_size`` embedded pool images (a warning when cut)."""
+    if k > pool_size:
+        logger.warning("k=%d is more than the %d embedded pool images: using k=%d", k, pool_size, pool_size)
+        return pool_size
+    return k
+
+
+def _check_something_left(picked: dict[str, np.ndarray], stats: TransferSetStats, threshold: float) -> None:
+    """Raise when the filters left no pool image, saying how many each removed."""
+    if len(picked["pool_index"]) == 0:
+        raise ValueError(
+            f"no pool image is left for the transfer set: {stats.after_dedup} retrieved, "
+            f"{stats.removed_leakage} removed as near-duplicates of validation/test images (cosine >= "
+            f"{threshold}), {stats.removed_low_confidence} removed for low teacher confidence. "
+            "An encoder whose embeddings are all alike (e.g. untrained) makes everything look like a copy"
+        )
+
+
+def _warn_if_short(stats: TransferSetStats, transfer_budget: int | None) -> None:
+    """Warn when the transfer set holds fewer images than ``transfer_budget``, saying why."""
+    if transfer_budget is not None and stats.final < transfer_budget:
+        logger.warning(
+            "the transfer set holds %d images, fewer than transfer_budget=%d: the search found only %d unique "
+            "neighbours (k=%d per query) and %d were removed; a larger pool or fewer filters gives more",
+            stats.final,
+            transfer_budget,
+            stats.after_dedup,
+            stats.k,
+            stats.removed_leakage + stats.removed_low_confidence,
+        )
+
+
+def _with_provenance(pool, candidates, keep: np.ndarray, picked: dict[str, np.ndarray]):
+    """The kept pool rows as a Dataset (from the teacher's ``candidates`` when scored) with the ``picked``
+    columns added: ``pool_index``, ``query_index``, ``rank`` as int64, the others as float32."""
+    if candidates is not None:
+        transfer = candidates.select(np.flatnonzero(keep).tolist())
+    else:
+        transfer = _select_rows(pool, picked["pool_index"])
+    for name, values in picked.items():
+        dtype = np.int64 if name in ("pool_index", "query_index", "rank") else np.float32
+        transfer = transfer.add_column(name, values.astype(dtype).tolist())
+    return transfer
 
 
 def _count_zero_pool_rows(vectors: np.ndarray, rows: np.ndarray, encoder: str) -> int:
