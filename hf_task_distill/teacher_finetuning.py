@@ -2,9 +2,9 @@
 
 Four strategies, chosen by ``TeacherFinetuningArguments.teacher_strategy``:
 
-- ``linear``: a linear probe. The frozen backbone embeds the labelled set once (optionally several
-  augmented views per image) and only the head trains, on the cached features: E epochs cost one
-  backbone pass, not E.
+- ``linear``: a linear probe (``hf_task_distill.linear_probe``). The frozen backbone embeds the
+  labelled set once (optionally several augmented views per image) and only the head trains, on the
+  cached features: E epochs cost one backbone pass, not E.
 - ``full``: full finetuning through ``transformers.Trainer`` with layer-wise learning-rate decay.
 - ``lp-ft``: the linear probe, then full finetuning from that head (Kumar et al., 2022).
 - ``lora``: peft LoRA on the attention projections found in the model itself, head trained fully;
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -35,11 +34,12 @@ from .checks import check_choice, check_int, check_number
 from .data.budget import stratified_holdout_indices
 from .data.loading import TargetTask, load_target_task
 from .data.validation import UNLABELLED, check_classes_trained, check_images_decode, label_array
-from .data.views import ViewAugmentation, ViewSpec, single_view_dataset, stack_single_views
+from .data.views import ViewAugmentation, ViewSpec, single_view_dataset
 from .devices import cpu_ranks_need_use_cpu
 from .files import write_json_atomically
+from .linear_probe import embed_head_inputs, train_linear_head
 from .metrics import make_compute_metrics
-from .models.heads import capture_head_inputs, find_classification_head
+from .models.heads import find_classification_head
 from .models.teacher import load_teacher
 from .options import renamed_field, resolve_renamed
 from .trainer import TaskTrainer, check_training_arguments
@@ -286,6 +286,43 @@ class _LayerDecayTrainer(TaskTrainer):
         return super().create_optimizer(model)
 
 
+def _model_selection_splits(task: TargetTask, validation_fraction: float, seed: int):
+    """``(train, validation, where validation came from)``: the task's validation split, or a stratified
+    hold-out of ``validation_fraction`` of each class of train (seeded by ``seed``)."""
+    num_labels = task.num_labels
+    if num_labels < 2:
+        raise ValueError(f"task '{task.name}' has {num_labels} class: a classifier needs at least two")
+    train = task["train"]
+    if "validation" in task.splits:
+        validation, source = task["validation"], "validation split"
+    else:
+        train_idx, held_idx = stratified_holdout_indices(
+            label_array(train, task.label_column), validation_fraction, seed=seed
+        )
+        if held_idx.size == 0:
+            raise ValueError(
+                f"task '{task.name}' has no validation split and too few labelled images to hold one out "
+                "(every class has a single image): add a validation split"
+            )
+        validation = train.select(held_idx.tolist())
+        train = train.select(train_idx.tolist())
+        source = f"stratified hold-out of {validation_fraction:.0%} of train ({held_idx.size} images)"
+        logger.info("No validation split in task '%s': model selection on a %s", task.name, source)
+    train_labels = label_array(train, task.label_column)
+    present = set(np.unique(train_labels[train_labels != UNLABELLED]).tolist())
+    check_classes_trained(present, task.label_names, task.name)
+    if len(present) < 2:
+        raise ValueError(f"task '{task.name}': the labelled training images cover a single class")
+    val_labels = label_array(validation, task.label_column)
+    unseen = sorted(set(val_labels[val_labels != UNLABELLED].tolist()) - present)
+    if unseen:
+        raise ValueError(
+            f"task '{task.name}': the validation split has label(s) never seen in training: "
+            f"{[task.label_names[i] for i in unseen][:10]}"
+        )
+    return train, validation, source
+
+
 # ---- the finetuner ------------------------------------------------------------------------------
 
 
@@ -316,47 +353,14 @@ class TeacherFinetuner:
         self.args = args or TeacherFinetuningArguments(output_dir="teacher")
         self.trust_remote_code = trust_remote_code
         self.model_kwargs = dict(model_kwargs or {})
-        self.train_split, self.validation_split, self.validation_source = self._model_selection_splits()
+        self.train_split, self.validation_split, self.validation_source = _model_selection_splits(
+            self.task, self.args.validation_fraction, self.args.seed
+        )
         self._processor = processor
         self.result: FinetuningResult | None = None
         self.trainer: Trainer | None = None  # the Trainer of the last backbone-training stage
 
     # -- data --
-    def _model_selection_splits(self):
-        task = self.task
-        num_labels = task.num_labels
-        if num_labels < 2:
-            raise ValueError(f"task '{task.name}' has {num_labels} class: a classifier needs at least two")
-        train = task["train"]
-        if "validation" in task.splits:
-            validation, source = task["validation"], "validation split"
-        else:
-            train_idx, held_idx = stratified_holdout_indices(
-                label_array(train, task.label_column), self.args.validation_fraction, seed=self.args.seed
-            )
-            if held_idx.size == 0:
-                raise ValueError(
-                    f"task '{task.name}' has no validation split and too few labelled images to hold one out "
-                    "(every class has a single image): add a validation split"
-                )
-            validation = train.select(held_idx.tolist())
-            train = train.select(train_idx.tolist())
-            source = f"stratified hold-out of {self.args.validation_fraction:.0%} of train ({held_idx.size} images)"
-            logger.info("No validation split in task '%s': model selection on a %s", task.name, source)
-        train_labels = label_array(train, task.label_column)
-        present = set(np.unique(train_labels[train_labels != UNLABELLED]).tolist())
-        check_classes_trained(present, task.label_names, task.name)
-        if len(present) < 2:
-            raise ValueError(f"task '{task.name}': the labelled training images cover a single class")
-        val_labels = label_array(validation, task.label_column)
-        unseen = sorted(set(val_labels[val_labels != UNLABELLED].tolist()) - present)
-        if unseen:
-            raise ValueError(
-                f"task '{task.name}': the validation split has label(s) never seen in training: "
-                f"{[task.label_names[i] for i in unseen][:10]}"
-            )
-        return train, validation, source
-
     @property
     def processor(self):
         if self._processor is None:
@@ -467,29 +471,17 @@ class TeacherFinetuner:
         merged = copy.deepcopy(peft_model).merge_and_unload()
         return merged, metrics
 
-    @torch.inference_mode()
     def embed(self, model, dataset, spec: ViewSpec, *, views: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head inputs for every image (``views`` random augmented views each if > 1), computed once."""
-        device = self.args.device
-        model.to(device).eval()
-        features, labels = [], []
-        with capture_head_inputs(model) as captured:
-            prepared = self._dataset(dataset, spec, train=views > 1)
-            for view in range(views):
-                if hasattr(prepared, "set_epoch"):
-                    prepared.set_epoch(view)  # view k of every image: drawn from (seed, k, row)
-                loader = torch.utils.data.DataLoader(
-                    prepared,
-                    batch_size=self.args.per_device_eval_batch_size,
-                    num_workers=self.args.dataloader_num_workers,
-                    collate_fn=stack_single_views,
-                )
-                for batch in loader:
-                    captured.clear()
-                    model(pixel_values=batch["pixel_values"].to(device))
-                    features.append(captured[-1].float().cpu())
-                    labels.append(batch["labels"])
-        return torch.cat(features), torch.cat(labels)
+        """Head inputs for every image (``views`` random augmented views each if > 1), computed once:
+        :func:`~hf_task_distill.linear_probe.embed_head_inputs` with ``args``' device and batch size."""
+        return embed_head_inputs(
+            model,
+            self._dataset(dataset, spec, train=views > 1),
+            views=views,
+            batch_size=self.args.per_device_eval_batch_size,
+            device=self.args.device,
+            num_workers=self.args.dataloader_num_workers,
+        )
 
     def linear_probe(self, model, spec: ViewSpec) -> list[dict[str, Any]]:
         """Train ``model``'s head on cached frozen features; keep the epoch best on validation."""
@@ -502,43 +494,23 @@ class TeacherFinetuner:
         return history
 
     def train_head(self, head: nn.Linear, x_train, y_train, x_val, y_val):
-        """AdamW with a cosine schedule on features; returns the best head state and per-epoch metrics."""
+        """AdamW with a cosine schedule on features; returns the best head state and per-epoch metrics
+        (:func:`~hf_task_distill.linear_probe.train_linear_head` with ``args``' probe settings)."""
         args = self.args
-        compute = make_compute_metrics(args.extra_metrics)
-        probe = copy.deepcopy(head).float().cpu().train()
-        nn.init.zeros_(probe.weight)
-        nn.init.zeros_(probe.bias)
-        optimizer = torch.optim.AdamW(
-            probe.parameters(), lr=args.probe_learning_rate, weight_decay=args.probe_weight_decay
+        return train_linear_head(
+            head,
+            x_train,
+            y_train,
+            x_val,
+            y_val,
+            epochs=args.teacher_probe_epochs,
+            learning_rate=args.probe_learning_rate,
+            weight_decay=args.probe_weight_decay,
+            batch_size=args.probe_batch_size,
+            seed=args.seed,
+            metric=args.metric_for_best_model or "balanced_accuracy",
+            extra_metrics=args.extra_metrics,
         )
-        steps_per_epoch = math.ceil(len(x_train) / args.probe_batch_size)
-        total = max(1, steps_per_epoch * args.teacher_probe_epochs)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / total))
-        )
-        generator = torch.Generator().manual_seed(args.seed)
-        labelled = y_train != UNLABELLED
-        x_train, y_train = x_train[labelled], y_train[labelled]
-        metric = args.metric_for_best_model or "balanced_accuracy"
-        best_score, best_state, history = -math.inf, copy.deepcopy(probe.state_dict()), []
-        for epoch in range(args.teacher_probe_epochs):
-            order = torch.randperm(len(x_train), generator=generator)
-            for start in range(0, len(order), args.probe_batch_size):
-                rows = order[start : start + args.probe_batch_size]
-                loss = nn.functional.cross_entropy(probe(x_train[rows]), y_train[rows])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-            with torch.no_grad():
-                scores = compute(_EvalPrediction(probe(x_val).numpy(), y_val.numpy()))
-            score = scores.get(metric.removeprefix("eval_"), scores["balanced_accuracy"])
-            if score > best_score:
-                best_score, best_state = score, copy.deepcopy(probe.state_dict())
-                best = dict(scores, epoch=epoch + 1)
-            history.append({"epoch": epoch + 1, **scores, "best": best})
-        dtype, device = head.weight.dtype, head.weight.device
-        return {k: v.to(device=device, dtype=dtype) for k, v in best_state.items()}, history
 
     # -- output --
     def save(self, output_dir: str | os.PathLike | None = None) -> str:
@@ -597,12 +569,6 @@ class TeacherFinetuner:
         forward = count_flops_per_image(model, size)
         entries.append(LedgerEntry(stage, work, self.model_name_or_path, forward_images, forward, device))
         return entries
-
-
-@dataclass
-class _EvalPrediction:
-    predictions: np.ndarray
-    label_ids: np.ndarray
 
 
 def _strip_eval_prefix(metrics: dict[str, float]) -> dict[str, float]:
