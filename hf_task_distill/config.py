@@ -225,15 +225,7 @@ class TransferArguments(RetrievalSettings, _TransferSource):
         if self.retrieval_encoder is not None:
             check_model_source(self.retrieval_encoder, "--retrieval_encoder")
         modes = ("task", "retrieval", "random")
-        if self.transfer not in modes and "/" not in self.transfer and not os.path.exists(self.transfer):
-            import difflib
-
-            close = difflib.get_close_matches(self.transfer, modes, n=1, cutoff=0.6)
-            if close:  # a typo of a mode, not a dataset: say so before the teacher trains
-                raise ValueError(
-                    f"--transfer '{self.transfer}' is neither task, retrieval nor random, nor a folder or Hub "
-                    f"dataset id (owner/name); did you mean {close[0]}?"
-                )
+        _check_not_a_mode_typo(self.transfer, modes)
         if self.transfer not in modes and is_local_path(self.transfer):
             if not os.path.isdir(self.transfer):
                 raise ValueError(f"--transfer: no such folder '{self.transfer}'")
@@ -245,6 +237,21 @@ class TransferArguments(RetrievalSettings, _TransferSource):
         self.retrieval_encoder = absolute_local_path(self.retrieval_encoder)
         if self.pool_embeddings_dir is not None:  # a folder that may not exist yet
             self.pool_embeddings_dir = os.path.abspath(os.path.expanduser(self.pool_embeddings_dir))
+
+
+def _check_not_a_mode_typo(transfer: str, modes: tuple[str, ...]) -> None:
+    """Refuse a ``--transfer`` value that is no folder or Hub id but close to a mode (``retreival``):
+    a typo of a mode, not a dataset, said before the teacher trains."""
+    if transfer in modes or "/" in transfer or os.path.exists(transfer):
+        return
+    import difflib
+
+    close = difflib.get_close_matches(transfer, modes, n=1, cutoff=0.6)
+    if close:
+        raise ValueError(
+            f"--transfer '{transfer}' is neither task, retrieval nor random, nor a folder or Hub "
+            f"dataset id (owner/name); did you mean {close[0]}?"
+        )
 
 
 @dataclass

@@ -363,6 +363,7 @@ class TeacherFinetuner:
     # -- data --
     @property
     def processor(self):
+        """The teacher's image processor (given, or loaded with the model on first use)."""
         if self._processor is None:
             from transformers import AutoImageProcessor
 
@@ -380,6 +381,7 @@ class TeacherFinetuner:
 
     @property
     def augmentation(self) -> ViewAugmentation:
+        """The random crop and flip of training views (``args.crop_min_scale``, ``args.hflip_probability``)."""
         return ViewAugmentation(scale=(self.args.crop_min_scale, 1.0), hflip=self.args.hflip_probability)
 
     def _dataset(self, dataset, spec: ViewSpec, *, train: bool):
