@@ -58,19 +58,25 @@ def count_flops_per_image(
 
     Runs one pass of ``batch`` images of ``image_size`` under ``FlopCounterMode`` and divides by
     the batch. Training counts the backward pass of a scalar loss; parameters that are frozen
-    contribute no weight gradients, as in the real run. The model's train/eval mode is restored and
-    its ``.grad`` fields are left alone.
+    contribute no weight gradients, as in the real run. The model is left exactly as it was: its
+    train/eval mode, its ``.grad`` fields, its buffers (a training-mode pass would move BatchNorm's
+    running statistics towards the example batch) and the random number generators (dropout draws).
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     pixels = _example_batch(model, size, batch)
     was_training = model.training
+    buffers = [(b, b.detach().clone()) for b in model.buffers()] if training else []
+    devices = [t.device for t in model.parameters() if t.device.type == "cuda"][:1]
     model.train(training)
     trainable = [p for p in model.parameters() if p.requires_grad]
     try:
         corrected = {torch.ops.aten.convolution_backward: _grouped_conv_backward_flop}
-        with FlopCounterMode(display=False, custom_mapping=corrected) as counter:
+        with (
+            torch.random.fork_rng(devices=devices),
+            FlopCounterMode(display=False, custom_mapping=corrected) as counter,
+        ):
             if training:
                 loss = _logits(model(pixel_values=pixels)).float().logsumexp(-1).sum()
                 if trainable:  # backward, .grad untouched
@@ -80,6 +86,9 @@ def count_flops_per_image(
                     model(pixel_values=pixels)
     finally:
         model.train(was_training)
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
     return counter.get_total_flops() / batch
 
 

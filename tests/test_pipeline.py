@@ -699,3 +699,22 @@ def test_a_refusal_names_each_changed_data_once_and_reads_as_sentences():
         in message
     )
     assert "Nothing was changed. To keep the finished result, give --distill_epochs 8.0;" in message
+
+
+def test_counting_training_flops_leaves_the_model_and_the_random_state_as_they_were():
+    """Found when model cards began counting FLOPs in save_model: a training-mode pass moved
+    BatchNorm's running statistics towards the example batch, so the student in memory no longer
+    matched the one just saved."""
+    from hf_task_distill.ledger import count_flops_per_image
+    from hf_task_distill.models import create_student
+
+    student = create_student("test_resnet", ["a", "b"], image_size=32).eval()
+    before = {k: v.clone() for k, v in student.state_dict().items()}
+    torch.manual_seed(5)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(5)
+    assert count_flops_per_image(student, 32, training=True) > count_flops_per_image(student, 32) > 0
+    assert torch.equal(torch.rand(3), expected_draw)  # no random number drawn for the caller
+    assert not student.training
+    for key, value in student.state_dict().items():
+        assert torch.equal(value, before[key]), key

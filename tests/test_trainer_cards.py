@@ -38,6 +38,7 @@ def _trainer(root, **overrides):
         eval_strategy="epoch",
         num_train_epochs=EPOCHS,
         per_device_train_batch_size=16,
+        distill_loss="kd",  # named: the card says which loss, and the default is function_matching
         temperature=2.0,
     )
     return DistillationTrainer(

@@ -40,6 +40,7 @@ def main() -> None:
         optim="sgd",
         lr_scheduler_type="constant",
         max_steps=cli.steps,
+        distill_loss="kd",  # KL plus label cross-entropy (function_matching, the default, takes no labels)
         temperature=2.0,
         ce_weight=0.7,
         max_grad_norm=0.0,
