@@ -32,8 +32,9 @@ def command_table() -> dict[str, tuple[str, str | None]]:
     """``{command: (help, stage)}``: ``run``, one command per stage that declares one (it runs that
     stage and every stage it depends on: :func:`~hf_task_distill.stages.stages_for_command`), and
     ``demo``. ``stage`` is ``None`` for every stage."""
-    from .stages import stage_commands
+    from .stages import load_plugins, stage_commands
 
+    load_plugins()  # stages installed packages declare (entry-point group hf_task_distill.plugins)
     return {
         "run": (
             "Run every stage: teacher, transfer set, distillation, finetuning, evaluation, publishing.",

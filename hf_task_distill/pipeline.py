@@ -20,7 +20,15 @@ from .config import PipelineConfig
 from .devices import process_state
 from .ledger import ComputeLedger, Stopwatch, describe_device
 from .run_directory import NOT_HASHED, RunDirectory, RunInUse
-from .stages import RunContext, StageNotReady, available_stages, get_stage, stages_for_command
+from .stages import (
+    RunContext,
+    StageNotReady,
+    StageResult,
+    available_stages,
+    check_order,
+    get_stage,
+    stages_for_command,
+)
 from .stages.context import TASK_DATA, TRANSFER_DATA, check_models_reachable
 
 __all__ = ["Pipeline", "RunInUse", "StageNotReady", "StageSettingsChanged"]
@@ -193,13 +201,19 @@ class Pipeline:
         """
         if stages is None:
             stages = stages_for_command(self.config, None)
+        check_order(self.config, list(stages))
         self.task  # noqa: B018 - a task that cannot be loaded fails here, before the run folder is written
         overwrite = self.config.run.overwrite_stage
         with self.folders.locked():
             for name in stages:
                 self.folders.recover(name)
             self.state.wait_for_everyone()
-            self.check_settings(stages)
+            # every finished stage, not only this command's: config.json, saved below, must hold the
+            # settings of all the run's finished stages (found by the newcomer try of issue 17)
+            finished = [
+                n for n in available_stages() if n not in stages and get_stage(n).enabled(self.config)
+            ]
+            self.check_settings([*stages, *(n for n in finished if self.manifest(n) is not None)])
             check_models_reachable(
                 self.config, [s for s in stages if self.manifest(s) is None or s in overwrite]
             )
@@ -297,6 +311,7 @@ class Pipeline:
         """Run the stage in ``directory`` and complete it: its manifest, written last."""
         with Stopwatch() as watch:
             result = get_stage(name).run(self.context, directory)
+        _check_result(name, result)
         manifest = {
             "stage": name,
             "run_id": uuid.uuid4().hex[:12],
@@ -347,6 +362,24 @@ class Pipeline:
             manifest = self.manifest(name)
             if manifest is not None:
                 yield name, manifest.get("outputs") or {}
+
+
+def _check_result(name: str, result: Any) -> None:
+    """A stage's result is a :class:`StageResult` whose outputs a manifest can hold (JSON).
+
+    Raises:
+        TypeError: naming the stage and what is wrong.
+    """
+    if not isinstance(result, StageResult):
+        raise TypeError(
+            f"stage '{name}': run() must return a StageResult(outputs, ledger), got {type(result).__name__}"
+        )
+    try:
+        json.dumps(result.outputs)
+    except (TypeError, ValueError) as err:
+        raise TypeError(
+            f"stage '{name}': its outputs must be JSON (numbers, strings, lists, dicts): {err}"
+        ) from err
 
 
 def _versions() -> dict[str, str]:

@@ -90,6 +90,7 @@ class RunDirectory:
                 value = outputs.get(key)
                 if isinstance(value, str) and not os.path.isabs(value):
                     outputs[key] = os.path.join(folder, value)
+            manifest["outputs"] = _map_paths(outputs, lambda v: _resolved(v, folder))
         return manifest
 
     def changed_output(self, name: str, manifest: dict[str, Any]) -> str | None:
@@ -190,6 +191,9 @@ class RunDirectory:
                 value = outputs.get(key)
                 if isinstance(value, str) and os.path.isabs(value) and _inside(value, folder):
                     outputs[key] = os.path.relpath(value, folder).replace(os.sep, "/")
+            # any other path into the stage folder (a plugin stage's outputs, at any depth) is stored
+            # as "./<relative>", so that it survives a redo's swap and a moved run
+            manifest["outputs"] = _map_paths(outputs, lambda v: _relative(v, folder))
         manifest["content"] = content_hashes(folder, exclude=NOT_HASHED)
         write_json_atomically(os.path.join(folder, MANIFEST), manifest)
         if folder == self.redo_dir(name):
@@ -216,3 +220,24 @@ class RunDirectory:
 def _inside(path: str, folder: str) -> bool:
     path, folder = os.path.abspath(path), os.path.abspath(folder)
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _map_paths(value: Any, convert) -> Any:
+    """``value`` with ``convert`` applied to every string in it (dicts and lists walked)."""
+    if isinstance(value, dict):
+        return {k: _map_paths(v, convert) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_paths(v, convert) for v in value]
+    return convert(value) if isinstance(value, str) else value
+
+
+def _relative(value: str, folder: str) -> str:
+    """An absolute path inside ``folder`` as ``./<relative>``; anything else unchanged."""
+    if os.path.isabs(value) and _inside(value, folder):
+        return "./" + os.path.relpath(value, folder).replace(os.sep, "/")
+    return value
+
+
+def _resolved(value: str, folder: str) -> str:
+    """A ``./<relative>`` output (see :func:`_relative`) as a path in ``folder``."""
+    return os.path.join(folder, value[2:]) if value.startswith("./") else value

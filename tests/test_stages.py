@@ -135,7 +135,7 @@ class ClassCountStage(Stage):
         with open(path, "w", encoding="utf-8") as f:
             json.dump(counts, f)
         entry = LedgerEntry(self.name, "counting", "none", len(labels), 0, "cpu")
-        return StageResult({"counts": path, "classes": len(counts)}, [entry])
+        return StageResult({"counts": path, "files": [path], "classes": len(counts)}, [entry])
 
 
 @pytest.fixture
@@ -159,7 +159,16 @@ def test_a_stage_added_from_one_file_runs_is_skipped_and_guards_its_settings(tmp
     with pytest.raises(StageSettingsChanged, match=r"stage class_count finished with per_class=3"):
         Pipeline(_config(tmp_path, per_class=4)).run(["class_count"])
     redo = _config(tmp_path, per_class=4, overwrite_stage=["class_count"])  # the registry's names count
-    assert Pipeline(redo).run(["class_count"])["class_count"]["outputs"]["classes"] == 10
+    outputs = Pipeline(redo).run(["class_count"])["class_count"]["outputs"]
+    assert outputs["classes"] == 10
+    # a path the stage returns, under any key and at any depth, is stored relative to the stage folder:
+    # after the redo (built beside the finished result, then swapped in) it names the file in place
+    stage_folder = os.path.join(str(tmp_path / "run"), "class_count")
+    assert outputs["files"] == [os.path.join(stage_folder, "counts.json")] and os.path.isfile(
+        outputs["files"][0]
+    )
+    with open(os.path.join(stage_folder, "manifest.json"), encoding="utf-8") as f:
+        assert json.load(f)["outputs"]["files"] == ["./counts.json"]
 
 
 def test_a_stage_added_from_one_file_gets_its_command(tmp_path, class_count_stage, capsys):
@@ -178,7 +187,141 @@ def test_registering_a_stage_twice_or_after_an_unknown_one_is_refused(class_coun
 
     class Other(ClassCountStage):
         name = "other"
+        command = None  # its parent's command is taken (a second stage cannot have it)
 
     with pytest.raises(ValueError, match=r"register_stage\(after='nope'\): no such stage"):
         register_stage(Other, after="nope")
     assert "other" not in available_stages()
+
+
+# ---- what the registry refuses (found by the newcomer try of issue 17) ---------------------------
+class _Reads(Stage):
+    name = "reads_transfer"
+
+    def upstream(self, config):
+        return ("transfer",)
+
+    def run(self, context, directory):
+        return StageResult({})
+
+
+def _stage(name="toy", **attributes):
+    return type("Toy", (Stage,), {"name": name, "run": lambda self, c, d: StageResult({}), **attributes})
+
+
+@pytest.mark.parametrize(
+    ("make", "error", "match"),
+    [
+        (lambda: _stage()(), TypeError, r"register_stage takes a Stage subclass, got <"),
+        (lambda: type("NoRun", (Stage,), {"name": "norun"}), TypeError, "NoRun does not implement run"),
+        (lambda: _stage("../escaped"), ValueError, r"Toy.name must be lowercase .* got '../escaped'"),
+        (lambda: _stage(None), ValueError, "Toy.name must be lowercase"),
+        (lambda: _stage("teacher"), ValueError, "a stage named 'teacher' is already registered"),
+        (lambda: _stage(command="evaluate"), ValueError, "command 'evaluate' is already stage 'evaluate''s"),
+        (lambda: _stage(command="run"), ValueError, "command 'run' is already the CLI's command"),
+        (lambda: _stage(command="compare"), ValueError, "command 'compare' is already the CLI's command"),
+    ],
+)
+def test_registering_a_malformed_stage_is_refused_with_the_reason(make, error, match):
+    before = available_stages()
+    with pytest.raises(error, match=match):
+        register_stage(make())
+    assert available_stages() == before
+
+
+def test_the_packages_own_stages_and_unknown_names_cannot_be_unregistered():
+    with pytest.raises(ValueError, match="'teacher' is one of the package's own stages"):
+        unregister_stage("teacher")
+    with pytest.raises(ValueError, match="no stage named 'nope' is registered"):
+        unregister_stage("nope")
+    assert available_stages() == STAGES
+
+
+def test_a_settings_read_typo_names_the_setting(tmp_path):
+    register_stage(_stage(settings_read=("seeed",)))
+    try:
+        with pytest.raises(
+            ValueError, match=r"stage 'toy': settings_read names no setting: 'seeed' \(did you mean 'seed'"
+        ):
+            get_stage("toy").settings(_config(tmp_path))
+    finally:
+        unregister_stage("toy")
+
+
+def test_stages_registered_after_the_same_stage_keep_their_order_and_a_stage_before_its_input_is_refused(
+    tmp_path,
+):
+    from hf_task_distill.pipeline import Pipeline
+
+    register_stage(_stage("first"), after="finetune")
+    register_stage(_stage("second"), after="finetune")
+    register_stage(_Reads, after="teacher")  # reads transfer, which runs after teacher: too early
+    try:
+        order = available_stages()
+        assert (
+            order.index("finetune") < order.index("first") < order.index("second") < order.index("evaluate")
+        )
+        with pytest.raises(ValueError, match=r"stage 'reads_transfer' reads stage 'transfer', which runs after it: "
+                           r"register it with register_stage\(after='transfer'\)"):  # fmt: skip
+            Pipeline(_config(tmp_path)).run(["reads_transfer"])
+    finally:
+        for name in ("first", "second", "reads_transfer"):
+            unregister_stage(name)
+
+
+@pytest.mark.parametrize(
+    ("result", "match"),
+    [
+        ({"rows": 3}, r"stage 'toy': run\(\) must return a StageResult\(outputs, ledger\), got dict"),
+        (StageResult({"model": object()}), r"stage 'toy': its outputs must be JSON"),
+    ],
+)
+def test_a_stage_that_returns_something_a_manifest_cannot_hold_is_stopped(tmp_path, result, match):
+    from hf_task_distill.pipeline import Pipeline
+
+    register_stage(type("Bad", (Stage,), {"name": "toy", "run": lambda self, c, d: result}))
+    try:
+        with pytest.raises(TypeError, match=match):
+            Pipeline(_config(tmp_path)).run(["toy"])
+        assert not os.path.exists(tmp_path / "run" / "toy" / "manifest.json")
+    finally:
+        unregister_stage("toy")
+
+
+def test_an_installed_plugin_adds_its_stage_and_command_to_the_console_script(tmp_path):
+    """A package declares its module in the ``hf_task_distill.plugins`` entry-point group (in its
+    pyproject: ``[project.entry-points."hf_task_distill.plugins"] mine = "mine.stages"``); the CLI
+    imports it, so its stage's command runs like the package's own."""
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "mine_plugin-0.1.dist-info").mkdir(parents=True)
+    (site / "mine_plugin-0.1.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: mine-plugin\nVersion: 0.1\n"
+    )
+    (site / "mine_plugin-0.1.dist-info" / "entry_points.txt").write_text(
+        "[hf_task_distill.plugins]\nmine = mine_stages\n"
+    )
+    (site / "mine_stages.py").write_text(
+        "from hf_task_distill.stages import Stage, StageResult, register_stage\n\n"
+        "@register_stage\nclass Hello(Stage):\n    name = 'hello'\n    command = 'say-hello'\n"
+        "    command_help = 'Write hello.txt.'\n\n"
+        "    def run(self, context, directory):\n"
+        "        open(f'{directory}/hello.txt', 'w').write('hello')\n"
+        "        return StageResult({'file': f'{directory}/hello.txt'})\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    cli = [sys.executable, "-m", "hf_task_distill.cli"]
+    usage = subprocess.run([*cli, "--help"], capture_output=True, text=True, env=env)
+    assert "say-hello" in usage.stdout and "Write hello.txt." in usage.stdout
+    run = str(tmp_path / "run")
+    done = subprocess.run(
+        [*cli, "say-hello", "--dataset", "digits", "--output_dir", run],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    with open(os.path.join(run, "hello", "hello.txt"), encoding="utf-8") as f:
+        assert f.read() == "hello"

@@ -15,6 +15,8 @@ Adding a stage: subclass :class:`Stage` in one file and decorate it with :func:`
 
 from __future__ import annotations
 
+import difflib
+import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -28,7 +30,9 @@ __all__ = [
     "StageNotReady",
     "StageResult",
     "available_stages",
+    "check_order",
     "get_stage",
+    "load_plugins",
     "register_stage",
     "stage_commands",
     "stages_for_command",
@@ -86,6 +90,13 @@ class Stage:
     def settings(self, config: PipelineConfig) -> dict[str, Any]:
         """The settings the result depends on, by flag name (default: :attr:`settings_read`)."""
         flat = config.to_dict()
+        unknown = [name for name in self.settings_read if name not in flat]
+        if unknown:
+            close = {n: difflib.get_close_matches(n, flat, n=1) for n in unknown}
+            hints = ", ".join(
+                f"'{n}'" + (f" (did you mean '{c[0]}'?)" if c else "") for n, c in close.items()
+            )
+            raise ValueError(f"stage '{self.name}': settings_read names no setting: {hints}")
         return {name: flat[name] for name in self.settings_read}
 
     def models_needed(self, config: PipelineConfig) -> list[tuple[str, str]]:
@@ -116,25 +127,40 @@ class Stage:
 
 
 _REGISTRY: dict[str, Stage] = {}
+#: Which stage each stage was registered ``after`` (run order: a stage comes after those registered
+#: before it after the same stage).
+_PLACED_AFTER: dict[str, str] = {}
+#: The package's own stages: registered on import, never unregistered.
+BUILTIN_STAGES = ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate", "publish")
+#: Command names that are not stages' (the CLI's own; its tools are :data:`~hf_task_distill.commands.TOOL_COMMANDS`).
+RESERVED_COMMANDS = ("run", "demo")
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def register_stage(cls: type[Stage] | None = None, *, after: str | None = None):
-    """Class decorator: add a :class:`Stage` subclass to the registry (at the end, or ``after`` a stage).
+    """Class decorator: add a :class:`Stage` subclass to the registry, at the end or ``after`` a stage
+    (after the stages already registered after that one).
 
     Raises:
-        ValueError: a stage of that name is registered, or ``after`` is not.
+        TypeError: not a :class:`Stage` subclass, or one without its own ``run``.
+        ValueError: a bad or taken name, an unknown ``after``, or a command that another stage or the
+            CLI already has.
     """
 
     def add(stage_cls: type[Stage]) -> type[Stage]:
+        _check_stage_class(stage_cls)
         name = stage_cls.name
-        if name in _REGISTRY:
-            raise ValueError(f"a stage named '{name}' is already registered")
         if after is not None and after not in _REGISTRY:
             raise ValueError(
                 f"register_stage(after='{after}'): no such stage; stages are {', '.join(_REGISTRY)}"
             )
         items = list(_REGISTRY.items())
-        at = len(items) if after is None else [n for n, _ in items].index(after) + 1
+        at = len(items)
+        if after is not None:
+            at = [n for n, _ in items].index(after) + 1
+            while at < len(items) and _placed_after(items[at][0], after):
+                at += 1
+            _PLACED_AFTER[name] = after
         items.insert(at, (name, stage_cls()))
         _REGISTRY.clear()
         _REGISTRY.update(items)
@@ -143,9 +169,89 @@ def register_stage(cls: type[Stage] | None = None, *, after: str | None = None):
     return add if cls is None else add(cls)
 
 
+def _placed_after(name: str, anchor: str) -> bool:
+    """Whether ``name`` was registered after ``anchor``, directly or after a stage that was."""
+    while name in _PLACED_AFTER:
+        name = _PLACED_AFTER[name]
+        if name == anchor:
+            return True
+    return False
+
+
+def _check_stage_class(stage_cls) -> None:
+    """What :func:`register_stage` refuses, each with the reason."""
+    if not isinstance(stage_cls, type) or not issubclass(stage_cls, Stage):
+        raise TypeError(f"register_stage takes a Stage subclass, got {stage_cls!r}")
+    name = getattr(stage_cls, "name", None)
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(
+            f"{stage_cls.__name__}.name must be lowercase letters, digits and underscores (a folder name), "
+            f"got {name!r}"
+        )
+    if name in _REGISTRY:
+        raise ValueError(f"a stage named '{name}' is already registered")
+    if stage_cls.run is Stage.run:
+        raise TypeError(f"{stage_cls.__name__} does not implement run(context, directory)")
+    command = stage_cls.command
+    taken = {get_stage(n).command: n for n in _REGISTRY if get_stage(n).command}
+    from ..commands import TOOL_COMMANDS
+
+    if command is not None and (command in (*RESERVED_COMMANDS, *TOOL_COMMANDS) or command in taken):
+        owner = f"stage '{taken[command]}'" if command in taken else "the CLI"
+        raise ValueError(f"{stage_cls.__name__}.command '{command}' is already {owner}'s command")
+
+
 def unregister_stage(name: str) -> None:
-    """Remove a stage added with :func:`register_stage` (a plugin's or a test's)."""
-    _REGISTRY.pop(name, None)
+    """Remove a stage added with :func:`register_stage` (a plugin's or a test's).
+
+    Raises:
+        ValueError: no stage has that name, or it is one of the package's own.
+    """
+    if name in BUILTIN_STAGES:
+        raise ValueError(f"'{name}' is one of the package's own stages: it cannot be unregistered")
+    if name not in _REGISTRY:
+        raise ValueError(f"no stage named '{name}' is registered; stages are {', '.join(_REGISTRY)}")
+    del _REGISTRY[name]
+    _PLACED_AFTER.pop(name, None)
+
+
+def check_order(config: PipelineConfig, stages: list[str]) -> None:
+    """Raise ``ValueError`` when one of ``stages`` reads a stage that runs after it (a plugin stage
+    registered too early), naming the fix."""
+    order = {name: i for i, name in enumerate(available_stages())}
+    for name in stages:
+        late = [u for u in get_stage(name).upstream(config) if order.get(u, -1) > order[name]]
+        if late:
+            raise ValueError(
+                f"stage '{name}' reads stage '{late[0]}', which runs after it: register it with "
+                f"register_stage(after='{late[0]}')"
+            )
+
+
+def load_plugins() -> list[str]:
+    """Import the modules that installed packages declare in the ``hf_task_distill.plugins`` entry-point
+    group (their stages, losses, student families, export formats or task types register on import),
+    once. Returns the entry points loaded; one that fails to import is a warning naming it."""
+    global _PLUGINS_LOADED
+    if _PLUGINS_LOADED is not None:
+        return _PLUGINS_LOADED
+    import importlib.metadata
+    import logging
+
+    _PLUGINS_LOADED = []
+    for entry in importlib.metadata.entry_points(group="hf_task_distill.plugins"):
+        try:
+            entry.load()
+        except Exception as err:  # noqa: BLE001 - a broken plugin must not break the tool
+            logging.getLogger(__name__).warning(
+                "plugin '%s' (%s) did not load: %s", entry.name, entry.value, err
+            )
+            continue
+        _PLUGINS_LOADED.append(entry.name)
+    return _PLUGINS_LOADED
+
+
+_PLUGINS_LOADED: list[str] | None = None
 
 
 def available_stages() -> tuple[str, ...]:
