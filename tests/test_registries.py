@@ -211,12 +211,33 @@ class _Nameless(StudentFamily):
     pass
 
 
+class _MatchesNothing(StudentFamily):
+    """Found by the newcomer try: a family without matches() made every create_student raise."""
+
+    name = "half-done"
+
+    def create(self, name_or_path, labels, **kwargs):
+        raise AssertionError("never called")
+
+
+class _NoExport(ExportFormat):
+    """Found by the newcomer try: a format without export() failed after others had written files."""
+
+    name = "no-export"
+
+
 @pytest.mark.parametrize(
     "act, error, pattern",
     [
         (lambda: register_student_family(TinyCNNFamily), ValueError, r"named 'tiny-cnn-test' is already"),
         (lambda: register_student_family(_Nameless), ValueError, r"_Nameless has no name"),
         (lambda: register_student_family(object()), TypeError, r"subclasses StudentFamily; got object"),
+        (
+            lambda: register_student_family(_MatchesNothing),
+            TypeError,
+            r"_MatchesNothing does not implement matches\(\)",
+        ),
+        (lambda: register_export_format(_NoExport), TypeError, r"_NoExport does not implement export\(\)"),
         (lambda: unregister_student_family("timm"), ValueError, r"'timm' is a built-in student family"),
         (
             lambda: unregister_student_family("nope"),

@@ -12,8 +12,8 @@ from hf_task_distill.tasks import (
     get_task_type,
     register_task_type,
     task_type_of,
+    unregister_task_type,
 )
-from hf_task_distill.tasks import base as task_base
 
 
 def test_classification_is_the_registered_default_and_knows_its_models():
@@ -64,12 +64,15 @@ class DoubledLabels(TaskType):
     def render_target(self, value, view, label_map):
         return -100 if value is None else 2 * int(value)
 
+    def evaluate(self, model, dataset, *, task, batch_size, where):
+        return {"error": 0.0}, None
+
 
 @pytest.fixture
 def doubled():
     register_task_type(DoubledLabels)
     yield get_task_type("toy-doubled")
-    task_base._REGISTRY.pop("toy-doubled")
+    unregister_task_type("toy-doubled")
 
 
 def test_a_task_type_added_from_one_file_renders_the_targets_of_views(doubled):
@@ -94,3 +97,38 @@ def test_a_task_type_added_from_one_file_renders_the_targets_of_views(doubled):
 
 def test_a_model_of_no_registered_type_falls_back_to_classification(doubled):
     assert task_type_of(tiny_dinov2()).name == "image-classification"
+
+
+class _NoTarget(TaskType):
+    name = "toy-no-target"
+
+    def model_class(self):
+        raise AssertionError("never called")
+
+
+@pytest.mark.parametrize(
+    ("act", "error", "match"),
+    [
+        (
+            lambda: register_task_type(DoubledLabels()),
+            TypeError,
+            "register_task_type takes a TaskType subclass",
+        ),
+        (
+            lambda: register_task_type(type("Nameless", (DoubledLabels,), {"name": ""})),
+            ValueError,
+            "Nameless has no name",
+        ),
+        (
+            lambda: register_task_type(_NoTarget),
+            TypeError,
+            r"_NoTarget does not implement render_target\(\), evaluate\(\)",
+        ),
+        (lambda: unregister_task_type("image-classification"), ValueError, "the package's own task type"),
+        (lambda: unregister_task_type("nope"), ValueError, "no task type named 'nope' is registered"),
+    ],
+)
+def test_malformed_task_types_are_refused_with_the_reason(act, error, match):
+    with pytest.raises(error, match=match):
+        act()
+    assert available_task_types() == ("image-classification",)

@@ -66,7 +66,7 @@ def register_export_format(export_format: ExportFormat | type[ExportFormat]):
         ``export_format`` as given.
 
     Raises:
-        TypeError: it is not an ``ExportFormat``.
+        TypeError: it is not an ``ExportFormat``, or does not implement ``export``.
         ValueError: it has no ``name``, or another format is registered under that name.
     """
     instance = export_format() if isinstance(export_format, type) else export_format
@@ -74,6 +74,8 @@ def register_export_format(export_format: ExportFormat | type[ExportFormat]):
         raise TypeError(f"an export format subclasses ExportFormat; got {type(instance).__name__}")
     if not instance.name:
         raise ValueError(f"{type(instance).__name__} has no name: set the class attribute `name`")
+    if type(instance).export is ExportFormat.export:
+        raise TypeError(f"{type(instance).__name__} does not implement export()")
     if instance.name in _FORMATS:
         raise ValueError(
             f"an export format named '{instance.name}' is already registered "

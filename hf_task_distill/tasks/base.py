@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-__all__ = ["TaskType", "available_task_types", "get_task_type", "register_task_type", "task_type_of"]
+__all__ = [
+    "TaskType",
+    "available_task_types",
+    "get_task_type",
+    "register_task_type",
+    "task_type_of",
+    "unregister_task_type",
+]
 
 
 class TaskType:
@@ -85,12 +92,38 @@ def register_task_type(cls: type[TaskType]) -> type[TaskType]:
     """Class decorator: add a :class:`TaskType` to the registry under its ``name``.
 
     Raises:
-        ValueError: a task type of that name is registered.
+        TypeError: not a :class:`TaskType` subclass, or one missing ``model_class``, ``render_target``
+            or ``evaluate``.
+        ValueError: no ``name``, or a task type of that name is registered.
     """
+    if not isinstance(cls, type) or not issubclass(cls, TaskType):
+        raise TypeError(f"register_task_type takes a TaskType subclass, got {cls!r}")
+    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
+        raise ValueError(
+            f"{cls.__name__} has no name: set the class attribute `name` (the Hub's pipeline_tag)"
+        )
+    missing = [
+        m for m in ("model_class", "render_target", "evaluate") if getattr(cls, m) is getattr(TaskType, m)
+    ]
+    if missing:
+        raise TypeError(f"{cls.__name__} does not implement {', '.join(f'{m}()' for m in missing)}")
     if cls.name in _REGISTRY:
         raise ValueError(f"a task type named '{cls.name}' is already registered")
     _REGISTRY[cls.name] = cls()
     return cls
+
+
+def unregister_task_type(name: str) -> None:
+    """Remove a task type added with :func:`register_task_type` (a plugin's or a test's).
+
+    Raises:
+        ValueError: no task type has that name, or it is image classification (the package's own).
+    """
+    if name == "image-classification":
+        raise ValueError("'image-classification' is the package's own task type: it cannot be unregistered")
+    if name not in _REGISTRY:
+        raise ValueError(f"no task type named '{name}' is registered; registered: {', '.join(_REGISTRY)}")
+    del _REGISTRY[name]
 
 
 def available_task_types() -> tuple[str, ...]:

@@ -127,7 +127,7 @@ def register_student_family(family: StudentFamily | type[StudentFamily]):
         ``family`` as given (the class, when decorating one).
 
     Raises:
-        TypeError: ``family`` is not a ``StudentFamily``.
+        TypeError: ``family`` is not a ``StudentFamily``, or does not implement ``matches``/``create``.
         ValueError: it has no ``name``, or another family is registered under that name.
     """
     instance = family() if isinstance(family, type) else family
@@ -135,6 +135,9 @@ def register_student_family(family: StudentFamily | type[StudentFamily]):
         raise TypeError(f"a student family subclasses StudentFamily; got {type(instance).__name__}")
     if not instance.name:
         raise ValueError(f"{type(instance).__name__} has no name: set the class attribute `name`")
+    missing = [m for m in ("matches", "create") if getattr(type(instance), m) is getattr(StudentFamily, m)]
+    if missing:
+        raise TypeError(f"{type(instance).__name__} does not implement {' and '.join(missing)}()")
     if instance.name in _FAMILIES:
         raise ValueError(
             f"a student family named '{instance.name}' is already registered "
