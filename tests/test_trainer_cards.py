@@ -85,7 +85,9 @@ def test_the_saved_student_has_a_card_naming_its_lineage(run):
     assert "1. **Teacher**: `my-teacher (local)`." in card.text  # its folder, marked local
     assert "(kd, temperature 2.0) on 48 images of `me/colour-transfer`" in card.text
     # the upload hint leaves out the Trainer's pickled arguments, which name this machine's folders
-    assert "--exclude training_args.bin" in card.text and (run.root / "student" / "training_args.bin").is_file()
+    assert (
+        "--exclude training_args.bin" in card.text and (run.root / "student" / "training_args.bin").is_file()
+    )
     assert "`test_resnet` at 32 px, trained from random initialisation" in card.text
     assert "Labels: red, green, blue, yellow" in card.text
     assert "Finetuning" not in card.text  # the pipeline's step, not this trainer's
