@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from ..registry import Registry
+
 __all__ = [
     "ExportFormat",
     "available_export_formats",
@@ -54,8 +56,13 @@ class ExportFormat:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-_FORMATS: dict[str, ExportFormat] = {}
-_BUILTIN: set[str] = set()
+_FORMATS = Registry(
+    "export format",
+    ExportFormat,
+    required=("export",),
+    unregister_hint="unregister_export_format",
+    listed=sorted,
+)
 
 
 def register_export_format(export_format: ExportFormat | type[ExportFormat]):
@@ -69,25 +76,11 @@ def register_export_format(export_format: ExportFormat | type[ExportFormat]):
         TypeError: it is not an ``ExportFormat``, or does not implement ``export``.
         ValueError: it has no ``name``, or another format is registered under that name.
     """
-    instance = export_format() if isinstance(export_format, type) else export_format
-    if not isinstance(instance, ExportFormat):
-        raise TypeError(f"an export format subclasses ExportFormat; got {type(instance).__name__}")
-    if not instance.name:
-        raise ValueError(f"{type(instance).__name__} has no name: set the class attribute `name`")
-    if type(instance).export is ExportFormat.export:
-        raise TypeError(f"{type(instance).__name__} does not implement export()")
-    if instance.name in _FORMATS:
-        raise ValueError(
-            f"an export format named '{instance.name}' is already registered "
-            f"({type(_FORMATS[instance.name]).__name__}); unregister_export_format('{instance.name}') first"
-        )
-    _FORMATS[instance.name] = instance
-    return export_format
+    return _FORMATS.register(export_format)
 
 
 def _register_builtin(export_format: ExportFormat) -> None:
-    register_export_format(export_format)
-    _BUILTIN.add(export_format.name)
+    _FORMATS.register(export_format, builtin=True)
 
 
 def unregister_export_format(name: str) -> ExportFormat:
@@ -96,22 +89,12 @@ def unregister_export_format(name: str) -> ExportFormat:
     Raises:
         ValueError: ``name`` is not registered, or is one of the package's own formats.
     """
-    if name in _BUILTIN:
-        raise ValueError(f"'{name}' is a built-in export format and stays registered")
-    return _FORMATS.pop(_format_named(name).name)
+    return _FORMATS.unregister(name)
 
 
 def available_export_formats() -> list[str]:
     """The registered formats' names, sorted."""
-    return sorted(_FORMATS)
-
-
-def _format_named(name: str) -> ExportFormat:
-    if name not in _FORMATS:
-        raise ValueError(
-            f"unknown export format '{name}'; registered: {', '.join(available_export_formats())}"
-        )
-    return _FORMATS[name]
+    return _FORMATS.names()
 
 
 def check_student_folder(folder: str | os.PathLike) -> str:
@@ -159,7 +142,7 @@ def export_student(
     names = [formats] if isinstance(formats, str) else list(formats)
     if not names:
         raise ValueError(f"no export format given; registered: {', '.join(available_export_formats())}")
-    chosen = [_format_named(name) for name in names]
+    chosen = [_FORMATS.get(name) for name in names]
     folder = check_student_folder(folder)
     for export_format in chosen:
         export_format.check(folder)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from ..registry import Registry
+
 __all__ = [
     "TaskType",
     "available_task_types",
@@ -85,51 +87,42 @@ class TaskType:
         return [self.name]
 
 
-_REGISTRY: dict[str, TaskType] = {}
+_REGISTRY = Registry(
+    "task type",
+    TaskType,
+    required=("model_class", "render_target", "evaluate"),
+    unregister_hint="unregister_task_type",
+)
 
 
 def register_task_type(cls: type[TaskType]) -> type[TaskType]:
     """Class decorator: add a :class:`TaskType` to the registry under its ``name``.
 
     Raises:
-        TypeError: not a :class:`TaskType` subclass, or one missing ``model_class``, ``render_target``
-            or ``evaluate``.
+        TypeError: not a :class:`TaskType`, or one missing ``model_class``, ``render_target`` or
+            ``evaluate``.
         ValueError: no ``name``, or a task type of that name is registered.
     """
-    if not isinstance(cls, type) or not issubclass(cls, TaskType):
-        raise TypeError(f"register_task_type takes a TaskType subclass, got {cls!r}")
-    if not isinstance(getattr(cls, "name", None), str) or not cls.name:
-        raise ValueError(
-            f"{cls.__name__} has no name: set the class attribute `name` (the Hub's pipeline_tag)"
-        )
-    missing = [
-        m for m in ("model_class", "render_target", "evaluate") if getattr(cls, m) is getattr(TaskType, m)
-    ]
-    if missing:
-        raise TypeError(f"{cls.__name__} does not implement {', '.join(f'{m}()' for m in missing)}")
-    if cls.name in _REGISTRY:
-        raise ValueError(f"a task type named '{cls.name}' is already registered")
-    _REGISTRY[cls.name] = cls()
-    return cls
+    return _REGISTRY.register(cls)
 
 
-def unregister_task_type(name: str) -> None:
-    """Remove a task type added with :func:`register_task_type` (a plugin's or a test's).
+def _register_builtin(cls: type[TaskType]) -> type[TaskType]:
+    return _REGISTRY.register(cls, builtin=True)
+
+
+def unregister_task_type(name: str) -> TaskType:
+    """Remove a task type added with :func:`register_task_type` (a plugin's or a test's) and return it.
 
     Raises:
-        ValueError: no task type has that name, or it is image classification (the package's own).
+        ValueError: no task type has that name, or it is one of the package's own.
     """
-    if name == "image-classification":
-        raise ValueError("'image-classification' is the package's own task type: it cannot be unregistered")
-    if name not in _REGISTRY:
-        raise ValueError(f"no task type named '{name}' is registered; registered: {', '.join(_REGISTRY)}")
-    del _REGISTRY[name]
+    return _REGISTRY.unregister(name)
 
 
 def available_task_types() -> tuple[str, ...]:
     """The registered task types' names (the package's own are registered when
     :mod:`hf_task_distill.tasks` is imported, which importing this module does first)."""
-    return tuple(_REGISTRY)
+    return tuple(_REGISTRY.names())
 
 
 def get_task_type(name: str = "image-classification") -> TaskType:
@@ -138,20 +131,16 @@ def get_task_type(name: str = "image-classification") -> TaskType:
     Raises:
         ValueError: none has that name (the message lists them).
     """
-    names = available_task_types()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown task type '{name}'; registered: {', '.join(names)}")
-    return _REGISTRY[name]
+    return _REGISTRY.get(name)
 
 
 def task_type_of(model) -> TaskType:
     """The registered task type whose models ``model`` is (a model of no registered type: image
     classification, the package's first task, whose checks then say what is wrong)."""
-    names = available_task_types()
-    for name in names:
-        if _REGISTRY[name].matches_model(model):
-            return _REGISTRY[name]
-    return _REGISTRY["image-classification"]
+    for task_type in _REGISTRY.entries():
+        if task_type.matches_model(model):
+            return task_type
+    return _REGISTRY.get("image-classification")
 
 
 def _auto_class_names(auto_class) -> set[str]:

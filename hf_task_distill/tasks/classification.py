@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from .base import TaskType, register_task_type
+from .base import TaskType, _register_builtin
 
 
-@register_task_type
 class ImageClassification(TaskType):
     """One label per image: ``AutoModelForImageClassification`` models, scored on the labelled rows."""
 
@@ -46,3 +45,6 @@ class ImageClassification(TaskType):
         matrix = confusion_matrix(predictions, labels, len(order))
         index = [order.index(n) for n in names]
         return metrics, matrix[np.ix_(index, index)].tolist()
+
+
+_register_builtin(ImageClassification)

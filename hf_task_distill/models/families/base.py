@@ -19,6 +19,8 @@ from typing import Any
 
 from torch import nn
 
+from ...registry import Registry
+
 __all__ = [
     "StudentFamily",
     "available_student_families",
@@ -111,10 +113,14 @@ class StudentFamily:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-#: Registration order; lookups walk it backwards (the latest registered family is asked first).
-_FAMILIES: dict[str, StudentFamily] = {}
-#: The families the package registers itself; they cannot be unregistered.
-_BUILTIN: set[str] = set()
+#: The registered families; lookups walk them newest first (the latest registered family is asked first).
+_FAMILIES = Registry(
+    "student family",
+    StudentFamily,
+    required=("matches", "create"),
+    unregister_hint="unregister_student_family",
+    listed=lambda names: list(reversed(names)),
+)
 
 
 def register_student_family(family: StudentFamily | type[StudentFamily]):
@@ -130,26 +136,11 @@ def register_student_family(family: StudentFamily | type[StudentFamily]):
         TypeError: ``family`` is not a ``StudentFamily``, or does not implement ``matches``/``create``.
         ValueError: it has no ``name``, or another family is registered under that name.
     """
-    instance = family() if isinstance(family, type) else family
-    if not isinstance(instance, StudentFamily):
-        raise TypeError(f"a student family subclasses StudentFamily; got {type(instance).__name__}")
-    if not instance.name:
-        raise ValueError(f"{type(instance).__name__} has no name: set the class attribute `name`")
-    missing = [m for m in ("matches", "create") if getattr(type(instance), m) is getattr(StudentFamily, m)]
-    if missing:
-        raise TypeError(f"{type(instance).__name__} does not implement {' and '.join(missing)}()")
-    if instance.name in _FAMILIES:
-        raise ValueError(
-            f"a student family named '{instance.name}' is already registered "
-            f"({type(_FAMILIES[instance.name]).__name__}); unregister_student_family('{instance.name}') first"
-        )
-    _FAMILIES[instance.name] = instance
-    return family
+    return _FAMILIES.register(family)
 
 
 def _register_builtin(family: StudentFamily) -> None:
-    register_student_family(family)
-    _BUILTIN.add(family.name)
+    _FAMILIES.register(family, builtin=True)
 
 
 def unregister_student_family(name: str) -> StudentFamily:
@@ -158,18 +149,12 @@ def unregister_student_family(name: str) -> StudentFamily:
     Raises:
         ValueError: ``name`` is not registered, or is one of the package's own families.
     """
-    if name in _BUILTIN:
-        raise ValueError(f"'{name}' is a built-in student family and stays registered")
-    if name not in _FAMILIES:
-        raise ValueError(
-            f"unknown student family '{name}'; registered: {', '.join(available_student_families())}"
-        )
-    return _FAMILIES.pop(name)
+    return _FAMILIES.unregister(name)
 
 
 def available_student_families() -> list[str]:
     """The registered families' names, in the order they are asked."""
-    return list(reversed(_FAMILIES))
+    return _FAMILIES.names()
 
 
 def student_family_for(name_or_path: str, *, custom_only: bool = False) -> StudentFamily | None:
@@ -178,18 +163,16 @@ def student_family_for(name_or_path: str, *, custom_only: bool = False) -> Stude
     ``custom_only``: only families registered outside the package (``None`` when none matches), for
     ``check_model_source``, which checks the built-in families' names itself.
     """
-    for name in reversed(_FAMILIES):
-        if custom_only and name in _BUILTIN:
-            continue
-        if _FAMILIES[name].matches(name_or_path):
-            return _FAMILIES[name]
+    for family in _FAMILIES.entries(newest_first=True, custom_only=custom_only):
+        if family.matches(name_or_path):
+            return family
     return None
 
 
 def student_families_of(model: Any) -> list[StudentFamily]:
     """The families that own ``model``, in the order they are asked (the built-in ``transformers``
     family owns every model, so the list ends with it)."""
-    return [_FAMILIES[name] for name in reversed(_FAMILIES) if _FAMILIES[name].owns(model)]
+    return [family for family in _FAMILIES.entries(newest_first=True) if family.owns(model)]
 
 
 def family_view_spec(model: Any) -> Any:
