@@ -437,7 +437,14 @@ class PipelineConfig:
         known = {f.name for group in ARGUMENT_GROUPS for f in dataclasses.fields(group)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise ValueError(f"unknown setting(s) {unknown}")
+            import difflib
+
+            hints = [
+                f"{name} (did you mean {close[0]}?)" if close else name
+                for name in unknown
+                for close in [difflib.get_close_matches(name, known, n=1, cutoff=0.6)]
+            ]
+            raise ValueError(f"unknown setting(s) {unknown}: {', '.join(hints)}; --help lists every flag")
         if values.get("dataset") is None:
             raise ValueError(
                 "--dataset is required (the labelled task: a registry name, a folder or a Hub id)"

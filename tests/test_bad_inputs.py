@@ -1184,7 +1184,7 @@ CASES = [
     ),
     pytest.param(
         _call(lambda: PipelineConfig.from_dict({"dataset": "digits", "per_clas": 5})),
-        Raises(ValueError, r"unknown setting\(s\) \['per_clas'\]"),
+        Raises(ValueError, r"unknown setting\(s\) \['per_clas'\]: per_clas \(did you mean per_class\?\)"),
         id="config-unknown-setting",
     ),
     pytest.param(
