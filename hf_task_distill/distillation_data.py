@@ -10,6 +10,7 @@ from .data.loading import find_label_column
 from .data.validation import check_dataset_type, check_label_ids, class_label_names, label_array
 from .data.views import PairedViews, ViewSpec
 from .models.labels import label_id_map, label_names_of
+from .tasks import task_type_of
 from .teacher_cache import CachedTeacherDataset, TeacherCache
 
 __all__ = ["cached_dataset", "prepare_dataset"]
@@ -77,6 +78,7 @@ def prepare_dataset(
         outputs=outputs,
         seed=seed,
         skip_unreadable=train,
+        render_target=task_type_of(student).render_target,
     )
 
 

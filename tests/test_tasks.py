@@ -96,7 +96,11 @@ def test_a_task_type_added_from_one_file_renders_the_targets_of_views(doubled):
 
 
 def test_a_model_of_no_registered_type_falls_back_to_classification(doubled):
-    assert task_type_of(tiny_dinov2()).name == "image-classification"
+    from transformers import Dinov2Config, Dinov2Model
+
+    backbone = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2))
+    assert task_type_of(backbone).name == "image-classification"  # no type claims a bare backbone
+    assert task_type_of(tiny_dinov2()).name == "toy-doubled"  # the latest registered type is asked first
 
 
 class _NoTarget(TaskType):
@@ -140,3 +144,35 @@ def test_malformed_task_types_are_refused_with_the_reason(act, error, match):
     with pytest.raises(error, match=match):
         act()
     assert available_task_types() == ("image-classification",)
+
+
+def test_the_distillation_data_renders_targets_through_the_students_task_type(doubled, monkeypatch):
+    """The trainer's datasets ask the student's task type for each row's target: a task type that
+    claims the student (here by a marker) changes the targets without touching the trainer."""
+    from hf_task_distill.data import PairedViews, ViewSpec
+    from hf_task_distill.distillation_data import prepare_dataset
+    from hf_task_distill.models import create_student
+
+    student = create_student("test_resnet", list(LABELS), image_size=32)
+    monkeypatch.setattr(
+        DoubledLabels, "matches_model", lambda self, model: getattr(model, "toy_marker", False)
+    )
+    spec = ViewSpec(size=(16, 16), mean=(0.5,) * 3, std=(0.5,) * 3)
+    dataset = make_colour_dataset(4, seed=0)
+
+    def labels():
+        rows = prepare_dataset(
+            dataset,
+            views=lambda: PairedViews(spec, spec),
+            student=student,
+            has_teacher=True,
+            train=True,
+            num_labels=len(LABELS),
+            where="train_dataset",
+        )
+        return [rows[i]["labels"] for i in range(len(dataset))]
+
+    assert labels() == dataset["label"]  # classification: the class id
+    student.toy_marker = True
+    assert task_type_of(student).name == "toy-doubled"
+    assert labels() == [2 * label for label in dataset["label"]]

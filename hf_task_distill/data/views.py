@@ -516,6 +516,7 @@ def single_view_dataset(
     where: str = "dataset",
     check_images: bool = False,
     seed: int = 0,
+    render_target: Any = None,
 ) -> ViewDataset:
     """``dataset`` with one model's views (``pixel_values``) and ``labels``: for finetuning or embedding.
 
@@ -536,6 +537,7 @@ def single_view_dataset(
         outputs={"pixel_values": spec},
         check_images=check_images,
         seed=seed,
+        render_target=render_target,
     )
 
 
@@ -657,6 +659,7 @@ class PairedViews:
         check_images: bool = False,
         seed: int = 0,
         skip_unreadable: bool = False,
+        render_target: Any = None,
     ) -> ViewDataset:
         """Check ``dataset`` and return it ready for a model, as a :class:`ViewDataset`: random views
         drawn from ``(seed, epoch, row)`` for training, each output's deterministic view for evaluation.
@@ -685,6 +688,8 @@ class PairedViews:
             seed (`int`, *optional*, defaults to 0): seed of the training views.
             skip_unreadable (`bool`, *optional*, defaults to `False`): placeholder rows for unreadable images
                 (training only).
+            render_target (`Callable`, *optional*): how a row's label becomes the model's target given
+                its view (a task type's ``render_target``; default: the class id, for classification).
 
         Returns:
             `ViewDataset`: items ``{output name: float tensor [3, height, width], "labels": int}`` (no
@@ -730,4 +735,5 @@ class PairedViews:
             skip_unreadable=skip_unreadable and train,
             train=train,
             label_map=label_map,
+            render_target=render_target,
         )

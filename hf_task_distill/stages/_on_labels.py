@@ -23,6 +23,7 @@ def train_on_labels(context, model, directory: str, stage: str):
     from ..data import ViewSpec, single_view_dataset
     from ..ledger import LedgerEntry, count_flops_per_image, describe_device
     from ..models.labels import label_names_of
+    from ..tasks import task_type_of
     from ..trainer import TaskTrainer
     from .base import StageResult
 
@@ -40,6 +41,7 @@ def train_on_labels(context, model, directory: str, stage: str):
         where=f"{task.name} training split",
         check_images=True,
         seed=context.config.run.seed,
+        render_target=task_type_of(model).render_target,
     )
     checkpoints = os.path.join(directory, "checkpoints")
     args = context.training_args(

@@ -135,9 +135,10 @@ def get_task_type(name: str = "image-classification") -> TaskType:
 
 
 def task_type_of(model) -> TaskType:
-    """The registered task type whose models ``model`` is (a model of no registered type: image
-    classification, the package's first task, whose checks then say what is wrong)."""
-    for task_type in _REGISTRY.entries():
+    """The registered task type whose models ``model`` is, asking the latest registered first (a
+    plugin's before the package's own); a model of no registered type gets image classification,
+    whose checks then say what is wrong."""
+    for task_type in _REGISTRY.entries(newest_first=True):
         if task_type.matches_model(model):
             return task_type
     return _REGISTRY.get("image-classification")
