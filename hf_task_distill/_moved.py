@@ -12,8 +12,7 @@ import importlib
 import sys
 import warnings
 
-#: The release in which the old module paths stop working.
-REMOVED_IN = "0.2.0"
+from .options import REMOVED_IN  # the release in which old names and paths stop working
 
 
 def moved(old: str, new: str) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from .checks import SEED_MAX, check_choice, check_int, check_number, check_report_to
 from .files import write_json_atomically
-from .options import RetrievalSettings, distill_loss_field
+from .options import TRANSFER_MODES, RetrievalSettings, distill_loss_field
 from .sources import absolute_local_path, check_model_source, is_local_path
 
 __all__ = [
@@ -224,14 +224,14 @@ class TransferArguments(RetrievalSettings, _TransferSource):
         # then what is on disk: "no such folder", not a Hub error when the stage starts
         if self.retrieval_encoder is not None:
             check_model_source(self.retrieval_encoder, "--retrieval_encoder")
-        modes = ("task", "retrieval", "random")
+        modes = TRANSFER_MODES
         _check_not_a_mode_typo(self.transfer, modes)
         if self.transfer not in modes and is_local_path(self.transfer):
             if not os.path.isdir(self.transfer):
                 raise ValueError(f"--transfer: no such folder '{self.transfer}'")
         if self.pool is not None and is_local_path(self.pool) and not glob.glob(self.pool):
             raise ValueError(f"--pool: no such file or folder '{self.pool}'")
-        if self.transfer not in ("task", "retrieval", "random"):  # the modes are names, never folders
+        if self.transfer not in TRANSFER_MODES:  # the modes are names, never folders
             self.transfer = absolute_local_path(self.transfer)
         self.pool = absolute_local_path(self.pool)
         self.retrieval_encoder = absolute_local_path(self.retrieval_encoder)

@@ -23,7 +23,14 @@ from typing import Any
 
 from .checks import check_int, check_number
 
-__all__ = ["REMOVED_IN", "RetrievalSettings", "distill_loss_field", "renamed_field", "resolve_renamed"]
+__all__ = [
+    "REMOVED_IN",
+    "TRANSFER_MODES",
+    "RetrievalSettings",
+    "distill_loss_field",
+    "renamed_field",
+    "resolve_renamed",
+]
 
 #: The release in which the old names of renamed options stop working.
 REMOVED_IN = "0.2.0"
@@ -37,6 +44,10 @@ def renamed_field() -> Any:
     """
     # no other metadata: HfArgumentParser hands every metadata key to argparse's add_argument
     return field(default=None, repr=False, metadata={"help": argparse.SUPPRESS})
+
+
+#: ``--transfer`` values that name a way of building the transfer set, not a dataset.
+TRANSFER_MODES = ("task", "retrieval", "random")
 
 
 def resolve_renamed(obj: Any) -> dict[str, str]:

@@ -232,7 +232,7 @@ class StudentCardData:
     architecture: str
     label_names: list[str]
     teacher_base: str | None = None
-    distill_loss: str = "kd"
+    distill_loss: str = "function_matching"
     temperature: float = 1.0
     transfer_description: str | None = None
     image_size: int = 0

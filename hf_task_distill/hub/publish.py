@@ -19,7 +19,6 @@ import os
 import shutil
 from typing import Any
 
-from ..export.safetensors import STUDENT_FILES as _STUDENT_FILES  # the files a student is published with
 from .names import hub_id, public_name
 
 __all__ = ["HubUploadError", "publish_run", "upload_folder", "write_parquet_dataset"]
@@ -136,7 +135,7 @@ def _public_ledger(context):
     from ..ledger import ComputeLedger
 
     ledger = context.ledger()
-    suffix = ", finetuned"  # the run's own teacher (Pipeline.teacher_name)
+    suffix = ", finetuned"  # the run's own teacher (RunContext.teacher_name)
     finetuned = os.path.abspath(context.teacher_path())  # ledgers of earlier versions named its folder
 
     def name(model: str) -> str:
@@ -206,11 +205,12 @@ def publish_run(context, directory: str) -> dict[str, Any]:
     student_dir = os.path.join(directory, "student")
     outputs: dict[str, Any] = {"student": student_dir}
     if context.state.is_main_process:
+        from ..export import export_student
+
         os.makedirs(student_dir, exist_ok=True)
-        for name in _STUDENT_FILES:
-            if os.path.exists(os.path.join(finetuned, name)):
-                # copyfile, not copy2: a published file gets the usual permissions, not a temp file's 0600
-                shutil.copyfile(os.path.join(finetuned, name), os.path.join(student_dir, name))
+        export_student(
+            finetuned, formats=("safetensors",), output_dir=student_dir
+        )  # the files a student is published with
         ledger = _public_ledger(context)
         card = _student_card(context, AutoConfig.from_pretrained(student_dir), ledger)
         render_student_card(card).save(os.path.join(student_dir, "README.md"))

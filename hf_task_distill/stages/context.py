@@ -9,6 +9,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from ..options import TRANSFER_MODES
 from .base import StageNotReady, available_stages
 
 if TYPE_CHECKING:
@@ -23,6 +24,7 @@ __all__ = [
     "check_models_reachable",
     "checkpoint_epoch",
     "loading",
+    "resume_point",
     "train_resuming",
 ]
 
@@ -30,8 +32,6 @@ logger = logging.getLogger("hf_task_distill.pipeline")
 
 #: Inputs that fingerprint data, not settings: a change means the files changed, not a flag.
 TASK_DATA, TRANSFER_DATA = "task_data", "transfer_data"
-#: ``--transfer`` values that name a way of building the transfer set, not a dataset to fingerprint.
-TRANSFER_MODES = ("task", "retrieval", "random")
 #: How a stage's inputs name a local data folder: by its fingerprint (TASK_DATA, TRANSFER_DATA), not
 #: its path, so a run and its data moved or reached by another path continue (second newcomer try).
 LOCAL_FOLDER = "a local folder (compared by its contents)"
@@ -62,6 +62,18 @@ def checkpoint_epoch(checkpoint: str | None) -> float | None:
         return json.load(f).get("epoch")
 
 
+def resume_point(checkpoints: str) -> tuple[str | None, float | None]:
+    """The newest complete checkpoint in ``checkpoints`` (or ``None``) and its epoch, logged when there
+    is one (read before training: the Trainer rotates old checkpoints away)."""
+    from ..checkpoints import last_complete_checkpoint
+
+    last = last_complete_checkpoint(checkpoints)
+    resumed_at = checkpoint_epoch(last)
+    if last is not None:
+        logger.info("resuming from %s (epoch %.2f)", os.path.basename(last), resumed_at or 0.0)
+    return last, resumed_at
+
+
 def train_resuming(trainer, checkpoints: str, directory: str) -> tuple[str, str | None, float | None]:
     """Train from the newest complete checkpoint in ``checkpoints`` (if any); save to ``<directory>/model``.
 
@@ -69,12 +81,7 @@ def train_resuming(trainer, checkpoints: str, directory: str) -> tuple[str, str 
         The model folder, the checkpoint resumed from (or ``None``) and its epoch (read before
         training: the Trainer rotates old checkpoints away).
     """
-    from ..checkpoints import last_complete_checkpoint
-
-    last = last_complete_checkpoint(checkpoints)
-    resumed_at = checkpoint_epoch(last)
-    if last is not None:
-        logger.info("resuming from %s (epoch %.2f)", os.path.basename(last), resumed_at or 0.0)
+    last, resumed_at = resume_point(checkpoints)
     trainer.train(resume_from_checkpoint=last)
     model_dir = os.path.join(directory, "model")
     trainer.save_model(model_dir)
@@ -135,6 +142,7 @@ class RunContext:
         self._unbudgeted = None
         self._full_train = None
         self._task_fingerprints: dict[tuple[str, ...], str] = {}
+        self._transfer_fingerprint: str | None = None
 
     # -- the labelled task ---------------------------------------------------------------------
     @property
@@ -194,13 +202,19 @@ class RunContext:
         return self._task_fingerprints[key]
 
     def transfer_fingerprint(self) -> str:
-        """The identity of a transfer set given as a dataset (``--transfer`` a Hub id or folder)."""
+        """The identity of a transfer set given as a dataset (``--transfer`` a Hub id or folder),
+        computed once per run."""
+        if self._transfer_fingerprint is not None:
+            return self._transfer_fingerprint
         from ..data import load_image_dataset
         from ..data.fingerprints import dataset_fingerprint
         from ..data.loading import find_image_column
 
         dataset = load_image_dataset(self.config.transfer.transfer)
-        return dataset_fingerprint(dataset, find_image_column(dataset.features) or "image")
+        self._transfer_fingerprint = dataset_fingerprint(
+            dataset, find_image_column(dataset.features) or "image"
+        )
+        return self._transfer_fingerprint
 
     def stage_settings(self, name: str) -> dict[str, Any]:
         """A stage's settings (:meth:`Stage.settings`) and a fingerprint of the data they name: an

@@ -7,7 +7,7 @@ import os
 
 from ._settings import TASK, TRAINING
 from .base import Stage, StageResult, register_stage
-from .context import checkpoint_epoch, loading, logger
+from .context import loading, resume_point
 
 
 @register_stage
@@ -56,12 +56,7 @@ class TeacherStage(Stage):
         finetuner = TeacherFinetuner(cfg.teacher, context.task, args, trust_remote_code=cfg.trust_remote_code)
         with loading("teacher", cfg.teacher):
             finetuner.processor  # noqa: B018 - fails early, with the name, if the model cannot be found
-        from ..checkpoints import last_complete_checkpoint
-
-        last = last_complete_checkpoint(args.output_dir)
-        resumed_at = checkpoint_epoch(last)
-        if last is not None:
-            logger.info("resuming from %s (epoch %.2f)", os.path.basename(last), resumed_at or 0.0)
+        last, resumed_at = resume_point(args.output_dir)
         result = finetuner.train(resume_from_checkpoint=last)
         model_dir = os.path.join(directory, "model")
         if context.state.is_main_process:

@@ -12,8 +12,6 @@ from ._settings import TASK
 from .base import Stage, StageResult, register_stage
 from .context import loading
 
-#: ``--transfer`` values that name a way of building the transfer set rather than a dataset.
-MODES = ("task", "retrieval", "random")
 #: Retrieval settings added after runs were first recorded: part of the fingerprint when not at default.
 RETRIEVAL_FILTERS = ("min_similarity", "min_teacher_confidence", "memory_budget_gb", "recall_target")
 
