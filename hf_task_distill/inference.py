@@ -43,6 +43,7 @@ __all__ = [
     "ShardStorage",
     "ShardedInference",
     "finish_on_main_process",
+    "is_streamed",
 ]
 
 logger = logging.getLogger(__name__)
@@ -233,7 +234,8 @@ class _ShardBatcher:
         return ShardResult(self.index, self.start, stop, rows, outputs, self.skipped)
 
 
-def _is_streamed(dataset) -> bool:
+def is_streamed(dataset) -> bool:
+    """Whether ``dataset`` is a streamed ``datasets.IterableDataset`` (rows in order, no length)."""
     import datasets
 
     return isinstance(dataset, datasets.IterableDataset)
@@ -289,7 +291,7 @@ class ShardedInference:
         """
         from tqdm.auto import tqdm
 
-        if _is_streamed(dataset):
+        if is_streamed(dataset):
             return self._run_stream(dataset, image_column, progress)
         num_rows = len(dataset)
         mine = self.layout.my_shards(num_rows)

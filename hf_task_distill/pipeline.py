@@ -169,14 +169,10 @@ class Pipeline:
     def _inputs(self, name: str) -> dict[str, Any]:
         """What the stage's result depends on: its settings (by flag name) and the run id of each
         upstream stage it reads."""
-        inputs = self._settings(name)
+        inputs = self.context.stage_settings(name)
         for upstream in get_stage(name).upstream(self.config):
             inputs[upstream] = self._upstream(upstream)
         return inputs
-
-    def _settings(self, name: str) -> dict[str, Any]:
-        """The stage's settings and a fingerprint of the data they name (:meth:`RunContext.stage_settings`)."""
-        return self.context.stage_settings(name)
 
     def check_settings(self, stages) -> None:
         """Raise :class:`StageSettingsChanged` if any of ``stages`` is complete with other settings than
@@ -188,7 +184,8 @@ class Pipeline:
                 continue
             recorded, upstream = manifest.get("inputs", {}), stage.upstream(self.config)
             changes += [
-                (name, *change) for change in _setting_changes(recorded, self._settings(name), upstream)
+                (name, *change)
+                for change in _setting_changes(recorded, self.context.stage_settings(name), upstream)
             ]
         if changes:
             raise StageSettingsChanged(self.run_dir, changes)

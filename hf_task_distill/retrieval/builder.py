@@ -22,6 +22,7 @@ from ..checks import check_int
 from ..data.loading import find_image_column, find_label_column
 from ..data.validation import UNLABELLED, check_dataset_type, label_array
 from ..devices import process_state
+from ..inference import is_streamed
 from ..options import RetrievalSettings, renamed_field, resolve_renamed
 from .curation import budget_mask, drop_leaked, neighbours_per_query, union_of_neighbours
 from .embedding import EmbeddingStore, ImageEncoder, TeacherConfidence, embed_pool
@@ -229,7 +230,7 @@ class RetrievalTransferSetBuilder:
         """
         cfg, stats = self.config, TransferSetStats(encoder=self.encoder.name)
         embeddings_dir = os.fspath(embeddings_dir)
-        streamed = _is_streamed(pool)
+        streamed = is_streamed(pool)
         _check_build_inputs(
             pool,
             queries,
@@ -524,15 +525,9 @@ def _warn_if_guard_dominates(stats: TransferSetStats, threshold: float) -> None:
         )
 
 
-def _is_streamed(pool) -> bool:
-    import datasets
-
-    return isinstance(pool, datasets.IterableDataset)
-
-
 def _select_rows(pool, rows: np.ndarray):
     """``pool.select(rows)``; a streamed pool is read once more and the chosen rows written to a Dataset."""
-    if not _is_streamed(pool):
+    if not is_streamed(pool):
         return pool.select(rows.tolist())
     import datasets
 

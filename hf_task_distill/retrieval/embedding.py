@@ -24,7 +24,7 @@ from torchvision.transforms.v2 import functional as TF
 from ..data.loading import find_image_column
 from ..data.views import ViewSpec, eval_view, render_view
 from ..files import read_json, write_atomically, write_json_atomically
-from ..inference import ShardedInference, ShardLayout, ShardResult, ShardStorage
+from ..inference import ShardedInference, ShardLayout, ShardResult, ShardStorage, is_streamed
 
 __all__ = ["EmbeddingStore", "ImageEncoder", "TeacherConfidence", "embed_pool"]
 
@@ -308,7 +308,7 @@ def embed_pool(
             f"the pool has no image column '{image_column}' (columns: {', '.join(pool.column_names)})"
         )
     layout = ShardLayout.for_processes(shard_size, process_index, num_processes)
-    streamed = isinstance(pool, _iterable_dataset_type())
+    streamed = is_streamed(pool)
     if not streamed:
         _claim_folder_for(pool, image_column, output_dir)
     storage = _NpzShards(output_dir, encoder.name, shard_size, layout.process_index)
@@ -325,12 +325,6 @@ def embed_pool(
     if inference.run(pool, image_column, progress=progress) == 0:
         raise ValueError("the pool is empty: nothing to embed")
     return EmbeddingStore(output_dir)
-
-
-def _iterable_dataset_type():
-    import datasets
-
-    return datasets.IterableDataset
 
 
 def _save_npz(path: str, **arrays) -> None:
