@@ -371,3 +371,24 @@ def test_the_readme_says_how_long_the_tests_take_and_how_to_save_the_cuda_downlo
     setup = " ".join(readme.split("## Set up", 1)[1].split("\n## ", 1)[0].split())  # one line
     assert "10-20 minutes on 2 CPU cores" in setup
     assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in setup
+
+
+def test_the_published_student_is_the_safetensors_export_of_the_finetuned_model(private_run, tmp_path):
+    """Publishing writes the student through the export registry's safetensors format: the same
+    files, byte for byte, plus the card, the compute ledger and the results."""
+    import filecmp
+    import os
+
+    from hf_task_distill.export import export_student
+
+    run = private_run["run"]
+    exported = export_student(run / "finetune" / "model", output_dir=tmp_path / "exported")["safetensors"]
+    published = run / "publish" / "student"
+    names = {os.path.basename(f) for f in exported}
+    assert {"config.json", "model.safetensors"} <= names
+    assert {p.name for p in published.iterdir()} == names | {
+        "README.md",
+        "compute_ledger.json",
+        "results.json",
+    }
+    assert all(filecmp.cmp(f, published / os.path.basename(f), shallow=False) for f in exported)
