@@ -176,3 +176,25 @@ def test_the_distillation_data_renders_targets_through_the_students_task_type(do
     student.toy_marker = True
     assert task_type_of(student).name == "toy-doubled"
     assert labels() == [2 * label for label in dataset["label"]]
+
+
+def test_a_students_card_takes_its_results_columns_and_pipeline_tag_from_its_task_type(doubled):
+    from hf_task_distill.hub.cards import StudentCardData, render_student_card
+
+    data = StudentCardData(
+        model_name="m",
+        architecture="resnet18",
+        label_names=["a", "b"],
+        task_type="toy-doubled",
+        results={"student, distilled + finetuned": {"error": 0.25}},
+        eval_split="test",
+        eval_images=8,
+        task_name="toy",
+    )
+    card = render_student_card(data)
+    assert "| model | error |\n|---|---:|\n| student, distilled + finetuned | 0.2500 |" in card.text
+    assert card.data.pipeline_tag == "toy-doubled" and "toy-doubled" in card.data.tags
+    assert card.data.eval_results[0].metric_type == "error"
+    data.results = {"student, distilled + finetuned": {"accuracy": 0.5}}
+    with pytest.raises(ValueError, match=r"results lack the toy-doubled metrics .*'error'"):
+        render_student_card(data)

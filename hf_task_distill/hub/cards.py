@@ -323,6 +323,8 @@ def render_student_card(data: StudentCardData):
     when a dataset is named (``dataset_id`` or ``task_name``)."""
     from huggingface_hub import ModelCard
 
+    from ..tasks import get_task_type
+
     template = _template("student_card")
     fields = asdict(data)
     for name in ("teacher_base", "base_model", "dataset_id"):
@@ -332,16 +334,16 @@ def render_student_card(data: StudentCardData):
     fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None
     fields["num_labels"] = len(data.label_names)
     fields["label_names"] = ", ".join(data.label_names)
-    fields["results"] = {name: _Metrics(**m) for name, m in data.results.items()}
+    task_type = get_task_type(data.task_type)  # the results table's columns
+    fields["metric_names"], fields["metric_titles"] = (
+        list(task_type.metric_names),
+        list(task_type.metric_titles),
+    )
+    missing = {n: [k for k in task_type.metric_names if k not in m] for n, m in data.results.items()}
+    if any(missing.values()):
+        raise ValueError(f"results lack the {task_type.name} metrics {missing}")
     card = ModelCard.from_template(_student_card_data(data), template_str=template, **fields)
     return _ending_in_newline(card)
-
-
-@dataclass
-class _Metrics:
-    accuracy: float
-    balanced_accuracy: float
-    macro_f1: float
 
 
 @dataclass
