@@ -78,7 +78,7 @@ def prepare_dataset(
         outputs=outputs,
         seed=seed,
         skip_unreadable=train,
-        render_target=task_type_of(student).render_target,
+        task_type=task_type_of(student),
     )
 
 

@@ -61,7 +61,7 @@ class DoubledLabels(TaskType):
 
         return AutoModelForImageClassification
 
-    def render_target(self, value, view, label_map):
+    def render_target(self, value, view, label_map, *, size=None):
         return -100 if value is None else 2 * int(value)
 
     def evaluate(self, model, dataset, *, task, batch_size, where):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "IGNORE_INDEX",
     "UNLABELLED",
     "check_classes_trained",
     "check_dataset_type",
@@ -14,11 +15,31 @@ __all__ = [
     "check_label_names",
     "class_label_names",
     "label_array",
+    "labelled_positions",
 ]
 
 #: Label id of a row that has no label (the cross-entropy ``ignore_index``). ``-1`` (the
 #: ``datasets.ClassLabel`` convention) and ``None`` are read as unlabelled too.
 UNLABELLED = -100
+
+#: Mask value of a pixel that carries no label in semantic segmentation (ADE20K's and transformers'
+#: ``semantic_loss_ignore_index`` convention). A segmentation task therefore has at most 255 classes.
+IGNORE_INDEX = 255
+
+
+def labelled_positions(labels):
+    """Which targets carry a label: ``labels != -100`` for image labels ``[batch]``; for masks
+    ``[batch, height, width]`` also ``!= 255`` (:data:`IGNORE_INDEX`).
+
+    Args:
+        labels (`torch.Tensor` or `np.ndarray`): image labels (1-D) or masks (2-D and more).
+
+    Returns:
+        A boolean tensor/array of the same shape.
+    """
+    if labels.ndim <= 1:
+        return labels != UNLABELLED
+    return (labels != UNLABELLED) & (labels != IGNORE_INDEX)
 
 
 def label_array(dataset, label_column: str, *, nan_is_unlabelled: bool = True) -> np.ndarray:

@@ -25,9 +25,6 @@ from .validation import (
     check_dataset_type,
     check_image_column,
     check_images_decode,
-    check_label_ids,
-    class_label_names,
-    label_array,
 )
 
 __all__ = [
@@ -474,17 +471,18 @@ class ViewDataset(torch.utils.data.Dataset):
         pixels = TF.pil_to_tensor(image)
         if self.train:
             view = sample_view(image.size, self.augmentation, self.view_generator(row))
-            item: dict[str, Any] = {
-                name: render_view(pixels, view, spec) for name, spec in self.outputs.items()
-            }
+            views = dict.fromkeys(self.outputs, view)
         else:
-            item = {
-                name: render_view(pixels, eval_view(image.size, spec), spec)
-                for name, spec in self.outputs.items()
-            }
+            views = {name: eval_view(image.size, spec) for name, spec in self.outputs.items()}
+        item: dict[str, Any] = {
+            name: render_view(pixels, views[name], spec) for name, spec in self.outputs.items()
+        }
         if self.label_column is not None:
-            target_view = view if self.train else None
-            item["labels"] = self.render_target(example[self.label_column], target_view, self.label_map)
+            # the target belongs to the model being trained: the student's view (``pixel_values``)
+            target = "pixel_values" if "pixel_values" in self.outputs else next(iter(self.outputs))
+            item["labels"] = self.render_target(
+                example[self.label_column], views[target], self.label_map, size=self.outputs[target].size
+            )
         return item
 
 
@@ -517,6 +515,7 @@ def single_view_dataset(
     check_images: bool = False,
     seed: int = 0,
     render_target: Any = None,
+    task_type: Any = None,
 ) -> ViewDataset:
     """``dataset`` with one model's views (``pixel_values``) and ``labels``: for finetuning or embedding.
 
@@ -538,6 +537,7 @@ def single_view_dataset(
         check_images=check_images,
         seed=seed,
         render_target=render_target,
+        task_type=task_type,
     )
 
 
@@ -660,6 +660,7 @@ class PairedViews:
         seed: int = 0,
         skip_unreadable: bool = False,
         render_target: Any = None,
+        task_type: Any = None,
     ) -> ViewDataset:
         """Check ``dataset`` and return it ready for a model, as a :class:`ViewDataset`: random views
         drawn from ``(seed, epoch, row)`` for training, each output's deterministic view for evaluation.
@@ -689,7 +690,9 @@ class PairedViews:
             skip_unreadable (`bool`, *optional*, defaults to `False`): placeholder rows for unreadable images
                 (training only).
             render_target (`Callable`, *optional*): how a row's label becomes the model's target given
-                its view (a task type's ``render_target``; default: the class id, for classification).
+                its view; defaults to ``task_type``'s.
+            task_type (`TaskType`, *optional*, defaults to image classification): checks the target
+                column (:meth:`TaskType.check_targets`) and renders targets.
 
         Returns:
             `ViewDataset`: items ``{output name: float tensor [3, height, width], "labels": int}`` (no
@@ -701,7 +704,6 @@ class PairedViews:
                 or classes the model lacks (the message names the column, row or classes).
             ImageDecodeError: with ``check_images``, if an image cannot be decoded (the message names the row).
         """
-        from ..models.labels import label_id_map
         from .loading import find_image_column, find_label_column
 
         check_dataset_type(dataset, where)
@@ -715,14 +717,19 @@ class PairedViews:
             raise ValueError(
                 f"{where} has no label column '{label_column}' (columns: {', '.join(dataset.column_names)})"
             )
+        from ..tasks import get_task_type
+
+        task = task_type or get_task_type()
         label_map = None
         if label_column is not None:
-            data_names = class_label_names(dataset, label_column)
-            if label_names is not None or num_labels is not None:
-                label_map = label_id_map(data_names, label_names, num_labels=num_labels, where=where)
-            known = len(data_names) if data_names is not None and label_map is not None else num_labels
-            if known is not None:
-                check_label_ids(label_array(dataset, label_column), known, label_column, where=where)
+            label_map = task.check_targets(
+                dataset,
+                label_column,
+                num_labels=num_labels,
+                label_names=label_names,
+                image_column=image_column,
+                where=where,
+            )
         if check_images:
             check_images_decode(dataset, image_column, where=where)
         return ViewDataset(
@@ -735,5 +742,5 @@ class PairedViews:
             skip_unreadable=skip_unreadable and train,
             train=train,
             label_map=label_map,
-            render_target=render_target,
+            render_target=render_target or task.render_target,
         )

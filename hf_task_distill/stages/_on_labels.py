@@ -41,7 +41,7 @@ def train_on_labels(context, model, directory: str, stage: str):
         where=f"{task.name} training split",
         check_images=True,
         seed=context.config.run.seed,
-        render_target=task_type_of(model).render_target,
+        task_type=task_type_of(model),
     )
     checkpoints = os.path.join(directory, "checkpoints")
     args = context.training_args(

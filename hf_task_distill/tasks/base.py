@@ -68,19 +68,42 @@ class TaskType:
 
         check_label_spaces_match(teacher, student)
 
-    def render_target(self, value: Any, view: Any, label_map: list[int] | None):
+    def render_target(
+        self, value: Any, view: Any, label_map: list[int] | None, *, size: tuple[int, int] | None = None
+    ):
         """A row's training target as the model sees it, given the view its image was rendered with.
 
         Args:
             value: the row's label column value (``None``, ``-1`` or ``-100``: unlabelled).
-            view (`ViewParams` or `None`): the crop and flip applied to the image (``None``: the
-                evaluation view). A dense target (a mask) is cropped and flipped the same way.
+            view (`ViewParams` or `None`): the crop box and flip applied to the image (the training
+                view, or the model's evaluation view). A dense target (a mask) is cropped and flipped
+                the same way.
             label_map (`list[int]` or `None`): the model's id of each dataset class.
+            size (`tuple[int, int]`, *optional*): the ``(height, width)`` the image was rendered at
+                (the model's input size); a dense target is rendered at it.
 
         Returns:
             The target (``-100`` for an unlabelled row).
         """
         raise NotImplementedError
+
+    def check_targets(
+        self,
+        dataset,
+        column: str,
+        *,
+        num_labels: int | None,
+        label_names: list[str] | None,
+        image_column: str,
+        where: str,
+    ) -> list[int] | None:
+        """Check a dataset's target column before any step and return the label map (the model's id of
+        each dataset class, or ``None`` to keep the ids); the default checks nothing.
+
+        Raises:
+            ValueError: a target the model cannot learn from (the message names the row and column).
+        """
+        return None
 
     def card_tags(self) -> list[str]:
         """Tags a model card of this task carries (besides the package's own)."""
