@@ -21,7 +21,7 @@ def test_classification_is_the_registered_default_and_knows_its_models():
 
     from hf_task_distill.models import create_student
 
-    assert available_task_types() == ("image-classification",)
+    assert available_task_types() == ("image-classification", "image-segmentation")
     classification = get_task_type()
     assert classification.name == "image-classification"
     assert classification.metric_names == ("accuracy", "balanced_accuracy", "macro_f1")
@@ -143,7 +143,7 @@ class _NoTarget(TaskType):
 def test_malformed_task_types_are_refused_with_the_reason(act, error, match):
     with pytest.raises(error, match=match):
         act()
-    assert available_task_types() == ("image-classification",)
+    assert available_task_types() == ("image-classification", "image-segmentation")
 
 
 def test_the_distillation_data_renders_targets_through_the_students_task_type(doubled, monkeypatch):

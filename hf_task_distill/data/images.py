@@ -23,6 +23,7 @@ __all__ = [
     "MAX_PIXELS",
     "ImageDecodeError",
     "image_source",
+    "load_image",
     "load_rgb_image",
     "to_rgb",
     "undecoded",
@@ -85,11 +86,24 @@ def load_rgb_image(value: Any) -> Image.Image:
     Raises :class:`ImageDecodeError` for anything that does not decode to a usable image, and
     ``TypeError`` for a cell of a type that cannot hold an image at all (a programming error).
     """
+    return to_rgb(_decoded(value))
+
+
+def load_image(value: Any) -> Image.Image:
+    """Decode a dataset cell under the same checks as :func:`load_rgb_image`, keeping its mode (a
+    segmentation mask's class ids must not be converted); EXIF orientation is applied as to images.
+
+    Raises :class:`ImageDecodeError` or ``TypeError`` as :func:`load_rgb_image` does.
+    """
+    return ImageOps.exif_transpose(_decoded(value))
+
+
+def _decoded(value: Any) -> Image.Image:
     try:
         image = _open(value)
         _check_size(image)
         image.load()  # decode now: truncation and corrupt data surface here, not in a later stage
-        return to_rgb(image)
+        return image
     except (ImageDecodeError, TypeError):
         raise
     except Image.DecompressionBombError as err:  # PIL refuses at open above twice its own limit

@@ -1,6 +1,6 @@
-"""Task types (image classification; semantic segmentation plugs in here): see :mod:`.base`."""
+"""Task types (image classification, semantic segmentation): see :mod:`.base`."""
 
-from . import classification  # noqa: F401 - registers the package's own task types
+from . import classification, segmentation  # noqa: F401 - registers the package's own task types
 from .base import (
     TaskType,
     available_task_types,

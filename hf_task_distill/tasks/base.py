@@ -63,8 +63,17 @@ class TaskType:
 
     def check_label_spaces(self, teacher, student) -> None:
         """Raise ``ValueError`` when ``teacher`` and ``student`` do not predict the same classes in the
-        same order (distillation matches their outputs class by class)."""
+        same order (distillation matches their outputs class by class), or when the teacher is a
+        model of another task type (an image classifier cannot teach a segmentation student)."""
         from ..models.labels import check_label_spaces_match
+
+        teacher_task = task_type_of(teacher)
+        if teacher_task.name != self.name:
+            raise ValueError(
+                f"the teacher ({type(teacher).__name__}) is a {teacher_task.name} model but the student "
+                f"({type(student).__name__}) is a {self.name} model: distillation matches their outputs, "
+                f"so the teacher must be a {self.name} model too (finetune one on the task first)"
+            )
 
         check_label_spaces_match(teacher, student)
 
