@@ -43,7 +43,7 @@ def test_registry_holds_the_paper_tasks_as_data():
             assert len(spec.label_names) == spec.num_classes
     assert get_task_spec("EuroSAT").hub_id == "timm/eurosat-rgb"
     assert get_task_spec("imagenet").gated
-    with pytest.raises(KeyError, match="unknown task 'mnist'; known tasks: cub, eurosat"):
+    with pytest.raises(KeyError, match="unknown task 'mnist'; known tasks: ade20k, cub, eurosat"):
         get_task_spec("mnist")
 
 

@@ -1,4 +1,5 @@
-"""Label budgets as in the paper: N labelled images per class, at most N per class, or a fraction."""
+"""Label budgets as in the paper: N labelled images per class, at most N per class, a fraction, or (for
+segmentation, whose images have no single class to stratify by) N images of the split."""
 
 from __future__ import annotations
 
@@ -10,7 +11,12 @@ import numpy as np
 from ..checks import check_int, check_number
 from .validation import UNLABELLED, class_label_names, label_array
 
-__all__ = ["label_budget_indices", "select_label_budget", "stratified_holdout_indices"]
+__all__ = [
+    "image_budget_indices",
+    "label_budget_indices",
+    "select_label_budget",
+    "stratified_holdout_indices",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +64,39 @@ def label_budget_indices(
             ", ".join(short[:10]) + (" ..." if len(short) > 10 else ""),
         )
     return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
+
+
+def image_budget_indices(num_rows: int, images: int, *, seed: int = 0, split: str = "train") -> np.ndarray:
+    """Row indices of a seeded random subset of ``images`` of a split's ``num_rows`` rows.
+
+    The label budget of a semantic-segmentation task, whose images carry many classes each and so
+    cannot be stratified by class: the paper's ADE20K budgets are 1,200 / 2,401 / 4,802 / 9,605 /
+    19,210 labelled images. The rows are shuffled once per seed and the subset is a prefix of that
+    order, so smaller budgets are subsets of larger ones for the same seed. Indices come back sorted.
+
+    Args:
+        num_rows (`int`): the split's size in images.
+        images (`int`): images kept, in ``[1, num_rows]``.
+        seed (`int`, *optional*, defaults to 0): seed of the draw; the same seed keeps the same images.
+        split (`str`, *optional*, defaults to `"train"`): the split's name, for the error message.
+
+    Returns:
+        `np.ndarray`: ``images`` sorted row indices (int64).
+
+    Raises:
+        TypeError: ``images`` or ``seed`` is not an integer.
+        ValueError: ``images`` is below 1 or above ``num_rows`` (the message names ``images=`` and the
+            split's size).
+    """
+    images = check_int(images, "images", minimum=1)
+    seed = check_int(seed, "seed")
+    if images > num_rows:
+        raise ValueError(
+            f"images={images} is more than split '{split}' has ({num_rows} images): give images= of at "
+            f"most {num_rows}"
+        )
+    order = np.random.default_rng(seed).permutation(num_rows)
+    return np.sort(order[:images]).astype(np.int64)
 
 
 def stratified_holdout_indices(

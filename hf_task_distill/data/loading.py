@@ -279,6 +279,7 @@ def _standardize(splits, task_name, image_column, label_column, label_names, spe
         image_column=renames.get(image_column, image_column),
         label_column=renames.get(label_column, label_column),
         spec=spec,
+        task_type=spec.task_type if spec is not None else "image-classification",
     )
 
 

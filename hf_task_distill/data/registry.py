@@ -19,7 +19,8 @@ class TaskSpec:
         name (`str`): the name ``load_target_task`` accepts (matched lower-case).
         hub_id (`str`): the Hub dataset id.
         image_column (`str`, *optional*, defaults to `"image"`): the image column.
-        label_column (`str`, *optional*, defaults to `"label"`): the label column.
+        label_column (`str`, *optional*, defaults to `"label"`): the label column; for a segmentation task
+            (``task_type="image-segmentation"``) the column holding the per-pixel class-id masks.
         splits (`dict[str, str]`, *optional*, defaults to `{"train": "train"}`): task split role
             (``train``, ``validation``, ``test``) -> the Hub dataset's split name.
         num_classes (`int`, *optional*): the class count, for reference.
@@ -30,6 +31,15 @@ class TaskSpec:
         paper_label_budgets (`dict`, *optional*): the label budgets the paper used on this task.
         notes (`str`, *optional*): free text.
         verified (`list[str]`, *optional*): what has been checked about the entry.
+        task_type (`str`, *optional*, defaults to `"image-classification"`): the task's Hub pipeline tag:
+            ``"image-classification"`` (one class id per image) or ``"image-segmentation"`` (semantic
+            segmentation: one class id per pixel, in the mask column ``label_column``).
+        reduce_labels (`bool`, *optional*, defaults to `False`): segmentation only: how raw mask values map
+            to class ids. ``True`` is the ADE20K convention (``reduce_labels`` of transformers' segmentation
+            image processors, mmsegmentation's ``reduce_zero_label``): raw 0 ("other", unlabelled) becomes
+            ``ignore_index`` and raw ``k`` becomes class ``k - 1``. ``False`` keeps raw values as class ids.
+        ignore_index (`int`, *optional*, defaults to 255): segmentation only: the mask value of pixels that
+            carry no label (left out of the loss and the metrics).
     """
 
     name: str
@@ -45,6 +55,16 @@ class TaskSpec:
     paper_label_budgets: dict[str, Any] = field(default_factory=dict)
     notes: str = ""
     verified: list[str] = field(default_factory=list)
+    task_type: str = "image-classification"
+    reduce_labels: bool = False
+    ignore_index: int = 255
+
+    def __post_init__(self):
+        if self.reduce_labels and self.task_type == "image-classification":
+            raise ValueError(
+                f"task '{self.name}': reduce_labels maps segmentation mask values, but task_type is "
+                "'image-classification'; set task_type='image-segmentation' or drop reduce_labels"
+            )
 
     @classmethod
     def from_dict(cls, name: str, entry: dict[str, Any]) -> TaskSpec:

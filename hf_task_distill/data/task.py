@@ -11,7 +11,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict
 
-from .budget import select_label_budget, stratified_holdout_indices
+from .budget import image_budget_indices, select_label_budget, stratified_holdout_indices
 from .registry import TaskSpec
 from .validation import label_array
 
@@ -20,7 +20,8 @@ __all__ = ["TargetTask"]
 
 @dataclass
 class TargetTask:
-    """A labelled image-classification task: its splits, label names and where the columns are.
+    """A labelled image task (classification, or semantic segmentation): its splits, label names and where
+    the columns are.
 
     Built by :func:`~hf_task_distill.data.load_target_task` (which checks it); ``task["train"]`` is a split.
 
@@ -34,12 +35,16 @@ class TargetTask:
         image_column (`str`, *optional*, defaults to `"image"`):
             The column holding the images.
         label_column (`str`, *optional*, defaults to `"label"`):
-            The column holding the label ids (``ClassLabel``).
+            The column holding the label ids (``ClassLabel``); for a segmentation task, the masks.
         spec (`TaskSpec`, *optional*):
             The registry entry the task was loaded from, if any.
         label_budget (`dict`, *optional*):
             How :meth:`with_label_budget` cut the split (``split``, ``per_class``, ``fraction``, ``seed``,
-            ``size`` in images); ``None`` when every label is kept.
+            ``size`` in images; ``split``, ``images``, ``seed``, ``size`` for a budget in images); ``None``
+            when every label is kept.
+        task_type (`str`, *optional*, defaults to `"image-classification"`):
+            The task's Hub pipeline tag (``"image-classification"``, ``"image-segmentation"``); set from
+            the registry entry (``TaskSpec.task_type``) when the task is loaded by name.
     """
 
     name: str
@@ -49,6 +54,7 @@ class TargetTask:
     label_column: str = "label"
     spec: TaskSpec | None = None
     label_budget: dict[str, Any] | None = field(default=None)
+    task_type: str = "image-classification"
 
     @property
     def num_labels(self) -> int:
@@ -70,16 +76,24 @@ class TargetTask:
         *,
         per_class: int | None = None,
         fraction: float | None = None,
+        images: int | None = None,
         seed: int = 0,
         split: str = "train",
     ) -> TargetTask:
-        """A copy whose ``split`` keeps only a stratified, seeded label budget (see ``label_budget_indices``).
+        """A copy whose ``split`` keeps only a seeded label budget.
+
+        ``per_class``/``fraction`` draw a stratified budget (see ``label_budget_indices``); ``images``
+        draws ``images`` images of the split at random (see ``image_budget_indices``), the budget of a
+        segmentation task, whose images have no single class to stratify by (the paper's ADE20K budgets
+        are 1,200 ... 19,210 images).
 
         Args:
             per_class (`int`, *optional*):
-                Images kept per class; give this or ``fraction``.
+                Images kept per class; give this, ``fraction`` or ``images``.
             fraction (`float`, *optional*):
                 Share of each class kept, in (0, 1].
+            images (`int`, *optional*):
+                Images kept in all, in [1, size of the split]; the only budget of a segmentation task.
             seed (`int`, *optional*, defaults to 0):
                 Seed of the draw; the same seed keeps the same images.
             split (`str`, *optional*, defaults to `"train"`):
@@ -90,8 +104,27 @@ class TargetTask:
 
         Raises:
             KeyError: if the task has no split ``split``.
-            ValueError: if neither or both of ``per_class`` and ``fraction`` are given, or one is out of range.
+            ValueError: if no budget or more than one is given, one is out of range (``images`` above
+                the split's size included), or ``per_class``/``fraction`` is given for a segmentation task.
         """
+        if images is not None:
+            if per_class is not None or fraction is not None:
+                raise ValueError(
+                    "give one label budget: images= (images of the split) cannot be combined with "
+                    f"per_class= or fraction= (got images={images!r}, per_class={per_class!r}, "
+                    f"fraction={fraction!r})"
+                )
+            rows = image_budget_indices(len(self[split]), images, seed=seed, split=split)
+            budget = {"split": split, "images": len(rows), "seed": seed, "size": len(rows)}
+            splits = DatasetDict({**self.splits, split: self[split].select(rows.tolist())})
+            return replace(self, splits=splits, label_budget=budget)
+        if per_class is None and fraction is None:
+            raise ValueError("give exactly one label budget: per_class=, fraction= or images=")
+        if self.task_type != "image-classification":
+            raise ValueError(
+                f"task '{self.name}' is {self.task_type}: its images have no single class to stratify by, "
+                "so per_class= and fraction= do not apply; give images= (a number of images) instead"
+            )
         subset = select_label_budget(
             self[split], label_column=self.label_column, per_class=per_class, fraction=fraction, seed=seed
         )
