@@ -284,3 +284,45 @@ def test_evaluation_matches_a_direct_iou_computation(tmp_path):
     assert metrics["pixel_accuracy"] == pytest.approx(np.mean(p == t), abs=1e-6)
     assert list(per_class) == CLASSES
     assert [v is None for v in per_class.values()] == [bool(np.isnan(v)) for v in ious]
+
+
+def test_a_dataset_with_a_mask_column_loads_as_a_segmentation_task():
+    from datasets import DatasetDict
+
+    from hf_task_distill.data import load_target_task
+
+    images, masks = _good_rows(4)
+    task = load_target_task(
+        DatasetDict({"train": seg_dataset(images, masks)}), label_names=CLASSES, name="toy"
+    )
+    assert (task.task_type, task.image_column, task.label_column) == (SEGMENTATION, "image", "mask")
+    named_by_ids = load_target_task(DatasetDict({"train": seg_dataset(images, masks)}), name="toy")
+    assert named_by_ids.label_names == ["0", "1", "2"]  # the masks' ids 0..2
+    from datasets import Dataset
+
+    with pytest.raises(ValueError, match=r"segmentation task but split 'train' has no mask column 'mask'"):
+        load_target_task(Dataset.from_dict({"image": images}), task_type=SEGMENTATION, label_column="mask")
+    with pytest.raises(
+        ValueError, match=r"segmentation task but split 'train' has no mask column \(columns: image\)"
+    ):
+        load_target_task(Dataset.from_dict({"image": images}), task_type=SEGMENTATION)
+
+
+def test_a_reduce_labels_preset_maps_raw_zero_to_ignored(monkeypatch):
+    from datasets import DatasetDict
+
+    from hf_task_distill.data.registry import get_task_spec
+    from hf_task_distill.data.segmentation_task import segmentation_task
+
+    raw = np.array([[0, 1, 2], [3, 0, 1]], dtype=np.uint8)
+    split = seg_dataset([Image.new("RGB", (3, 2))], [Image.fromarray(raw, mode="L")])
+    spec = get_task_spec("ade20k")
+    task = segmentation_task(
+        DatasetDict({"train": split}),
+        "ade",
+        "image",
+        "mask",
+        ["a", "b", "c"],
+        spec,
+    )
+    assert np.array_equal(np.asarray(task["train"][0]["mask"]), [[255, 0, 1], [2, 255, 0]])

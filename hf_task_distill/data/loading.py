@@ -54,6 +54,7 @@ def load_target_task(
     label_column: str | None = None,
     label_names: list[str] | None = None,
     name: str | None = None,
+    task_type: str | None = None,
     **load_dataset_kwargs: Any,
 ) -> TargetTask:
     """Load a labelled task and check it before anything trains on it.
@@ -66,6 +67,11 @@ def load_target_task(
     integer labels become a ``ClassLabel`` shared by all splits. Every split must be non-empty, have the
     image column, and hold label ids in range. ``load_dataset_kwargs`` go to ``datasets.load_dataset``
     (``revision=``, ``cache_dir=``, ``token=``...); remote code is never run.
+
+    ``task_type`` (``"image-classification"`` or ``"image-segmentation"``) defaults to the preset's,
+    else to semantic segmentation when the image column is followed by a mask column (an ``Image``
+    column named ``mask``, ``annotation``, ``segmentation``, ``label``...), else classification. A
+    segmentation task's ``label_column`` is its mask column (see :func:`_segmentation_task`).
     """
     if isinstance(source, TargetTask):
         return source
@@ -102,7 +108,27 @@ def load_target_task(
         raise TypeError(
             f"cannot load a task from a {type(source).__name__}: pass a datasets.Dataset or DatasetDict"
         )
+    task_type = task_type or (spec.task_type if spec is not None else None) or _detected_task_type(splits)
+    if task_type == "image-segmentation":
+        from .segmentation_task import segmentation_task
+
+        return segmentation_task(splits, task_name, image_column, label_column, label_names, spec)
+    if task_type != "image-classification":
+        from ..tasks import get_task_type
+
+        get_task_type(task_type)  # an unknown name is refused listing the registered ones
+        raise ValueError(
+            f"load_target_task reads image-classification and image-segmentation tasks, not {task_type}"
+        )
     return _standardize(splits, task_name, image_column, label_column, label_names, spec)
+
+
+def _detected_task_type(splits) -> str:
+    """Semantic segmentation when the train split has a mask column, else image classification."""
+    from .segmentation_task import find_mask_column
+
+    features = splits["train"].features if "train" in splits else {}
+    return "image-segmentation" if find_mask_column(features) else "image-classification"
 
 
 def _image_folder_task(source: str, name, label_column, load_dataset_kwargs) -> tuple[DatasetDict, str]:
