@@ -41,7 +41,15 @@ CHECKPOINTS = "checkpoints"
 #: own fingerprints and are checked when read.
 NOT_HASHED = (MANIFEST, STARTED, CHECKPOINTS, "embeddings", "teacher_cache")
 #: Output keys that hold paths (stored relative to the stage folder).
-PATH_OUTPUTS = ("model", "path", "student", "transfer_set", "confusion_matrices", "resumed_from")
+PATH_OUTPUTS = (
+    "model",
+    "path",
+    "student",
+    "transfer_set",
+    "confusion_matrices",
+    "per_class_iou",
+    "resumed_from",
+)
 _REQUIRED = ("stage", "run_id", "fingerprint", "outputs", "ledger")
 LOCK = ".lock"
 

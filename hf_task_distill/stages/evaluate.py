@@ -30,7 +30,7 @@ class EvaluateStage(Stage):
 
         if "results" not in outputs:
             return []
-        task_type = get_task_type()
+        task_type = get_task_type(outputs.get("task_type", "image-classification"))
         lines = [
             "",
             f"Results on the {outputs['split']} split ({outputs['images']} images):",
@@ -52,19 +52,25 @@ class EvaluateStage(Stage):
             return StageResult(
                 {}
             )  # only the main process writes the manifest: the others would repeat its work
+        from ..tasks import get_task_type
+
+        task_type = get_task_type(context.task.task_type)
         dataset, names = context.task[context.eval_split], list(context.task.label_names)
-        results, matrices = {}, {}
+        results, details = {}, {}
         for label, path in _models(context).items():
-            results[label], matrix = _evaluate_one(context, label, path, dataset)
-            if matrix is not None:
-                matrices[label] = matrix
-        path = os.path.join(directory, "confusion_matrices.json")
-        write_json_atomically(path, {"labels": names, "matrices": matrices}, indent=None)
+            results[label], detail = _evaluate_one(context, label, path, dataset)
+            if detail is not None:
+                details[label] = detail
+        # classification: confusion_matrices.json {"labels", "matrices"}; segmentation: per_class_iou.json
+        name, key = task_type.details_file
+        path = os.path.join(directory, f"{name}.json")
+        write_json_atomically(path, {"labels": names, key: details}, indent=None)
         outputs = {
             "split": context.eval_split,
             "images": len(dataset),
             "results": results,
-            "confusion_matrices": path,
+            name: path,
+            "task_type": task_type.name,
         }
         return StageResult(outputs)
 
@@ -85,7 +91,7 @@ def _evaluate_one(context, label: str, path: str, dataset):
     """One model's metrics and report details (:meth:`TaskType.evaluate <hf_task_distill.tasks.TaskType.evaluate>`)."""
     from ..tasks import get_task_type
 
-    task_type = get_task_type()
+    task_type = get_task_type(context.task.task_type)
     model = task_type.load_model(path, trust_remote_code=context.config.teacher.trust_remote_code)
     where = f"the {context.eval_split} split of '{context.task.name}' ({label})"
     return task_type.evaluate(

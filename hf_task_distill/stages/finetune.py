@@ -25,5 +25,5 @@ class FinetuneStage(Stage):
     def run(self, context, directory):
         from ..tasks import get_task_type
 
-        distilled = get_task_type().load_model(context.outputs("distill")["model"])
+        distilled = get_task_type(context.task.task_type).load_model(context.outputs("distill")["model"])
         return train_on_labels(context, distilled, directory, self.name)

@@ -29,11 +29,14 @@ class TaskType:
         name: the task type's name, as the Hub's ``pipeline_tag`` spells it (``image-classification``).
         metric_names: the metrics :meth:`evaluate` reports, in the order tables show them.
         metric_titles: their column titles (same order).
+        details_file: the evaluation stage's file for :meth:`evaluate`'s details, and its key.
     """
 
     name: ClassVar[str]
     metric_names: ClassVar[tuple[str, ...]] = ()
     metric_titles: ClassVar[tuple[str, ...]] = ()
+    #: where the evaluation stage writes :meth:`evaluate`'s details: ``(file name without .json, key)``
+    details_file: ClassVar[tuple[str, str]] = ("evaluation_details", "details")
 
     def model_class(self):
         """The ``transformers`` auto class that loads a model of this task (``from_pretrained``)."""

@@ -11,6 +11,7 @@ class ImageClassification(TaskType):
     name = "image-classification"
     metric_names = ("accuracy", "balanced_accuracy", "macro_f1")
     metric_titles = ("accuracy", "balanced accuracy", "macro F1")
+    details_file = ("confusion_matrices", "matrices")
 
     def model_class(self):
         from transformers import AutoModelForImageClassification

@@ -30,6 +30,7 @@ class SemanticSegmentation(TaskType):
     name = "image-segmentation"
     metric_names = ("mean_iou", "pixel_accuracy")
     metric_titles = ("mIoU", "pixel accuracy")
+    details_file = ("per_class_iou", "per_class_iou")
 
     def model_class(self):
         from transformers import AutoModelForSemanticSegmentation
