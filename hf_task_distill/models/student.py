@@ -14,9 +14,12 @@ from ..sources import check_model_source
 from .families import is_timm_architecture, student_family_for
 from .families.timm import WEIGHT_SOURCE_FIELDS as WEIGHT_SOURCE_FIELDS  # moved; importable from here too
 from .families.timm import write_timm_folder as write_timm_folder
+from .families.transformers_segmentation import SEGMENTATION_STUDENTS, check_segmentation_student
 from .labels import label_config_kwargs
 
 __all__ = ["create_student", "is_timm_architecture"]
+
+CLASSIFICATION, SEGMENTATION = "image-classification", "image-segmentation"
 
 
 def create_student(
@@ -26,9 +29,11 @@ def create_student(
     pretrained: bool = False,
     model_args: dict[str, Any] | None = None,
     image_size: int | None = None,
+    task_type: str = "image-classification",
     **from_pretrained_kwargs: Any,
 ):
-    """Create a student classifier for ``labels``.
+    """Create a student classifier (or, with ``task_type="image-segmentation"``, a semantic-segmentation
+    student) for ``labels``.
 
     ``name_or_path`` is a timm architecture (``mobilevitv2_100``, ``fastvit_t8``, ``resnet50``; add a
     ``.tag`` to choose pretrained weights), or a Hub id/folder of any image classifier (timm repos such as
@@ -41,19 +46,48 @@ def create_student(
     ``pretrained_cfg``, which the student's views and its saved image processor follow; models with a
     fixed input size are built for it.
 
+    ``task_type="image-segmentation"``: ``name_or_path`` is ``segformer-b0`` or
+    ``mobilevitv2-deeplabv3`` (built from their configs, offline; ``model_args`` override config
+    fields), or a Hub id/folder of a transformers semantic-segmentation model; ``image_size`` (default
+    512) is recorded as ``config.image_size``, which its views and its image processor
+    (:func:`~hf_task_distill.models.families.transformers_segmentation.segmentation_image_processor`)
+    follow. Families that build other task types list them in ``StudentFamily.task_types``.
+
     Raises:
         ValueError: bad ``labels``; a name that cannot be a model (``check_model_source``: no such
-            folder, an unknown timm name with the closest ones); ``image_size`` for a model that
-            cannot take it.
+            folder, an unknown timm name with the closest ones; for segmentation, an unknown short
+            name); ``image_size`` for a model that cannot take it; a family that builds no students of
+            ``task_type``.
     """
     label_config_kwargs(labels)  # bad labels are refused before the name is looked at
-    check_model_source(name_or_path, "student", timm_architectures=True)
+    extra: dict[str, Any] = {}
+    if task_type == CLASSIFICATION:
+        if name_or_path in SEGMENTATION_STUDENTS:
+            raise ValueError(
+                f"student: '{name_or_path}' is a semantic-segmentation student: pass task_type='{SEGMENTATION}'"
+            )
+        check_model_source(name_or_path, "student", timm_architectures=True)
+    else:
+        if task_type == SEGMENTATION:
+            check_segmentation_student(name_or_path, "student")
+        extra["task_type"] = task_type  # families that build only classifiers never see it
     family = student_family_for(name_or_path)
+    if task_type not in family.task_types:
+        raise ValueError(
+            f"student: '{name_or_path}' belongs to the {family.name} student family, which builds "
+            f"{', '.join(family.task_types)} students, not {task_type}"
+            + (
+                f"; segmentation students: {', '.join(SEGMENTATION_STUDENTS)}"
+                if task_type == SEGMENTATION
+                else ""
+            )
+        )
     return family.create(
         name_or_path,
         labels,
         pretrained=pretrained,
         model_args=model_args,
         image_size=image_size,
+        **extra,
         **from_pretrained_kwargs,
     )

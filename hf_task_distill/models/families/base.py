@@ -55,11 +55,15 @@ class StudentFamily:
     with :func:`register_student_family` (also usable as a class decorator). Override :meth:`owns`
     together with :meth:`view_spec` or :meth:`head` when the family's models preprocess or expose
     their classifier differently from a transformers image classifier; a method returning ``None``
-    leaves the question to the next family that owns the model.
+    leaves the question to the next family that owns the model. A family that builds students for
+    other task types lists them in :attr:`task_types` and takes a ``task_type`` keyword in :meth:`create`.
     """
 
     #: The family's registry name (``available_student_families()`` lists it).
     name: str = ""
+    #: The task types (``pipeline_tag`` names) whose students the family builds; ``create_student``
+    #: passes ``task_type=`` to :meth:`create` for every type but ``"image-classification"``.
+    task_types: tuple[str, ...] = ("image-classification",)
 
     def matches(self, name_or_path: str) -> bool:
         """Whether ``create_student(name_or_path, ...)`` is this family's to build."""

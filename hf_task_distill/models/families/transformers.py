@@ -17,17 +17,27 @@ from ..labels import label_config_kwargs, label_names_of, set_label_space
 from ..teacher import _config_kwargs, load_for_classes
 from .base import StudentFamily, warn_new_head
 from .timm import wrap_timm
+from .transformers_segmentation import (
+    create_segmentation_student,
+    is_segmentation_student,
+    segmentation_image_processor,
+)
 
 __all__ = ["TransformersFamily", "linear_head_for_classes"]
 
+#: The task type of semantic-segmentation students.
+SEGMENTATION = "image-segmentation"
 #: Names the head of a transformers or timm classifier goes by, preferred among equal candidates.
 HEAD_NAMES = ("classifier", "head", "fc")
 
 
 class TransformersFamily(StudentFamily):
-    """Image classifiers ``AutoModelForImageClassification`` loads, from the Hub or a folder."""
+    """Image classifiers ``AutoModelForImageClassification`` loads, from the Hub or a folder, and
+    semantic-segmentation models (``task_type="image-segmentation"``: see
+    :mod:`~hf_task_distill.models.families.transformers_segmentation`)."""
 
     name = "transformers"
+    task_types = ("image-classification", SEGMENTATION)
 
     def matches(self, name_or_path: str) -> bool:
         """Every name: this family is asked last."""
@@ -41,14 +51,25 @@ class TransformersFamily(StudentFamily):
         pretrained: bool = False,
         image_size: int | None = None,
         model_args: dict[str, Any] | None = None,
+        task_type: str = "image-classification",
         **from_pretrained_kwargs: Any,
     ):
         """The checkpoint's architecture for ``labels``: from its config with a fresh initialisation
         (a timm checkpoint through timm's own, see :func:`~.timm.wrap_timm`), or with its weights
         (``pretrained=True``; a new head unless it already predicts ``labels``). ``image_size`` is
-        for timm checkpoints only (recorded in ``pretrained_cfg``)."""
+        for timm checkpoints only (recorded in ``pretrained_cfg``). ``task_type="image-segmentation"``:
+        :func:`~.transformers_segmentation.create_segmentation_student`."""
         from transformers import AutoConfig
 
+        if task_type == SEGMENTATION:
+            return create_segmentation_student(
+                name_or_path,
+                labels,
+                pretrained=pretrained,
+                image_size=image_size,
+                model_args=model_args,
+                **from_pretrained_kwargs,
+            )
         source = resolve_model_source(name_or_path)
         if image_size is not None:
             _check_resizable(
@@ -77,11 +98,14 @@ class TransformersFamily(StudentFamily):
         return True
 
     def view_spec(self, model: Any):
-        """From the image processor saved where the model was loaded from (``config._name_or_path``)."""
+        """From the image processor saved where the model was loaded from (``config._name_or_path``);
+        a segmentation student's from its config (:func:`~.transformers_segmentation.segmentation_image_processor`)."""
         from transformers import AutoImageProcessor
 
         from ...data.views import ViewSpec
 
+        if is_segmentation_student(model):
+            return ViewSpec.from_image_processor(segmentation_image_processor(model))
         source = getattr(getattr(model, "config", None), "_name_or_path", "")
         if not source:
             raise ValueError(
