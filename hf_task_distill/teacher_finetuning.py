@@ -42,6 +42,7 @@ from .metrics import make_compute_metrics
 from .models.heads import find_classification_head
 from .models.teacher import load_teacher
 from .options import renamed_field, resolve_renamed
+from .tasks import get_task_type
 from .trainer import TaskTrainer, check_training_arguments
 
 __all__ = [
@@ -353,7 +354,10 @@ class TeacherFinetuner:
         self.args = args or TeacherFinetuningArguments(output_dir="teacher")
         self.trust_remote_code = trust_remote_code
         self.model_kwargs = dict(model_kwargs or {})
-        self.train_split, self.validation_split, self.validation_source = _model_selection_splits(
+        select = _model_selection_splits
+        if self.task.task_type == "image-segmentation":
+            from .teacher_segmentation import segmentation_selection_splits as select
+        self.train_split, self.validation_split, self.validation_source = select(
             self.task, self.args.validation_fraction, self.args.seed
         )
         self._processor = processor
@@ -364,6 +368,12 @@ class TeacherFinetuner:
     @property
     def processor(self):
         """The teacher's image processor (given, or loaded with the model on first use)."""
+        if self._processor is None and self.task.task_type == "image-segmentation":
+            from .models.segmentation import segmentation_teacher_processor
+
+            self._processor = segmentation_teacher_processor(
+                self.model_name_or_path, trust_remote_code=self.trust_remote_code
+            )
         if self._processor is None:
             from transformers import AutoImageProcessor
 
@@ -395,6 +405,7 @@ class TeacherFinetuner:
             num_labels=self.task.num_labels,
             label_names=self.task.label_names,  # the head's classes, in its output order
             seed=self.args.data_seed if self.args.data_seed is not None else self.args.seed,
+            task_type=get_task_type(self.task.task_type),
         )
 
     # -- training --
@@ -413,6 +424,12 @@ class TeacherFinetuner:
         # labelled images are few: a bad file among them is an error naming its row, before any step
         for name, split in (("training", self.train_split), ("validation", self.validation_split)):
             check_images_decode(split, self.task.image_column, where=f"{self.task.name} {name} split")
+        if self.task.task_type == "image-segmentation":
+            from .teacher_segmentation import finetune_segmentation_teacher
+
+            model, metrics = finetune_segmentation_teacher(self, resume)
+            self.result = FinetuningResult(model, args.teacher_strategy, metrics, self.validation_source, [])
+            return self.result
         set_seed(
             args.seed
         )  # the new head's initialisation: a rerun, or a run killed before its first checkpoint, gets the same teacher
