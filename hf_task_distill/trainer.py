@@ -21,12 +21,20 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .checks import SEED_MAX, check_int, check_number
 from .data.images import ImageDecodeError
-from .data.validation import UNLABELLED
+from .data.validation import IGNORE_INDEX, UNLABELLED, labelled_positions
 from .data.views import UNREADABLE_ROW, PairedViews, RandomViewDataset, ViewSpec
 from .devices import cpu_ranks_need_use_cpu, has_accelerator
 from .distillation_data import cached_dataset, prepare_dataset
 from .hub.trainer_card import ModelCardMixin
-from .losses import DistillationLoss, LossInputs, available_losses, build_loss
+from .losses import (
+    DistillationLoss,
+    LabelCrossEntropy,
+    LossInputs,
+    available_losses,
+    build_loss,
+    is_dense,
+    resize_to_grid,
+)
 from .metrics import distillation_metrics
 from .models.heads import capture_head_inputs, find_classification_head
 from .models.teacher import load_teacher
@@ -379,7 +387,8 @@ class LossWindowMixin:
         return output
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """``Trainer.get_batch_samples``, and the window's rows and labelled rows over all processes (the loss's normaliser)."""
+        """``Trainer.get_batch_samples``, and the window's rows and labelled rows (for masks: labelled
+        pixels) over all processes (the loss's normaliser)."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         for batch in batch_samples:
             skipped = batch.pop(UNREADABLE_ROWS, None)
@@ -387,7 +396,7 @@ class LossWindowMixin:
                 self._unreadable_rows.update(int(r) for r in skipped.tolist())
         rows = sum(int(batch["pixel_values"].shape[0]) for batch in batch_samples)
         labelled = sum(
-            int((batch["labels"] != UNLABELLED).sum()) for batch in batch_samples if "labels" in batch
+            int(labelled_positions(batch["labels"]).sum()) for batch in batch_samples if "labels" in batch
         )
         counts = torch.tensor([rows, labelled], dtype=torch.float32, device=device)
         if self.args.world_size > 1:
@@ -670,14 +679,21 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         )
 
     def _label_loss(self, student_logits, labels, return_outputs):
+        """The cross-entropy's mean over the batch's labelled rows (for masks: labelled pixels), 0 without any."""
         loss = student_logits.new_zeros(())
-        if labels is not None and bool((labels != UNLABELLED).any()):
-            loss = torch.nn.functional.cross_entropy(student_logits.float(), labels, ignore_index=UNLABELLED)
+        if labels is not None:
+            labelled = labelled_positions(labels).sum()
+            if bool(labelled > 0):
+                per_row = LabelCrossEntropy().per_row(LossInputs(student_logits, labels=labels))
+                loss = per_row.sum() / labelled
         return (loss, {"logits": student_logits, "teacher_logits": None}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The loss, the student's logits (with the teacher's, when there is a teacher) and the labels
-        (``-100`` for unlabelled rows), for the Trainer's evaluation loop."""
+        (``-100`` for unlabelled rows), for the Trainer's evaluation loop.
+
+        Dense (segmentation) outputs are returned as class maps instead of logits, see
+        :func:`_dense_predictions`."""
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -685,9 +701,38 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         loss = loss.detach()
         if prediction_loss_only:
             return loss, None, None
+        logits, teacher_logits = outputs["logits"].detach(), outputs["teacher_logits"]
+        if is_dense(logits):
+            return (
+                loss,
+                *_dense_predictions(logits, teacher_logits, labels, inputs["pixel_values"].shape[-2:]),
+            )
         if labels is None:  # the Trainer computes metrics only when labels exist: mark rows unlabelled
-            labels = torch.full((outputs["logits"].shape[0],), UNLABELLED, device=outputs["logits"].device)
-        logits = outputs["logits"].detach()
-        if outputs["teacher_logits"] is not None:
-            logits = (logits, outputs["teacher_logits"].detach().to(logits.dtype))
+            labels = torch.full((logits.shape[0],), UNLABELLED, device=logits.device)
+        if teacher_logits is not None:
+            logits = (logits, teacher_logits.detach().to(logits.dtype))
         return loss, logits, labels
+
+
+def _dense_predictions(student_logits, teacher_logits, labels, input_size):
+    """What evaluation keeps of a segmentation batch: each model's class map at the masks' size (the
+    logits upsampled bilinearly, then arg-max, as ``post_process_semantic_segmentation`` does) rather
+    than its logits, which would take ``num_classes`` times the memory over a whole evaluation set.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `[batch, num_classes, h, w]`): the student's logits.
+        teacher_logits (`torch.Tensor` of shape `[batch, num_classes, h', w']` or `None`): the teacher's.
+        labels (`torch.LongTensor` of shape `[batch, H, W]` or `None`): the masks (``255`` unlabelled).
+        input_size (`tuple[int, int]`): the student's input size, the maps' size when there are no masks.
+
+    Returns:
+        `tuple`: the predictions (the student's class map `[batch, H, W]`, or a pair with the teacher's)
+        and the masks (all ``255`` when the batch has none).
+    """
+    size = tuple(labels.shape[-2:]) if labels is not None else tuple(input_size)
+    if labels is None:  # the Trainer computes metrics only when labels exist: mark every pixel unlabelled
+        labels = torch.full((student_logits.shape[0], *size), IGNORE_INDEX, device=student_logits.device)
+    maps = [resize_to_grid(student_logits.float(), size).argmax(dim=1)]
+    if teacher_logits is not None:
+        maps.append(resize_to_grid(teacher_logits.detach().float(), size).argmax(dim=1))
+    return (maps[0] if len(maps) == 1 else tuple(maps)), labels
