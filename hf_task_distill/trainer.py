@@ -9,6 +9,7 @@ teacher-student agreement.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -174,15 +175,82 @@ class _SetEpoch(TrainerCallback):
 
 
 def _attach_feature_projection(student, teacher, *, seed: int) -> None:
-    """Give the student a linear map from its features to the teacher's width, as a submodule, so
-    that the Trainer's optimizer trains it and its checkpoints carry it. Seeded: reruns start alike."""
-    width = {
-        name: find_classification_head(model)[1].in_features
-        for name, model in (("student", student), ("teacher", teacher))
-    }
+    """Give the student a map from its features to the teacher's width, as a submodule, so that the
+    Trainer's optimizer trains it and its checkpoints carry it: a linear layer on pooled features, a
+    1x1 convolution on the feature maps of a segmentation student (:func:`capture_feature_map`).
+    Seeded: reruns start alike."""
+    dense = segmentation_head(student) is not None
+    if dense:
+        width = {"student": _feature_map_width(student), "teacher": _feature_map_width(teacher)}
+    else:
+        width = {
+            name: find_classification_head(model)[1].in_features
+            for name, model in (("student", student), ("teacher", teacher))
+        }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        student.feature_projection = torch.nn.Linear(width["student"], width["teacher"])
+        if dense:
+            student.feature_projection = torch.nn.Conv2d(width["student"], width["teacher"], kernel_size=1)
+        else:
+            student.feature_projection = torch.nn.Linear(width["student"], width["teacher"])
+
+
+def segmentation_head(model) -> torch.nn.Module | None:
+    """The module that turns a segmentation model's feature maps into logits (``decode_head`` of
+    SegFormer and UperNet, ``segmentation_head`` of MobileViT), or ``None`` for other models."""
+    for name in ("decode_head", "segmentation_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    return None
+
+
+@contextlib.contextmanager
+def capture_feature_map(model):
+    """Inside the block, every forward of the segmentation model ``model`` appends its last (deepest)
+    feature map, `[batch, channels, h, w]` with gradients, to the yielded list: the last 4-D tensor its
+    :func:`segmentation_head` receives (SegFormer's last encoder stage, UperNet's last backbone
+    feature map). What per-pixel feature matching (``feature_cosine`` on segmentation models) compares.
+
+    Raises:
+        ValueError: ``model`` has no segmentation head, or its head received no feature map.
+    """
+    head = segmentation_head(model)
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__} has no decode_head or segmentation_head to take feature maps from"
+        )
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, args, kwargs):
+        values = [*args, *kwargs.values()]
+        values = [v for value in values for v in (value if isinstance(value, (list, tuple)) else (value,))]
+        maps = [v for v in values if isinstance(v, torch.Tensor) and v.dim() == 4]
+        if not maps:
+            raise ValueError(f"the {type(head).__name__} of {type(model).__name__} received no feature map")
+        captured.append(maps[-1])
+
+    handle = head.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def _feature_map_width(model, size: int = 64) -> int:
+    """The channels of ``model``'s last feature map, from one forward of a blank ``size`` px image."""
+    parameter = next(model.parameters())
+    config = getattr(model.config, "backbone_config", None) or model.config
+    pixels = torch.zeros(1, getattr(config, "num_channels", 3), size, size, dtype=parameter.dtype)
+    training = model.training
+    model.eval()  # BatchNorm cannot train on one image
+    try:
+        with capture_feature_map(model) as captured:
+            model(pixel_values=pixels.to(parameter.device))
+    finally:
+        model.train(training)
+    return int(captured[-1].shape[1])
 
 
 #: Batch key under which :func:`collate_skipping_unreadable` hands the skipped rows to the trainer.
@@ -583,7 +651,12 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         dtype = next(teacher.parameters()).dtype
         if not self.distillation_loss.requires_features:
             return teacher(pixel_values=pixels.to(dtype)).logits, None
-        with capture_head_inputs(self.accelerator.unwrap_model(teacher)) as captured:
+        unwrapped = self.accelerator.unwrap_model(teacher)
+        if segmentation_head(unwrapped) is not None:
+            with capture_feature_map(unwrapped) as captured:
+                logits = teacher(pixel_values=pixels.to(dtype)).logits
+            return logits, captured[-1]
+        with capture_head_inputs(unwrapped) as captured:
             logits = teacher(pixel_values=pixels.to(dtype)).logits
         return logits, captured[-1].flatten(1)
 
@@ -596,6 +669,10 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         if not self.distillation_loss.requires_features:
             return model(pixel_values=pixels).logits, None
         student = self.accelerator.unwrap_model(model)
+        if segmentation_head(student) is not None:
+            with capture_feature_map(student) as captured:
+                logits = model(pixel_values=pixels).logits
+            return logits, student.feature_projection(captured[-1])
         with capture_head_inputs(student) as captured:
             logits = model(pixel_values=pixels).logits
         return logits, student.feature_projection(captured[-1].flatten(1))
