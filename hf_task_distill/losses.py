@@ -5,6 +5,12 @@ A term returns one loss value per row plus which rows it averages over (``"all"`
 rows it covers; the trainer passes those counts for the whole gradient-accumulation window (and all
 processes), which is what makes 2x16 accumulation equal to one batch of 32, unlabelled rows included.
 
+Dense predictions (semantic segmentation: logits ``[batch, num_classes, h, w]``, masks ``[batch, H, W]``)
+go through the same terms. A row's KL is the mean over its pixels, so dividing by the window's rows
+gives the mean over all the window's pixels (every row has ``h * w`` of them); a row's cross-entropy is
+the sum over its labelled pixels and ``"labelled"`` counts labelled pixels, so it is the mean over the
+window's labelled pixels.
+
 New objectives need no trainer change: ``@register_loss("name")`` on a builder that returns a
 :class:`DistillationLoss`, then ``DistillationArguments(distill_loss="name")``.
 """
@@ -19,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data.validation import UNLABELLED
+from .data.validation import labelled_positions
 
 __all__ = [
     "DistillationLoss",
@@ -31,7 +37,9 @@ __all__ = [
     "SoftTargetKL",
     "available_losses",
     "build_loss",
+    "is_dense",
     "register_loss",
+    "resize_to_grid",
 ]
 
 
@@ -39,18 +47,22 @@ __all__ = [
 class LossInputs:
     """What a loss term may look at for one batch.
 
+    Dense (per-pixel) tasks pass ``[batch, num_classes, h, w]`` logits, ``[batch, H, W]`` masks and
+    ``[batch, dim, h, w]`` feature maps; the grids may differ (each term says how it resizes).
+
     Args:
-        student_logits (`torch.Tensor` of shape `[batch, num_classes]`):
+        student_logits (`torch.Tensor` of shape `[batch, num_classes]` or `[batch, num_classes, h, w]`):
             The student's logits.
-        teacher_logits (`torch.Tensor` of shape `[batch, num_classes]`, *optional*):
+        teacher_logits (`torch.Tensor` of shape `[batch, num_classes]` or `[batch, num_classes, h', w']`, *optional*):
             The teacher's logits over the same classes; ``None`` when no term needs them.
-        labels (`torch.LongTensor` of shape `[batch]`, *optional*):
-            Label ids, ``-100`` (``UNLABELLED``) on unlabelled rows; ``None`` when no row has a label.
-        student_features (`torch.Tensor` of shape `[batch, teacher_dim]`, *optional*):
-            For feature terms: the student's image features mapped to the teacher's width by the
-            trainer's learned linear projection.
-        teacher_features (`torch.Tensor` of shape `[batch, teacher_dim]`, *optional*):
-            For feature terms: the teacher's image features.
+        labels (`torch.LongTensor` of shape `[batch]` or `[batch, H, W]`, *optional*):
+            Label ids, ``-100`` (``UNLABELLED``) on unlabelled rows, and for masks ``255``
+            (``IGNORE_INDEX``) on unlabelled pixels; ``None`` when no row has a label.
+        student_features (`torch.Tensor` of shape `[batch, teacher_dim]` or `[batch, teacher_dim, h, w]`, *optional*):
+            For feature terms: the student's image features (or last feature map) mapped to the
+            teacher's width by the trainer's learned projection.
+        teacher_features (`torch.Tensor` of shape `[batch, teacher_dim]` or `[batch, teacher_dim, h', w']`, *optional*):
+            For feature terms: the teacher's image features (or last feature map).
     """
 
     student_logits: torch.Tensor
@@ -60,16 +72,37 @@ class LossInputs:
     teacher_features: torch.Tensor | None = None
 
     def labelled_mask(self) -> torch.Tensor:
-        """Which rows carry a label.
+        """Which rows (for masks: which pixels) carry a label.
 
         Returns:
-            `torch.BoolTensor` of shape `[batch]`: ``labels != -100``, or all ``False`` without labels.
+            `torch.BoolTensor` of the labels' shape (`[batch]` or `[batch, H, W]`):
+            :func:`~hf_task_distill.data.validation.labelled_positions` (``labels != -100``, and for
+            masks ``!= 255``), or `[batch]` all ``False`` without labels.
         """
         if self.labels is None:
             return torch.zeros(
                 self.student_logits.shape[0], dtype=torch.bool, device=self.student_logits.device
             )
-        return self.labels != UNLABELLED
+        return labelled_positions(self.labels)
+
+
+def is_dense(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds per-pixel values (``[batch, channels, h, w]``) rather than one vector per row."""
+    return x.dim() == 4
+
+
+def resize_to_grid(x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """``x`` (`[batch, channels, h, w]`) resized to ``size`` (``(height, width)``) by bilinear
+    interpolation with ``align_corners=False`` (as transformers' segmentation models upsample their
+    logits); returned as it is when it already has that grid."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def _mean_per_row(values: torch.Tensor) -> torch.Tensor:
+    """``[batch, ...]`` averaged over everything but the batch axis (a row's mean over its pixels)."""
+    return values.flatten(1).mean(dim=1) if values.dim() > 1 else values
 
 
 def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
@@ -116,6 +149,11 @@ class SoftTargetKL(LossTerm):
     labelled or not: the teacher's prediction is the target. Softmax statistics are computed in at
     least fp32, also under bf16/fp16 autocast.
 
+    For dense logits (`[batch, num_classes, h, w]`, semantic segmentation) the KL is taken at every
+    pixel of the student's output grid, the teacher's logits resized to it first
+    (:func:`resize_to_grid`), and a row's value is the mean over its ``h * w`` pixels: divided by the
+    window's rows, the term is the mean over every pixel of the window.
+
     Args:
         temperature (`float`, *optional*, defaults to 1.0):
             The softmax temperature ``T`` applied to both logits.
@@ -137,25 +175,43 @@ class SoftTargetKL(LossTerm):
         """``T^2 * KL`` per row.
 
         Args:
-            inputs (`LossInputs`): needs ``student_logits`` and ``teacher_logits`` (`[batch, num_classes]`).
+            inputs (`LossInputs`): needs ``student_logits`` and ``teacher_logits`` (`[batch, num_classes]`,
+                or both `[batch, num_classes, h, w]` with any grids).
 
         Returns:
-            `torch.Tensor` of shape `[batch]` (fp32, or fp64 for fp64 inputs).
+            `torch.Tensor` of shape `[batch]` (fp32, or fp64 for fp64 inputs); for dense logits each
+            row's mean over its pixels.
 
         Raises:
-            ValueError: if ``inputs.teacher_logits`` is ``None``.
+            ValueError: if ``inputs.teacher_logits`` is ``None``, or one of the logits is dense and the
+                other is not.
         """
         if inputs.teacher_logits is None:
             raise ValueError("the KL term needs teacher logits, but the batch has none")
+        student, teacher = _at_least_fp32(inputs.student_logits), _at_least_fp32(inputs.teacher_logits)
+        if is_dense(student) != is_dense(teacher):
+            raise ValueError(
+                f"student logits {tuple(student.shape)} and teacher logits {tuple(teacher.shape)}: "
+                "both must be per-row [batch, classes] or both per-pixel [batch, classes, h, w]"
+            )
+        class_dim = 1 if is_dense(student) else -1
+        if is_dense(student):
+            teacher = resize_to_grid(teacher, student.shape[-2:])
         t = self.temperature
-        student_log_p = F.log_softmax(_at_least_fp32(inputs.student_logits) / t, dim=-1)
-        teacher_log_p = F.log_softmax(_at_least_fp32(inputs.teacher_logits) / t, dim=-1)
-        kl = F.kl_div(student_log_p, teacher_log_p, reduction="none", log_target=True).sum(dim=-1)
-        return kl * (t * t)
+        student_log_p = F.log_softmax(student / t, dim=class_dim)
+        teacher_log_p = F.log_softmax(teacher / t, dim=class_dim)
+        kl = F.kl_div(student_log_p, teacher_log_p, reduction="none", log_target=True).sum(dim=class_dim)
+        return _mean_per_row(kl) * (t * t)
 
 
 class LabelCrossEntropy(LossTerm):
     """Cross-entropy on the rows that carry a label (``labels != -100``); other rows contribute 0.
+
+    For masks (`[batch, H, W]`, semantic segmentation) the student's dense logits are upsampled to the
+    mask's size (:func:`resize_to_grid`, as transformers' segmentation models do for their loss), the
+    cross-entropy is taken at every labelled pixel (not ``255`` nor ``-100``), and a row's value is
+    the sum over its labelled pixels; ``"labelled"`` then counts labelled pixels, so the term is the
+    mean over the labelled pixels of the window.
 
     Args:
         label_smoothing (`float`, *optional*, defaults to 0.0):
@@ -176,18 +232,33 @@ class LabelCrossEntropy(LossTerm):
 
         Returns:
             `torch.Tensor` of shape `[batch]`: the cross-entropy, 0 on unlabelled rows (all rows when
-            ``labels`` is ``None``).
+            ``labels`` is ``None``); for masks the sum over each row's labelled pixels.
+
+        Raises:
+            ValueError: if masks come with per-row logits, or labels per row with dense logits.
         """
         logits = _at_least_fp32(inputs.student_logits)
-        if inputs.labels is None:
+        labels = inputs.labels
+        if labels is None:
             return logits.new_zeros(logits.shape[0])
-        return F.cross_entropy(
+        if is_dense(logits) != (labels.dim() == 3):
+            raise ValueError(
+                f"student logits {tuple(logits.shape)} and labels {tuple(labels.shape)}: per-row logits "
+                "take labels [batch], per-pixel logits [batch, classes, h, w] take masks [batch, H, W]"
+            )
+        labelled = labelled_positions(labels)
+        if is_dense(logits):
+            logits = resize_to_grid(logits, labels.shape[-2:])
+        # an unlabelled target is replaced by class 0 and its loss multiplied by 0: one ignore convention
+        # (-100 and, for masks, 255) without relying on cross_entropy's single ignore_index
+        loss = F.cross_entropy(
             logits,
-            inputs.labels,
-            ignore_index=UNLABELLED,
+            torch.where(labelled, labels, torch.zeros_like(labels)),
             reduction="none",
             label_smoothing=self.label_smoothing,
         )
+        loss = torch.where(labelled, loss, torch.zeros_like(loss))
+        return loss.flatten(1).sum(dim=1) if loss.dim() > 1 else loss
 
 
 def _feature_pair(inputs: LossInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,6 +273,11 @@ class FeatureCosine(LossTerm):
 
     The paper is Vemulapalli et al., "Knowledge Transfer from Vision Foundation Models for Efficient
     Training of Small Task-specific Models" (ICML 2024).
+
+    For feature maps (`[batch, teacher_dim, h, w]`, semantic segmentation) the cosine distance is taken
+    at every pixel of the student's grid, the teacher's map resized to it first (:func:`resize_to_grid`),
+    and a row's value is the mean over its pixels (the window's mean over all its pixels, as for
+    :class:`SoftTargetKL`).
     """
 
     rows = "all"
@@ -212,16 +288,25 @@ class FeatureCosine(LossTerm):
         """Cosine distance per row.
 
         Args:
-            inputs (`LossInputs`): needs ``student_features`` and ``teacher_features`` (`[batch, teacher_dim]`).
+            inputs (`LossInputs`): needs ``student_features`` and ``teacher_features`` (`[batch, teacher_dim]`,
+                or both `[batch, teacher_dim, h, w]` with any grids).
 
         Returns:
             `torch.Tensor` of shape `[batch]`, values in [0, 2].
 
         Raises:
-            ValueError: if either feature tensor is ``None``.
+            ValueError: if either feature tensor is ``None``, or one is a feature map and the other not.
         """
         student, teacher = _feature_pair(inputs)
-        return 1.0 - F.cosine_similarity(student, teacher, dim=-1)
+        if is_dense(student) != is_dense(teacher):
+            raise ValueError(
+                f"student features {tuple(student.shape)} and teacher features {tuple(teacher.shape)}: "
+                "both must be [batch, dim] or both feature maps [batch, dim, h, w]"
+            )
+        if not is_dense(student):
+            return 1.0 - F.cosine_similarity(student, teacher, dim=-1)
+        teacher = resize_to_grid(teacher, student.shape[-2:])
+        return _mean_per_row(1.0 - F.cosine_similarity(student, teacher, dim=1))
 
 
 class FeatureContrastive(LossTerm):
@@ -259,9 +344,14 @@ class FeatureContrastive(LossTerm):
             `torch.Tensor` of shape `[batch]`: row ``i``'s cross-entropy of picking teacher row ``i``.
 
         Raises:
-            ValueError: if either feature tensor is ``None``.
+            ValueError: if either feature tensor is ``None``, or a feature map.
         """
         student, teacher = _feature_pair(inputs)
+        if is_dense(student) or is_dense(teacher):
+            raise ValueError(
+                "the contrastive feature term compares one feature vector per image; got feature maps "
+                f"{tuple(student.shape)} and {tuple(teacher.shape)} (use feature_cosine for dense tasks)"
+            )
         similarity = F.normalize(student, dim=-1) @ F.normalize(teacher, dim=-1).T / self.temperature
         targets = torch.arange(similarity.shape[0], device=similarity.device)
         return F.cross_entropy(similarity, targets, reduction="none")
@@ -320,7 +410,8 @@ class DistillationLoss(nn.Module):
             inputs (`LossInputs`): the batch.
 
         Returns:
-            `dict[str, torch.Tensor]`: ``{"all": batch, "labelled": labelled rows}``, each a float scalar.
+            `dict[str, torch.Tensor]`: ``{"all": batch, "labelled": labelled rows}`` (for masks: labelled
+            pixels, see :meth:`LossInputs.labelled_mask`), each a float scalar.
         """
         n = inputs.student_logits.shape[0]
         return {

@@ -9,6 +9,7 @@ teacher-student agreement.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -21,12 +22,20 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .checks import SEED_MAX, check_int, check_number
 from .data.images import ImageDecodeError
-from .data.validation import UNLABELLED
+from .data.validation import IGNORE_INDEX, UNLABELLED, labelled_positions
 from .data.views import UNREADABLE_ROW, PairedViews, RandomViewDataset, ViewSpec
 from .devices import cpu_ranks_need_use_cpu, has_accelerator
 from .distillation_data import cached_dataset, prepare_dataset
 from .hub.trainer_card import ModelCardMixin
-from .losses import DistillationLoss, LossInputs, available_losses, build_loss
+from .losses import (
+    DistillationLoss,
+    LabelCrossEntropy,
+    LossInputs,
+    available_losses,
+    build_loss,
+    is_dense,
+    resize_to_grid,
+)
 from .metrics import distillation_metrics
 from .models.heads import capture_head_inputs, find_classification_head
 from .models.teacher import load_teacher
@@ -166,15 +175,82 @@ class _SetEpoch(TrainerCallback):
 
 
 def _attach_feature_projection(student, teacher, *, seed: int) -> None:
-    """Give the student a linear map from its features to the teacher's width, as a submodule, so
-    that the Trainer's optimizer trains it and its checkpoints carry it. Seeded: reruns start alike."""
-    width = {
-        name: find_classification_head(model)[1].in_features
-        for name, model in (("student", student), ("teacher", teacher))
-    }
+    """Give the student a map from its features to the teacher's width, as a submodule, so that the
+    Trainer's optimizer trains it and its checkpoints carry it: a linear layer on pooled features, a
+    1x1 convolution on the feature maps of a segmentation student (:func:`capture_feature_map`).
+    Seeded: reruns start alike."""
+    dense = segmentation_head(student) is not None
+    if dense:
+        width = {"student": _feature_map_width(student), "teacher": _feature_map_width(teacher)}
+    else:
+        width = {
+            name: find_classification_head(model)[1].in_features
+            for name, model in (("student", student), ("teacher", teacher))
+        }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        student.feature_projection = torch.nn.Linear(width["student"], width["teacher"])
+        if dense:
+            student.feature_projection = torch.nn.Conv2d(width["student"], width["teacher"], kernel_size=1)
+        else:
+            student.feature_projection = torch.nn.Linear(width["student"], width["teacher"])
+
+
+def segmentation_head(model) -> torch.nn.Module | None:
+    """The module that turns a segmentation model's feature maps into logits (``decode_head`` of
+    SegFormer and UperNet, ``segmentation_head`` of MobileViT), or ``None`` for other models."""
+    for name in ("decode_head", "segmentation_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    return None
+
+
+@contextlib.contextmanager
+def capture_feature_map(model):
+    """Inside the block, every forward of the segmentation model ``model`` appends its last (deepest)
+    feature map, `[batch, channels, h, w]` with gradients, to the yielded list: the last 4-D tensor its
+    :func:`segmentation_head` receives (SegFormer's last encoder stage, UperNet's last backbone
+    feature map). What per-pixel feature matching (``feature_cosine`` on segmentation models) compares.
+
+    Raises:
+        ValueError: ``model`` has no segmentation head, or its head received no feature map.
+    """
+    head = segmentation_head(model)
+    if head is None:
+        raise ValueError(
+            f"{type(model).__name__} has no decode_head or segmentation_head to take feature maps from"
+        )
+    captured: list[torch.Tensor] = []
+
+    def hook(_module, args, kwargs):
+        values = [*args, *kwargs.values()]
+        values = [v for value in values for v in (value if isinstance(value, (list, tuple)) else (value,))]
+        maps = [v for v in values if isinstance(v, torch.Tensor) and v.dim() == 4]
+        if not maps:
+            raise ValueError(f"the {type(head).__name__} of {type(model).__name__} received no feature map")
+        captured.append(maps[-1])
+
+    handle = head.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+@torch.no_grad()
+def _feature_map_width(model, size: int = 64) -> int:
+    """The channels of ``model``'s last feature map, from one forward of a blank ``size`` px image."""
+    parameter = next(model.parameters())
+    config = getattr(model.config, "backbone_config", None) or model.config
+    pixels = torch.zeros(1, getattr(config, "num_channels", 3), size, size, dtype=parameter.dtype)
+    training = model.training
+    model.eval()  # BatchNorm cannot train on one image
+    try:
+        with capture_feature_map(model) as captured:
+            model(pixel_values=pixels.to(parameter.device))
+    finally:
+        model.train(training)
+    return int(captured[-1].shape[1])
 
 
 #: Batch key under which :func:`collate_skipping_unreadable` hands the skipped rows to the trainer.
@@ -379,7 +455,8 @@ class LossWindowMixin:
         return output
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """``Trainer.get_batch_samples``, and the window's rows and labelled rows over all processes (the loss's normaliser)."""
+        """``Trainer.get_batch_samples``, and the window's rows and labelled rows (for masks: labelled
+        pixels) over all processes (the loss's normaliser)."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         for batch in batch_samples:
             skipped = batch.pop(UNREADABLE_ROWS, None)
@@ -387,7 +464,7 @@ class LossWindowMixin:
                 self._unreadable_rows.update(int(r) for r in skipped.tolist())
         rows = sum(int(batch["pixel_values"].shape[0]) for batch in batch_samples)
         labelled = sum(
-            int((batch["labels"] != UNLABELLED).sum()) for batch in batch_samples if "labels" in batch
+            int(labelled_positions(batch["labels"]).sum()) for batch in batch_samples if "labels" in batch
         )
         counts = torch.tensor([rows, labelled], dtype=torch.float32, device=device)
         if self.args.world_size > 1:
@@ -574,7 +651,12 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         dtype = next(teacher.parameters()).dtype
         if not self.distillation_loss.requires_features:
             return teacher(pixel_values=pixels.to(dtype)).logits, None
-        with capture_head_inputs(self.accelerator.unwrap_model(teacher)) as captured:
+        unwrapped = self.accelerator.unwrap_model(teacher)
+        if segmentation_head(unwrapped) is not None:
+            with capture_feature_map(unwrapped) as captured:
+                logits = teacher(pixel_values=pixels.to(dtype)).logits
+            return logits, captured[-1]
+        with capture_head_inputs(unwrapped) as captured:
             logits = teacher(pixel_values=pixels.to(dtype)).logits
         return logits, captured[-1].flatten(1)
 
@@ -587,6 +669,10 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         if not self.distillation_loss.requires_features:
             return model(pixel_values=pixels).logits, None
         student = self.accelerator.unwrap_model(model)
+        if segmentation_head(student) is not None:
+            with capture_feature_map(student) as captured:
+                logits = model(pixel_values=pixels).logits
+            return logits, student.feature_projection(captured[-1])
         with capture_head_inputs(student) as captured:
             logits = model(pixel_values=pixels).logits
         return logits, student.feature_projection(captured[-1].flatten(1))
@@ -670,14 +756,21 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         )
 
     def _label_loss(self, student_logits, labels, return_outputs):
+        """The cross-entropy's mean over the batch's labelled rows (for masks: labelled pixels), 0 without any."""
         loss = student_logits.new_zeros(())
-        if labels is not None and bool((labels != UNLABELLED).any()):
-            loss = torch.nn.functional.cross_entropy(student_logits.float(), labels, ignore_index=UNLABELLED)
+        if labels is not None:
+            labelled = labelled_positions(labels).sum()
+            if bool(labelled > 0):
+                per_row = LabelCrossEntropy().per_row(LossInputs(student_logits, labels=labels))
+                loss = per_row.sum() / labelled
         return (loss, {"logits": student_logits, "teacher_logits": None}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The loss, the student's logits (with the teacher's, when there is a teacher) and the labels
-        (``-100`` for unlabelled rows), for the Trainer's evaluation loop."""
+        (``-100`` for unlabelled rows), for the Trainer's evaluation loop.
+
+        Dense (segmentation) outputs are returned as class maps instead of logits, see
+        :func:`_dense_predictions`."""
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         with torch.no_grad(), self.compute_loss_context_manager():
@@ -685,9 +778,38 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         loss = loss.detach()
         if prediction_loss_only:
             return loss, None, None
+        logits, teacher_logits = outputs["logits"].detach(), outputs["teacher_logits"]
+        if is_dense(logits):
+            return (
+                loss,
+                *_dense_predictions(logits, teacher_logits, labels, inputs["pixel_values"].shape[-2:]),
+            )
         if labels is None:  # the Trainer computes metrics only when labels exist: mark rows unlabelled
-            labels = torch.full((outputs["logits"].shape[0],), UNLABELLED, device=outputs["logits"].device)
-        logits = outputs["logits"].detach()
-        if outputs["teacher_logits"] is not None:
-            logits = (logits, outputs["teacher_logits"].detach().to(logits.dtype))
+            labels = torch.full((logits.shape[0],), UNLABELLED, device=logits.device)
+        if teacher_logits is not None:
+            logits = (logits, teacher_logits.detach().to(logits.dtype))
         return loss, logits, labels
+
+
+def _dense_predictions(student_logits, teacher_logits, labels, input_size):
+    """What evaluation keeps of a segmentation batch: each model's class map at the masks' size (the
+    logits upsampled bilinearly, then arg-max, as ``post_process_semantic_segmentation`` does) rather
+    than its logits, which would take ``num_classes`` times the memory over a whole evaluation set.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `[batch, num_classes, h, w]`): the student's logits.
+        teacher_logits (`torch.Tensor` of shape `[batch, num_classes, h', w']` or `None`): the teacher's.
+        labels (`torch.LongTensor` of shape `[batch, H, W]` or `None`): the masks (``255`` unlabelled).
+        input_size (`tuple[int, int]`): the student's input size, the maps' size when there are no masks.
+
+    Returns:
+        `tuple`: the predictions (the student's class map `[batch, H, W]`, or a pair with the teacher's)
+        and the masks (all ``255`` when the batch has none).
+    """
+    size = tuple(labels.shape[-2:]) if labels is not None else tuple(input_size)
+    if labels is None:  # the Trainer computes metrics only when labels exist: mark every pixel unlabelled
+        labels = torch.full((student_logits.shape[0], *size), IGNORE_INDEX, device=student_logits.device)
+    maps = [resize_to_grid(student_logits.float(), size).argmax(dim=1)]
+    if teacher_logits is not None:
+        maps.append(resize_to_grid(teacher_logits.detach().float(), size).argmax(dim=1))
+    return (maps[0] if len(maps) == 1 else tuple(maps)), labels
