@@ -104,7 +104,7 @@ def cached_dataset(dataset, cache: TeacherCache, student, student_view: ViewSpec
 
     Args:
         dataset: the map-style ``datasets.Dataset`` the cache was built on.
-        cache: the teacher cache (checked against ``dataset``).
+        cache: the teacher cache (checked against ``dataset`` and the student's task type).
         student: the student model (its ``config`` names its classes).
         student_view: the student's view spec.
         num_labels: the student's class count.
@@ -114,7 +114,8 @@ def cached_dataset(dataset, cache: TeacherCache, student, student_view: ViewSpec
 
     Raises:
         TypeError: ``dataset`` is not a map-style ``datasets.Dataset``.
-        ValueError: an empty dataset, one the cache was not built on, or labels out of range.
+        ValueError: an empty dataset, or labels out of range.
+        TeacherCacheMismatch: a cache built on another dataset or for another task type.
     """
     if not hasattr(dataset, "with_format") or not hasattr(dataset, "__len__"):
         raise TypeError(
@@ -124,13 +125,17 @@ def cached_dataset(dataset, cache: TeacherCache, student, student_view: ViewSpec
     check_dataset_type(dataset, "train_dataset")
     if len(dataset) == 0:
         raise ValueError("train_dataset is empty")
-    cache.check(dataset=dataset, where="train_dataset")
+    task = task_type_of(student)
+    cache.check(dataset=dataset, task_type=task.name, where="train_dataset")
     label_column = find_label_column(dataset.features)
     label_map = None
-    if label_column is not None:
-        data_names = class_label_names(dataset, label_column)
-        model_names = label_names_of(student.config)
-        label_map = label_id_map(data_names, model_names, num_labels=num_labels, where="train_dataset")
-        known = len(data_names) if label_map is not None else num_labels
-        check_label_ids(label_array(dataset, label_column), known, label_column, where="train_dataset")
+    if label_column is not None:  # the task type checks its targets (class ids, or masks)
+        label_map = task.check_targets(
+            dataset,
+            label_column,
+            num_labels=num_labels,
+            label_names=label_names_of(student.config),
+            image_column=cache.image_column,
+            where="train_dataset",
+        )
     return CachedTeacherDataset(dataset, cache, student_view, label_column=label_column, label_map=label_map)

@@ -21,6 +21,28 @@ partial or foreign file. Shards are split round-robin across accelerate processe
 covers the teacher's weights, the transfer set, the teacher's view spec, the augmentation, the view
 count, the storage (top-k) and the seed: a cache is refused, with what differs, wherever any of them
 does not match.
+
+Two layouts, chosen by the task type the cache is built for (recorded in its fingerprint; a cache
+without one is image classification, as every cache before segmentation was):
+
+* ``image-classification``: the teacher's logits ``[num_labels]`` per view.
+* ``image-segmentation`` (dense): the teacher's logits ``[num_labels, h, w]`` per view, resized to a
+  grid whose longer side is ``TeacherCacheConfig.dense_grid`` cells (area interpolation, i.e. each
+  stored cell is the mean of the teacher's logits over it, which does not alias as point-sampling
+  bilinear would; a teacher grid already that small is kept as is). Training reads ``[C, h, w]``
+  float32 back and the loss resizes it to the student's output grid.
+
+Storage per image, with ``V`` views, ``C`` classes and a stored grid of ``G = h*w`` cells
+(``G = 1`` for classification), in bytes (:func:`teacher_cache_bytes_per_image`)::
+
+    8 (row id) + V * (17 (crop box, flip) + G * S)
+    S = 2*C                      float16 logits of every class
+    S = 2*k + b*k + 4            top-k: float16 logits, indices of b bytes (classification: 4;
+                                 dense: 1 when C <= 256, 2 when C <= 32768, else 4), float32 logsumexp
+
+For the paper's ADE20K transfer (~150k images, 150 classes, 4 views, grid 32x32): every logit in
+float16 takes 1,228,876 bytes per image, 184.3 GB in all; top-5 takes 77,900 bytes per image,
+11.7 GB in all.
 """
 
 from __future__ import annotations
@@ -46,8 +68,6 @@ from .data.views import (
     ViewParams,
     ViewSpec,
     derived_seed,
-    label_or_unlabelled,
-    map_label,
     render_view,
     sample_view,
     seeded_generator,
@@ -55,6 +75,7 @@ from .data.views import (
 from .devices import process_state
 from .files import read_json, write_atomically, write_json_atomically
 from .inference import ShardedInference, ShardLayout, ShardResult, ShardStorage, finish_on_main_process
+from .tasks import get_task_type, task_type_of
 
 __all__ = [
     "CachedTeacherDataset",
@@ -64,6 +85,8 @@ __all__ = [
     "build_teacher_cache",
     "dataset_fingerprint",
     "model_fingerprint",
+    "stored_grid",
+    "teacher_cache_bytes_per_image",
 ]
 
 logger = logging.getLogger(__name__)
@@ -71,10 +94,13 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 BUILD_FILE, COMPLETE_FILE = "build.json", "cache.json"
 _OPEN_SHARDS = 64
+CLASSIFICATION = "image-classification"
+#: the layout of each task type's teacher logits: one vector per view, or a dense ``[C, h, w]`` map
+_LAYOUTS = {CLASSIFICATION: "vector", "image-segmentation": "dense"}
 
 
 class TeacherCacheMismatch(ValueError):
-    """A cache was built for another teacher, transfer set, view spec or view count."""
+    """A cache was built for another teacher, transfer set, task type, view spec or view count."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +121,14 @@ class TeacherCacheConfig:
             "(spread evenly over the other classes when read back). None: every logit, float16."
         },
     )
+    dense_grid: int | None = field(
+        default=32,
+        metadata={
+            "help": "Dense (segmentation) teachers only: the longer side, in cells, of the grid their "
+            "[C, h, w] logits are stored at (area interpolation; a smaller teacher grid is kept). "
+            "None: the teacher's own grid."
+        },
+    )
     view_seed: int = field(default=0, metadata={"help": "Seed of the cached views' crop boxes and flips."})
     shard_size: int = field(default=1024, metadata={"help": "Images per shard (the unit of resuming)."})
     batch_size: int = field(default=64, metadata={"help": "Views per teacher forward pass."})
@@ -108,6 +142,7 @@ class TeacherCacheConfig:
         checked = {
             "num_views": check_int(self.num_views, "num_views", minimum=1),
             "top_k": check_int(self.top_k, "top_k", minimum=1, optional=True),
+            "dense_grid": check_int(self.dense_grid, "dense_grid", minimum=1, optional=True),
             "view_seed": check_int(self.view_seed, "view_seed"),
             "shard_size": check_int(self.shard_size, "shard_size", minimum=1),
             "batch_size": check_int(self.batch_size, "batch_size", minimum=1),
@@ -146,14 +181,67 @@ def _describe_mismatch(expected: dict[str, Any], found: dict[str, Any]) -> str:
         "seed": "view seed",
         "shard_size": "shard size",
         "num_labels": "number of labels",
+        "task_type": "task type",
+        "dense_grid": "dense grid",
         "format": "cache format",
     }
+    expected, found = _with_task_type(expected), _with_task_type(found)
     diffs = [
         f"{names.get(key, key)}: cache has {found.get(key)!r}, expected {expected.get(key)!r}"
         for key in names
         if key in expected and found.get(key) != expected.get(key)
     ]
     return "; ".join(diffs) or "fingerprints differ"
+
+
+def _with_task_type(fingerprint: dict[str, Any]) -> dict[str, Any]:
+    """A fingerprint with its task type spelled out (a classification cache's fingerprint omits it, so
+    that caches built before segmentation keep their fingerprint)."""
+    return {"task_type": CLASSIFICATION, **fingerprint} if "format" in fingerprint else fingerprint
+
+
+def teacher_cache_bytes_per_image(
+    num_views: int, num_labels: int, *, grid: tuple[int, int] | None = None, top_k: int | None = None
+) -> int:
+    """Bytes of tensor data one image takes in a teacher cache (shard headers aside).
+
+    Args:
+        num_views: the views stored per image (``TeacherCacheConfig.num_views``).
+        num_labels: the teacher's class count ``C``.
+        grid (`tuple[int, int]`, *optional*): the stored ``(h, w)`` grid of a dense cache; ``None``
+            for image classification (one logit vector per view).
+        top_k (`int`, *optional*): the classes kept per view (classification) or per cell (dense).
+
+    Returns:
+        ``8 + V * (17 + G * S)`` with ``G`` the grid's cells (1 without a grid) and ``S`` the bytes per
+        cell: ``2 * C`` (float16), or ``2k + b k + 4`` with top-k (float16 logits, ``b``-byte indices,
+        float32 logsumexp).
+    """
+    cells = 1 if grid is None else int(grid[0]) * int(grid[1])
+    if top_k is None:
+        per_cell = 2 * num_labels
+    else:
+        per_cell = 2 * top_k + _index_dtype(num_labels, dense=grid is not None).itemsize * top_k + 4
+    return 8 + num_views * (4 * 4 + 1 + cells * per_cell)
+
+
+def _index_dtype(num_labels: int, *, dense: bool) -> torch.dtype:
+    """The dtype of stored top-k class indices: int32 for classification (as caches always had), the
+    smallest that holds ``num_labels - 1`` for dense caches, whose indices are most of their size."""
+    if not dense:
+        return torch.int32
+    return torch.uint8 if num_labels <= 256 else torch.int16 if num_labels <= 32768 else torch.int32
+
+
+def stored_grid(height: int, width: int, dense_grid: int | None) -> tuple[int, int]:
+    """The ``(h, w)`` grid a dense teacher output of ``height x width`` cells is stored at: its longer
+    side scaled to ``dense_grid`` cells (the aspect ratio kept, each side at least 1); an output already
+    no larger, or ``dense_grid=None``, is kept."""
+    longer = max(height, width)
+    if dense_grid is None or longer <= dense_grid:
+        return int(height), int(width)
+    scale = dense_grid / longer
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 # ---- the cache on disk ----------------------------------------------------------------------------
@@ -201,6 +289,10 @@ class TeacherCache:
         self.num_views = int(self.fingerprint["num_views"])
         self.num_labels = int(self.fingerprint["num_labels"])
         self.top_k = self.fingerprint["top_k"]
+        self.task_type: str = self.fingerprint.get("task_type", CLASSIFICATION)
+        self.dense = _LAYOUTS.get(self.task_type) == "dense"
+        grid = info.get("grid")
+        self.grid: tuple[int, int] | None = tuple(grid) if grid is not None else None
         self.teacher_view = ViewSpec(**_tuples(self.fingerprint["teacher_view"]))
         self.augmentation = ViewAugmentation(**_tuples(self.fingerprint["augmentation"]))
         self.id2label = {int(k): v for k, v in info.get("id2label", {}).items()}
@@ -276,20 +368,23 @@ class TeacherCache:
         return ViewParams(*box, flip=flip)
 
     def logits(self, row: int, view: int) -> torch.Tensor:
-        """The teacher's logits for view ``view`` of image ``row`` (float32 ``[num_labels]``).
+        """The teacher's logits for view ``view`` of image ``row``: float32 ``[num_labels]``, or
+        ``[num_labels, h, w]`` on the stored :attr:`grid` for a dense (segmentation) cache.
 
-        With top-k storage the k stored logits are exact and the remaining probability mass is
-        spread evenly over the other classes (so softmax at T=1 reproduces the stored top-k
-        probabilities and the total mass).
+        With top-k storage the k stored logits (of the view, or of each cell) are exact to float16
+        and the remaining probability mass is spread evenly over the other classes (so softmax at
+        T=1 reproduces the stored top-k probabilities and the total mass).
         """
         shard, offset = self._locate(row)
         handle = self._open(shard)
+
+        def read(name: str) -> torch.Tensor:
+            return handle.get_slice(name)[offset : offset + 1, view][0]
+
         if self.top_k is None:
-            return handle.get_slice("logits")[offset : offset + 1, view][0].float()
-        values = handle.get_slice("topk_logits")[offset : offset + 1, view][0].float()
-        indices = handle.get_slice("topk_indices")[offset : offset + 1, view][0].long()
-        lse = handle.get_slice("logsumexp")[offset : offset + 1, view][0].float()
-        return _dense_from_top_k(values, indices, lse, self.num_labels)
+            return read("logits").float()
+        values, indices, lse = read("topk_logits").float(), read("topk_indices").long(), read("logsumexp")
+        return _dense_from_top_k(values, indices, lse.float(), self.num_labels)
 
     def _locate(self, row: int) -> tuple[int, int]:
         position = int(np.searchsorted(self.rows, row))
@@ -310,10 +405,24 @@ class TeacherCache:
         num_views: int | None = None,
         num_labels: int | None = None,
         teacher_view: ViewSpec | None = None,
+        task_type: str | None = None,
         where: str = "the transfer set",
     ) -> None:
-        """Refuse (:class:`TeacherCacheMismatch`) a cache that does not belong to these inputs."""
+        """Refuse (:class:`TeacherCacheMismatch`, naming what differs) a cache that does not belong to
+        these inputs; an argument left ``None`` is not checked.
+
+        Args:
+            dataset: the transfer set (its image column's fingerprint).
+            teacher: the teacher model (its weights' fingerprint).
+            num_views, num_labels: the view and class counts.
+            teacher_view: the teacher's view spec.
+            task_type (`str`, *optional*): the task type the cache is used for
+                (``"image-classification"`` or ``"image-segmentation"``).
+            where: what the inputs are, for the message.
+        """
         expected: dict[str, Any] = {}
+        if task_type is not None:
+            expected["task_type"] = str(task_type)
         if dataset is not None:
             expected["dataset"] = dataset_fingerprint(dataset, self.image_column)
         if teacher is not None:
@@ -324,7 +433,7 @@ class TeacherCache:
             expected["num_labels"] = int(num_labels)
         if teacher_view is not None:
             expected["teacher_view"] = _jsonable(asdict(teacher_view))
-        found = {k: self.fingerprint.get(k) for k in expected}
+        found = {k: _with_task_type(self.fingerprint).get(k) for k in expected}
         if found != expected:
             raise TeacherCacheMismatch(
                 f"the teacher cache in {self.directory} was built for other inputs than {where}: "
@@ -333,13 +442,17 @@ class TeacherCache:
 
 
 def _dense_from_top_k(values, indices, lse, num_classes: int) -> torch.Tensor:
-    k = values.shape[-1]
+    """Logits ``[C, ...]`` from the top-k ``values``/``indices`` ``[k, ...]`` and the logsumexp ``[...]``
+    of every class (a vector's, or each cell's): the other ``C - k`` classes share the remaining
+    probability mass evenly. Vectorised over the trailing (cell) dimensions."""
+    k = values.shape[0]
+    shape = (num_classes, *values.shape[1:])
     if k >= num_classes:
-        return torch.empty(num_classes).scatter_(0, indices, values)
-    kept = torch.exp(values - lse).sum().clamp(max=1.0)
+        return torch.empty(shape).scatter_(0, indices, values)
+    kept = torch.exp(values - lse).sum(0).clamp(max=1.0)
     remainder = torch.clamp(1.0 - kept, min=1e-12)
     fill = lse + torch.log(remainder / (num_classes - k))
-    return torch.full((num_classes,), float(fill)).scatter_(0, indices, values)
+    return fill.expand(shape).clone().scatter_(0, indices, values)
 
 
 def _tuples(d: dict[str, Any]) -> dict[str, Any]:
@@ -372,17 +485,22 @@ class _TeacherViews:
 
 
 class _TeacherForward:
-    """A batch of images' K views -> the teacher's float32 logits ``[B, K, num_labels]`` on the CPU."""
+    """A batch of images' K views -> the teacher's float32 logits on the CPU: ``[B, K, num_labels]``,
+    or for a dense task type ``[B, K, num_labels, h, w]`` resized to the stored grid (on the device)."""
 
-    def __init__(self, teacher: torch.nn.Module, num_views: int, precision: str):
+    def __init__(
+        self, teacher: torch.nn.Module, num_views: int, precision: str, task_type: str, dense_grid: int | None
+    ):
         self.teacher, self.num_views, self.precision = teacher.eval(), num_views, precision
         self.device = next(teacher.parameters()).device
+        self.task_type, self.dense_grid = task_type, dense_grid
+        self.dense = _LAYOUTS[task_type] == "dense"
 
     def __call__(self, rows: list[int], inputs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         pixels = torch.cat([item["pixels"] for item in inputs]).to(self.device, non_blocking=True)
         with torch.inference_mode(), _autocast(self.device, self.precision):
             logits = self.teacher(pixel_values=pixels.to(next(self.teacher.parameters()).dtype)).logits
-        logits = logits.float().reshape(len(rows), self.num_views, -1).cpu()
+        logits = self._stored(logits.float()).cpu()
         if not torch.isfinite(logits).all():
             bad = [rows[i] for i in range(len(rows)) if not torch.isfinite(logits[i]).all()]
             raise FloatingPointError(f"the teacher produced non-finite logits for transfer rows {bad[:10]}")
@@ -391,6 +509,23 @@ class _TeacherForward:
             "boxes": torch.stack([item["boxes"] for item in inputs]),
             "flips": torch.stack([item["flips"] for item in inputs]),
         }
+
+    def _stored(self, logits: torch.Tensor) -> torch.Tensor:
+        """``[B*K, C]`` -> ``[B, K, C]``; dense ``[B*K, C, h, w]`` -> ``[B, K, C, h', w']`` on the stored
+        grid (area interpolation: the mean logit over each stored cell)."""
+        if logits.dim() != (4 if self.dense else 2):
+            expected = "[batch, num_labels, height, width]" if self.dense else "[batch, num_labels]"
+            raise ValueError(
+                f"the teacher's logits have shape {list(logits.shape)}, but a teacher cache for task type "
+                f"'{self.task_type}' stores {expected}: pass the teacher's task_type to build_teacher_cache"
+            )
+        batch = (-1, self.num_views)
+        if not self.dense:
+            return logits.reshape(*batch, logits.shape[-1])
+        grid = stored_grid(*logits.shape[-2:], self.dense_grid)
+        if grid != tuple(logits.shape[-2:]):
+            logits = torch.nn.functional.interpolate(logits, size=grid, mode="area")
+        return logits.reshape(*batch, *logits.shape[1:])
 
 
 def _autocast(device: torch.device, precision: str):
@@ -432,9 +567,11 @@ class _SafetensorsShards(ShardStorage):
 
     name = "teacher cache"
 
-    def __init__(self, directory: str, fingerprint_hash: str, config: TeacherCacheConfig, num_labels: int):
+    def __init__(
+        self, directory: str, fingerprint_hash: str, config: TeacherCacheConfig, num_labels: int, dense: bool
+    ):
         self.directory, self.fingerprint_hash = directory, fingerprint_hash
-        self.config, self.num_labels = config, num_labels
+        self.config, self.num_labels, self.dense = config, num_labels, dense
 
     def is_complete(self, shard: int) -> bool:
         return _shard_is_complete(os.path.join(self.directory, _shard_file(shard)), self.fingerprint_hash)
@@ -445,30 +582,33 @@ class _SafetensorsShards(ShardStorage):
         header = {"fingerprint": self.fingerprint_hash, "shard": result.index, "start": result.start}
         header.update(stop=result.stop, skipped=result.skipped)
         metadata = {"hf_task_distill": json.dumps(header, sort_keys=True)}
-        tensors = _shard_tensors(result, self.config, self.num_labels)
+        tensors = _shard_tensors(result, self.config, self.num_labels, self.dense)
         write_atomically(
             os.path.join(self.directory, _shard_file(result.index)), _save_shard, tensors, metadata
         )
 
 
 def _shard_tensors(
-    result: ShardResult, config: TeacherCacheConfig, num_labels: int
+    result: ShardResult, config: TeacherCacheConfig, num_labels: int, dense: bool = False
 ) -> dict[str, torch.Tensor]:
+    """The tensors of one shard: ``rows`` ``[N]``, ``boxes`` ``[N, K, 4]``, ``flips`` ``[N, K]`` and the
+    logits ``[N, K, C(, h, w)]`` (float16), or ``topk_logits``/``topk_indices`` ``[N, K, k(, h, w)]``
+    and ``logsumexp`` ``[N, K(, h, w)]`` (float32) with top-k storage."""
     k, outputs = config.num_views, result.outputs
     if outputs:
         boxes, flips, logits = outputs["boxes"], outputs["flips"], outputs["logits"]
     else:  # no readable image in the shard
         boxes, flips = torch.zeros(0, k, 4, dtype=torch.int32), torch.zeros(0, k, dtype=torch.uint8)
-        logits = torch.zeros(0, k, num_labels)
+        logits = torch.zeros(0, k, num_labels, *((0, 0) if dense else ()))
     tensors = {"rows": result.rows, "boxes": boxes, "flips": flips}
     if config.top_k is None:
         tensors["logits"] = logits.to(torch.float16)
     else:
-        values, indices = logits.topk(config.top_k, dim=-1)
+        values, indices = logits.topk(config.top_k, dim=2)
         tensors["topk_logits"] = values.to(torch.float16)
-        tensors["topk_indices"] = indices.to(torch.int32)
+        tensors["topk_indices"] = indices.to(_index_dtype(num_labels, dense=dense))
         # the mass of the stored logits is computed from their float16 values, as they are read back
-        tensors["logsumexp"] = torch.logsumexp(logits, dim=-1)
+        tensors["logsumexp"] = torch.logsumexp(logits, dim=2)
     return {name: t.contiguous() for name, t in tensors.items()}
 
 
@@ -485,11 +625,20 @@ def _checked_transfer_set(dataset, image_column: str | None) -> str:
     return image_column
 
 
-def _cache_fingerprint(teacher, dataset, image_column, config, teacher_view, augmentation) -> dict[str, Any]:
-    """Everything a cache's validity depends on (hashed into every shard's header)."""
+def _cache_fingerprint(
+    teacher, dataset, image_column, config, teacher_view, augmentation, task_type: str = CLASSIFICATION
+) -> dict[str, Any]:
+    """Everything a cache's validity depends on (hashed into every shard's header). A classification
+    cache's fingerprint has no task type or grid, so caches built before dense targets keep theirs."""
     num_labels = int(teacher.config.num_labels)
     if config.top_k is not None and config.top_k > num_labels:
         raise ValueError(f"top_k={config.top_k} exceeds the teacher's {num_labels} labels")
+    if task_type not in _LAYOUTS:
+        raise ValueError(
+            f"a teacher cache stores the logits of {' or '.join(_LAYOUTS)} teachers, not of task type "
+            f"'{task_type}'"
+        )
+    dense = {"task_type": task_type, "dense_grid": config.dense_grid} if task_type != CLASSIFICATION else {}
     return {
         "format": FORMAT_VERSION,
         "teacher": model_fingerprint(teacher),
@@ -501,6 +650,7 @@ def _cache_fingerprint(teacher, dataset, image_column, config, teacher_view, aug
         "num_labels": num_labels,
         "teacher_view": _jsonable(asdict(teacher_view)),
         "augmentation": _jsonable(asdict(augmentation)),
+        **dense,
     }
 
 
@@ -527,31 +677,41 @@ def build_teacher_cache(
     teacher_view: ViewSpec | None = None,
     augmentation: ViewAugmentation | None = None,
     image_column: str | None = None,
+    task_type: str | None = None,
     progress: bool = True,
 ) -> TeacherCache:
     """Run ``teacher`` on ``config.num_views`` augmented views of every image of ``dataset``; resumable.
 
     ``dataset`` is the transfer set (a ``datasets.Dataset`` with an image column); ``teacher_view``
     defaults to the teacher's own preprocessing and ``augmentation`` to :class:`ViewAugmentation`'s
-    defaults. Finished shards in ``output_dir`` are kept; a folder built for other inputs is refused.
-    Under ``accelerate launch`` the shards are split across processes and every process returns the
-    complete cache. The pass itself is :class:`~hf_task_distill.inference.ShardedInference`.
+    defaults. ``task_type`` (``"image-classification"`` or ``"image-segmentation"``, recorded in the
+    cache) defaults to the teacher's (:func:`~hf_task_distill.tasks.task_type_of`); a segmentation
+    teacher's ``[C, h, w]`` logits are stored on a grid of ``config.dense_grid`` cells. Finished shards
+    in ``output_dir`` are kept; a folder built for other inputs is refused. Under ``accelerate launch``
+    the shards are split across processes and every process returns the complete cache. The pass
+    itself is :class:`~hf_task_distill.inference.ShardedInference`.
     """
     config = config or TeacherCacheConfig()
     output_dir = os.fspath(output_dir)
     image_column = _checked_transfer_set(dataset, image_column)
     teacher_view = teacher_view or ViewSpec.from_model(teacher)
     augmentation = augmentation or ViewAugmentation()
-    fingerprint = _cache_fingerprint(teacher, dataset, image_column, config, teacher_view, augmentation)
+    task_type = task_type or task_type_of(teacher).name
+    fingerprint = _cache_fingerprint(
+        teacher, dataset, image_column, config, teacher_view, augmentation, task_type
+    )
     state = process_state()
     _claim_folder(output_dir, fingerprint, state.is_main_process)
     if read_json(os.path.join(output_dir, COMPLETE_FILE)):  # an unreadable cache.json is rewritten below
         return TeacherCache(output_dir)
     num_views = config.num_views
-    storage = _SafetensorsShards(output_dir, fingerprint_hash(fingerprint), config, fingerprint["num_labels"])
+    dense = _LAYOUTS[task_type] == "dense"
+    storage = _SafetensorsShards(
+        output_dir, fingerprint_hash(fingerprint), config, fingerprint["num_labels"], dense
+    )
     inference = ShardedInference(
         prepare=_TeacherViews(teacher_view, augmentation, num_views, config.view_seed),
-        compute=_TeacherForward(teacher, num_views, config.precision),
+        compute=_TeacherForward(teacher, num_views, config.precision, task_type, config.dense_grid),
         storage=storage,
         layout=ShardLayout(config.shard_size, state.process_index, state.num_processes),
         batch_size=max(1, config.batch_size // num_views),  # images per forward
@@ -570,13 +730,17 @@ def _finish(storage: _SafetensorsShards, fingerprint, num_shards, image_column, 
     """Check every shard, index them and write ``cache.json`` last."""
     from safetensors import safe_open
 
-    output_dir, rows, skipped = storage.directory, 0, []
+    output_dir, rows, skipped, grid = storage.directory, 0, [], None
     for shard in range(num_shards):
         path = os.path.join(output_dir, _shard_file(shard))
         if not storage.is_complete(shard):
             raise RuntimeError(f"teacher cache shard {shard} is missing from {output_dir} after the build")
         with safe_open(path, framework="pt") as f:
-            rows += f.get_slice("rows").get_shape()[0]
+            shard_rows = f.get_slice("rows").get_shape()[0]
+            if storage.dense and shard_rows and grid is None:
+                name = "logits" if storage.config.top_k is None else "topk_logits"
+                grid = f.get_slice(name).get_shape()[-2:]  # [rows, views, classes, h, w]
+            rows += shard_rows
         skipped.extend(_shard_metadata(path)["skipped"])
     if rows == 0:
         raise ValueError(
@@ -591,6 +755,7 @@ def _finish(storage: _SafetensorsShards, fingerprint, num_shards, image_column, 
         "rows": rows,
         "skipped": skipped,
         "id2label": {str(k): v for k, v in id2label.items()},
+        **({"grid": list(grid)} if grid is not None else {}),
     }
     write_json_atomically(os.path.join(output_dir, COMPLETE_FILE), info)
 
@@ -601,7 +766,9 @@ class CachedTeacherDataset(torch.utils.data.Dataset):
 
     Epoch ``e`` replays view :meth:`TeacherCache.view_for_epoch` of each image (the Trainer calls
     :meth:`set_epoch` through accelerate's data loader). Rows the cache skipped as unreadable are
-    left out. ``labels`` is ``-100`` for unlabelled rows, as everywhere else.
+    left out. ``teacher_logits`` is float32 ``[C]``, or ``[C, h, w]`` from a dense cache. ``labels`` is
+    the row's target rendered by the cache's task type for the student's view and input size
+    (``TaskType.render_target``: a class id, or a mask), ``-100`` for unlabelled rows as everywhere else.
     """
 
     def __init__(
@@ -618,6 +785,7 @@ class CachedTeacherDataset(torch.utils.data.Dataset):
         self.image_column = image_column or cache.image_column
         self.label_column = label_column or find_label_column(dataset.features)
         self.label_map = label_map
+        self.task = get_task_type(cache.task_type) if self.label_column else None
         columns = [self.image_column] + ([self.label_column] if self.label_column else [])
         # read undecoded and decode through the package's one policy (see data.images.undecoded)
         self.dataset = undecoded(dataset.with_format(None).select_columns(columns), self.image_column)
@@ -635,10 +803,12 @@ class CachedTeacherDataset(torch.utils.data.Dataset):
         view_index = self.cache.view_for_epoch(row, self.epoch)
         example = self.dataset[row]
         pixels = TF.pil_to_tensor(load_rgb_image(example[self.image_column]))
+        view = self.cache.view(row, view_index)
         item = {
-            "pixel_values": render_view(pixels, self.cache.view(row, view_index), self.student_view),
+            "pixel_values": render_view(pixels, view, self.student_view),
             "teacher_logits": self.cache.logits(row, view_index),
         }
         if self.label_column:
-            item["labels"] = map_label(label_or_unlabelled(example[self.label_column]), self.label_map)
+            value = example[self.label_column]
+            item["labels"] = self.task.render_target(value, view, self.label_map, size=self.student_view.size)
         return item

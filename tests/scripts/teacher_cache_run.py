@@ -1,4 +1,5 @@
 """Build a teacher cache of the colour transfer set; with --slow, pause per batch so a test can kill it.
+With --dense, the teacher is a tiny SegFormer and the cache stores its top-2 [C, h, w] logits.
 
 Each process writes ``calls-<rank>.json`` next to the cache: how many teacher forward passes it ran
 and how many rows the cache it got back holds.
@@ -7,6 +8,7 @@ and how many rows the cache it got back holds.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -28,8 +30,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--slow", action="store_true")
+    parser.add_argument("--dense", action="store_true")
     cli = parser.parse_args()
-    teacher = tiny_dinov2()
+    config, dense = CONFIG, {}
+    if cli.dense:
+        from test_segmentation_cache import tiny_segformer
+
+        teacher = tiny_segformer()
+        config = dataclasses.replace(CONFIG, top_k=2, dense_grid=4)
+        dense = {"task_type": "image-segmentation"}
+    else:
+        teacher = tiny_dinov2()
     calls = []
     teacher.register_forward_pre_hook(lambda module, args: calls.append(1))
     if cli.slow:
@@ -38,9 +49,10 @@ def main() -> None:
         teacher,
         make_colour_dataset(160, seed=2, labelled=False),
         cli.output_dir,
-        config=CONFIG,
+        config=config,
         teacher_view=ViewSpec.from_image_processor(tiny_processor()),
         progress=False,
+        **dense,
     )
     from hf_task_distill.devices import process_state
 
