@@ -119,13 +119,25 @@ def finetune_segmentation_teacher(finetuner, resume: str | None):
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name not in backbone)
         overrides = {"num_train_epochs": args.teacher_probe_epochs, "learning_rate": args.probe_learning_rate}
-        metrics = _train(finetuner, model, resume if args.teacher_strategy == "linear" else None, **overrides)
+        # a frozen backbone is a fixed feature extractor: its normalisation statistics stay the VFM's
+        # (the Trainer puts the whole model in train mode, which would move BatchNorm's running stats)
+        frozen = model.backbone.register_forward_pre_hook(_keep_in_eval_mode)
+        try:
+            metrics = _train(
+                finetuner, model, resume if args.teacher_strategy == "linear" else None, **overrides
+            )
+        finally:
+            frozen.remove()
     if args.teacher_strategy in ("full", "lp-ft"):
         model.requires_grad_(True)
         metrics = _train(finetuner, model, resume, layer_decay=args.teacher_layer_decay)
     elif args.teacher_strategy == "lora":
         model, metrics = _train_lora(finetuner, model, resume)
     return model.eval(), metrics
+
+
+def _keep_in_eval_mode(module, inputs) -> None:
+    module.eval()  # returns None: a forward pre-hook's return value would replace the inputs
 
 
 def _train(finetuner, model, resume, *, layer_decay: float = 1.0, **overrides) -> dict[str, float]:

@@ -45,6 +45,14 @@ def parse_args(argv=None):
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--output", default="benchmarks/results/segmentation_miniature.json")
     parser.add_argument("--work_dir", default=None)
+    parser.add_argument("--teacher_strategy", default="full", help="linear, full, lp-ft or lora")
+    parser.add_argument("--teacher_image_size", type=int, default=64, help="the teacher's input, px")
+    parser.add_argument("--head_channels", type=int, default=64, help="UperNet head width")
+    parser.add_argument("--teacher_learning_rate", type=float, default=1e-3)
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument(
+        "--figure", default=None, help="PNG of test predictions (image, truth, teacher, students)"
+    )
     return parser.parse_args(argv)
 
 
@@ -131,7 +139,7 @@ def train_teacher(task, args, directory):
         task,
         finetuning,
         processor=processor,
-        model_kwargs={"head_channels": 64, "auxiliary_head": False},
+        model_kwargs={"head_channels": args.head_channels, "auxiliary_head": False},
     )
     result = finetuner.train()
     folder = finetuner.save(os.path.join(directory, "final"))
@@ -249,6 +257,43 @@ def finetune_on_labels(student, task, seed, args, directory):
         remove_unused_columns=False,
     )
     TaskTrainer(model=student, args=training, train_dataset=train).train()
+
+
+def prediction_figure(task, teacher, students, path, rows: int = 4):
+    """Test images, their masks, the teacher's and each student's predictions (last seed), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hf_task_distill.tasks.segmentation import predict_masks
+
+    test = task["test"].select(range(rows))
+    columns = {"truth": None}
+    _, columns["truth"] = next(predict_masks(teacher, test, task=task, batch_size=rows))
+    columns["teacher"], _ = next(predict_masks(teacher, test, task=task, batch_size=rows))
+    for method, student in students.items():
+        columns[method.split(",")[0]], _ = next(predict_masks(student, test, task=task, batch_size=rows))
+    figure, axes = plt.subplots(rows, len(columns) + 1, figsize=(1.6 * (len(columns) + 1), 1.6 * rows))
+    colours = plt.get_cmap("tab10", len(task.label_names))
+    for r in range(rows):
+        axes[r, 0].imshow(test[r][task.image_column])
+        for c, (name, masks) in enumerate(columns.items(), start=1):
+            mask = masks[r].float().numpy()
+            shown = np.ma.masked_where(mask == 255, mask)
+            axes[r, c].imshow(
+                shown, cmap=colours, vmin=-0.5, vmax=len(task.label_names) - 0.5, interpolation="nearest"
+            )
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=7)
+        if r == 0:
+            axes[r, 0].set_title("image", fontsize=7)
+    for axis in axes.flat:
+        axis.set_axis_off()
+    figure.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
 
 
 def table(runs):
