@@ -332,7 +332,9 @@ class StudentArguments:
             with open(os.path.join(self.student, "config.json"), encoding="utf-8") as file:
                 saved = json.load(file)
             model_type = saved.get("model_type")
-            segmentation = any(a.endswith("ForSemanticSegmentation") for a in saved.get("architectures") or ())
+            segmentation = any(
+                a.endswith("ForSemanticSegmentation") for a in saved.get("architectures") or ()
+            )
             # a timm folder's input size is set, a segmentation student's recorded; others' come from their processor
             if model_type != "timm_wrapper" and not segmentation:
                 raise ValueError(

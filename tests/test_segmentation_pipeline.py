@@ -119,17 +119,20 @@ def test_the_same_command_again_redoes_nothing(world, random_run):
 def test_a_segmentation_teacher_used_as_it_is_passes_the_teacher_stage(world, random_run, tmp_path):
     teacher = str(random_run["run"] / "teacher" / "model")
     argv = ["--dataset", world["task"], "--teacher", teacher, "--teacher_strategy", "none"]
+    argv += ["--student", "segformer-b0"]
     assert main(["finetune-teacher", *argv, "--output_dir", str(tmp_path / "run")]) == 0
     assert _manifest(tmp_path / "run", "teacher")["outputs"]["strategy"] == "none"
 
 
 @pytest.mark.slow
-def test_a_segmentation_run_on_a_retrieved_transfer_set(world, tmp_path):
+def test_a_segmentation_run_on_a_retrieved_transfer_set_with_a_teacher_cache(world, tmp_path):
     pytest.importorskip("faiss")
     flags = ("--transfer", "retrieval", "--pool", world["pool"], "--per_query_k", "2", "--no_baseline")
-    assert _run(world, tmp_path / "run", *flags) == 0
+    assert _run(world, tmp_path / "run", *flags, "--teacher_cache_views", "2") == 0
     transfer = _manifest(tmp_path / "run", "transfer")["outputs"]
     assert transfer["kind"] == "retrieval" and 0 < transfer["rows"] <= 12
+    cache = json.loads((tmp_path / "run" / "distill" / "teacher_cache" / "cache.json").read_text())
+    assert cache["fingerprint"]["task_type"] == "image-segmentation" and cache["grid"]
     results = _manifest(tmp_path / "run", "evaluate")["outputs"]["results"]
     assert "mean_iou" in results["student, distilled + finetuned"]
 
@@ -142,7 +145,7 @@ BAD = [
     (["--images", "3", "--per_class", "2"], "--per_class and --images are 2 label budgets: give one"),
     (["--task_type", "image-segmentaton"], "--task_type must be one of"),
     (["--task_type", "image-segmentation", "--per_class", "2"], "give --images N"),
-    (["--student", "resnet18"], "--student: unknown segmentation student 'resnet18'"),
+    (["--student", "resnet18"], "is image-segmentation (a mask column): --student: unknown segmentation"),
     (["--student", "segformr-b0"], "did you mean segformer-b0 (a semantic-segmentation student)?"),
 ]
 
@@ -179,4 +182,21 @@ def test_the_new_task_settings_enter_a_stages_fingerprint_only_when_given(tmp_pa
     assert not {"images", "task_type"} & set(stage_settings(plain, "teacher"))
     argv = ["--dataset", "digits", "--output_dir", str(tmp_path), "--images", "5"]
     given = parse_config("run", [*argv, "--task_type", "image-classification"])
-    assert {"images": 5, "task_type": "image-classification"}.items() <= stage_settings(given, "teacher").items()
+    settings = stage_settings(given, "teacher")
+    assert {"images": 5, "task_type": "image-classification"}.items() <= settings.items()
+
+
+def test_a_segmentation_task_without_a_test_split_holds_out_random_images(world):
+    """``--test_fraction`` on a segmentation task: a seeded random share of the images (no class to
+    stratify by), disjoint from what stays in train."""
+    from datasets import DatasetDict, load_from_disk
+
+    from hf_task_distill.data import load_target_task
+
+    task = load_target_task(DatasetDict({"train": load_from_disk(world["task"])["train"]}))
+    split = task.with_test_split(0.25, seed=3)
+    assert (len(split["train"]), len(split["test"])) == (6, 2)
+    tested = {bytes(r["image"].tobytes()) for r in split["test"]}
+    assert not tested & {bytes(r["image"].tobytes()) for r in split["train"]}
+    again = task.with_test_split(0.25, seed=3)["test"]
+    assert {bytes(r["image"].tobytes()) for r in again} == tested

@@ -129,7 +129,10 @@ def check_student_fits_task(config, task) -> None:
 
     student = config.student.student
     if task.task_type == "image-segmentation":
-        check_segmentation_student(student, "--student")
+        try:
+            check_segmentation_student(student, "--student")
+        except ValueError as err:
+            raise ValueError(f"the task '{task.name}' is image-segmentation (a mask column): {err}") from err
     elif student in SEGMENTATION_STUDENTS:
         raise ValueError(
             f"--student {student} is a semantic-segmentation student, but the task '{task.name}' is "
@@ -186,11 +189,12 @@ class RunContext:
         if not any(split in task.splits for split in ("test", "validation")):
             task = task.with_test_split(cfg.test_fraction, seed=cfg.budget_seed)
             logger.info(
-                "task '%s' has no test or validation split: %d images (%.0f%% of each class) are held out "
+                "task '%s' has no test or validation split: %d images (%.0f%% of %s) are held out "
                 "as its test split (--test_fraction)",
                 task.name,
                 len(task["test"]),
                 100 * cfg.test_fraction,
+                "each class" if task.task_type == "image-classification" else "the images",
             )
         self._unbudgeted = task
         self._full_train = task["train"]
