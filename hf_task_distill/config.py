@@ -95,7 +95,9 @@ class TaskArguments:
         self.images = check_int(self.images, "--images", minimum=1, optional=True)
         given = [f"--{n}" for n in ("per_class", "fraction", "images") if getattr(self, n) is not None]
         if len(given) > 1:
-            raise ValueError(f"{' and '.join(given)} are {len(given)} label budgets: give one")
+            raise ValueError(
+                f"{' and '.join(given)} are {('two', 'three')[len(given) - 2]} label budgets: give one"
+            )
         if self.task_type is not None:
             from .tasks import available_task_types
 
@@ -324,6 +326,13 @@ class StudentArguments:
                 f"--distill_loss: unknown loss '{self.distill_loss}'; registered: {', '.join(available_losses())}"
             )
         _check_student_name(self.student)
+        from .models.families.transformers_segmentation import SEGMENTATION_STUDENTS
+
+        if self.pretrained_student and self.student in SEGMENTATION_STUDENTS:
+            raise ValueError(
+                f"--pretrained_student: '{self.student}' is built from its configuration, with no weights; for "
+                "pretrained weights give a Hub id or folder (e.g. nvidia/mit-b0 for SegFormer-B0's encoder)"
+            )
         self.student = absolute_local_path(self.student)
         self.student_image_size = check_int(
             self.student_image_size, "--student_image_size", minimum=8, optional=True

@@ -142,11 +142,12 @@ BAD = [
     (["--per_class", "2"], "--per_class: the task 'world' is image-segmentation"),
     (["--fraction", "0.5"], "--fraction: the task 'world' is image-segmentation"),
     (["--images", "9"], "--images 9: the training split of 'world' has 8 images"),
-    (["--images", "3", "--per_class", "2"], "--per_class and --images are 2 label budgets: give one"),
+    (["--images", "3", "--per_class", "2"], "--per_class and --images are two label budgets: give one"),
     (["--task_type", "image-segmentaton"], "--task_type must be one of"),
     (["--task_type", "image-segmentation", "--per_class", "2"], "give --images N"),
     (["--student", "resnet18"], "is image-segmentation (a mask column): --student: unknown segmentation"),
     (["--student", "segformr-b0"], "did you mean segformer-b0 (a semantic-segmentation student)?"),
+    (["--pretrained_student"], "--pretrained_student: 'segformer-b0' is built from its configuration"),
 ]
 
 
