@@ -132,7 +132,8 @@ def check_student_fits_task(config, task) -> None:
         try:
             check_segmentation_student(student, "--student")
         except ValueError as err:
-            raise ValueError(f"the task '{task.name}' is image-segmentation (a mask column): {err}") from err
+            found = " (a mask column)" if config.task.task_type is None else ""
+            raise ValueError(f"the task '{task.name}' is image-segmentation{found}: {err}") from err
     elif student in SEGMENTATION_STUDENTS:
         raise ValueError(
             f"--student {student} is a semantic-segmentation student, but the task '{task.name}' is "
@@ -149,6 +150,31 @@ def _timm_weights_reachable(name: str) -> None:
     hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
     if hub_id:
         hf_hub_download(hub_id, "config.json")
+
+
+def _with_label_budget(task, cfg):
+    """``task`` with the label budget of ``cfg`` (the task's flags) applied: ``--images`` (any task
+    type), ``--per_class``/``--fraction`` (classification), or none.
+
+    Raises:
+        ValueError: naming the flag: more images than the training split holds, or a per-class budget
+            for a task whose images have no single class (segmentation).
+    """
+    if cfg.images is not None:
+        if cfg.images > len(task["train"]):
+            raise ValueError(
+                f"--images {cfg.images}: the training split of '{task.name}' has {len(task['train'])} images"
+            )
+        return task.with_label_budget(images=cfg.images, seed=cfg.budget_seed)
+    if cfg.per_class is None and cfg.fraction is None:
+        return task
+    if task.task_type != "image-classification":
+        flag = "--per_class" if cfg.per_class is not None else "--fraction"
+        raise ValueError(
+            f"{flag}: the task '{task.name}' is {task.task_type}, whose images have no single class "
+            "to draw a budget per class by: give --images N (labelled images in all)"
+        )
+    return task.with_label_budget(per_class=cfg.per_class, fraction=cfg.fraction, seed=cfg.budget_seed)
 
 
 def _listed(names, limit: int = 8) -> str:
@@ -198,23 +224,7 @@ class RunContext:
             )
         self._unbudgeted = task
         self._full_train = task["train"]
-        if cfg.images is not None:
-            if cfg.images > len(task["train"]):
-                raise ValueError(
-                    f"--images {cfg.images}: the training split of '{task.name}' has {len(task['train'])} images"
-                )
-            task = task.with_label_budget(images=cfg.images, seed=cfg.budget_seed)
-        elif cfg.per_class is not None or cfg.fraction is not None:
-            if task.task_type != "image-classification":
-                flag = "--per_class" if cfg.per_class is not None else "--fraction"
-                raise ValueError(
-                    f"{flag}: the task '{task.name}' is {task.task_type}, whose images have no single class "
-                    "to draw a budget per class by: give --images N (labelled images in all)"
-                )
-            task = task.with_label_budget(
-                per_class=cfg.per_class, fraction=cfg.fraction, seed=cfg.budget_seed
-            )
-        return task
+        return _with_label_budget(task, cfg)
 
     @property
     def full_train(self):
