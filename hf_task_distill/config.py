@@ -67,6 +67,14 @@ class TaskArguments:
         default=None,
         metadata={"help": "Label budget: fraction of each class (paper: 0.01 and 0.1 on ImageNet)."},
     )
+    images: int | None = field(
+        default=None,
+        metadata={"help": "Label budget: images in all (segmentation)."},
+    )
+    task_type: str | None = field(
+        default=None,
+        metadata={"help": "Task type (default: found from the data)."},
+    )
     budget_seed: int = field(default=0, metadata={"help": "Seed of the label-budget draw."})
     test_fraction: float = field(
         default=0.2,
@@ -84,8 +92,21 @@ class TaskArguments:
         self.dataset = absolute_local_path(self.dataset)  # continued from any working directory
         self.per_class = check_int(self.per_class, "--per_class", minimum=1, optional=True)
         self.fraction = check_number(self.fraction, "--fraction", above=0, maximum=1, optional=True)
-        if self.per_class is not None and self.fraction is not None:
-            raise ValueError("--per_class and --fraction are two label budgets: give one")
+        self.images = check_int(self.images, "--images", minimum=1, optional=True)
+        given = [f"--{n}" for n in ("per_class", "fraction", "images") if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError(
+                f"{' and '.join(given)} are {('two', 'three')[len(given) - 2]} label budgets: give one"
+            )
+        if self.task_type is not None:
+            from .tasks import available_task_types
+
+            check_choice(self.task_type, "--task_type", available_task_types())
+            if self.task_type != "image-classification" and (self.per_class or self.fraction):
+                raise ValueError(
+                    f"{given[0]} draws a budget per class; a {self.task_type} task's images have no single "
+                    "class: give --images N (labelled images in all)"
+                )
         self.budget_seed = check_int(self.budget_seed, "--budget_seed", minimum=0, maximum=SEED_MAX)
         self.test_fraction = check_number(self.test_fraction, "--test_fraction", above=0, below=1)
 
@@ -304,17 +325,27 @@ class StudentArguments:
             raise ValueError(
                 f"--distill_loss: unknown loss '{self.distill_loss}'; registered: {', '.join(available_losses())}"
             )
-        check_model_source(self.student, "--student", timm_architectures=True)
+        _check_student_name(self.student)
+        from .models.families.transformers_segmentation import SEGMENTATION_STUDENTS
+
+        if self.pretrained_student and self.student in SEGMENTATION_STUDENTS:
+            raise ValueError(
+                f"--pretrained_student: '{self.student}' is built from its configuration, with no weights; for "
+                "pretrained weights give a Hub id or folder (e.g. nvidia/mit-b0 for SegFormer-B0's encoder)"
+            )
         self.student = absolute_local_path(self.student)
         self.student_image_size = check_int(
             self.student_image_size, "--student_image_size", minimum=8, optional=True
         )
         if self.student_image_size is not None and os.path.isfile(os.path.join(self.student, "config.json")):
             with open(os.path.join(self.student, "config.json"), encoding="utf-8") as file:
-                model_type = json.load(file).get("model_type")
-            if (
-                model_type != "timm_wrapper"
-            ):  # a timm folder's input size is set; others' come from their processor
+                saved = json.load(file)
+            model_type = saved.get("model_type")
+            segmentation = any(
+                a.endswith("ForSemanticSegmentation") for a in saved.get("architectures") or ()
+            )
+            # a timm folder's input size is set, a segmentation student's recorded; others' come from their processor
+            if model_type != "timm_wrapper" and not segmentation:
                 raise ValueError(
                     f"--student_image_size applies to timm students; '{self.student}' is a {model_type} model: "
                     "leave it out (its image processor sets the size)"
@@ -341,6 +372,27 @@ class StudentArguments:
                 f"--distill_loss {self.distill_loss} matches the teacher's features, which a teacher cache "
                 "does not store: use --teacher_cache_views 0"
             )
+
+
+def _check_student_name(name: str) -> None:
+    """``--student``: a timm architecture, a Hub id, a folder, or a segmentation student's short name
+    (``segformer-b0``; whether it fits the task's type is checked when the run loads the task, before
+    the first stage). A name close to a segmentation student's is a typo of it."""
+    from .models.families.transformers_segmentation import SEGMENTATION_STUDENTS
+
+    if name in SEGMENTATION_STUDENTS:
+        return
+    try:
+        check_model_source(name, "--student", timm_architectures=True)
+    except ValueError as err:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(SEGMENTATION_STUDENTS), n=1, cutoff=0.75)
+        if close:
+            raise ValueError(
+                f"--student: unknown model '{name}'; did you mean {close[0]} (a semantic-segmentation student)?"
+            ) from err
+        raise
 
 
 @dataclass

@@ -381,7 +381,7 @@ def repo_with_remote_code(folder: pathlib.Path) -> pathlib.Path:
     return marker
 
 
-def check_card_metadata(path) -> dict:
+def check_card_metadata(path, pipeline_tag: str = "image-classification") -> dict:
     """Assert what huggingface_hub checks of a model card's YAML metadata offline, and return it.
 
     ``RepoCard.validate`` asks the Hub; offline the checks are the client's own: the block parses
@@ -409,6 +409,6 @@ def check_card_metadata(path) -> dict:
         assert eval_results_to_model_index(name, results) == metadata["model-index"]
     hub_ids = [metadata.get("base_model")] + list(metadata.get("datasets") or [])
     assert all(re.fullmatch(r"[\w.-]+/[\w.-]+", i) for i in hub_ids if i is not None), hub_ids
-    assert metadata["pipeline_tag"] == "image-classification"
+    assert metadata["pipeline_tag"] == pipeline_tag
     assert metadata["library_name"] in ("timm", "transformers")
     return metadata

@@ -1,7 +1,7 @@
 """One name and one default per option: every flag of `hf-task-distill run` against its API field.
 
 The command line's groups (``config.ARGUMENT_GROUPS``) map onto the API's dataclasses (and, for the
-task, :meth:`TargetTask.with_label_budget`). A flag must find a field of the same name, type and
+task, :meth:`TargetTask.with_label_budget` and :func:`load_target_task`). A flag must find a field of the same name, type and
 default there, or be one of the documented exceptions below (docs/pipeline.md, "Flags and the
 API"). Adding a flag whose API counterpart has another default fails here.
 """
@@ -29,7 +29,7 @@ from hf_task_distill.config import (
     stage_settings,
     stage_upstream,
 )
-from hf_task_distill.data.loading import TargetTask
+from hf_task_distill.data.loading import TargetTask, load_target_task
 from hf_task_distill.data.views import ViewAugmentation
 from hf_task_distill.options import REMOVED_IN, RetrievalSettings
 from hf_task_distill.retrieval.builder import RetrievalConfig
@@ -39,7 +39,7 @@ from hf_task_distill.trainer import DistillationArguments
 
 #: Where each command-line group's flags live in the API.
 API_OF_GROUP = {
-    TaskArguments: (TargetTask.with_label_budget,),
+    TaskArguments: (TargetTask.with_label_budget, load_target_task),
     TeacherArguments: (TeacherFinetuningArguments,),
     TransferArguments: (RetrievalConfig,),
     StudentArguments: (DistillationArguments, TeacherCacheConfig),

@@ -84,15 +84,23 @@ def _image_bytes(cell: Any) -> bytes:
 
 def task_fingerprint(task, splits=None) -> str:
     """A labelled task's identity: its class names, and per split (``splits``, default all) its
-    :func:`dataset_fingerprint` and all its labels. A class added to an image folder, an image
+    :func:`dataset_fingerprint` and all its labels (a segmentation task's: every mask file's bytes,
+    undecoded). A class added to an image folder, an image
     replaced at a sampled row or a label changed anywhere gives another fingerprint; reading it costs
     a few dozen images per split."""
+    import datasets
+
     from .validation import label_array
 
     def split_parts(name: str):
         split = task.splits[name]
         yield f"{name}:{dataset_fingerprint(split, task.image_column)}"
-        yield label_array(split, task.label_column).tobytes()
+        if isinstance(split.features.get(task.label_column), datasets.Image):  # masks: every file's bytes
+            raw = split.with_format(None).select_columns([task.label_column])
+            raw = raw.cast_column(task.label_column, datasets.Image(decode=False))
+            yield from (_image_bytes(cell) for cell in raw[task.label_column])
+        else:
+            yield label_array(split, task.label_column).tobytes()
 
     names = sorted(task.splits if splits is None else splits)
     return fingerprint_hash("|".join(task.label_names), *(split_parts(name) for name in names))

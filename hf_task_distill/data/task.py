@@ -143,7 +143,8 @@ class TargetTask:
 
         For a task that has no test or validation split, so that it can be evaluated on images nobody
         trained on. The hold-out is stratified and seeded, and takes at least one image of a class with
-        two or more.
+        two or more; a segmentation task's (images of many classes each) is a seeded random
+        ``fraction`` of the images, at least one, never all.
 
         Args:
             fraction (`float`):
@@ -160,9 +161,12 @@ class TargetTask:
         """
         if "test" in self.splits:
             raise ValueError(f"task '{self.name}' already has a test split")
-        train_rows, test_rows = stratified_holdout_indices(
-            label_array(self["train"], self.label_column), fraction, seed=seed
-        )
+        if self.task_type != "image-classification":  # images of many classes each: a random hold-out
+            train_rows, test_rows = _random_holdout_indices(len(self["train"]), fraction, seed)
+        else:
+            train_rows, test_rows = stratified_holdout_indices(
+                label_array(self["train"], self.label_column), fraction, seed=seed
+            )
         if test_rows.size == 0:
             raise ValueError(
                 f"task '{self.name}' has no test split and too few images to hold one out (every class has "
@@ -176,3 +180,15 @@ class TargetTask:
             }
         )
         return replace(self, splits=splits)
+
+
+def _random_holdout_indices(num_rows: int, fraction: float, seed: int):
+    """``(kept, held out)`` sorted row indices: a seeded random ``fraction`` of ``num_rows`` (at least
+    one row, never all; none when there is a single row)."""
+    import numpy as np
+
+    held = min(max(1, round(num_rows * fraction)), num_rows - 1)
+    if held < 1:
+        return np.arange(num_rows), np.arange(0)
+    test = image_budget_indices(num_rows, held, seed=seed)
+    return np.setdiff1d(np.arange(num_rows), test), test

@@ -123,6 +123,8 @@ def _transfer_description(outputs: dict[str, Any], cfg) -> str:
         return f"the task's own {outputs['rows']:,} training images (labels unused)"
     if outputs["kind"] == "dataset":
         return f"{outputs['rows']:,} images of `{public_name(outputs['source'])}` (a generic transfer set)"
+    if outputs["kind"] == "random":
+        return f"{outputs['rows']:,} images drawn at random from `{public_name(cfg.pool)}` (a generic transfer set)"
     how = f"{cfg.per_query_k} per labelled image" if cfg.per_query_k else f"a budget of {cfg.transfer_budget}"
     return f"{outputs['rows']:,} images retrieved from `{public_name(cfg.pool)}` ({how})"
 
@@ -171,7 +173,8 @@ def _student_card(context, model_config, ledger):
         temperature=config.student.temperature,
         transfer_description=_transfer_description(transfer, config.transfer),
         train_size=len(task["train"]),
-        image_size=int(pretrained_cfg.get("input_size", (3, 0, 0))[1]) or 0,
+        image_size=int(pretrained_cfg.get("input_size", (3, 0, 0))[1])
+        or int(getattr(model_config, "image_size", 0) or 0),  # a segmentation student records its own
         eval_split=evaluation["split"],
         eval_images=evaluation["images"],
         results=evaluation["results"],
@@ -183,7 +186,26 @@ def _student_card(context, model_config, ledger):
         license=task.spec.license if task.spec is not None else None,
         label_budget=label_budget_summary(task),
         repo_id=repo_id,
+        task_type=task.task_type,
+        library_name="timm" if model_config.model_type == "timm_wrapper" else "transformers",
     )
+
+
+def _add_image_processor(student_dir: str, task_type: str) -> None:
+    """A segmentation student's image processor next to it (its config records the resolution), so
+    that ``pipeline("image-segmentation", model=student_dir)`` loads the folder; classifiers carry
+    their own already."""
+    if task_type != "image-segmentation" or os.path.isfile(
+        os.path.join(student_dir, "preprocessor_config.json")
+    ):
+        return
+    from transformers import AutoConfig
+
+    from ..models.families.transformers_segmentation import segmentation_image_processor
+
+    size = getattr(AutoConfig.from_pretrained(student_dir), "image_size", None)
+    if isinstance(size, int):
+        segmentation_image_processor(size).save_pretrained(student_dir)
 
 
 def publish_run(context, directory: str) -> dict[str, Any]:
@@ -211,6 +233,7 @@ def publish_run(context, directory: str) -> dict[str, Any]:
         export_student(
             finetuned, formats=("safetensors",), output_dir=student_dir
         )  # the files a student is published with
+        _add_image_processor(student_dir, context.task.task_type)
         ledger = _public_ledger(context)
         card = _student_card(context, AutoConfig.from_pretrained(student_dir), ledger)
         render_student_card(card).save(os.path.join(student_dir, "README.md"))

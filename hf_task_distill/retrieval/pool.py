@@ -34,7 +34,7 @@ def load_pool(source, *, streaming: bool = False, split: str = "train", **load_k
     """A pool as a ``datasets.Dataset`` (or ``IterableDataset`` with ``streaming=True``).
 
     ``source`` may be a ``Dataset``/``IterableDataset`` (returned as is), a folder of images
-    (``imagefolder``), a folder, file or glob of ``.parquet`` files or webdataset ``.tar`` shards,
+    (``imagefolder``), a folder written by ``save_to_disk`` (its ``split`` if it holds several), a folder, file or glob of ``.parquet`` files or webdataset ``.tar`` shards,
     or a Hub dataset id. Extra keyword arguments go to ``datasets.load_dataset``.
     """
     import datasets
@@ -46,6 +46,12 @@ def load_pool(source, *, streaming: bool = False, split: str = "train", **load_k
             f"cannot read a pool from {type(source).__name__}: give a dataset, a path or a Hub id"
         )
     source = os.fspath(source)
+    from ..data.loading import is_saved_dataset
+
+    if os.path.isdir(source) and is_saved_dataset(source):  # Dataset.save_to_disk, as --dataset takes
+        saved = datasets.load_from_disk(source)
+        saved = saved[split] if isinstance(saved, datasets.DatasetDict) else saved
+        return saved.to_iterable_dataset() if streaming else saved
     if os.path.isdir(source):
         files = sorted(os.path.join(root, name) for root, _, names in os.walk(source) for name in names)
         if not files:

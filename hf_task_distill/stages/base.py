@@ -88,7 +88,8 @@ class Stage:
         return ()
 
     def settings(self, config: PipelineConfig) -> dict[str, Any]:
-        """The settings the result depends on, by flag name (default: :attr:`settings_read`)."""
+        """The settings the result depends on, by flag name (default: :attr:`settings_read`; those of
+        ``_settings.RECORDED_WHEN_GIVEN`` only when given)."""
         flat = config.to_dict()
         unknown = [name for name in self.settings_read if name not in flat]
         if unknown:
@@ -97,7 +98,13 @@ class Stage:
                 f"'{n}'" + (f" (did you mean '{c[0]}'?)" if c else "") for n, c in close.items()
             )
             raise ValueError(f"stage '{self.name}': settings_read names no setting: {hints}")
-        return {name: flat[name] for name in self.settings_read}
+        from ._settings import RECORDED_WHEN_GIVEN
+
+        return {
+            name: flat[name]
+            for name in self.settings_read
+            if not (name in RECORDED_WHEN_GIVEN and flat[name] is None)
+        }
 
     def models_needed(self, config: PipelineConfig) -> list[tuple[str, str]]:
         """``(what, name)`` of the models the stage will load by name (a student, a retrieval encoder):

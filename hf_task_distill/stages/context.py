@@ -22,6 +22,7 @@ __all__ = [
     "TRANSFER_MODES",
     "RunContext",
     "check_models_reachable",
+    "check_student_fits_task",
     "checkpoint_epoch",
     "loading",
     "resume_point",
@@ -113,6 +114,34 @@ def check_models_reachable(config, stages: list[str]) -> None:
                 _timm_weights_reachable(source)
 
 
+def check_student_fits_task(config, task) -> None:
+    """``--student`` builds a model of the task's type: a segmentation student's short name
+    (``segformer-b0``) for a segmentation task only, and for a segmentation task a short name, folder
+    or Hub id of a segmentation model. Checked when the run loads its task, before the first stage.
+
+    Raises:
+        ValueError: naming ``--student``, the task and its type.
+    """
+    from ..models.families.transformers_segmentation import (
+        SEGMENTATION_STUDENTS,
+        check_segmentation_student,
+    )
+
+    student = config.student.student
+    if task.task_type == "image-segmentation":
+        try:
+            check_segmentation_student(student, "--student")
+        except ValueError as err:
+            found = " (a mask column)" if config.task.task_type is None else ""
+            raise ValueError(f"the task '{task.name}' is image-segmentation{found}: {err}") from err
+    elif student in SEGMENTATION_STUDENTS:
+        raise ValueError(
+            f"--student {student} is a semantic-segmentation student, but the task '{task.name}' is "
+            f"{task.task_type} (no mask column found): give a classifier (a timm architecture or Hub id), "
+            "or --task_type image-segmentation for a dataset of masks"
+        )
+
+
 def _timm_weights_reachable(name: str) -> None:
     """Fetch (or find in the cache) the config file next to a timm model's pretrained weights."""
     import timm
@@ -121,6 +150,31 @@ def _timm_weights_reachable(name: str) -> None:
     hub_id = getattr(timm.models.get_pretrained_cfg(name), "hf_hub_id", None)
     if hub_id:
         hf_hub_download(hub_id, "config.json")
+
+
+def _with_label_budget(task, cfg):
+    """``task`` with the label budget of ``cfg`` (the task's flags) applied: ``--images`` (any task
+    type), ``--per_class``/``--fraction`` (classification), or none.
+
+    Raises:
+        ValueError: naming the flag: more images than the training split holds, or a per-class budget
+            for a task whose images have no single class (segmentation).
+    """
+    if cfg.images is not None:
+        if cfg.images > len(task["train"]):
+            raise ValueError(
+                f"--images {cfg.images}: the training split of '{task.name}' has {len(task['train'])} images"
+            )
+        return task.with_label_budget(images=cfg.images, seed=cfg.budget_seed)
+    if cfg.per_class is None and cfg.fraction is None:
+        return task
+    if task.task_type != "image-classification":
+        flag = "--per_class" if cfg.per_class is not None else "--fraction"
+        raise ValueError(
+            f"{flag}: the task '{task.name}' is {task.task_type}, whose images have no single class "
+            "to draw a budget per class by: give --images N (labelled images in all)"
+        )
+    return task.with_label_budget(per_class=cfg.per_class, fraction=cfg.fraction, seed=cfg.budget_seed)
 
 
 def _listed(names, limit: int = 8) -> str:
@@ -156,23 +210,21 @@ class RunContext:
         from ..data import load_target_task
 
         cfg = self.config.task
-        task = load_target_task(cfg.dataset)
+        task = load_target_task(cfg.dataset, task_type=cfg.task_type)
+        check_student_fits_task(self.config, task)
         if not any(split in task.splits for split in ("test", "validation")):
             task = task.with_test_split(cfg.test_fraction, seed=cfg.budget_seed)
             logger.info(
-                "task '%s' has no test or validation split: %d images (%.0f%% of each class) are held out "
+                "task '%s' has no test or validation split: %d images (%.0f%% of %s) are held out "
                 "as its test split (--test_fraction)",
                 task.name,
                 len(task["test"]),
                 100 * cfg.test_fraction,
+                "each class" if task.task_type == "image-classification" else "the images",
             )
         self._unbudgeted = task
         self._full_train = task["train"]
-        if cfg.per_class is not None or cfg.fraction is not None:
-            task = task.with_label_budget(
-                per_class=cfg.per_class, fraction=cfg.fraction, seed=cfg.budget_seed
-            )
-        return task
+        return _with_label_budget(task, cfg)
 
     @property
     def full_train(self):
@@ -338,11 +390,13 @@ class RunContext:
 
         cfg = self.config.student
         set_seed(self.config.run.seed)
+        task_type = self.task.task_type
         return create_student(
             cfg.student,
             labels or self.task.label_names,
             pretrained=cfg.pretrained_student,
             image_size=cfg.student_image_size,
+            **({} if task_type == "image-classification" else {"task_type": task_type}),
         )
 
     @property

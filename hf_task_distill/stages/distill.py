@@ -99,10 +99,19 @@ class DistillStage(Stage):
 
 def _load_teacher(context):
     """The run's teacher; a feature loss reads its image features only: any backbone serves, and its
-    head (new for the task's classes if it has none) is never used."""
+    head (new for the task's classes if it has none) is never used. A segmentation task's teacher is
+    a segmentation model (its decode head's input is the feature map a dense feature loss matches)."""
     from ..models import load_teacher
 
     labels = None if context.distillation_uses_teacher_predictions else context.task.label_names
+    trust_remote_code = context.config.teacher.trust_remote_code
+    if context.task.task_type != "image-classification":  # a segmentation teacher: its feature maps too
+        from ..tasks import get_task_type
+
+        with loading("teacher", context.teacher_path()):
+            return get_task_type(context.task.task_type).load_model(
+                context.teacher_path(), trust_remote_code=trust_remote_code
+            )
     with loading("teacher", context.teacher_path()):
         return load_teacher(
             context.teacher_path(),

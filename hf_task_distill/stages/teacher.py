@@ -82,6 +82,30 @@ class TeacherStage(Stage):
             config = AutoConfig.from_pretrained(
                 resolve_model_source(cfg.teacher), trust_remote_code=cfg.trust_remote_code
             )
+        if context.task.task_type != "image-classification":
+            _check_teacher_task_type(config, context)
         if context.distillation_uses_teacher_predictions:
             context.teacher_classes(config)
         return StageResult({"source": cfg.teacher, "strategy": "none"})
+
+
+def _check_teacher_task_type(config, context) -> None:
+    """A teacher used as it is for a task of another type than classification must be a model of that
+    type (an image classifier cannot teach a segmentation student, nor lend it feature maps).
+
+    Raises:
+        ValueError: naming the teacher, its architecture and the task's type.
+    """
+    from ..tasks import get_task_type
+    from ..tasks.base import _auto_class_names
+
+    task_type = get_task_type(context.task.task_type)
+    architectures = list(getattr(config, "architectures", None) or [])
+    if set(architectures) & _auto_class_names(task_type.model_class()):
+        return
+    raise ValueError(
+        f"--teacher_strategy none: the teacher '{context.config.teacher.teacher}' is a "
+        f"{', '.join(architectures) or config.model_type} model, not one for {task_type.name}, and the task "
+        f"'{context.task.name}' is {task_type.name}: give a teacher for {task_type.name}, or finetune one on the "
+        "task (--teacher_strategy linear, full, lp-ft or lora)"
+    )
