@@ -51,6 +51,11 @@ def parse_args(argv=None):
     parser.add_argument("--teacher_learning_rate", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument(
+        "--teacher_folder",
+        default=None,
+        help="a teacher this script's train_teacher saved: reuse it (not retrained)",
+    )
+    parser.add_argument(
         "--figure", default=None, help="PNG of test predictions (image, truth, teacher, students)"
     )
     return parser.parse_args(argv)
@@ -70,7 +75,10 @@ def main(argv=None):
         size=args.pool_size, in_domain_share=args.in_domain_share, seed=0, with_kind=True
     )
     started = time.time()
-    teacher, processor, teacher_metrics = train_teacher(task, args, os.path.join(work, "teacher"))
+    if args.teacher_folder:
+        teacher, processor, teacher_metrics = load_trained_teacher(task, args.teacher_folder)
+    else:
+        teacher, processor, teacher_metrics = train_teacher(task, args, os.path.join(work, "teacher"))
     snapshot = {k: v.clone() for k, v in teacher.state_dict().items()}
     retrieved = retrieved_set(pool, task, args.transfer_budget, os.path.join(work, "retrieval"))
     transfer = {"random": random_sample(pool, len(retrieved)), "retrieved": retrieved}  # the same size
@@ -149,6 +157,18 @@ def train_teacher(task, args, directory):
     )
     print("teacher:", result.metrics, "test:", metrics, flush=True)
     return teacher, processor, metrics
+
+
+def load_trained_teacher(task, folder):
+    from transformers import AutoImageProcessor
+
+    from hf_task_distill.tasks import get_task_type
+
+    segmentation = get_task_type(SEGMENTATION)
+    teacher = segmentation.load_model(folder).eval()
+    metrics, _ = segmentation.evaluate(teacher, task["test"], task=task, batch_size=32, where="test")
+    print("teacher (reused):", metrics, flush=True)
+    return teacher, AutoImageProcessor.from_pretrained(folder), metrics
 
 
 def random_sample(pool, size):
