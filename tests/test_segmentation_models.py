@@ -99,8 +99,37 @@ def test_teacher_saved_folder_reloads_with_identical_logits(dinov2_folder, tmp_p
     reloaded = AutoModelForSemanticSegmentation.from_pretrained(tmp_path)
     pixels = torch.randn(1, 3, 32, 32)
     assert torch.equal(_logits(reloaded, pixels), _logits(teacher, pixels))
-    assert type(AutoImageProcessor.from_pretrained(tmp_path)).__name__ == "BitImageProcessor"  # the VFM's own
-    assert ViewSpec.from_model(reloaded) == ViewSpec.from_image_processor(tiny_processor(32))
+    # the VFM's size and normalisation, but the whole image: no classification centre crop
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)).__name__ == "SegformerImageProcessor"
+    vfm = ViewSpec.from_image_processor(tiny_processor(32))
+    spec = ViewSpec.from_model(reloaded)
+    assert (spec.size, spec.mean, spec.std, spec.interpolation) == (
+        vfm.size,
+        vfm.mean,
+        vfm.std,
+        vfm.interpolation,
+    )
+    assert (spec.eval_mode, spec.crop_pct) == ("squash", 1.0)
+
+
+def test_a_transformers_vfm_teachers_evaluation_view_is_the_whole_image(dinov2_folder, tmp_path):
+    """DINOv2's processor resizes the shorter side and centre-crops: as a segmentation teacher's
+    processor it would score only the central square of a wide image, and the Hub pipeline could
+    not run the saved teacher (BitImageProcessor has no post_process_semantic_segmentation)."""
+    import numpy as np
+    from transformers import pipeline
+
+    from hf_task_distill.data.views import eval_view
+
+    spec = ViewSpec.from_image_processor(segmentation_teacher_processor(dinov2_folder))
+    view = eval_view((96, 48), spec)
+    assert (view.top, view.left, view.height, view.width) == (0, 0, 48, 96)
+    teacher = segmentation_teacher(dinov2_folder, CLASSES, head_channels=16)
+    teacher.save_pretrained(tmp_path)
+    segmentation_teacher_processor(dinov2_folder).save_pretrained(tmp_path)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 96, 3), dtype=np.uint8))
+    masks = pipeline("image-segmentation", model=str(tmp_path))(image)
+    assert masks and all(m["mask"].size == (96, 48) and m["label"] in CLASSES for m in masks)
 
 
 def test_mini_vfm_teacher_is_a_timm_backbone_with_its_weights(mini_vfm, tmp_path):

@@ -121,28 +121,33 @@ def segmentation_teacher(
 
 
 def segmentation_teacher_processor(backbone_name_or_path: str, *, trust_remote_code: bool = False):
-    """The image processor of a segmentation teacher built on ``backbone_name_or_path``: the VFM's own.
+    """The image processor of a segmentation teacher built on ``backbone_name_or_path``: a
+    ``SegformerImageProcessor`` with the VFM's input size, normalisation and resampling.
 
-    A timm VFM's ``TimmWrapperImageProcessor`` lives in its ``config.json`` and cannot be saved on its
-    own, so it becomes a ``SegformerImageProcessor`` with the same resolution, normalisation and
-    resampling (the whole image resized to its input size, no crop; ``do_reduce_labels=False``).
+    It resizes the whole image to the VFM's input size (its crop size when its own processor
+    centre-crops, as DINOv2's ``BitImageProcessor`` does: 224 x 224), without a crop, and
+    ``do_reduce_labels=False``. A classification processor's centre crop would drop the image's
+    border (and a non-square image's sides) from the teacher's evaluation view, so its mIoU would
+    not cover the mask, and it has no ``post_process_semantic_segmentation``, which
+    ``pipeline("image-segmentation")`` needs. A timm VFM's ``TimmWrapperImageProcessor`` (its data
+    config) is read the same way.
 
     Returns:
-        `BaseImageProcessor`: save it into the teacher's folder (``processor.save_pretrained(folder)``).
+        `SegformerImageProcessor`: save it into the teacher's folder (``processor.save_pretrained(folder)``).
     """
     from transformers import AutoImageProcessor, SegformerImageProcessor
 
+    from ..data.views import ViewSpec
+
     source = resolve_model_source(backbone_name_or_path)
-    processor = AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-    data_config = getattr(processor, "data_config", None)
-    if data_config is None:
-        return processor
-    _, height, width = data_config["input_size"]
+    spec = ViewSpec.from_image_processor(
+        AutoImageProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+    )
     return SegformerImageProcessor(
-        size={"height": int(height), "width": int(width)},
-        image_mean=list(data_config["mean"]),
-        image_std=list(data_config["std"]),
-        resample=_RESAMPLE.get(str(data_config.get("interpolation", "bilinear")), 2),
+        size={"height": int(spec.size[0]), "width": int(spec.size[1])},
+        image_mean=list(spec.mean),
+        image_std=list(spec.std),
+        resample=_RESAMPLE.get(spec.interpolation, 2),
         do_reduce_labels=False,
     )
 
