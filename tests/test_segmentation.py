@@ -326,3 +326,37 @@ def test_a_reduce_labels_preset_maps_raw_zero_to_ignored(monkeypatch):
         spec,
     )
     assert np.array_equal(np.asarray(task["train"][0]["mask"]), [[255, 0, 1], [2, 255, 0]])
+
+
+def test_a_model_listing_the_tasks_classes_in_another_order_is_scored_by_name(tmp_path):
+    """Masks hold the task's ids; a model whose outputs are the same classes in another order
+    (a teacher used as it is) must be scored by class name, not by output index."""
+    from transformers import AutoModelForSemanticSegmentation
+
+    images, masks = _good_rows(6, size=(32, 32))
+    dataset = seg_dataset(images, masks)
+    from types import SimpleNamespace
+
+    task = SimpleNamespace(image_column="image", label_column="mask", label_names=CLASSES)
+    model = saved_segformer(tmp_path / "same")
+    order = [2, 0, 1]  # output i of the permuted model is the task's class order[i]
+    permuted = AutoModelForSemanticSegmentation.from_pretrained(tmp_path / "same").eval()
+    classifier = permuted.decode_head.classifier
+    with torch.no_grad():
+        classifier.weight.copy_(model.decode_head.classifier.weight[order])
+        classifier.bias.copy_(model.decode_head.classifier.bias[order])
+    names = [CLASSES[i] for i in order]
+    permuted.config.id2label, permuted.config.label2id = (
+        dict(enumerate(names)),
+        {n: i for i, n in enumerate(names)},
+    )
+    segmentation = get_task_type(SEGMENTATION)
+    metrics, per_class = segmentation.evaluate(model, dataset, task=task, batch_size=4, where="test split")
+    again, per_class_again = segmentation.evaluate(
+        permuted, dataset, task=task, batch_size=4, where="test split"
+    )
+    assert again == pytest.approx(metrics, abs=1e-6)
+    assert {k: per_class_again[k] for k in per_class} == per_class
+    other = SimpleNamespace(image_column="image", label_column="mask", label_names=["sky", "left", "right"])
+    with pytest.raises(ValueError, match=r"class\(es\) \[sky\] are not among the model's classes"):
+        segmentation.evaluate(model, dataset, task=other, batch_size=4, where="test split")

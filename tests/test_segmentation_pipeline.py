@@ -201,3 +201,25 @@ def test_a_segmentation_task_without_a_test_split_holds_out_random_images(world)
     assert not tested & {bytes(r["image"].tobytes()) for r in split["train"]}
     again = task.with_test_split(0.25, seed=3)["test"]
     assert {bytes(r["image"].tobytes()) for r in again} == tested
+
+
+def test_a_segmentation_teacher_listing_the_classes_in_another_order_is_refused(world, tmp_path, capsys):
+    """Masks hold ids, not names: a student given the teacher's order would be finetuned and scored
+    on masks numbered in the task's order, silently wrong, so such a teacher is refused."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    from hf_task_distill.data import load_target_task
+
+    classes = load_target_task(world["task"]).label_names
+    order = [classes[1], classes[0], *classes[2:]]
+    config = SegformerConfig(hidden_sizes=[8, 8, 8, 8], decoder_hidden_size=8, num_attention_heads=[1] * 4)
+    config.id2label, config.label2id = dict(enumerate(order)), {n: i for i, n in enumerate(order)}
+    config.num_labels = len(order)
+    SegformerForSemanticSegmentation(config).save_pretrained(tmp_path / "teacher")
+    argv = ["--dataset", world["task"], "--teacher", str(tmp_path / "teacher"), "--teacher_strategy", "none"]
+    assert (
+        main(["finetune-teacher", *argv, "--student", "segformer-b0", "--output_dir", str(tmp_path / "r")])
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert "predicts the task's classes in another order" in err and "Traceback" not in err

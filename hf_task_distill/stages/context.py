@@ -408,10 +408,12 @@ class RunContext:
 
     def teacher_classes(self, config) -> list[str]:
         """The classes a teacher (its ``config``) predicts, in its output order: exactly the task's, in
-        any order (a student distilled from it gets these; labels are matched to them by name).
+        any order for classification (a student distilled from it gets these; labels are matched to
+        them by name), in the task's order for a task whose targets are masks of class ids.
 
         Raises:
-            ValueError: the teacher predicts other or more classes than the task has.
+            ValueError: the teacher predicts other or more classes than the task has, or a segmentation
+                task's classes in another order.
         """
         from ..models.labels import label_names_of
 
@@ -426,5 +428,15 @@ class RunContext:
                 f"({_listed(shown)}), the task '{self.task.name}' has {len(task_names)} ({_listed(task_names)}): "
                 "a teacher used as it is (--teacher_strategy none) must predict the task's classes; "
                 "finetune it on the task instead (--teacher_strategy linear, full, lp-ft or lora)"
+            )
+        if names is not None and names != task_names and self.task.task_type != "image-classification":
+            # a mask holds class ids, not names: the student (which takes the teacher's order) would
+            # learn the finetune stage's masks under the wrong names, and be scored against them so
+            raise ValueError(
+                f"the teacher '{self.config.teacher.teacher}' predicts the task's classes in another order "
+                f"({_listed(names)}) than the task '{self.task.name}' numbers them in its masks "
+                f"({_listed(task_names)}): a {self.task.task_type} teacher used as it is (--teacher_strategy "
+                "none) must list them in the masks' order; finetune it on the task instead (--teacher_strategy "
+                "linear, full, lp-ft or lora)"
             )
         return names or task_names

@@ -96,12 +96,17 @@ def predict_masks(model, dataset, *, task=None, batch_size: int = 16, where: str
     """Yield ``(predicted ids, true ids)`` batches, both ``[batch, height, width]`` at the model's input
     size on its evaluation view; the logits are upsampled bilinearly to the mask's size.
 
+    Masks hold the task's class ids; when the model names the task's classes (``task.label_names``)
+    in another order, the true ids are mapped to the model's by name (a mask has no names of its own).
+
     Raises:
-        ValueError: a mask the task cannot use (see :func:`~hf_task_distill.data.masks.check_masks`).
+        ValueError: a mask the task cannot use (see :func:`~hf_task_distill.data.masks.check_masks`), or
+            task classes the model does not name (both lists given).
     """
     from ..data import ViewSpec, single_view_dataset
     from ..devices import process_state
 
+    table = _model_id_table(model, task, where)
     prepared = single_view_dataset(
         dataset,
         ViewSpec.from_model(model),
@@ -111,6 +116,7 @@ def predict_masks(model, dataset, *, task=None, batch_size: int = 16, where: str
         num_labels=model.config.num_labels,
         where=where,
         task_type=SemanticSegmentation(),
+        render_target=None if table is None else _MappedMask(table),
     )
     device = process_state().device
     model.to(device).eval()
@@ -121,6 +127,36 @@ def predict_masks(model, dataset, *, task=None, batch_size: int = 16, where: str
             logits.float(), size=batch["labels"].shape[-2:], mode="bilinear", align_corners=False
         )
         yield logits.argmax(1).cpu(), batch["labels"]
+
+
+def _model_id_table(model, task, where: str) -> list[int] | None:
+    """Mask value -> the model's class id, when the model lists the task's classes in another order
+    (``None`` when the ids agree or either side has no names)."""
+    from ..data.validation import IGNORE_INDEX
+    from ..models.labels import label_id_map, label_names_of
+
+    names = getattr(task, "label_names", None)
+    mapping = label_id_map(
+        None if names is None else list(names),
+        label_names_of(model.config),
+        num_labels=model.config.num_labels,
+        where=where,
+    )
+    if mapping is None:
+        return None
+    return [mapping[i] if i < len(mapping) else i for i in range(IGNORE_INDEX)] + [IGNORE_INDEX]
+
+
+class _MappedMask:
+    """A segmentation target rendered through a mask-value table (picklable for data-loader workers)."""
+
+    def __init__(self, table: list[int]):
+        self.table = table
+
+    def __call__(self, value, view, label_map, *, size=None):
+        from ..data.masks import render_mask
+
+        return render_mask(value, view, size, label_map=self.table)
 
 
 def _stack(rows):
