@@ -360,3 +360,31 @@ def test_a_model_listing_the_tasks_classes_in_another_order_is_scored_by_name(tm
     other = SimpleNamespace(image_column="image", label_column="mask", label_names=["sky", "left", "right"])
     with pytest.raises(ValueError, match=r"class\(es\) \[sky\] are not among the model's classes"):
         segmentation.evaluate(model, dataset, task=other, batch_size=4, where="test split")
+
+
+def test_masks_stored_as_arrays_load_and_follow_their_images_view():
+    """An ``Array2D`` mask column (ids as nested lists once ``datasets`` formats them) is a mask like
+    a PNG: ``mask_array`` read it as an image and raised a bare TypeError naming no row."""
+    from datasets import Array2D, Dataset, DatasetDict, Features
+    from datasets import Image as ImageFeature
+
+    from hf_task_distill.data import load_target_task
+
+    images, masks = _good_rows(3)
+    ids = [np.asarray(m, dtype=np.int32) for m in masks]
+    features = Features({"image": ImageFeature(), "mask": Array2D((12, 16), "int32")})
+    split = Dataset.from_dict({"image": images, "mask": ids}, features=features)
+    task = load_target_task(
+        DatasetDict({"train": split}), label_names=CLASSES, task_type=SEGMENTATION, label_column="mask"
+    )
+    assert task.label_column == "mask"
+    spec = ViewSpec(size=(12, 16), eval_mode="squash")
+    rows = PairedViews(spec, spec).apply(
+        task["train"], train=False, label_column="mask", num_labels=3, task_type=get_task_type(SEGMENTATION)
+    )
+    assert all(torch.equal(rows[i]["labels"], torch.from_numpy(ids[i]).long()) for i in range(3))
+    bad = Dataset.from_dict({"image": images[:1], "mask": [7]})
+    with pytest.raises(
+        MaskError, match=r"row 0, column 'mask'.*cannot read an image from a value of type int"
+    ):
+        _apply(bad)

@@ -48,23 +48,28 @@ def mask_array(value: Any, *, where: str = "mask") -> np.ndarray:
     """A mask as class ids.
 
     Args:
-        value: a ``datasets`` image value (a PIL image, ``{"bytes"|"path"}``, a path) or an array ``[H, W]``.
+        value: a ``datasets`` image value (a PIL image, ``{"bytes"|"path"}``, a path) or an array ``[H, W]``
+            (a NumPy array, a tensor, or nested lists: an ``Array2D`` column's cells).
         where (`str`): names the mask in errors (row and column).
 
     Returns:
         `np.ndarray` of shape `[height, width]`, int64.
 
     Raises:
-        MaskError: a colour mask, more than one channel, or a file that cannot be decoded.
+        MaskError: a colour mask, more than one channel, a file that cannot be decoded, or a value that
+            is neither an image nor an array.
     """
-    if isinstance(value, np.ndarray | torch.Tensor):
-        array = np.asarray(value)
+    if isinstance(value, np.ndarray | torch.Tensor | list | tuple):  # lists: an Array2D/Sequence column
+        try:
+            array = np.asarray(value)
+        except ValueError as err:  # ragged nested lists
+            raise MaskError(f"{where}: a mask array must be [height, width] ({err})") from err
         if array.ndim != 2:
             raise MaskError(f"{where}: a mask array must be [height, width], got shape {tuple(array.shape)}")
         return array.astype(np.int64)
     try:
         image = load_image(value)
-    except ImageDecodeError as err:
+    except (ImageDecodeError, TypeError) as err:
         raise MaskError(f"{where}: {err}") from err
     if image.mode in _ID_MODES:
         return np.asarray(image, dtype=np.int64)
