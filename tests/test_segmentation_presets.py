@@ -49,9 +49,21 @@ def test_a_task_loaded_from_a_preset_takes_its_task_type(tmp_path, monkeypatch):
     data = tmp_path / "data"
     data.mkdir()
     make_colour_dataset(24, seed=0).to_parquet(str(data / "train-00000.parquet"))
-    register_task(TaskSpec(name="colours-typed", hub_id=str(tmp_path), task_type="image-typed-test"))
+    register_task(TaskSpec(name="colours-typed", hub_id=str(tmp_path), task_type="image-classification"))
     task = load_target_task("colours-typed")
-    assert task.task_type == "image-typed-test" and task.spec.task_type == "image-typed-test"
+    assert task.task_type == "image-classification" and task.spec.task_type == "image-classification"
+    # a preset naming a task type no loader reads is refused, listing the registered ones
+    register_task(TaskSpec(name="colours-odd", hub_id=str(tmp_path), task_type="image-typed-test"))
+    with pytest.raises(
+        ValueError, match=r"unknown task type 'image-typed-test'; registered: image-classification"
+    ):
+        load_target_task("colours-odd")
+    # a segmentation preset whose data has no mask column says so
+    register_task(TaskSpec(name="colours-masks", hub_id=str(tmp_path), task_type="image-segmentation"))
+    with pytest.raises(
+        ValueError, match=r"segmentation task but its column 'label' holds ClassLabel.*not masks"
+    ):
+        load_target_task("colours-masks")
     assert load_target_task(make_colour_dataset(24, seed=0)).task_type == "image-classification"
 
 

@@ -71,6 +71,18 @@ def segmentation_task(splits, task_name, image_column, mask_column, label_names,
                 f"task '{task_name}' is a segmentation task but split '{split_name}' has no mask column{named} "
                 f"(columns: {', '.join(columns)}): pass label_column= naming the column of mask images"
             )
+    feature = features[mask_column]
+    mask_features = (
+        datasets.Image,
+        datasets.Array2D,
+        datasets.Sequence,
+        getattr(datasets, "List", datasets.Sequence),
+    )
+    if not isinstance(feature, mask_features):
+        raise ValueError(
+            f"task '{task_name}' is a segmentation task but its column '{mask_column}' holds {feature} "
+            "(an image-level label?), not masks: a segmentation task needs one mask image (or 2-D array) per row"
+        )
     if spec is not None and spec.reduce_labels:
         table = reduce_labels_map()
         splits = DatasetDict({k: _mapped_masks(v, mask_column, table) for k, v in splits.items()})
