@@ -83,33 +83,34 @@ def main(argv=None):
     retrieved = retrieved_set(pool, task, args.transfer_budget, os.path.join(work, "retrieval"))
     transfer = {"random": random_sample(pool, len(retrieved)), "retrieved": retrieved}  # the same size
     shares = {k: float(np.mean(np.asarray(v["kind"]) == "task")) for k, v in transfer.items()}
-    runs = []
-    for seed in args.seeds:
-        runs.append(run_one("(a) labels only", None, task, teacher, processor, seed, args, work))
-        runs.append(
-            run_one(
-                "(c) KD, random pool sample", transfer["random"], task, teacher, processor, seed, args, work
-            )
-        )
-        runs.append(
-            run_one(
-                "(d) KD, retrieved set", transfer["retrieved"], task, teacher, processor, seed, args, work
-            )
-        )
-        print(json.dumps(runs[-3:], indent=1), flush=True)
-    identical = all(torch.equal(snapshot[k], v) for k, v in teacher.state_dict().items())
-    result = {
-        "settings": vars(args),
-        "teacher_test": teacher_metrics,
-        "teacher_weights_bit_identical_after_all_runs": identical,
-        "in_domain_share_of_transfer_sets": shares,
-        "runs": runs,
-        "table": table(runs),
-        "minutes": round((time.time() - started) / 60, 1),
+    methods = {
+        "(a) labels only": None,
+        "(c) KD, random pool sample": transfer["random"],
+        "(d) KD, retrieved set": transfer["retrieved"],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-    with open(args.output, "w") as f:
-        json.dump(result, f, indent=1)
+    runs, students = [], {}
+    for seed in args.seeds:
+        for method, transfer_set in methods.items():
+            record, students[method] = run_one(
+                method, transfer_set, task, teacher, processor, seed, args, work
+            )
+            runs.append(record)
+        print(json.dumps(runs[-3:], indent=1), flush=True)
+        identical = all(torch.equal(snapshot[k], v) for k, v in teacher.state_dict().items())
+        result = {  # written after every seed: a long run interrupted keeps what it measured
+            "settings": vars(args),
+            "teacher_test": teacher_metrics,
+            "teacher_weights_bit_identical_after_all_runs": identical,
+            "in_domain_share_of_transfer_sets": shares,
+            "runs": runs,
+            "table": table(runs),
+            "minutes": round((time.time() - started) / 60, 1),
+        }
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        with open(args.output, "w") as f:
+            json.dump(result, f, indent=1)
+    if args.figure:
+        prediction_figure(task, teacher, students, args.figure)
     print("\n".join(result["table"]))
     print("teacher weights bit-identical after all runs:", identical)
 
@@ -234,16 +235,18 @@ def run_one(method, transfer, task, teacher, processor, seed, args, work):
             views=views,
             train_dataset=transfer.select_columns(["image"]),
         ).train()
+    distilled = {}
+    if transfer is not None:  # the student after transfer alone: what finetuning starts from
+        distilled, _ = get_task_type(SEGMENTATION).evaluate(
+            student, task["test"], task=task, batch_size=32, where="test"
+        )
     finetune_on_labels(student, task, seed, args, os.path.join(directory, "finetune"))
     metrics, _ = get_task_type(SEGMENTATION).evaluate(
         student, task["test"], task=task, batch_size=32, where="test"
     )
-    return {
-        "method": method,
-        "seed": seed,
-        **{k: round(v, 4) for k, v in metrics.items()},
-        "seconds": round(time.time() - started),
-    }
+    record = {"method": method, "seed": seed, **{k: round(v, 4) for k, v in metrics.items()}}
+    record.update({f"before_finetuning_{k}": round(v, 4) for k, v in distilled.items()})
+    return {**record, "seconds": round(time.time() - started)}, student
 
 
 def finetune_on_labels(student, task, seed, args, directory):
