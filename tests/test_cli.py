@@ -159,7 +159,14 @@ def interrupted_demo(tmp_path_factory):
     root = tmp_path_factory.mktemp("console")
     argv = ["demo", "--output_dir", str(root / "run"), *DEMO]
     with open(root / "out1", "w") as out, open(root / "err1", "w") as err:
-        process = subprocess.Popen([*CLI, *argv], stdout=out, stderr=err)
+        # Ctrl-C's default action in the child, also when this test runs as a background job (a shell
+        # without job control starts those with SIGINT ignored, and Python keeps an inherited ignore)
+        process = subprocess.Popen(
+            [*CLI, *argv],
+            stdout=out,
+            stderr=err,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         deadline = time.time() + 300
         while time.time() < deadline and process.poll() is None and not (root / "run" / "teacher").exists():
             time.sleep(0.1)
