@@ -412,3 +412,29 @@ def check_card_metadata(path, pipeline_tag: str = "image-classification") -> dic
     assert metadata["pipeline_tag"] == pipeline_tag
     assert metadata["library_name"] in ("timm", "transformers")
     return metadata
+
+
+def tiny_segformer(num_labels: int, seed: int = 0, label_names=None):
+    """A 2-stage, ~7k-parameter SegFormer (``[B, num_labels, H/4, W/4]`` logits), in eval mode."""
+    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+
+    torch.manual_seed(seed)
+    names = (
+        {}
+        if label_names is None
+        else {"id2label": dict(enumerate(label_names)), "label2id": {n: i for i, n in enumerate(label_names)}}
+    )
+    config = SegformerConfig(
+        num_encoder_blocks=2,
+        depths=[1, 1],
+        sr_ratios=[2, 1],
+        hidden_sizes=[8, 16],
+        patch_sizes=[7, 3],
+        strides=[4, 2],
+        num_attention_heads=[1, 1],
+        mlp_ratios=[2, 2],
+        decoder_hidden_size=16,
+        num_labels=num_labels,
+        **names,
+    )
+    return SegformerForSemanticSegmentation(config).eval()

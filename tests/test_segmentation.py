@@ -18,24 +18,9 @@ CLASSES = ["background", "left", "right"]
 
 
 def tiny_segformer(num_labels: int = len(CLASSES), seed: int = 0):
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    import conftest
 
-    torch.manual_seed(seed)
-    config = SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        num_attention_heads=[1, 1],
-        mlp_ratios=[2, 2],
-        decoder_hidden_size=16,
-        num_labels=num_labels,
-        id2label=dict(enumerate(CLASSES[:num_labels])),
-        label2id={n: i for i, n in enumerate(CLASSES[:num_labels])},
-    )
-    return SegformerForSemanticSegmentation(config).eval()
+    return conftest.tiny_segformer(num_labels, seed, label_names=CLASSES[:num_labels])
 
 
 def ramp_pair(width: int = 96, height: int = 64, bands: int = 12):

@@ -44,22 +44,9 @@ def tiny_segformer(num_labels: int = NUM_LABELS, seed: int = 0):
     """A 2-stage, 7k-parameter SegFormer: ``[B, num_labels, H/4, W/4]`` logits, its classifier scaled so
     that they spread as a trained teacher's do (std ~3 instead of ~1e-3 at initialisation: float16
     rounding and the top-k mass are then exercised)."""
-    from transformers import SegformerConfig, SegformerForSemanticSegmentation
+    import conftest
 
-    torch.manual_seed(seed)
-    config = SegformerConfig(
-        num_encoder_blocks=2,
-        depths=[1, 1],
-        sr_ratios=[2, 1],
-        hidden_sizes=[8, 16],
-        patch_sizes=[7, 3],
-        strides=[4, 2],
-        num_attention_heads=[1, 1],
-        mlp_ratios=[2, 2],
-        decoder_hidden_size=16,
-        num_labels=num_labels,
-    )
-    model = SegformerForSemanticSegmentation(config).eval()
+    model = conftest.tiny_segformer(num_labels, seed)
     with torch.no_grad():
         spread = model(
             pixel_values=torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
