@@ -95,6 +95,33 @@ def test_mask_is_where_the_objects_were_drawn():
         assert untouched[mask == 0].mean() > 0.9, index
 
 
+def test_polarity_sets_which_side_is_light_and_changes_nothing_else():
+    """Default light-on-dark (the mini-VFM's look): every object pixel is brighter than the background
+    under it; dark-on-light the reverse; "either" shows both. The objects, boxes and masks are the same
+    whatever the polarity (the coin is drawn either way)."""
+
+    def sides(polarity: str) -> list[bool]:
+        config = SegmentationWorldConfig(polarity=polarity)
+        light = []
+        for index in range(10):
+            example = segmentation_world_example(index, "test", seed=4, config=config)
+            image, background, mask = arrays(example)
+            objects = (mask >= 1) & (mask <= N)
+            brighter = (image.astype(int) > background.astype(int)).all(axis=2)
+            darker = (image.astype(int) < background.astype(int)).all(axis=2)
+            assert brighter[objects].all() or darker[objects].all(), (polarity, index)
+            light.append(bool(brighter[objects].all()))
+            reference = segmentation_world_example(index, "test", seed=4)
+            assert example["objects"] == reference["objects"]
+            assert np.array_equal(mask, np.asarray(reference["mask"]))
+        return light
+
+    assert SegmentationWorldConfig().polarity == "light-on-dark"
+    assert all(sides("light-on-dark"))
+    assert not any(sides("dark-on-light"))
+    assert 0 < sum(sides("either")) < 10
+
+
 def test_the_top_object_is_of_the_cycled_class_and_shows_in_its_box():
     config = SegmentationWorldConfig()
     for index in range(2 * N):
@@ -187,6 +214,7 @@ def test_pool_is_deterministic_and_its_task_rows_come_from_the_task_generator(po
         ({"boundary_width": -1}, "boundary_width"),
         ({"boundary_width": True}, "boundary_width"),
         ({"supersample": 0}, "supersample"),
+        ({"polarity": "light"}, "polarity"),
     ],
 )
 def test_bad_config_values_are_refused_naming_the_field(fields, named):

@@ -17,9 +17,11 @@ student trained on the labels alone.
   print. No generic image holds a task class, so a transfer set retrieved by similarity to the
   labelled images has something to find that a random pool sample mostly misses.
 
-Colours are drawn so every object stands out from its background: each image is either dark
-(channels in [0, 100]) with light objects ([155, 255]) or the reverse, so a pixel the mask calls an
-object differs from the bare background by at least 27 levels in every channel.
+Colours are drawn so every object stands out from its background: by default each image is dark
+(channels in [0, 100]) with light objects ([155, 255]), the polarity of the glyph "web" the mini-VFM
+was pretrained on; ``SegmentationWorldConfig(polarity=...)`` gives the reverse, or either per image.
+A pixel the mask calls an object differs from the bare background by at least 27 levels in every
+channel.
 
 Every image is a pure function of ``(seed, split, index)`` (``numpy.random.default_rng``), so any slice
 can be regenerated alone and the same arguments give byte-identical PNGs (with the same Pillow and
@@ -41,6 +43,7 @@ __all__ = [
     "BACKGROUND",
     "DEFAULT_SEGMENTATION_CLASSES",
     "IGNORE_INDEX",
+    "POLARITIES",
     "POOL_KINDS",
     "SegmentationWorldConfig",
     "segmentation_world_example",
@@ -54,6 +57,8 @@ BACKGROUND = "background"
 IGNORE_INDEX = 255
 #: The task's classes by default: digits and capitals with distinct shapes, all known to the mini-VFM.
 DEFAULT_SEGMENTATION_CLASSES = ("2", "3", "7", "A", "K")
+#: How a task image's characters stand out: light on dark, dark on light, or either per image.
+POLARITIES = ("light-on-dark", "dark-on-light", "either")
 #: What a pool image can be: from the task's generator, or one of the three generic kinds.
 POOL_KINDS = ("task", "texture", "other_glyphs", "printed")
 
@@ -108,6 +113,10 @@ class SegmentationWorldConfig:
         boundary_width: width in pixels of the :data:`IGNORE_INDEX` band laid outside each object's
             outline (and between objects of different classes); 0 leaves the masks without one.
         supersample: characters are drawn at this multiple of their size, then box-downsampled.
+        polarity: ``"light-on-dark"`` (light characters on a dark texture: the look of the glyph
+            "web" the mini-VFM was pretrained on, so the VFM knows the task's domain),
+            ``"dark-on-light"`` (the reverse, which the mini-VFM has not seen) or ``"either"`` (a
+            coin flip per image).
 
     Raises:
         ValueError: a field out of range, naming the field.
@@ -122,8 +131,11 @@ class SegmentationWorldConfig:
     blur_radius: tuple[float, float] = (0.0, 0.6)
     boundary_width: int = 1
     supersample: int = 2
+    polarity: str = "light-on-dark"
 
     def __post_init__(self):
+        if self.polarity not in POLARITIES:
+            raise ValueError(f"polarity must be one of {POLARITIES}, got {self.polarity!r}")
         object.__setattr__(self, "classes", _check_classes(self.classes))
         _integer("image_size", self.image_size, 16, 1024)
         _integer("boundary_width", self.boundary_width, 0, 8)
@@ -227,7 +239,9 @@ def _compose(
     ignore band (``(size, size)`` uint8 class ids) and the objects in drawing order.
     """
     size = config.image_size
-    ground, ink = (_DARK, _LIGHT) if rng.random() < 0.5 else (_LIGHT, _DARK)
+    coin = rng.random()  # drawn whatever the polarity, so the rest of the image is the same
+    light_on_dark = {"light-on-dark": True, "dark-on-light": False}.get(config.polarity, coin < 0.5)
+    ground, ink = (_DARK, _LIGHT) if light_on_dark else (_LIGHT, _DARK)
     background = _texture(rng, size, *ground)
     image, mask = background.copy(), np.zeros((size, size), dtype=np.uint8)
     count = int(rng.integers(config.objects_per_image[0], config.objects_per_image[1] + 1))
