@@ -19,6 +19,7 @@ students use ``--seeds``. Writes a JSON of every run's test metrics and a table.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import random
@@ -36,18 +37,18 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--label_budget", type=int, default=32, help="labelled training images")
     parser.add_argument("--test_images", type=int, default=150)
-    parser.add_argument("--pool_size", type=int, default=1500)
+    parser.add_argument("--pool_size", type=int, default=4000)
     parser.add_argument("--in_domain_share", type=float, default=0.15)
-    parser.add_argument("--transfer_budget", type=int, default=320, help="images in (c) and (d)")
-    parser.add_argument("--teacher_epochs", type=int, default=20)
-    parser.add_argument("--distill_epochs", type=int, default=8)
+    parser.add_argument("--transfer_budget", type=int, default=1280, help="images in (c) and (d)")
+    parser.add_argument("--teacher_epochs", type=int, default=30)
+    parser.add_argument("--distill_epochs", type=int, default=30)
     parser.add_argument("--finetune_epochs", type=int, default=30)
     parser.add_argument("--image_size", type=int, default=64)
     parser.add_argument("--output", default="benchmarks/results/segmentation_miniature.json")
     parser.add_argument("--work_dir", default=None)
-    parser.add_argument("--teacher_strategy", default="full", help="linear, full, lp-ft or lora")
+    parser.add_argument("--teacher_strategy", default="lp-ft", help="linear, full, lp-ft or lora")
     parser.add_argument("--teacher_image_size", type=int, default=64, help="the teacher's input, px")
-    parser.add_argument("--head_channels", type=int, default=64, help="UperNet head width")
+    parser.add_argument("--head_channels", type=int, default=128, help="UperNet head width")
     parser.add_argument("--teacher_learning_rate", type=float, default=1e-3)
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument(
@@ -65,7 +66,11 @@ def main(argv=None):
     args = parse_args(argv)
     work = args.work_dir or tempfile.mkdtemp(prefix="seg_miniature_")
     from hf_task_distill.data import load_target_task
-    from hf_task_distill.demo.segmentation import segmentation_world_pool, segmentation_world_task
+    from hf_task_distill.demo.segmentation import (
+        SegmentationWorldConfig,
+        segmentation_world_pool,
+        segmentation_world_task,
+    )
 
     splits, names = segmentation_world_task(
         seed=0, label_budget=args.label_budget, validation_images=32, test_images=args.test_images
@@ -99,6 +104,7 @@ def main(argv=None):
         identical = all(torch.equal(snapshot[k], v) for k, v in teacher.state_dict().items())
         result = {  # written after every seed: a long run interrupted keeps what it measured
             "settings": vars(args),
+            "world": dataclasses.asdict(SegmentationWorldConfig()),
             "teacher_test": teacher_metrics,
             "teacher_weights_bit_identical_after_all_runs": identical,
             "in_domain_share_of_transfer_sets": shares,
@@ -122,7 +128,7 @@ def train_teacher(task, args, directory):
     from hf_task_distill.teacher_finetuning import TeacherFinetuner, TeacherFinetuningArguments
 
     processor = SegformerImageProcessor(  # the mini-VFM's normalisation, at the world's resolution
-        size={"height": args.image_size, "width": args.image_size},
+        size={"height": args.teacher_image_size, "width": args.teacher_image_size},
         image_mean=[0.5] * 3,
         image_std=[0.5] * 3,
         do_reduce_labels=False,
@@ -133,10 +139,10 @@ def train_teacher(task, args, directory):
     processor.image_mean, processor.image_std = list(vfm.image_mean), list(vfm.image_std)
     finetuning = TeacherFinetuningArguments(
         output_dir=directory,
-        teacher_strategy="full",
+        teacher_strategy=args.teacher_strategy,
         num_train_epochs=args.teacher_epochs,
         per_device_train_batch_size=8,
-        learning_rate=1e-3,
+        learning_rate=args.teacher_learning_rate,
         warmup_steps=10,
         report_to="none",
         logging_steps=1000,
@@ -221,7 +227,7 @@ def run_one(method, transfer, task, teacher, processor, seed, args, work):
             per_device_train_batch_size=16,
             learning_rate=2e-3,
             warmup_steps=10,
-            temperature=1.0,
+            temperature=args.temperature,
             report_to="none",
             save_strategy="no",
             logging_steps=1000,
