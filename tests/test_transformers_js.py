@@ -1,0 +1,254 @@
+"""Exported students run in Transformers.js under node, offline, with PyTorch's predictions.
+
+Each family below is built tiny from its config, exported to ``onnx/model.onnx`` and run by
+``hf_task_distill/export/node/classify.mjs`` through Transformers.js's own image processor. On images
+already at the processor's resize size, preprocessing is the same in both (max |Δpixel| ~ 2e-7
+measured) and the logits agree to 1e-4. Other sizes are resized by sharp in node and by PIL in
+Python, which interpolate differently: there only top-1 is compared. Without node the tests skip and
+say so; with node, a failed ``npm ci`` of the pinned package fails them.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_task_distill.export.transformers_js import (
+    TransformersJsUnavailable,
+    install_transformers_js,
+    run_in_transformers_js,
+    transformers_js_preprocessor_config,
+    write_transformers_js_files,
+)
+
+LABELS = ["red", "green", "blue", "yellow"]
+LOGIT_TOLERANCE = 1e-4  # measured: at most 6.3e-6 (MobileViT-V2), 2e-6 or less for the others
+
+
+@pytest.fixture(scope="module")
+def install_dir():
+    """The pinned Transformers.js, installed once into the user cache (``npm ci``)."""
+    for tool in ("node", "npm"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} is not on PATH: the Transformers.js tests need Node.js (>= 18) with npm")
+    return install_transformers_js()  # a failed install fails the tests
+
+
+class _Logits(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values):
+        return self.model(pixel_values=pixel_values).logits
+
+
+def _randomise(model):
+    """torch's default initialisation and a 10x head: transformers' own leaves tiny or zero logits."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "reset_parameters") and not list(module.children()):
+                module.reset_parameters()
+        head = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))][-1]
+        head.weight.mul_(10)
+    return model.eval()
+
+
+def _save_and_export(model, folder, size, processor=None):
+    model.save_pretrained(folder)
+    if processor is not None:
+        processor.save_pretrained(folder)
+    (folder / "onnx").mkdir()
+    torch.onnx.export(
+        _Logits(model).eval(),
+        (torch.randn(2, 3, size, size),),
+        str(folder / "onnx" / "model.onnx"),
+        input_names=["pixel_values"],
+        output_names=["logits"],
+        dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
+        dynamo=True,
+    )
+    return folder
+
+
+def _timm_resnet(folder):
+    from hf_task_distill.models import create_student
+
+    model = create_student("resnet10t", LABELS, model_args={"channels": (8, 16, 32, 64)}, image_size=32)
+    return _save_and_export(_randomise(model), folder, 32)
+
+
+def _hf_resnet(folder):
+    from transformers import ConvNextImageProcessor, ResNetConfig, ResNetForImageClassification
+
+    config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
+    config.id2label, config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
+    processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
+    return _save_and_export(_randomise(ResNetForImageClassification(config)), folder, 32, processor)
+
+
+def _mobilevitv2(folder):
+    from transformers import MobileViTImageProcessor, MobileViTV2Config, MobileViTV2ForImageClassification
+
+    config = MobileViTV2Config(width_multiplier=0.25, image_size=64, num_labels=len(LABELS))
+    processor = MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
+    return _save_and_export(_randomise(MobileViTV2ForImageClassification(config)), folder, 64, processor)
+
+
+def _segformer(folder):
+    from conftest import tiny_segformer
+
+    from hf_task_distill.models.families.transformers_segmentation import segmentation_image_processor
+
+    model = tiny_segformer(len(LABELS), label_names=LABELS)
+    model.config.image_size = 32
+    return _save_and_export(_randomise(model), folder, 32, segmentation_image_processor(32))
+
+
+# family: (builder, task, the size the processor resizes to (resizing is then the identity),
+#          how Transformers.js loads it)
+FAMILIES = {
+    "timm-resnet": (_timm_resnet, "image-classification", 36, "AutoModel+AutoImageProcessor"),
+    "transformers-resnet": (_hf_resnet, "image-classification", 36, "pipeline"),
+    "mobilevitv2": (_mobilevitv2, "image-classification", 72, "pipeline"),
+    "segformer": (_segformer, "image-segmentation", 32, "pipeline"),
+}
+
+
+def _images(folder, sizes, seed):
+    """PNG files of smooth random colour fields (4x4 colours, bicubic-upscaled) at ``sizes``."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir()
+    paths = []
+    for i in range(20):
+        width, height = sizes[i % len(sizes)]
+        small = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+        paths.append(str(folder / f"{i:02d}.png"))
+        small.resize((width, height), Image.BICUBIC).save(paths[-1])
+    return paths
+
+
+def _pytorch_logits(folder, task, paths):
+    from transformers import (
+        AutoImageProcessor,
+        AutoModelForImageClassification,
+        AutoModelForSemanticSegmentation,
+    )
+
+    auto = (
+        AutoModelForImageClassification
+        if task == "image-classification"
+        else AutoModelForSemanticSegmentation
+    )
+    model, processor = auto.from_pretrained(folder).eval(), AutoImageProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        return [
+            model(**processor(Image.open(p).convert("RGB"), return_tensors="pt")).logits[0].numpy()
+            for p in paths
+        ]
+
+
+@pytest.fixture(scope="module", params=list(FAMILIES))
+def exported(request, tmp_path_factory):
+    builder, task, size, route = FAMILIES[request.param]
+    root = tmp_path_factory.mktemp(request.param)
+    folder = builder(root / "student")
+    written = write_transformers_js_files(str(folder))
+    assert bool(written) == (request.param == "timm-resnet")  # only timm students need a file
+    return folder, task, size, route, root
+
+
+def test_student_runs_in_transformers_js_with_pytorchs_logits(install_dir, exported):
+    folder, task, size, route, root = exported
+    paths = _images(root / "at_size", [(size, size)], seed=0)
+    results = run_in_transformers_js(str(folder), paths, task=task, install_dir=install_dir)
+    assert {r["loaded_with"] for r in results} == {route}
+    for path, result, logits in zip(paths, results, _pytorch_logits(folder, task, paths), strict=True):
+        assert result["shape"] == list(logits.shape), path
+        js = np.asarray(result["logits"], dtype=np.float32).reshape(logits.shape)
+        assert np.abs(js - logits).max() <= LOGIT_TOLERANCE, (path, np.abs(js - logits).max())
+        assert np.array_equal(np.asarray(result["top1"]).reshape(-1), logits.argmax(0).reshape(-1)), path
+
+
+def test_student_in_transformers_js_keeps_top1_when_images_are_resized(install_dir, exported):
+    """sharp (node) and PIL (Python) resize differently, so logits move (measured up to 0.02 at a
+    logit scale of 0.2-2); the top-1 class held on all 20 images, and for 97.7% of SegFormer's pixels."""
+    folder, task, _, _, root = exported
+    paths = _images(root / "resized", [(40, 36), (48, 40), (36, 44), (96, 80)], seed=1)
+    results = run_in_transformers_js(str(folder), paths, task=task, install_dir=install_dir)
+    top1 = [np.asarray(r["top1"]).reshape(-1) for r in results]
+    expected = [logits.argmax(0).reshape(-1) for logits in _pytorch_logits(folder, task, paths)]
+    agreement = np.mean(np.concatenate(top1) == np.concatenate(expected))
+    assert agreement >= (0.95 if task == "image-segmentation" else 1.0), agreement
+
+
+@pytest.mark.parametrize("exported", ["timm-resnet"], indirect=True)
+def test_timm_student_folder_still_loads_in_python_with_the_transformers_js_file(exported):
+    """Python reads a local timm folder's preprocessing from config.json, never the extra file."""
+    from transformers import AutoImageProcessor, pipeline
+
+    folder, task, _, _, root = exported
+    assert type(AutoImageProcessor.from_pretrained(folder)).__name__ == "TimmWrapperImageProcessor"
+    path = _images(root / "python", [(50, 40)], seed=2)[0]
+    assert {p["label"] for p in pipeline(task, model=str(folder))(path)} == set(LABELS)
+
+
+def test_timm_student_without_its_preprocessor_file_is_refused_naming_the_file(install_dir, tmp_path):
+    folder = _timm_resnet(tmp_path / "student")
+    paths = _images(tmp_path / "images", [(36, 36)], seed=3)[:1]
+    with pytest.raises(RuntimeError, match=r"preprocessor_config\.json.*write_transformers_js_files"):
+        run_in_transformers_js(str(folder), paths, install_dir=install_dir)
+
+
+@pytest.mark.parametrize(
+    "pretrained_cfg, expected",
+    [
+        ({"input_size": (3, 32, 32), "crop_pct": 0.875}, {"shortest_edge": 36}),
+        (
+            {"input_size": (3, 224, 224), "crop_pct": 0.95, "crop_mode": "squash"},
+            {"height": 235, "width": 235},
+        ),
+    ],
+)
+def test_timm_preprocessing_becomes_transformers_js_fields(pretrained_cfg, expected):
+    config = transformers_js_preprocessor_config(
+        {**pretrained_cfg, "interpolation": "bilinear", "mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    )
+    assert config["size"] == expected and config["resample"] == 2
+    assert config["crop_size"] == {
+        "height": pretrained_cfg["input_size"][1],
+        "width": pretrained_cfg["input_size"][2],
+    }
+    assert config["image_mean"] == [0.5] * 3 and config["image_std"] == [0.25] * 3
+    assert config["image_processor_type"] == "TimmWrapperImageProcessor"  # what Python keeps using
+    json.dumps(config)
+
+
+@pytest.mark.parametrize(
+    "pretrained_cfg, problem",
+    [
+        ({"input_size": (3, 32, 32), "crop_mode": "border"}, "crop_mode 'border'"),
+        ({"input_size": (3, 32, 48)}, "crop_mode 'center' at input size 32x48"),
+        ({"input_size": (3, 32, 32), "interpolation": "lanczos"}, "interpolation 'lanczos'"),
+    ],
+)
+def test_timm_preprocessing_transformers_js_cannot_reproduce_is_refused(pretrained_cfg, problem):
+    with pytest.raises(ValueError, match=problem):
+        transformers_js_preprocessor_config(pretrained_cfg)
+
+
+def test_missing_node_or_package_names_the_setup(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(TransformersJsUnavailable, match="node is not on PATH"):
+        run_in_transformers_js(str(tmp_path), ["x.png"], install_dir=str(tmp_path))
+    monkeypatch.undo()
+    if shutil.which("node") is None:
+        pytest.skip("node is not on PATH: the not-installed message needs node")
+    with pytest.raises(TransformersJsUnavailable, match="install_transformers_js"):
+        run_in_transformers_js(str(tmp_path), ["x.png"], install_dir=str(tmp_path / "empty"))
