@@ -243,7 +243,9 @@ def describe_trace_failure(err: BaseException, wrapped) -> str:
                 stack = node.meta.get("nn_module_stack") or {}
                 if stack and module is None:
                     qualified, cls = list(stack.values())[-1]
-                    module = f"'{qualified or '(the model)'}' ({getattr(cls, '__name__', cls)})"
+                    qualified = qualified.removeprefix("model.") if qualified != "model" else ""
+                    cls = getattr(cls, "__name__", str(cls)).rsplit(".", 1)[-1]
+                    module = f"'{qualified or '(the model)'}' ({cls})"
     summary = _exception_summary(chain)
     if operator is None:
         found = re.search(r"OpOverload\(op='([^']+)'", str(err))
@@ -251,8 +253,7 @@ def describe_trace_failure(err: BaseException, wrapped) -> str:
     where = ", ".join(
         part
         for part in (
-            f"in module {module}" if module else "",
-            f"at {line}" if line else "",
+            f"in module {module}" + (f" at {line}" if line else "") if module else "",
             f"operator {operator}" if operator else "",
         )
         if part
@@ -263,7 +264,8 @@ def describe_trace_failure(err: BaseException, wrapped) -> str:
 def _frame_line(frame, lineno: int, source) -> str:
     name = os.path.basename(frame.f_code.co_filename)
     text = next((s.line for s in source if s.lineno == lineno and s.name == frame.f_code.co_name), "")
-    return f"{name}:{lineno}" + (f" `{text.strip()}`" if text else "")
+    code = text.split("#", 1)[0].strip() if text else ""
+    return f"{name}:{lineno}" + (f" `{code}`" if code else "")
 
 
 def _exception_summary(chain: list[BaseException]) -> str:
@@ -316,7 +318,7 @@ def sample_pixels(model, spec, images: Any, task_type: str, limit: int = SAMPLE_
         return _dataset_pixels(model, spec, images, task_type, limit)
     tensors = []
     for image in images:
-        pixels = torch.from_numpy(np.asarray(image.convert("RGB"))).permute(2, 0, 1).contiguous()
+        pixels = torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous()
         tensors.append(render_view(pixels, eval_view(image.size, spec), spec))
     return torch.stack(tensors).float(), None, described
 
