@@ -235,7 +235,7 @@ class _Eigenvalues(torch.nn.Module):
         ),
         (
             _Eigenvalues,
-            r"module 'timm_model.act1' \(_Eigenvalues\), operator aten.linalg_eig.default: DispatchError",
+            r"module 'timm_model.act1' \(_Eigenvalues\), operator aten.linalg_eig.default\): DispatchError",
         ),
     ],
 )
