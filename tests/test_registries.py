@@ -304,7 +304,7 @@ def test_the_safetensors_format_is_the_model_folder_and_what_a_run_publishes(stu
 
 
 def test_a_registered_export_format_runs_beside_the_built_in_one(student_folder, summary_format, tmp_path):
-    assert available_export_formats() == ["safetensors", "summary-test"]
+    assert available_export_formats() == ["onnx", "onnx-int8", "safetensors", "summary-test"]
     written = export_student(student_folder, ["safetensors", "summary-test"], tmp_path / "out")
     assert list(written) == ["safetensors", "summary-test"]
     with open(written["summary-test"][0], encoding="utf-8") as f:
@@ -328,8 +328,12 @@ def _folder_without(tmp_path, student_folder, *removed, add=()):
 @pytest.mark.parametrize(
     "make, formats, pattern",
     [
-        (lambda t, s: s, ["onnx"], r"unknown export format 'onnx'; registered: safetensors$"),
-        (lambda t, s: s, [], r"no export format given; registered: safetensors"),
+        (
+            lambda t, s: s,
+            ["torchscript"],
+            r"unknown export format 'torchscript'; registered: onnx, onnx-int8, safetensors$",
+        ),
+        (lambda t, s: s, [], r"no export format given; registered: onnx, onnx-int8, safetensors$"),
         (
             lambda t, s: str(t / "nowhere"),
             "safetensors",
@@ -378,4 +382,4 @@ def test_a_formats_own_check_stops_the_export_before_any_format_writes(student_f
     finally:
         unregister_export_format("needs-a-package-test")
     assert not (tmp_path / "out").exists()
-    assert available_export_formats() == ["safetensors"]
+    assert available_export_formats() == ["onnx", "onnx-int8", "safetensors"]

@@ -8,4 +8,6 @@ TOOL_COMMANDS = {
     "with paired differences.",
     "convert": "Turn a timm architecture and a weights file (.safetensors, or a tensors-only .pth) "
     "into a model folder every loader reads.",
+    "export": "Write a saved student as ONNX (fp32, int8) next to its weights, with parity and CPU "
+    "latency measured.",
 }

@@ -9,8 +9,10 @@ subclass registered with :func:`register_export_format`.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from ..registry import Registry
 
@@ -38,12 +40,18 @@ class ExportFormat:
 
     #: The format's registry name (``export_student(folder, formats=[name])``).
     name: str = ""
+    #: Formats whose files this one writes too (``onnx-int8`` writes ``onnx``'s): when both are asked
+    #: for, only this one runs, and the included format's entry lists this one's files.
+    includes: tuple[str, ...] = ()
 
-    def check(self, model_folder: str) -> None:
+    def check(self, model_folder: str, **options: Any) -> None:
         """Raise (``ValueError``, ``ImportError``...) naming the problem if this format cannot export
-        ``model_folder``, which :func:`check_student_folder` has already accepted. Default: nothing."""
+        ``model_folder``, which :func:`check_student_folder` has already accepted. Default: nothing.
 
-    def export(self, model_folder: str, output_dir: str) -> list[str]:
+        ``options`` are :func:`export_student`'s keyword options (``output_dir``, ``images``,
+        ``overwrite``); a format whose ``check`` or ``export`` does not name one is not given it."""
+
+    def export(self, model_folder: str, output_dir: str, **options: Any) -> list[str]:
         """Write the format's files for the student in ``model_folder`` into ``output_dir`` (which
         exists; it may be ``model_folder`` itself).
 
@@ -116,10 +124,22 @@ def check_student_folder(folder: str | os.PathLike) -> str:
     return folder
 
 
+def _accepted(method, options: dict[str, Any]) -> dict[str, Any]:
+    """The ``options`` that ``method`` names (all of them if it takes ``**kwargs``): formats written
+    before an option existed keep working."""
+    parameters = inspect.signature(method).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return dict(options)
+    return {key: value for key, value in options.items() if key in parameters}
+
+
 def export_student(
     folder: str | os.PathLike,
     formats: str | Sequence[str] = ("safetensors",),
     output_dir: str | os.PathLike | None = None,
+    *,
+    images: Any = None,
+    overwrite: bool = False,
 ) -> dict[str, list[str]]:
     """Export the student saved in ``folder`` to each of ``formats``.
 
@@ -130,6 +150,11 @@ def export_student(
             ``finetune/model``).
         formats: registered format names (``available_export_formats()``), or one name.
         output_dir: where the files go (created if needed); default ``folder`` itself.
+        images: evaluation images for formats that measure the exported model (``onnx``: a list of
+            PIL images, a ``datasets.Dataset`` or a ``TargetTask``); formats that measure nothing
+            ignore them.
+        overwrite: let a format replace an earlier export of *other* weights (``onnx`` refuses by
+            default; an export of the same weights is always replaced).
 
     Returns:
         Each format's name and the paths of its files in ``output_dir``.
@@ -144,8 +169,16 @@ def export_student(
         raise ValueError(f"no export format given; registered: {', '.join(available_export_formats())}")
     chosen = [_FORMATS.get(name) for name in names]
     folder = check_student_folder(folder)
-    for export_format in chosen:
-        export_format.check(folder)
     output_dir = os.fspath(output_dir) if output_dir is not None else folder
+    options = {"output_dir": output_dir, "images": images, "overwrite": overwrite}
+    for export_format in chosen:
+        export_format.check(folder, **_accepted(export_format.check, options))
     os.makedirs(output_dir, exist_ok=True)
-    return {export_format.name: list(export_format.export(folder, output_dir)) for export_format in chosen}
+    options.pop("output_dir")
+    included = {name: f.name for f in chosen for name in f.includes if name in names}
+    written: dict[str, list[str]] = {}
+    for export_format in chosen:
+        if export_format.name not in included and export_format.name not in written:
+            kwargs = _accepted(export_format.export, options)
+            written[export_format.name] = list(export_format.export(folder, output_dir, **kwargs))
+    return {name: written[included.get(name, name)] for name in names}
