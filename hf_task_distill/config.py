@@ -36,11 +36,11 @@ __all__ = [
 
 #: The package's own stages, in run order (:func:`hf_task_distill.stages.available_stages` adds any
 #: a plugin registered; each stage is one module of :mod:`hf_task_distill.stages`).
-STAGES = ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate", "publish")
+STAGES = ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate", "export", "publish")
 #: Stages that only derive files from finished ones (seconds of work): a changed setting redoes them
 #: without asking (``Stage.recomputed_freely``). Any other finished stage is redone only when
 #: ``--overwrite_stage`` names it.
-RECOMPUTED_FREELY = ("evaluate", "publish")
+RECOMPUTED_FREELY = ("evaluate", "export", "publish")
 #: Retrieval settings that are off (None) unless given: given with another --transfer, they are an error.
 RETRIEVAL_ONLY = ("min_similarity", "min_teacher_confidence", "memory_budget_gb")
 #: Settings of one command rather than of the run: never saved in, nor read from, a run's config.json.
@@ -429,6 +429,13 @@ class RunArguments:
     )
     hub_dataset_id: str | None = field(default=None, metadata={"help": "Repo of the transfer set."})
     hub_private: bool = field(default=False, metadata={"help": "Create private repos."})
+    export_formats: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Export the finetuned student after evaluation (the export stage; off when empty): "
+            "onnx, onnx-int8. Parity and CPU latency are measured; publish uploads onnx/ with the student."
+        },
+    )
 
     def __post_init__(self):
         if self.bf16 and self.fp16:
@@ -455,6 +462,7 @@ class RunArguments:
                     raise ValueError(f"--{name} '{value}' is not a Hub repo id (owner/name): {err}") from err
         if isinstance(self.overwrite_stage, str):  # a config file may give one stage as a string
             self.overwrite_stage = [self.overwrite_stage]
+        self.export_formats = _check_export_formats(self.export_formats)
         from .stages import available_stages  # the registry: stages a plugin registered count
 
         unknown = [s for s in self.overwrite_stage if s not in available_stages()]
@@ -462,6 +470,29 @@ class RunArguments:
             raise ValueError(
                 f"--overwrite_stage: unknown stage(s) {unknown}; stages are {', '.join(available_stages())}"
             )
+
+
+def _check_export_formats(formats: list[str] | str) -> list[str]:
+    """``--export_formats``: registered export formats, each once, with their packages installed, so
+    that a typo or a missing ``onnxruntime`` fails now, not after the student is trained.
+
+    Raises:
+        ValueError: an unknown format (the registered ones are listed).
+        ImportError: a format's package is missing (naming the extra to install).
+    """
+    from .export import OnnxFormat, available_export_formats
+    from .export.base import _FORMATS
+    from .export.onnx import _require_onnx
+
+    names = [formats] if isinstance(formats, str) else list(formats)  # a config file may give one
+    unknown = [name for name in names if name not in available_export_formats()]
+    if unknown:
+        raise ValueError(
+            f"--export_formats: unknown format(s) {unknown}; registered: {', '.join(available_export_formats())}"
+        )
+    if any(isinstance(_FORMATS.get(name), OnnxFormat) for name in names):
+        _require_onnx()
+    return list(dict.fromkeys(names))
 
 
 ARGUMENT_GROUPS = (TaskArguments, TeacherArguments, TransferArguments, StudentArguments, RunArguments)

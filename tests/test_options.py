@@ -67,6 +67,7 @@ PIPELINE_ONLY = {
     "output_dir",
     "overwrite_stage",
     "hub_dataset_id",
+    "export_formats",  # the export stage's formats: export_student(folder, formats) takes them as an argument
 }
 
 #: Flags whose API field has another name (and possibly default): flag -> (API, field, reason).

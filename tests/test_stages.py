@@ -55,7 +55,7 @@ def _config(tmp_path, **values):
 
 def test_the_built_in_stages_are_registered_in_run_order():
     assert available_stages() == STAGES
-    assert [n for n in STAGES if get_stage(n).recomputed_freely] == ["evaluate", "publish"]
+    assert [n for n in STAGES if get_stage(n).recomputed_freely] == ["evaluate", "export", "publish"]
     with pytest.raises(ValueError, match=r"unknown stage 'distil'; stages are teacher, transfer, distill"):
         get_stage("distil")
 
@@ -107,7 +107,11 @@ def test_each_command_runs_its_stage_and_what_it_depends_on(tmp_path):
     assert runs["finetune-teacher"] == ["teacher"] and runs["build-transfer-set"] == ["transfer"]
     assert runs["distill"] == ["teacher", "transfer", "distill"]
     assert runs["finetune"] == ["teacher", "transfer", "distill", "finetune"]
-    assert runs["evaluate"] == list(STAGES[:-1]) and runs["push"] == runs["run"] == list(STAGES)
+    assert runs["evaluate"] == [s for s in STAGES if s not in ("export", "publish")]
+    assert runs["push"] == runs["run"] == [s for s in STAGES if s != "export"]  # export is off by default
+    exporting = _config(tmp_path, export_formats=["onnx"])
+    assert stages_for_command(exporting, "publish") == stages_for_command(exporting, None) == list(STAGES)
+    assert "export" not in stages_for_command(exporting, "evaluate")
     no_baseline = _config(tmp_path, baseline=False)
     assert "baseline" not in stages_for_command(no_baseline, "evaluate") + stages_for_command(
         no_baseline, None

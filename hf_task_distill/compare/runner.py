@@ -152,6 +152,7 @@ class Comparison:
     def run(self) -> list[dict[str, Any]]:
         """Run (or continue) every cell; returns one record per cell with every method's accuracy."""
         from ..pipeline import Pipeline
+        from ..stages import get_stage
 
         self.check_pool()
         records = []
@@ -159,9 +160,7 @@ class Comparison:
             logger.info("compare: cell %d of %d, N = %d, seed %d", number, len(self.cells()), per_class, seed)
             for run in self.runs:
                 config = self.run_config(per_class, seed, run)
-                stages = [
-                    s for s in STAGES if s != "publish" and (s != "baseline" or config.student.baseline)
-                ]
+                stages = [s for s in STAGES if s != "publish" and get_stage(s).enabled(config)]
                 Pipeline(config).run(stages)
             records.append(self.record(per_class, seed))
         return records

@@ -1,7 +1,8 @@
 """The offline demo: the whole pipeline on scikit-learn's digits, on a CPU, in a few minutes.
 
 What it shows: every stage runs end to end (teacher finetuning, transfer set, distillation,
-student finetuning, evaluation, a publishable student folder with its card and compute ledger, and
+student finetuning, evaluation, the student exported to ONNX with its parity and latency (with the
+``onnx`` extra), a publishable student folder with its card and compute ledger, and
 with matplotlib a results chart and a confusion matrix in the run folder) on a
 real labelled dataset, with a teacher that knows more than the labels: the shipped mini-VFM,
 pretrained on 30,000 rendered printed characters (see docs/miniature.md). The student distilled
@@ -54,7 +55,31 @@ def demo_defaults() -> dict[str, Any]:
         "hflip_probability": 0.0,  # a mirrored digit is another glyph
         "logging_steps": 50,
         "output_dir": "runs/digits-demo",
+        # the student exported to ONNX (fp32 and int8) with parity and latency measured, when the
+        # onnx extra is installed; without it the demo says how to get the export (_export_note)
+        "export_formats": ["onnx", "onnx-int8"] if _onnx_installed() else [],
     }
+
+
+def _onnx_installed() -> bool:
+    """Whether the ``onnx`` extra's packages (onnx, onnxruntime, onnxscript) can be imported."""
+    import importlib.util
+
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime", "onnxscript"))
+
+
+def _export_note(config: PipelineConfig) -> str:
+    """Where the demo's exported student is (the export line is in the summary above it), or how to
+    get one when the run does not export."""
+    if config.run.export_formats:
+        folder = os.path.join(config.run.output_dir, "export", "model")
+        return (
+            f"Exported student: {folder} (onnx/ with export.json; published with the student in "
+            "publish/student/onnx/; docs/deployment.md runs it in Transformers.js)"
+        )
+    return (
+        "Export skipped: pip install 'hf-task-distill[onnx]' to export the student to ONNX (docs/models.md)"
+    )
 
 
 def make_demo_teacher(folder: str, label_names: list[str] | None = None) -> str:
@@ -101,4 +126,5 @@ def run_demo(config: PipelineConfig) -> str:
         evaluation = pipeline.manifest("evaluate")["outputs"]
         title = f"Results on the {evaluation['split']} split ({evaluation['images']} images)"
         figures = figures_summary(pipeline.run_dir, evaluation["results"], title) + "\n\n"
+        figures += _export_note(config) + "\n\n"
     return pipeline.summary() + "\n\n" + figures + EXPLANATION.format(per_class=config.task.per_class)

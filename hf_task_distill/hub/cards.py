@@ -7,6 +7,7 @@ carries a path, user or host name of the machine that made it, whoever filled in
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -260,6 +261,9 @@ class StudentCardData:
     teacher_repo: str | None = None
     label_budget: dict[str, Any] | None = None
     student_result: str = "student, distilled + finetuned"
+    #: the ``onnx/export.json`` record published with the student (:mod:`hf_task_distill.export.onnx`):
+    #: the card's export section (files, parity, latency, the input it expects); ``None``: no section
+    export: dict[str, Any] | None = None
 
 
 def _student_eval_results(data: StudentCardData) -> list:
@@ -339,11 +343,86 @@ def render_student_card(data: StudentCardData):
         list(task_type.metric_names),
         list(task_type.metric_titles),
     )
+    fields["export"] = export_card_fields(data.export) if data.export else None
     missing = {n: [k for k in task_type.metric_names if k not in m] for n, m in data.results.items()}
     if any(missing.values()):
         raise ValueError(f"results lack the {task_type.name} metrics {missing}")
     card = ModelCard.from_template(_student_card_data(data), template_str=template, **fields)
     return _ending_in_newline(card)
+
+
+#: How the card names the runtimes of an export's latency table (``export.json``'s rows).
+RUNTIME_TITLES = {
+    "pytorch": "PyTorch eager",
+    "onnxruntime": "ONNX Runtime, fp32",
+    "onnxruntime_int8": "ONNX Runtime, int8",
+}
+#: What each file of ``onnx/`` is.
+ONNX_FILE_TITLES = {
+    "model.onnx": "fp32",
+    "model_quantized.onnx": "int8 weights (ONNX Runtime dynamic quantization)",
+}
+
+
+def export_card_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The export section's values from an ``onnx/export.json`` record: its files and sizes, the
+    input the graph expects, parity, int8's change, the latency table and the machine it ran on.
+
+    Args:
+        record (`dict`): what :class:`~hf_task_distill.export.OnnxFormat` measured.
+
+    Returns:
+        `dict`: ``files`` (rows: path, what, MB), ``input`` (shape, size, mean, std, interpolation,
+        crop_pct, eval_mode and ``resize``, the shorter side before the centre crop), ``output_shape``, ``parity`` (the record's), ``int8`` (or ``None``), ``latency``
+        (rows: runtime, batch-1 median and p90 in ms, batch-32 images/s, speed-ups), ``machine`` (one
+        line) and ``exporter`` (versions).
+    """
+    view = record["input"]["view"]
+    latency = record["latency"]
+    rows = []
+    for key, title in RUNTIME_TITLES.items():
+        if key not in latency["batch_1"]:
+            continue
+        one, many = latency["batch_1"][key], latency[f"batch_{_throughput_batch(latency)}"][key]
+        rows.append(
+            {
+                "runtime": title,
+                "median_ms": one["median_ms"],
+                "p90_ms": one["p90_ms"],
+                "images_per_s": many["images_per_s"],
+                "speedup_1": one.get("speedup_vs_pytorch", 1.0),
+                "speedup_many": many.get("speedup_vs_pytorch", 1.0),
+            }
+        )
+    machine = record["machine"]
+    return {
+        "format": record["format"],
+        "files": [
+            {"path": f"onnx/{name}", "what": ONNX_FILE_TITLES.get(name, name), "mb": size / 1e6}
+            for name, size in record["files"].items()
+        ],
+        # timm's and ViewSpec's evaluation resize: the shorter side to floor(size / crop_pct), then the crop
+        "input": {
+            **view,
+            "shape": record["input"]["shape"],
+            "resize": math.floor(min(view["size"]) / view["crop_pct"]),
+        },
+        "output_shape": record["output"]["shape"],
+        "parity": record["parity"],
+        "int8": record["parity"].get("int8"),
+        "latency": rows,
+        "batch": _throughput_batch(latency),
+        "machine": f"{machine['cpu']} ({machine['cpu_count']} cores, {machine['threads']} threads, "
+        f"{machine['system']} {machine['machine']}), onnxruntime {machine['onnxruntime']}, torch {machine['torch']}",
+        "exporter": record.get("exporter", {}),
+        "parameters": record.get("parameters"),
+        "flops_per_image": record.get("flops_per_image"),
+    }
+
+
+def _throughput_batch(latency: dict[str, Any]) -> int:
+    """The largest batch the latency table timed (32)."""
+    return max(int(key.removeprefix("batch_")) for key in latency)
 
 
 @dataclass

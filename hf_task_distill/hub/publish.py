@@ -4,7 +4,9 @@ The folders are exactly what is uploaded, so they can be checked offline with th
 (``AutoModelForImageClassification``, ``pipeline``, ``timm.create_model``, ``datasets.load_dataset``)
 before anything leaves the machine. Uploads go through ``huggingface_hub``; the token is resolved
 by it (``huggingface-cli login``, ``HF_TOKEN``) and never written into a folder, card or manifest.
-Pickled files the Trainer writes (``training_args.bin``) are not published.
+Pickled files the Trainer writes (``training_args.bin``) are not published. When the run exports
+(``--export_formats``), the export stage's ``onnx/`` folder (and, for a timm student, the
+``preprocessor_config.json`` Transformers.js reads) is published with the student.
 
 Nothing of the local machine goes into the folders: every model, dataset and pool the run used is
 named by :func:`~hf_task_distill.hub.names.public_name` (a Hub id as is, a local folder by its name
@@ -150,7 +152,7 @@ def _public_ledger(context):
     return ComputeLedger([replace(e, model=name(e.model)) for e in ledger.entries], dict(ledger.wall_s))
 
 
-def _student_card(context, model_config, ledger):
+def _student_card(context, model_config, ledger, export=None):
     """The card data of the published student, every source named by ``public_name``/``hub_id``."""
     from .cards import StudentCardData, descriptive_name, label_budget_summary
 
@@ -188,6 +190,7 @@ def _student_card(context, model_config, ledger):
         repo_id=repo_id,
         task_type=task.task_type,
         library_name="timm" if model_config.model_type == "timm_wrapper" else "transformers",
+        export=export,
     )
 
 
@@ -206,6 +209,27 @@ def _add_image_processor(student_dir: str, task_type: str) -> None:
     size = getattr(AutoConfig.from_pretrained(student_dir), "image_size", None)
     if isinstance(size, int):
         segmentation_image_processor(size).save_pretrained(student_dir)
+
+
+def _add_export(context, student_dir: str) -> dict[str, Any] | None:
+    """The export stage's files next to the student (``onnx/``, and the ``preprocessor_config.json``
+    Transformers.js needs for a timm student), when the run exports; returns ``onnx/export.json``'s
+    record (relative file names only), or ``None``."""
+    from ..files import read_json
+
+    manifest = context.manifest("export") if context.config.run.export_formats else None
+    exported = (manifest or {}).get("outputs", {}).get("model")
+    target = os.path.join(student_dir, "onnx")
+    if os.path.isdir(target):  # a publish rewritten in place: never an earlier run's onnx/
+        shutil.rmtree(target)
+    if not exported or not os.path.isdir(os.path.join(exported, "onnx")):
+        return None
+    shutil.copytree(os.path.join(exported, "onnx"), target, copy_function=shutil.copyfile)
+    processor = os.path.join(student_dir, "preprocessor_config.json")
+    if not os.path.exists(processor) and os.path.isfile(os.path.join(exported, "preprocessor_config.json")):
+        shutil.copyfile(os.path.join(exported, "preprocessor_config.json"), processor)
+    record = os.path.join(target, "export.json")
+    return read_json(record) if os.path.isfile(record) else None
 
 
 def publish_run(context, directory: str) -> dict[str, Any]:
@@ -234,8 +258,9 @@ def publish_run(context, directory: str) -> dict[str, Any]:
             finetuned, formats=("safetensors",), output_dir=student_dir
         )  # the files a student is published with
         _add_image_processor(student_dir, context.task.task_type)
+        exported = _add_export(context, student_dir)
         ledger = _public_ledger(context)
-        card = _student_card(context, AutoConfig.from_pretrained(student_dir), ledger)
+        card = _student_card(context, AutoConfig.from_pretrained(student_dir), ledger, exported)
         render_student_card(card).save(os.path.join(student_dir, "README.md"))
         ledger.save(os.path.join(student_dir, "compute_ledger.json"))
         public = {key: evaluation[key] for key in ("split", "images", "results")}  # no paths of this run

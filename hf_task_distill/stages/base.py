@@ -138,7 +138,7 @@ _REGISTRY: dict[str, Stage] = {}
 #: before it after the same stage).
 _PLACED_AFTER: dict[str, str] = {}
 #: The package's own stages: registered on import, never unregistered.
-BUILTIN_STAGES = ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate", "publish")
+BUILTIN_STAGES = ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate", "export", "publish")
 #: Command names that are not stages' (the CLI's own; its tools are :data:`~hf_task_distill.commands.TOOL_COMMANDS`).
 RESERVED_COMMANDS = ("run", "demo")
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

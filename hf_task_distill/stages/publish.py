@@ -3,12 +3,13 @@ their cards; pushed when ``--push_to_hub`` is given."""
 
 from __future__ import annotations
 
-from .base import Stage, StageResult, register_stage
+from .base import Stage, StageResult, get_stage, register_stage
 
 
 @register_stage
 class PublishStage(Stage):
-    """``student/`` and ``transfer_set/`` folders with their cards; pushed with ``--push_to_hub``."""
+    """``student/`` (with the export stage's ``onnx/`` when it ran) and ``transfer_set/`` folders with
+    their cards; pushed with ``--push_to_hub``."""
 
     name = "publish"
     command = "push"
@@ -18,7 +19,8 @@ class PublishStage(Stage):
     recomputed_freely = True
 
     def upstream(self, config):
-        return ("transfer", "finetune", "evaluate")
+        exported = ("export",) if get_stage("export").enabled(config) else ()
+        return ("transfer", "finetune", "evaluate", *exported)
 
     def run(self, context, directory):
         from ..hub.publish import publish_run
