@@ -228,3 +228,84 @@ def test_the_exported_folder_runs_in_transformers_js_with_pytorchs_top1(exported
         ]
     assert [r["top1"] for r in results] == expected
     assert {r["label"] for r in results} <= set(LABELS)
+
+
+def _hand_record(**changes) -> dict:
+    """An ``export.json`` record as OnnxFormat writes it, with chosen numbers (fp32 only)."""
+    timing = {"batch": 1, "median_ms": 2.5, "p90_ms": 3.25, "images_per_s": 400.0}
+    record = {
+        "format": "onnx",
+        "input": {
+            "name": "pixel_values",
+            "shape": ["batch", 3, 64, 64],
+            "view": {
+                "size": [64, 64],
+                "mean": [0.5, 0.5, 0.5],
+                "std": [0.5, 0.5, 0.5],
+                "interpolation": "bilinear",
+                "crop_pct": 0.9,
+                "eval_mode": "squash",
+            },
+        },  # fmt: skip
+        "output": {"name": "logits", "shape": ["batch", 3, 16, 16]},
+        "files": {"model.onnx": 2_500_000},
+        "parity": {
+            "sample": {"source": "random pixels (uniform 0..255, seed 0)", "images": 64},
+            "fp32": {
+                "max_abs_diff": 2.5e-6,
+                "argmax_agreement": 0.999,
+                "tolerance": 1e-4,
+                "min_agreement": 0.99,
+            },
+        },
+        "latency": {
+            "batch_1": {
+                "pytorch": timing,
+                "onnxruntime": {**timing, "median_ms": 1.25, "speedup_vs_pytorch": 2.0},
+            },
+            "batch_32": {
+                "pytorch": {**timing, "batch": 32, "images_per_s": 800.0},
+                "onnxruntime": {**timing, "batch": 32, "images_per_s": 1200.0, "speedup_vs_pytorch": 1.5},
+            },
+        },
+        "machine": {
+            "cpu": "Test CPU 9000",
+            "cpu_count": 8,
+            "threads": 4,
+            "system": "Linux",
+            "machine": "x86_64",
+            "onnxruntime": "1.0",
+            "torch": "2.0",
+        },  # fmt: skip
+    }
+    record.update(changes)
+    return record
+
+
+def test_the_card_section_says_what_the_record_says_and_is_absent_without_one():
+    from hf_task_distill.hub.cards import StudentCardData, render_student_card
+
+    names = ["sky", "road", "tree"]
+    data = StudentCardData(model_name="seg", architecture="segformer", label_names=names, library_name="transformers",
+                           task_type="image-segmentation")  # fmt: skip
+    assert "ONNX export" not in render_student_card(data).content
+    data.export = _hand_record()
+    section = render_student_card(data).content.split("## ONNX export", 1)[1]
+    assert (
+        "| `onnx/model.onnx` | fp32 | 2.5 MB |" in section
+        and "model_quantized" not in section.split("```")[0]
+    )
+    assert "float32 `[batch, 3, 64, 64]`" in section and "`logits`: `[batch, 3, 16, 16]`" in section
+    assert "the central 90.0% of each side resized (bilinear) to that size" in section  # timm's squash
+    assert (
+        "64 images, random pixels (uniform 0..255, seed 0)): max \\|Δlogit\\| 2.5e-06, per-pixel agreement 99.9%"
+        in section
+    )
+    assert "**int8**" not in section and "| ONNX Runtime, int8 |" not in section
+    assert "| ONNX Runtime, fp32 | 1.25 ms | 3.25 ms | 1200 images/s | 2.00x / 1.50x |" in section
+    assert "| PyTorch eager | 2.5 ms | 3.25 ms | 800 images/s | 1.00x / 1.00x |" in section
+    assert "on Test CPU 9000 (8 cores, 4 threads, Linux x86_64)" in section
+    assert (
+        'pipeline("image-segmentation", "/path/to/this/folder"' in section
+        and "allowRemoteModels = false" in section
+    )
