@@ -424,6 +424,29 @@ def test_the_offline_demo_runs_every_stage_and_prints_the_table(tmp_path):
     card = (out_dir / "publish" / "student" / "README.md").read_text()
     assert "# resnet18-digits-student\n" in card and 'model="digits-demo"' not in card
     assert "mini-vfm (shipped with hf_task_distill)" in card
+    _check_the_demos_export(out_dir, out, card)
+
+
+def _check_the_demos_export(out_dir, out: str, card: str) -> None:
+    """With the onnx extra (CI's dev install), the demo ends with its student exported: the summary's
+    export line, onnx/ with parity on the test digits, published with the card's section."""
+    from hf_task_distill.demo import _onnx_installed
+
+    if not _onnx_installed():
+        assert "Export skipped: pip install 'hf-task-distill[onnx]'" in out
+        return
+    line = next((row for row in out.splitlines() if row.startswith("Export (onnx-int8): ")), None)
+    assert line is not None and "batch 1: ONNX Runtime" in line and "vs PyTorch" in line, out[-3000:]
+    exported = out_dir / "export" / "model" / "onnx"
+    assert (exported / "model.onnx").is_file() and (exported / "model_quantized.onnx").is_file()
+    record = json.loads((exported / "export.json").read_text())
+    assert record["parity"]["sample"] == {"source": "dataset (test split)", "images": 256}
+    fp32 = record["parity"]["fp32"]
+    assert fp32["passed"] and fp32["max_abs_diff"] <= 1e-4 and fp32["argmax_agreement"] == 1.0
+    assert "accuracy_change_points" in record["parity"]["int8"]
+    assert f"Exported student: {out_dir / 'export' / 'model'}" in out
+    assert (out_dir / "publish" / "student" / "onnx" / "model.onnx").is_file()
+    assert "## ONNX export" in card and "| ONNX Runtime, int8 |" in card
 
 
 # -- a command on an existing run ------------------------------------------------------------------

@@ -1,11 +1,14 @@
-"""The ``export`` stage (after evaluation; off unless ``--export_formats`` names a format): the finetuned student as an
-ONNX graph, with its parity against PyTorch on the evaluation split and its CPU latency.
+"""The ``export`` stage, after evaluation and off unless ``--export_formats`` names a format: the
+finetuned student as an ONNX graph, with its parity against PyTorch on the evaluation split and its
+CPU latency.
 
 Output ``model/``: the student as Transformers.js and ONNX Runtime load it, without the PyTorch
-weights (those stay in ``finetune/model``): ``config.json``, ``preprocessor_config.json`` (for a timm
-student, the one Transformers.js needs: :func:`~hf_task_distill.export.transformers_js.write_transformers_js_files`)
-and ``onnx/`` (``model.onnx``, ``model_quantized.onnx`` for ``onnx-int8``, ``export.json``; see
-:mod:`hf_task_distill.export.onnx`). The publish stage copies them into ``student/``.
+weights (those stay in ``finetune/model``): ``config.json``, ``preprocessor_config.json`` (a timm
+student's is the one Transformers.js needs,
+:func:`~hf_task_distill.export.transformers_js.write_transformers_js_files`; a segmentation
+student's is its ``SegformerImageProcessor``) and ``onnx/`` (``model.onnx``, ``model_quantized.onnx``
+for ``onnx-int8``, ``export.json``; see :mod:`hf_task_distill.export.onnx`). The publish stage
+copies ``onnx/`` (and that processor file) into ``student/``.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class ExportStage(Stage):
         from ..export import export_student
         from ..export.transformers_js import write_transformers_js_files
         from ..files import read_json
+        from ..hub.publish import _add_image_processor
 
         finetuned = context.outputs("finetune")["model"]
         model_dir = os.path.join(directory, "model")
@@ -61,6 +65,7 @@ class ExportStage(Stage):
             if os.path.isfile(os.path.join(finetuned, name)):
                 shutil.copyfile(os.path.join(finetuned, name), os.path.join(model_dir, name))
         write_transformers_js_files(model_dir)
+        _add_image_processor(model_dir, context.task.task_type)  # a segmentation student's, as published
         outputs: dict[str, Any] = {"model": model_dir, "formats": formats}
         record_path = os.path.join(model_dir, "onnx", "export.json")
         entries = []
