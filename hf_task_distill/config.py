@@ -294,7 +294,7 @@ class StudentArguments:
         default=50.0, metadata={"help": "Epochs over the transfer set (not from the paper)."}
     )
     distill_learning_rate: float = field(default=1e-3, metadata={"help": "Distillation learning rate."})
-    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of the KD loss."})
+    temperature: float = field(default=1.0, metadata={"help": "Softmax temperature of KD."})
     distill_loss: str = distill_loss_field()
     teacher_cache_views: int = field(
         default=0,
@@ -431,10 +431,8 @@ class RunArguments:
     hub_private: bool = field(default=False, metadata={"help": "Create private repos."})
     export_formats: list[str] = field(
         default_factory=list,
-        metadata={
-            "help": "Export the finetuned student after evaluation (the export stage; off when empty): "
-            "onnx, onnx-int8. Parity and CPU latency are measured; publish uploads onnx/ with the student."
-        },
+        # the export stage (off when empty): parity and CPU latency measured, onnx/ published with the student
+        metadata={"help": "Export the student to F: onnx, onnx-int8.", "metavar": "F"},
     )
 
     def __post_init__(self):
