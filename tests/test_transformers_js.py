@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from hf_task_distill.export import export_student
 from hf_task_distill.export.transformers_js import (
     TransformersJsUnavailable,
     install_transformers_js,
@@ -28,6 +29,8 @@ from hf_task_distill.export.transformers_js import (
 
 LABELS = ["red", "green", "blue", "yellow"]
 LOGIT_TOLERANCE = 1e-4  # measured: at most 6.3e-6 (MobileViT-V2), 2e-6 or less for the others
+#: int8 (``dtype: "q8"``) against PyTorch fp32: the share of images with the same top-1 (see the test).
+Q8_MIN_TOP1_AGREEMENT = 0.9
 
 
 @pytest.fixture(scope="module")
@@ -37,15 +40,6 @@ def install_dir():
         if shutil.which(tool) is None:
             pytest.skip(f"{tool} is not on PATH: the Transformers.js tests need Node.js (>= 18) with npm")
     return install_transformers_js()  # a failed install fails the tests
-
-
-class _Logits(torch.nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values):
-        return self.model(pixel_values=pixel_values).logits
 
 
 def _randomise(model):
@@ -60,20 +54,12 @@ def _randomise(model):
     return model.eval()
 
 
-def _save_and_export(model, folder, size, processor=None):
+def _save_and_export(model, folder, processor=None, formats=("onnx",)):
+    """Save the student as the pipeline does and export it with the project's own exporter."""
     model.save_pretrained(folder)
     if processor is not None:
         processor.save_pretrained(folder)
-    (folder / "onnx").mkdir()
-    torch.onnx.export(
-        _Logits(model).eval(),
-        (torch.randn(2, 3, size, size),),
-        str(folder / "onnx" / "model.onnx"),
-        input_names=["pixel_values"],
-        output_names=["logits"],
-        dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch")}},
-        dynamo=True,
-    )
+    export_student(folder, list(formats))
     return folder
 
 
@@ -81,7 +67,7 @@ def _timm_resnet(folder):
     from hf_task_distill.models import create_student
 
     model = create_student("resnet10t", LABELS, model_args={"channels": (8, 16, 32, 64)}, image_size=32)
-    return _save_and_export(_randomise(model), folder, 32)
+    return _save_and_export(_randomise(model), folder, formats=("onnx-int8",))
 
 
 def _hf_resnet(folder):
@@ -90,7 +76,7 @@ def _hf_resnet(folder):
     config = ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")
     config.id2label, config.label2id = dict(enumerate(LABELS)), {n: i for i, n in enumerate(LABELS)}
     processor = ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=0.875)
-    return _save_and_export(_randomise(ResNetForImageClassification(config)), folder, 32, processor)
+    return _save_and_export(_randomise(ResNetForImageClassification(config)), folder, processor)
 
 
 def _mobilevitv2(folder):
@@ -98,7 +84,8 @@ def _mobilevitv2(folder):
 
     config = MobileViTV2Config(width_multiplier=0.25, image_size=64, num_labels=len(LABELS))
     processor = MobileViTImageProcessor(size={"shortest_edge": 72}, crop_size={"height": 64, "width": 64})
-    return _save_and_export(_randomise(MobileViTV2ForImageClassification(config)), folder, 64, processor)
+    model = _randomise(MobileViTV2ForImageClassification(config))
+    return _save_and_export(model, folder, processor, formats=("onnx-int8",))
 
 
 def _segformer(folder):
@@ -108,7 +95,7 @@ def _segformer(folder):
 
     model = tiny_segformer(len(LABELS), label_names=LABELS)
     model.config.image_size = 32
-    return _save_and_export(_randomise(model), folder, 32, segmentation_image_processor(32))
+    return _save_and_export(_randomise(model), folder, segmentation_image_processor(32))
 
 
 # family: (builder, task, the size the processor resizes to (resizing is then the identity),
@@ -154,13 +141,24 @@ def _pytorch_logits(folder, task, paths):
         ]
 
 
+def _require_onnx_export():
+    for package in ("onnx", "onnxruntime", "onnxscript"):
+        pytest.importorskip(
+            package, reason=f"{package} is not installed: pip install 'hf-task-distill[onnx]'"
+        )
+
+
 @pytest.fixture(scope="module", params=list(FAMILIES))
 def exported(request, tmp_path_factory):
+    """The family's student saved and exported by ``export_student`` (nothing else added)."""
+    _require_onnx_export()
     builder, task, size, route = FAMILIES[request.param]
     root = tmp_path_factory.mktemp(request.param)
     folder = builder(root / "student")
-    written = write_transformers_js_files(str(folder))
-    assert bool(written) == (request.param == "timm-resnet")  # only timm students need a file
+    with open(folder / "onnx" / "export.json", encoding="utf-8") as f:
+        written = json.load(f)["transformers_js"]["written"]
+    timm = request.param == "timm-resnet"
+    assert written == (["preprocessor_config.json"] if timm else [])  # only timm students need a file
     return folder, task, size, route, root
 
 
@@ -188,6 +186,31 @@ def test_student_in_transformers_js_keeps_top1_when_images_are_resized(install_d
     assert agreement >= (0.95 if task == "image-segmentation" else 1.0), agreement
 
 
+@pytest.mark.parametrize("exported", ["timm-resnet", "mobilevitv2"], indirect=True)
+def test_int8_student_runs_in_transformers_js_as_in_onnxruntime_python(install_dir, exported):
+    """``dtype: "q8"`` runs ``onnx/model_quantized.onnx``. Its dynamic quantization scales activations
+    per tensor over the whole batch, so an image's int8 logits depend on the rest of its batch: node
+    runs one image at a time, and so does ONNX Runtime in Python here, on node's pixel values (the
+    logits were identical, 0.0 apart; batched 120 at a time they moved by up to 0.36)."""
+    import onnxruntime
+
+    folder, task, size, _, root = exported
+    paths = _images(root / "q8", [(size, size)], seed=4)
+    results = run_in_transformers_js(str(folder), paths, dtype="q8", install_dir=install_dir, pixels=True)
+    session = onnxruntime.InferenceSession(
+        str(folder / "onnx" / "model_quantized.onnx"), providers=["CPUExecutionProvider"]
+    )
+    q8 = np.asarray([r["logits"] for r in results], dtype=np.float32)
+    for path, result, logits in zip(paths, results, q8, strict=True):
+        pixels = np.asarray(result["pixel_values"], dtype=np.float32).reshape(1, *result["pixel_shape"])
+        python = session.run(["logits"], {"pixel_values": pixels})[0][0]
+        assert np.abs(python - logits).max() <= 1e-5 and python.argmax() == result["top1"], path
+    fp32 = np.stack(_pytorch_logits(folder, task, paths))
+    assert np.abs(q8 - fp32).max() > 1e-4  # the quantized file ran, not model.onnx
+    agreement = np.mean(q8.argmax(1) == fp32.argmax(1))
+    assert agreement >= Q8_MIN_TOP1_AGREEMENT, (agreement, np.abs(q8 - fp32).max())
+
+
 @pytest.mark.parametrize("exported", ["timm-resnet"], indirect=True)
 def test_timm_student_folder_still_loads_in_python_with_the_transformers_js_file(exported):
     """Python reads a local timm folder's preprocessing from config.json, never the extra file."""
@@ -199,11 +222,17 @@ def test_timm_student_folder_still_loads_in_python_with_the_transformers_js_file
     assert {p["label"] for p in pipeline(task, model=str(folder))(path)} == set(LABELS)
 
 
-def test_timm_student_without_its_preprocessor_file_is_refused_naming_the_file(install_dir, tmp_path):
-    folder = _timm_resnet(tmp_path / "student")
+@pytest.mark.parametrize("exported", ["timm-resnet"], indirect=True)
+def test_timm_student_without_its_preprocessor_file_is_refused_naming_the_file(
+    install_dir, exported, tmp_path
+):
+    folder = shutil.copytree(exported[0], tmp_path / "student")
+    (folder / "preprocessor_config.json").unlink()
     paths = _images(tmp_path / "images", [(36, 36)], seed=3)[:1]
     with pytest.raises(RuntimeError, match=r"preprocessor_config\.json.*write_transformers_js_files"):
         run_in_transformers_js(str(folder), paths, install_dir=install_dir)
+    assert write_transformers_js_files(str(folder)) == [str(folder / "preprocessor_config.json")]
+    assert len(run_in_transformers_js(str(folder), paths, install_dir=install_dir)) == 1
 
 
 @pytest.mark.parametrize(
