@@ -269,6 +269,9 @@ def run_in_transformers_js(
     if done.returncode != 0 or "images" not in result:
         message = result.get("error") or done.stderr[-2000:] or f"exit status {done.returncode}"
         if "preprocessor_config.json" in message:
-            message += "; a timm student gets it from write_transformers_js_files(folder)"
+            message += (
+                "; a timm student gets it from export_student(folder, 'onnx') or "
+                "write_transformers_js_files(folder)"
+            )
         raise RuntimeError(f"Transformers.js on {model_folder} ({dtype}): {message}")
     return [{**image, "loaded_with": result["loaded_with"]} for image in result["images"]]
