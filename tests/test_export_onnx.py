@@ -51,7 +51,12 @@ def _torch_logits(folder, pixels):
 def test_a_timm_student_exports_with_parity_on_200_images_and_a_dynamic_batch(resnet_export):
     folder, written = resnet_export
     names = ["model.onnx", "model_quantized.onnx", "export.json"]
-    assert written["onnx"] == written["onnx-int8"] == [os.path.join(folder, "onnx", n) for n in names]
+    transformers_js = os.path.join(folder, "preprocessor_config.json")  # beside onnx/, for Transformers.js
+    assert (
+        written["onnx"]
+        == written["onnx-int8"]
+        == [os.path.join(folder, "onnx", n) for n in names] + [transformers_js]
+    )
     record = _record(folder)
     fp32 = record["parity"]["fp32"]
     assert record["parity"]["sample"] == {"source": "dataset", "images": 220}
@@ -115,6 +120,34 @@ def _strings(value):
         yield value
 
 
+def test_a_timm_student_export_carries_the_transformers_js_preprocessor_file(resnet_export, tmp_path):
+    """timm's evaluation transform, from config.json, in the fields Transformers.js reads; written into
+    output_dir beside onnx/; a transform it cannot reproduce is recorded and the export goes ahead."""
+    folder, _ = resnet_export
+    with open(os.path.join(folder, "preprocessor_config.json"), encoding="utf-8") as f:
+        processor = json.load(f)
+    assert processor["size"] == {"shortest_edge": 36} and processor["crop_size"] == {
+        "height": 32,
+        "width": 32,
+    }
+    assert _record(folder)["transformers_js"] == {"written": ["preprocessor_config.json"]}
+    out = tmp_path / "out"
+    written = export_student(folder, "onnx", output_dir=out)["onnx"]
+    assert written[-1] == str(out / "preprocessor_config.json") and sorted(os.listdir(out)) == [
+        "onnx",
+        "preprocessor_config.json",
+    ]
+    model, _ = onnx_format.load_student(folder)
+    model.config.pretrained_cfg["input_size"] = [3, 32, 48]  # centre crop of a non-square input
+    model.save_pretrained(tmp_path / "wide")
+    written = export_student(tmp_path / "wide", "onnx")["onnx"]
+    assert [os.path.basename(p) for p in written] == ["model.onnx", "export.json"]
+    assert not (tmp_path / "wide" / "preprocessor_config.json").exists()
+    assert (
+        "crop_mode 'center' at input size 32x48" in _record(tmp_path / "wide")["transformers_js"]["problem"]
+    )
+
+
 def test_a_mobilevitv2_from_a_config_exports_with_random_pixels_when_no_images_are_given(tmp_path):
     from transformers import MobileViTImageProcessor, MobileViTV2Config, MobileViTV2ForImageClassification
 
@@ -132,6 +165,7 @@ def test_a_mobilevitv2_from_a_config_exports_with_random_pixels_when_no_images_a
     written = export_student(tmp_path, "onnx")["onnx"]
     assert [os.path.basename(p) for p in written] == ["model.onnx", "export.json"]
     record = _record(tmp_path)
+    assert record["transformers_js"] == {"written": []}  # a transformers student carries its processor
     assert record["parity"]["sample"]["source"].startswith("random pixels")
     assert (
         record["parity"]["fp32"]["max_abs_diff"] <= 1e-4 and record["parity"]["fp32"]["argmax_agreement"] == 1

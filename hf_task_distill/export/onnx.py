@@ -18,6 +18,12 @@ Files (the Hugging Face / Transformers.js layout of a model repository's ``onnx/
   throughput at batch 32, ONNX Runtime and PyTorch eager in the same call, as ratios), parameters,
   FLOPs per image, file sizes and the machine. Relative names only.
 
+- ``preprocessor_config.json`` beside ``onnx/`` (timm students only): timm's evaluation transform in
+  the fields Transformers.js reads (:func:`~hf_task_distill.export.transformers_js.write_transformers_js_files`),
+  so the exported folder runs in Transformers.js as it is; written after ``onnx/`` is in place, and
+  derived from ``config.json`` (which Python keeps reading). A transform Transformers.js cannot
+  reproduce is recorded in ``export.json`` (``transformers_js.problem``) instead.
+
 The folder is written beside ``onnx/`` and moved into place only once parity holds
 (:func:`~hf_task_distill.files.write_folder_atomically`), so ``onnx/`` is one whole export or absent,
 never a mix; an ``onnx/`` exported from other weights is refused unless ``overwrite=True``.
@@ -40,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .base import ExportFormat
+from .transformers_js import PREPROCESSOR_FILE, transformers_js_preprocessor, write_transformers_js_files
 
 __all__ = [
     "EXPORT_RECORD",
@@ -487,6 +494,17 @@ def check_existing_export(target: str, fingerprint: str, overwrite: bool) -> Non
     )
 
 
+def transformers_js_note(model_folder: str) -> dict[str, Any]:
+    """What the export adds for Transformers.js (docs/deployment.md), recorded in ``export.json``:
+    ``{"written": [file names beside onnx/]}``, plus ``"problem"`` when a timm student's transform
+    has no Transformers.js equivalent (the ONNX export itself still goes ahead)."""
+    try:
+        needed = transformers_js_preprocessor(model_folder) is not None
+    except ValueError as err:
+        return {"written": [], "problem": str(err)}
+    return {"written": [PREPROCESSOR_FILE] if needed else []}
+
+
 # --- the formats ----------------------------------------------------------------------------------------
 
 
@@ -515,7 +533,8 @@ class OnnxFormat(ExportFormat):
             overwrite (`bool`): replace an export of other weights.
 
         Returns:
-            `list[str]`: the paths of ``onnx/``'s files.
+            `list[str]`: the paths of ``onnx/``'s files, then, for a timm student, of the
+            ``preprocessor_config.json`` Transformers.js reads (written into ``output_dir``).
 
         Raises:
             OnnxExportError: the exporter cannot trace the student (the message names the module).
@@ -528,11 +547,19 @@ class OnnxFormat(ExportFormat):
         target = os.path.join(output_dir, ONNX_FOLDER)
         check_existing_export(target, fingerprint, overwrite)
         model, task_type = load_student(model_folder)
-        write_folder_atomically(target, lambda tmp: self._write(tmp, model, task_type, images, fingerprint))
+        browser = transformers_js_note(model_folder)
+        write_folder_atomically(
+            target, lambda tmp: self._write(tmp, model, task_type, images, fingerprint, browser)
+        )
         names = [MODEL_FILE] + ([QUANTIZED_FILE] if self.quantize else []) + [EXPORT_RECORD]
-        return [os.path.join(target, name) for name in names]
+        written = [os.path.join(target, name) for name in names]
+        if browser.get("written"):  # only once onnx/ is in place: a failed export writes nothing
+            written += write_transformers_js_files(model_folder, output_dir)
+        return written
 
-    def _write(self, folder: str, model, task_type: str, images: Any, fingerprint: str) -> None:
+    def _write(
+        self, folder: str, model, task_type: str, images: Any, fingerprint: str, browser: dict[str, Any]
+    ) -> None:
         from ..data import ViewSpec
         from ..files import write_json_atomically
 
@@ -543,6 +570,7 @@ class OnnxFormat(ExportFormat):
             quantize_int8(os.path.join(folder, MODEL_FILE), os.path.join(folder, QUANTIZED_FILE))
         record = self._measure(folder, model, task_type, spec, images)
         record["source"] = {"weights": WEIGHTS_FILE, "sha256": fingerprint}
+        record["transformers_js"] = browser
         write_json_atomically(os.path.join(folder, EXPORT_RECORD), record)
 
     def _measure(self, folder: str, model, task_type: str, spec, images: Any) -> dict[str, Any]:

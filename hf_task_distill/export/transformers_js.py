@@ -8,7 +8,8 @@ Transformers.js loads a model folder the way the Hub lays it out: ``config.json`
 (``model_type`` ``timm_wrapper``) keeps its preprocessing in ``config.json``'s ``pretrained_cfg``,
 which Transformers.js does not read, and its model type is not one Transformers.js's pipelines know:
 :func:`write_transformers_js_files` writes the ``preprocessor_config.json`` it needs (transformers
-in Python keeps reading ``pretrained_cfg``), and ``classify.mjs`` then loads the model with
+in Python keeps reading ``pretrained_cfg``; the ``onnx`` export formats call it, so an exported
+folder runs as it is), and ``classify.mjs`` then loads the model with
 ``AutoModel`` instead of ``pipeline`` (docs/deployment.md).
 
 - :func:`transformers_js_preprocessor_config`: timm's evaluation transform as Transformers.js's fields.
@@ -32,6 +33,7 @@ __all__ = [
     "default_install_dir",
     "install_transformers_js",
     "run_in_transformers_js",
+    "transformers_js_preprocessor",
     "transformers_js_preprocessor_config",
     "transformers_js_version",
     "write_transformers_js_files",
@@ -40,6 +42,7 @@ __all__ = [
 #: The node project (``package.json``, ``package-lock.json``, ``classify.mjs``) shipped with the package.
 NODE_PROJECT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "node")
 PACKAGE = "@huggingface/transformers"
+PREPROCESSOR_FILE = "preprocessor_config.json"
 #: timm interpolation names to the PIL resample codes Transformers.js reads (``resample``).
 _RESAMPLE = {"nearest": 0, "bilinear": 2, "bicubic": 3}
 
@@ -168,19 +171,43 @@ def transformers_js_preprocessor_config(pretrained_cfg: Mapping[str, Any]) -> di
     }
 
 
-def write_transformers_js_files(model_folder: str) -> list[str]:
-    """Write what Transformers.js needs beyond the ONNX model into a student folder: for a timm
-    student, ``preprocessor_config.json`` from :func:`transformers_js_preprocessor_config` (unless
-    the folder has one); transformers students need nothing. Returns the files written."""
+def transformers_js_preprocessor(model_folder: str) -> dict[str, Any] | None:
+    """The ``preprocessor_config.json`` Transformers.js needs for the student in ``model_folder``:
+    for a timm student (``model_type`` ``timm_wrapper``), :func:`transformers_js_preprocessor_config`
+    of its ``config.json``'s ``pretrained_cfg``; ``None`` for a transformers student, which carries
+    its own image processor file.
+
+    Raises:
+        ValueError: a timm transform Transformers.js cannot reproduce (see
+            :func:`transformers_js_preprocessor_config`).
+    """
     with open(os.path.join(model_folder, "config.json"), encoding="utf-8") as f:
         config = json.load(f)
-    target = os.path.join(model_folder, "preprocessor_config.json")
-    if config.get("model_type") != "timm_wrapper" or os.path.exists(target):
+    if config.get("model_type") != "timm_wrapper":
+        return None
+    return transformers_js_preprocessor_config(config.get("pretrained_cfg") or {})
+
+
+def write_transformers_js_files(model_folder: str, output_dir: str | None = None) -> list[str]:
+    """Write what Transformers.js needs beyond the ONNX model for the student in ``model_folder``
+    into ``output_dir`` (default ``model_folder``): for a timm student, ``preprocessor_config.json``
+    from :func:`transformers_js_preprocessor`, rewritten each time (it is derived from
+    ``config.json``, which transformers in Python keeps reading, so the two cannot disagree);
+    transformers students need nothing. The ``onnx`` export formats call it.
+
+    Returns:
+        `list[str]`: the files written.
+
+    Raises:
+        ValueError: a timm transform Transformers.js cannot reproduce.
+    """
+    from ..files import write_json_atomically
+
+    processor = transformers_js_preprocessor(model_folder)
+    if processor is None:
         return []
-    processor = transformers_js_preprocessor_config(config.get("pretrained_cfg") or {})
-    with open(target, "w", encoding="utf-8") as f:
-        json.dump(processor, f, indent=2)
-        f.write("\n")
+    target = os.path.join(output_dir or model_folder, PREPROCESSOR_FILE)
+    write_json_atomically(target, processor)
     return [target]
 
 
@@ -242,6 +269,9 @@ def run_in_transformers_js(
     if done.returncode != 0 or "images" not in result:
         message = result.get("error") or done.stderr[-2000:] or f"exit status {done.returncode}"
         if "preprocessor_config.json" in message:
-            message += "; a timm student gets it from write_transformers_js_files(folder)"
+            message += (
+                "; a timm student gets it from export_student(folder, 'onnx') or "
+                "write_transformers_js_files(folder)"
+            )
         raise RuntimeError(f"Transformers.js on {model_folder} ({dtype}): {message}")
     return [{**image, "loaded_with": result["loaded_with"]} for image in result["images"]]
