@@ -17,7 +17,7 @@ A denormal check per family times PyTorch eager at batch 1 with denormal floats 
 images; it also covers transformers' MobileViT-V2 with its own initialisation, whose activations
 shrink to ~1e-35 (the reason for the flush), and PyTorch at one thread against its default count.
 
-    python benchmarks/export_onnx.py            # about 10 minutes on 2 cores
+    python benchmarks/export_onnx.py            # about 22 minutes on a shared 2-core machine
     python benchmarks/export_onnx.py --families resnet18 --images 64
 """
 
