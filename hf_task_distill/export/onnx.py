@@ -15,8 +15,9 @@ Files (the Hugging Face / Transformers.js layout of a model repository's ``onnx/
 - ``onnx/export.json``: what was measured (see :func:`export_record` ... in :class:`OnnxFormat`):
   the source weights' sha256, parity (max |Δlogit| and top-1 / per-pixel argmax agreement of ONNX
   Runtime against PyTorch on a sample of images), CPU latency (median and p90 at batch 1,
-  throughput at batch 32, ONNX Runtime and PyTorch eager in the same call, as ratios), parameters,
-  FLOPs per image, file sizes and the machine. Relative names only.
+  throughput at batch 32, ONNX Runtime and PyTorch eager in the same call, as ratios; both timed with
+  denormal floats flushed to zero, see :func:`flush_denormals`), parameters, FLOPs per image, file
+  sizes and the machine (with its load average around the timing). Relative names only.
 
 - ``preprocessor_config.json`` beside ``onnx/`` (timm students only): timm's evaluation transform in
   the fields Transformers.js reads (:func:`~hf_task_distill.export.transformers_js.write_transformers_js_files`),
@@ -76,6 +77,10 @@ SAMPLE_IMAGES = 256  # images in the parity sample (at most); >= 200 as the acce
 RANDOM_SAMPLE_IMAGES = 64  # without evaluation images: seeded random pixels
 LATENCY_RUNS, WARMUP_RUNS = 30, 3  # batch-1 timings (after warm-up)
 THROUGHPUT_BATCH, THROUGHPUT_RUNS = 32, 5
+DENORMAL_CONFIG_KEY = "session.set_denormal_as_zero"  # ONNX Runtime's session option
+DENORMALS_NOTE = (
+    "flushed to zero in both runtimes while timing (torch.set_flush_denormal, ORT set_denormal_as_zero)"
+)
 
 
 def parity_problem(
@@ -389,14 +394,48 @@ def session_logits(session, pixels, batch_size: int = THROUGHPUT_BATCH) -> np.nd
     )
 
 
-def open_session(path: str, threads: int):
-    """A CPU ONNX Runtime session of ``path`` using ``threads`` intra-op threads (PyTorch's count)."""
+def open_session(path: str, threads: int, *, denormals_as_zero: bool = False):
+    """A CPU ONNX Runtime session of ``path`` using ``threads`` intra-op threads (PyTorch's count);
+    ``denormals_as_zero`` sets ONNX Runtime's ``session.set_denormal_as_zero`` (flush-to-zero and
+    denormals-are-zero on its thread-pool threads; the calling thread follows
+    :func:`flush_denormals`)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if denormals_as_zero:
+        options.add_session_config_entry(DENORMAL_CONFIG_KEY, "1")
     return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+
+def denormals_flushed() -> bool:
+    """Whether this thread's floating-point unit flushes denormal floats to zero now (a product that
+    should be 1e-39, below float32's smallest normal 1.18e-38, comes out 0)."""
+    import torch
+
+    return (torch.tensor(2e-39) * 0.5).item() == 0.0
+
+
+@contextlib.contextmanager
+def flush_denormals():
+    """Flush denormal floats to zero on this thread (``torch.set_flush_denormal``, the x86 FTZ/DAZ
+    flags, which ONNX Runtime's kernels on the calling thread follow too) inside the block, and put
+    the previous state back after.
+
+    Why: a randomly initialised network can shrink its activations to ~1e-35 by its last stages
+    (transformers' MobileViT-V2 with its own init does; its logits are then all 0), and arithmetic on
+    denormals is slow on x86: PyTorch eager measured 1.45x slower on such a model. A trained student
+    has no such activations, so timing without them is timing the deployed model.
+    """
+    import torch
+
+    before = denormals_flushed()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(before)
 
 
 def time_runs(run, runs: int, warmup: int = WARMUP_RUNS) -> list[float]:
@@ -414,9 +453,33 @@ def time_runs(run, runs: int, warmup: int = WARMUP_RUNS) -> list[float]:
 # --- mechanics: latency, machine, fingerprint ----------------------------------------------------
 
 
-def measure_latency(wrapped, sessions: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
-    """Batch-1 latency and batch-32 throughput of PyTorch eager and each ONNX Runtime session, on
-    the same random pixels in one call, with each session's speed-up over PyTorch (median ratio)."""
+def measure_latency(
+    wrapped, models: dict[str, str], size: tuple[int, int], threads: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Batch-1 latency and batch-32 throughput of PyTorch eager and each ONNX model (``{name: path}``,
+    run by ONNX Runtime with ``threads`` intra-op threads), on the same random pixels in one call,
+    with each model's speed-up over PyTorch (median ratio).
+
+    Both runtimes are timed with denormal floats flushed to zero (:func:`flush_denormals`).
+
+    Returns:
+        `tuple[dict, dict]`: the table (``batch_1``, ``batch_32``: one row per runtime) and the
+        conditions it was timed under: the denormal handling and the 1-minute load average before and
+        after (above the CPU count, other work shared the cores and the ratios mean little).
+    """
+    before = _load_average()
+    with flush_denormals():
+        sessions = {
+            name: open_session(path, threads, denormals_as_zero=True) for name, path in models.items()
+        }
+        table = _time_all(wrapped, sessions, size)
+    return table, {
+        "denormals": DENORMALS_NOTE,
+        "load_average_1m": {"before": before, "after": _load_average()},
+    }
+
+
+def _time_all(wrapped, sessions: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
     import torch
 
     table: dict[str, Any] = {}
@@ -431,6 +494,15 @@ def measure_latency(wrapped, sessions: dict[str, Any], size: tuple[int, int]) ->
             rows[name]["speedup_vs_pytorch"] = speedup(rows["pytorch"], rows[name])
         table[f"batch_{batch}"] = rows
     return table
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (runnable processes; above the CPU count means timings share the
+    cores), or ``None`` where the system has none."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def describe_machine() -> dict[str, Any]:
@@ -584,6 +656,30 @@ class OnnxFormat(ExportFormat):
         if self.quantize:
             sessions["onnxruntime_int8"] = open_session(os.path.join(folder, QUANTIZED_FILE), threads)
         reference = torch_logits(wrapped, pixels)
+        parity = self._parity(reference, sessions, pixels, labels, sample)
+        files = [MODEL_FILE] + ([QUANTIZED_FILE] if self.quantize else [])
+        timed = dict(zip(sessions, files, strict=True))  # onnxruntime -> model.onnx, *_int8 -> quantized
+        latency, conditions = measure_latency(
+            wrapped, {n: os.path.join(folder, f) for n, f in timed.items()}, spec.size, threads
+        )
+        return {
+            "format": self.name,
+            "task_type": task_type,
+            "model_class": type(model).__name__,
+            "input": {"name": "pixel_values", "shape": ["batch", 3, *spec.size], "view": _view(spec)},
+            "output": {"name": "logits", "shape": ["batch", *reference.shape[1:]]},
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "flops_per_image": count_flops_per_image(model, spec.size),
+            "files": {name: os.path.getsize(os.path.join(folder, name)) for name in files},
+            "exporter": _exporter_versions(),
+            "parity": parity,
+            "latency": latency,
+            "machine": {**describe_machine(), "timing": conditions},
+        }
+
+    def _parity(self, reference: np.ndarray, sessions: dict[str, Any], pixels, labels, sample) -> dict:
+        """fp32 parity (raising :class:`OnnxParityError` when it fails) and the int8 model's agreement
+        with fp32 (and accuracy change, with labels)."""
         fp32 = session_logits(sessions["onnxruntime"], pixels)
         parity = {"sample": sample, "fp32": _compare(reference, fp32, labels)}
         problem = parity_problem(parity["fp32"]["max_abs_diff"], parity["fp32"]["argmax_agreement"])
@@ -599,21 +695,7 @@ class OnnxFormat(ExportFormat):
                 parity["int8"]["accuracy_change_points"] = round(
                     100 * (parity["int8"]["accuracy"] - parity["fp32"]["accuracy"]), 3
                 )
-        files = [MODEL_FILE] + ([QUANTIZED_FILE] if self.quantize else [])
-        return {
-            "format": self.name,
-            "task_type": task_type,
-            "model_class": type(model).__name__,
-            "input": {"name": "pixel_values", "shape": ["batch", 3, *spec.size], "view": _view(spec)},
-            "output": {"name": "logits", "shape": ["batch", *reference.shape[1:]]},
-            "parameters": sum(p.numel() for p in model.parameters()),
-            "flops_per_image": count_flops_per_image(model, spec.size),
-            "files": {name: os.path.getsize(os.path.join(folder, name)) for name in files},
-            "exporter": _exporter_versions(),
-            "parity": parity,
-            "latency": measure_latency(wrapped, sessions, spec.size),
-            "machine": describe_machine(),
-        }
+        return parity
 
 
 def _compare(reference: np.ndarray, other: np.ndarray, labels) -> dict[str, Any]:
