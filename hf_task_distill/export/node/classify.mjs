@@ -15,6 +15,7 @@
 // pixel for segmentation), "label" (classification: the pipeline's top label)}]}. --pixels adds each
 // image's "pixel_values" and "pixel_shape" (the processor's output). On failure it prints
 // {"error": message} and exits with status 1.
+import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import { pathToFileURL } from "node:url";
@@ -27,19 +28,21 @@ function argmax(values, start, count, stride) {
 
 async function load(tjs, task, folder, dtype) {
   const options = { dtype, device: "cpu", local_files_only: true };
-  try {
+  // Decided from config.json, not from pipeline()'s error: pipeline() loads the model and the
+  // processor concurrently, so which of the two refusals of a timm student (unknown model type,
+  // unknown TimmWrapperImageProcessor) surfaces first depends on timing.
+  const modelType = JSON.parse(readFileSync(path.join(folder, "config.json"), "utf8")).model_type;
+  if (modelType !== "timm_wrapper") {
     return { pipe: await tjs.pipeline(task, folder, options), loadedWith: "pipeline" };
-  } catch (error) {
-    if (!/Unsupported model type/.test(String(error?.message))) throw error;
-    const config = await tjs.AutoConfig.from_pretrained(folder, options);
-    if (!config.id2label && Array.isArray(config.label_names)) {
-      config.id2label = Object.fromEntries(config.label_names.map((name, i) => [i, name]));
-    }
-    const model = await tjs.AutoModel.from_pretrained(folder, { ...options, config });
-    const processor = await tjs.AutoImageProcessor.from_pretrained(folder, options);
-    const Pipeline = task === "image-classification" ? tjs.ImageClassificationPipeline : tjs.ImageSegmentationPipeline;
-    return { pipe: new Pipeline({ task, model, processor }), loadedWith: "AutoModel+AutoImageProcessor" };
   }
+  const config = await tjs.AutoConfig.from_pretrained(folder, options);
+  if (!config.id2label && Array.isArray(config.label_names)) {
+    config.id2label = Object.fromEntries(config.label_names.map((name, i) => [i, name]));
+  }
+  const model = await tjs.AutoModel.from_pretrained(folder, { ...options, config });
+  const processor = await tjs.AutoImageProcessor.from_pretrained(folder, options);
+  const Pipeline = task === "image-classification" ? tjs.ImageClassificationPipeline : tjs.ImageSegmentationPipeline;
+  return { pipe: new Pipeline({ task, model, processor }), loadedWith: "AutoModel+AutoImageProcessor" };
 }
 
 async function main() {
