@@ -46,19 +46,11 @@ PHOTOS = {  # name -> the file in scikit-image's wheel (skimage/data/)
     "retina": "retina.jpg",
     "immunohistochemistry": "ihc.png",
 }
-FASHION_MNIST = "/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz"
-FASHION_LABELS = [
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Boot",
-]
+sys.path.insert(0, os.path.join(HERE, "real"))
+from prepare import CLASSES as FASHION_LABELS  # noqa: E402  (one list of Fashion-MNIST's classes)
+from prepare import FASHION  # noqa: E402
+
+FASHION_MNIST = os.path.join(FASHION, "t10k-images-idx3-ubyte.gz")
 #: name -> (what it is, how it is built, image size)
 FAMILIES = {
     "resnet18": ("timm CNN (ResNet-18), random init", "timm", 224),
