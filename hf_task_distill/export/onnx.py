@@ -362,11 +362,11 @@ def _dataset_pixels(model, spec, source: Any, task_type: str, limit: int):
         where=f"the export's parity sample{f' ({split} split)' if split else ''}",
         task_type=get_task_type(task_type) if segmentation else None,
     )
-    batch = stack_single_views([prepared[i] for i in range(len(prepared))]) if not segmentation else None
-    if segmentation:
-        pixels = torch.stack([prepared[i]["pixel_values"] for i in range(len(prepared))])
-        labels = None
+    views = [prepared[i] for i in range(len(prepared))]
+    if segmentation:  # masks are not scored at export: parity is per-pixel agreement with PyTorch
+        pixels, labels = torch.stack([view["pixel_values"] for view in views]), None
     else:
+        batch = stack_single_views(views)
         pixels, labels = batch["pixel_values"], batch["labels"].numpy()
         labels = labels if (labels != -100).any() else None
     described = {"source": "dataset" + (f" ({split} split)" if split else ""), "images": len(rows)}
