@@ -290,6 +290,13 @@ class StudentArguments:
         metadata={"help": "Start from the architecture's pretrained weights (paper: random init)."},
     )
     student_image_size: int | None = field(default=None, metadata={"help": "Student input resolution."})
+    student_crop_pct: float | None = field(
+        default=None,
+        metadata={
+            "help": "Evaluation centre crop of a timm student, in (0, 1] (timm's --crop-pct; default: the "
+            "architecture's). 1.0: images already at the input size are not resampled."
+        },
+    )
     distill_epochs: float = field(
         default=50.0, metadata={"help": "Epochs over the transfer set (not from the paper)."}
     )
@@ -337,19 +344,10 @@ class StudentArguments:
         self.student_image_size = check_int(
             self.student_image_size, "--student_image_size", minimum=8, optional=True
         )
-        if self.student_image_size is not None and os.path.isfile(os.path.join(self.student, "config.json")):
-            with open(os.path.join(self.student, "config.json"), encoding="utf-8") as file:
-                saved = json.load(file)
-            model_type = saved.get("model_type")
-            segmentation = any(
-                a.endswith("ForSemanticSegmentation") for a in saved.get("architectures") or ()
-            )
-            # a timm folder's input size is set, a segmentation student's recorded; others' come from their processor
-            if model_type != "timm_wrapper" and not segmentation:
-                raise ValueError(
-                    f"--student_image_size applies to timm students; '{self.student}' is a {model_type} model: "
-                    "leave it out (its image processor sets the size)"
-                )
+        self.student_crop_pct = check_number(
+            self.student_crop_pct, "--student_crop_pct", above=0, maximum=1, optional=True
+        )
+        self._check_timm_only_flags()
         self.distill_epochs = check_number(self.distill_epochs, "--distill_epochs", above=0)
         self.distill_learning_rate = check_number(
             self.distill_learning_rate, "--distill_learning_rate", above=0
@@ -372,6 +370,32 @@ class StudentArguments:
                 f"--distill_loss {self.distill_loss} matches the teacher's features, which a teacher cache "
                 "does not store: use --teacher_cache_views 0"
             )
+
+    def _check_timm_only_flags(self) -> None:
+        """``--student_image_size`` sets a timm folder's input size and records a segmentation
+        student's; ``--student_crop_pct`` is a timm student's evaluation crop. Other students take
+        both from their image processor."""
+        from .models.families.transformers_segmentation import SEGMENTATION_STUDENTS
+
+        if self.student_crop_pct is not None and self.student in SEGMENTATION_STUDENTS:
+            raise ValueError(
+                f"--student_crop_pct applies to timm students; '{self.student}' is a semantic-segmentation "
+                "student, which resizes the whole image without a crop: leave it out"
+            )
+        given = [f for f in ("student_image_size", "student_crop_pct") if getattr(self, f) is not None]
+        if not given or not os.path.isfile(os.path.join(self.student, "config.json")):
+            return
+        with open(os.path.join(self.student, "config.json"), encoding="utf-8") as file:
+            saved = json.load(file)
+        model_type = saved.get("model_type")
+        segmentation = any(a.endswith("ForSemanticSegmentation") for a in saved.get("architectures") or ())
+        for flag in given:
+            if model_type != "timm_wrapper" and not (segmentation and flag == "student_image_size"):
+                what = "size" if flag == "student_image_size" else "crop"
+                raise ValueError(
+                    f"--{flag} applies to timm students; '{self.student}' is a {model_type} model: "
+                    f"leave it out (its image processor sets the {what})"
+                )
 
 
 def _check_student_name(name: str) -> None:

@@ -1114,6 +1114,21 @@ CASES = [
         id="cli-student-image-size-for-a-non-timm-folder",
     ),
     pytest.param(
+        _cli_with_folder_student("--student_crop_pct", "1.0"),
+        ExitsWith(r"--student_crop_pct applies to timm students; '.*dinov2-student' is a dinov2 model"),
+        id="cli-student-crop-pct-for-a-non-timm-folder",
+    ),
+    pytest.param(
+        _cli("--student_crop_pct", "0"),
+        ExitsWith(r"--student_crop_pct must be in \(0, 1\], got 0"),
+        id="cli-student-crop-pct-out-of-range",
+    ),
+    pytest.param(
+        _cli("--student", "segformer-b0", "--student_crop_pct", "1"),
+        ExitsWith(r"--student_crop_pct applies to timm students; 'segformer-b0' is a semantic-segmentation"),
+        id="cli-student-crop-pct-for-a-segmentation-student",
+    ),
+    pytest.param(
         _cli("--report_to", "wandbb"),
         ExitsWith(r"--report_to: unknown logger 'wandbb'; did you mean wandb"),
         id="cli-report-to-typo",

@@ -196,6 +196,42 @@ def test_a_segformer_exports_with_per_pixel_parity(tmp_path):
     )
 
 
+def test_a_segformer_exports_with_per_pixel_parity_on_a_segmentation_tasks_evaluation_split(tmp_path):
+    """``images=task`` (as the export stage passes it): the parity sample is the test split's images
+    at the student's evaluation view, its masks unused; every pixel's class agrees with PyTorch's."""
+    from hf_task_distill.data import ViewSpec, load_target_task
+    from hf_task_distill.data.views import eval_view, render_view
+    from hf_task_distill.demo.segmentation import segmentation_world_task
+    from hf_task_distill.models.families.transformers_segmentation import segmentation_image_processor
+
+    splits, names = segmentation_world_task(label_budget=4, validation_images=3, test_images=10)
+    task = load_target_task(splits, label_names=names, name="world")
+    student = tiny_segformer(len(names), label_names=names)
+    student.config.image_size = 32
+    student.save_pretrained(tmp_path)
+    segmentation_image_processor(student).save_pretrained(tmp_path)
+    written = export_student(tmp_path, "onnx", images=task)["onnx"]
+    record = _record(tmp_path)
+    assert record["task_type"] == "image-segmentation"
+    assert record["parity"]["sample"] == {"source": "dataset (test split)", "images": 10}
+    assert record["output"]["shape"] == ["batch", len(names), 8, 8]
+    fp32 = record["parity"]["fp32"]
+    assert fp32["passed"] and fp32["argmax_agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-4
+    assert "accuracy" not in fp32  # masks are not scored at export
+    # checked here on the same test images, rendered independently of the exporter
+    spec = ViewSpec.from_model(student)
+    images = [
+        torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous() for image in task["test"]["image"]
+    ]
+    pixels = torch.stack([render_view(image, eval_view(image.shape[:0:-1], spec), spec) for image in images])
+    session = onnxruntime.InferenceSession(written[0], providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"pixel_values": pixels.numpy()})[0]
+    reference = _torch_logits(str(tmp_path), pixels)
+    assert logits.shape == (10, len(names), 8, 8) and np.ptp(reference.argmax(1)) > 0  # not one class
+    assert np.abs(logits - reference).max() <= 1e-4
+    assert (logits.argmax(1) == reference.argmax(1)).all()
+
+
 def test_an_export_of_other_weights_is_refused_and_the_same_weights_replace_it(
     resnet_export, tmp_path, capsys
 ):

@@ -78,6 +78,37 @@ def test_a_from_scratch_student_does_not_name_timms_weights_as_its_source(tmp_pa
     assert list(in_timm.pretrained_cfg["input_size"]) == [3, 32, 32]
 
 
+def test_crop_pct_sets_a_timm_students_evaluation_crop_and_other_students_refuse_it(tmp_path):
+    """crop_pct 1.0 on a student whose input size is the images' size: its evaluation view, its saved
+    processor (PIL) and timm's loader keep the image as it is; timm's own 0.95 (resnet18) would not."""
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    from hf_task_distill.data import ViewSpec
+
+    assert timm.models.get_pretrained_cfg("resnet18").crop_pct == 0.95  # what the crop replaces
+    student = create_student("resnet18", LABELS, image_size=32, crop_pct=1.0)
+    assert ViewSpec.from_model(student).crop_pct == 1.0
+    student.save_pretrained(tmp_path / "s")
+    assert timm.create_model(f"local-dir:{tmp_path / 's'}").pretrained_cfg["crop_pct"] == 1.0
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    spec = ViewSpec.from_model(student)
+    mean, std = np.asarray(spec.mean)[:, None, None], np.asarray(spec.std)[:, None, None]
+    expected = (pixels.transpose(2, 0, 1) / 255.0 - mean) / std
+    for crop, most in ((1.0, 1e-5), (0.95, None)):
+        folder = tmp_path / f"crop{crop}"
+        create_student("resnet18", LABELS, image_size=32, crop_pct=crop).save_pretrained(folder)
+        processed = AutoImageProcessor.from_pretrained(folder)(Image.fromarray(pixels), return_tensors="pt")
+        difference = np.abs(processed["pixel_values"][0].numpy() - expected).max()
+        assert difference <= most if most else difference > 0.1, (crop, difference)
+    with pytest.raises(ValueError, match=r"crop_pct must be in \(0, 1\], got 1\.2"):
+        create_student("resnet18", LABELS, crop_pct=1.2)
+    tiny_dinov2().save_pretrained(tmp_path / "dinov2")
+    tiny_processor().save_pretrained(tmp_path / "dinov2")
+    with pytest.raises(ValueError, match=r"crop_pct applies to timm students; '.*dinov2' is a dinov2 model"):
+        create_student(str(tmp_path / "dinov2"), LABELS, crop_pct=1.0)
+
+
 def test_student_from_an_hf_folder_gets_a_new_head(tmp_path):
     folder = tmp_path / "s"
     create_student("test_resnet", LABELS, image_size=32).save_pretrained(folder)

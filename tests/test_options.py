@@ -49,7 +49,7 @@ API_OF_GROUP = {
 #: The run's own settings: which data and models, and where the run lives. No API dataclass holds
 #: them; the API takes them as the arguments of its calls (``load_target_task(source)``,
 #: ``TeacherFinetuner(model, task, trust_remote_code=)``, ``RetrievalTransferSetBuilder(encoder)
-#: .build(pool, pool_embeddings_dir=)``, ``create_student(name, image_size=)``, ``Pipeline``).
+#: .build(pool, pool_embeddings_dir=)``, ``create_student(name, image_size=, crop_pct=)``, ``Pipeline``).
 PIPELINE_ONLY = {
     "dataset",
     "test_fraction",
@@ -63,6 +63,7 @@ PIPELINE_ONLY = {
     "student",
     "pretrained_student",
     "student_image_size",
+    "student_crop_pct",
     "baseline",
     "output_dir",
     "overwrite_stage",

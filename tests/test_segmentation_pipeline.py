@@ -10,6 +10,7 @@ published student loads with transformers' own segmentation classes and pipeline
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -104,6 +105,77 @@ def test_the_published_segmentation_student_loads_in_transformers_pipeline(rando
     text = (student_dir / "README.md").read_text()
     assert "semantic-segmentation model" in text and 'pipeline("image-segmentation"' in text
     assert "16 images drawn at random" in text and "images=6" in text
+
+
+@pytest.fixture(scope="module")
+def exported_run(world, random_run, tmp_path_factory):
+    """``random_run`` copied and run again with ``--export_formats onnx``: only the export stage (and
+    publish, which carries its files) runs, with the test split as the parity sample."""
+    pytest.importorskip("onnxruntime")
+    from hf_task_distill.pipeline import Pipeline
+
+    run = tmp_path_factory.mktemp("segmentation_export") / "run"
+    shutil.copytree(random_run["run"], run)
+    argv = ["--dataset", world["task"], "--output_dir", str(run), *FAST, *random_run["flags"]]
+    pipeline = Pipeline(parse_config("run", [*argv, "--export_formats", "onnx"]))
+    pipeline.run()
+    return {"run": run, "summary": pipeline.summary()}
+
+
+@pytest.mark.slow
+def test_a_segmentation_run_exports_its_student_with_per_pixel_parity_on_the_test_split(
+    random_run, exported_run
+):
+    run = exported_run["run"]
+    for stage in ("teacher", "distill", "finetune"):  # finished stages stay as they were
+        assert _manifest(run, stage)["run_id"] == _manifest(random_run["run"], stage)["run_id"], stage
+    model = run / "export" / "model"
+    assert sorted(p.name for p in (model / "onnx").iterdir()) == ["export.json", "model.onnx"]
+    assert (model / "config.json").is_file() and not (model / "model.safetensors").exists()
+    processor = json.loads((model / "preprocessor_config.json").read_text())
+    assert processor["image_processor_type"] == "SegformerImageProcessor"
+    assert processor["size"] == {"height": 32, "width": 32}
+    record = json.loads((model / "onnx" / "export.json").read_text())
+    assert (
+        record["task_type"] == "image-segmentation"
+        and record["model_class"] == "SegformerForSemanticSegmentation"
+    )
+    assert record["parity"]["sample"] == {"source": "dataset (test split)", "images": 8}
+    fp32 = record["parity"]["fp32"]
+    assert fp32["passed"] and fp32["argmax_agreement"] == 1.0 and fp32["max_abs_diff"] <= 1e-4
+    assert "accuracy" not in fp32 and "int8" not in record["parity"]  # masks are not scored at export
+    assert record["output"]["shape"] == ["batch", 6, 8, 8]  # a SegFormer's logits: a quarter of 32 px
+    assert record["input"]["view"]["eval_mode"] == "squash" and record["input"]["view"]["crop_pct"] == 1.0
+    line = next(row for row in exported_run["summary"].splitlines() if row.startswith("Export (onnx): "))
+    assert "parity on 8 images max |Δlogit|" in line and "per-pixel agreement 100.0%" in line
+    assert "top-1" not in line and "batch 1: ONNX Runtime" in line
+    assert exported_run["summary"].index("| student, distilled + finetuned |") < exported_run[
+        "summary"
+    ].index(line)
+
+
+@pytest.mark.slow
+def test_the_published_segmentation_students_card_describes_its_onnx_export(exported_run):
+    from huggingface_hub import ModelCard
+
+    student = exported_run["run"] / "publish" / "student"
+    exported = exported_run["run"] / "export" / "model" / "onnx"
+    for name in ("model.onnx", "export.json"):
+        assert (student / "onnx" / name).read_bytes() == (exported / name).read_bytes(), name
+    section = ModelCard.load(student / "README.md").text.split("## ONNX export", 1)[1]
+    assert (
+        "`[batch, 3, 32, 32]`, RGB at 32 x 32 px: resized (bilinear) to that size whatever its aspect"
+        in section
+    )
+    assert "centre-cropped" not in section and "central" not in section
+    assert (
+        "**Output** `logits`: `[batch, 6, 8, 8]`, class scores at 8 x 8 over the input, to be upsampled"
+        in section
+    )
+    assert "8 images, dataset (test split)): max \\|Δlogit\\|" in section
+    assert "per-pixel agreement 100.0%" in section and "top-1" not in section
+    assert 'pipeline("image-segmentation", "/path/to/this/folder"' in section
+    assert "AutoImageProcessor" not in section  # the timm route is for timm classifiers only
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ def create_student(
     pretrained: bool = False,
     model_args: dict[str, Any] | None = None,
     image_size: int | None = None,
+    crop_pct: float | None = None,
     task_type: str = "image-classification",
     **from_pretrained_kwargs: Any,
 ):
@@ -44,7 +45,9 @@ def create_student(
     ``{"drop_path_rate": 0.1}``) and are recorded in the config so the model rebuilds identically.
     ``image_size`` (timm students) sets the training/evaluation resolution recorded in the model's
     ``pretrained_cfg``, which the student's views and its saved image processor follow; models with a
-    fixed input size are built for it.
+    fixed input size are built for it. ``crop_pct`` (timm students, in (0, 1]) replaces the evaluation
+    centre crop recorded in ``pretrained_cfg`` (timm's ``--crop-pct``; ResNet-18's own is 0.95): 1.0
+    evaluates an image already at ``image_size`` as it is, with no resampling (the demo's 32-px digits).
 
     ``task_type="image-segmentation"``: ``name_or_path`` is ``segformer-b0`` or
     ``mobilevitv2-deeplabv3`` (built from their configs, offline; ``model_args`` override config
@@ -57,8 +60,12 @@ def create_student(
         ValueError: bad ``labels``; a name that cannot be a model (``check_model_source``: no such
             folder, an unknown timm name with the closest ones; for segmentation, an unknown short
             name); ``image_size`` for a model that cannot take it; a family that builds no students of
-            ``task_type``.
+            ``task_type``; ``crop_pct`` outside (0, 1] or for a student that is not a timm model.
     """
+    if crop_pct is not None:
+        from ..checks import check_number
+
+        crop_pct = check_number(crop_pct, "crop_pct", above=0, maximum=1)
     label_config_kwargs(labels)  # bad labels are refused before the name is looked at
     extra: dict[str, Any] = {}
     if task_type == CLASSIFICATION:
@@ -82,7 +89,7 @@ def create_student(
                 else ""
             )
         )
-    return family.create(
+    model = family.create(
         name_or_path,
         labels,
         pretrained=pretrained,
@@ -91,3 +98,22 @@ def create_student(
         **extra,
         **from_pretrained_kwargs,
     )
+    if crop_pct is not None:
+        set_crop_pct(model, crop_pct, name_or_path)
+    return model
+
+
+def set_crop_pct(model, crop_pct: float, name: str) -> None:
+    """Record ``crop_pct`` as a timm student's evaluation centre crop (``config.pretrained_cfg``, which
+    its views, its saved image processor and its export read).
+
+    Raises:
+        ValueError: ``model`` is not a timm student (its image processor, not this, sets its crop).
+    """
+    cfg = getattr(getattr(model, "config", None), "pretrained_cfg", None)
+    if not isinstance(cfg, dict):
+        kind = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+        raise ValueError(
+            f"crop_pct applies to timm students; '{name}' is a {kind} model: set its crop in its image processor"
+        )
+    cfg["crop_pct"] = float(crop_pct)

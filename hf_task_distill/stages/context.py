@@ -396,6 +396,7 @@ class RunContext:
             labels or self.task.label_names,
             pretrained=cfg.pretrained_student,
             image_size=cfg.student_image_size,
+            crop_pct=cfg.student_crop_pct,
             **({} if task_type == "image-classification" else {"task_type": task_type}),
         )
 

@@ -94,19 +94,23 @@ def export_summary(record: dict[str, Any]) -> str:
 
     Returns:
         `str`: e.g. ``Export (onnx-int8): parity on 256 images max |Δlogit| 3e-06, top-1 100.0%; int8
-        top-1 agreement 99.2%, accuracy -0.39 points; batch 1: ONNX Runtime 0.41 ms vs PyTorch 1.2 ms (2.9x)``.
+        top-1 agreement 99.2%, accuracy -0.39 points; batch 1: ONNX Runtime 0.41 ms vs PyTorch 1.2 ms (2.9x)``;
+        a segmentation student's agreements are per pixel (``per-pixel agreement 100.0%``).
     """
     parity, batch_1 = record["parity"], record["latency"]["batch_1"]
     fp32 = parity["fp32"]
+    per_pixel = record.get("task_type") == "image-segmentation"  # argmax agreement per pixel, not image
     parts = [
         f"Export ({record['format']}): parity on {parity['sample']['images']} images max |Δlogit| "
-        f"{fp32['max_abs_diff']:.2g}, top-1 {100 * fp32['argmax_agreement']:.1f}%"
+        f"{fp32['max_abs_diff']:.2g}, "
+        + ("per-pixel agreement" if per_pixel else "top-1")
+        + f" {100 * fp32['argmax_agreement']:.1f}%"
     ]
     if "int8" in parity:
         int8 = parity["int8"]
         change = int8.get("accuracy_change_points")
         parts.append(
-            f"int8 top-1 agreement {100 * int8['argmax_agreement']:.1f}%"
+            f"int8 {'per-pixel' if per_pixel else 'top-1'} agreement {100 * int8['argmax_agreement']:.1f}%"
             + (f", accuracy {change:+.2f} points" if change is not None else "")
         )
     ort, torch = batch_1["onnxruntime"], batch_1["pytorch"]
