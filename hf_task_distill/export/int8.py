@@ -16,9 +16,10 @@ Two methods, both ONNX Runtime's (``onnxruntime.quantization``):
   unsigned 8-bit weights, hence ``QuantType.QUInt8``). An image's result then depends on the batch it
   is in.
 
-Why static is the default: measured on ImageNet-weighted EfficientNet-Lite0 over 256 real photos,
-dynamic int8 kept fp32's top-1 on 52% of them, static per-channel on 87% (64 calibration images);
-per-tensor static weights gave 54%. See ``benchmarks/results/export_onnx.md``.
+Why static is the default (``benchmarks/export_onnx.py``, ImageNet-weighted EfficientNet-Lite0 on 256
+real images, 64 other images for calibration): static int8 kept fp32's top-1 on 210 of 256 at 5.3 ms
+per image, dynamic int8 on 110 of 256 at 38.6 ms, slower than fp32's 9.7 ms (one CPU thread); a
+per-tensor static trial kept about half. See docs/performance.md.
 """
 
 from __future__ import annotations
