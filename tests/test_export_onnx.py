@@ -80,6 +80,7 @@ def test_the_int8_model_loads_and_its_agreement_and_accuracy_change_are_reported
     record = _record(folder)
     int8 = record["parity"]["int8"]
     assert 0.0 <= int8["argmax_agreement"] <= 1.0 and int8["max_abs_diff"] > 0  # really quantized
+    assert record["quantization"]["method"] == "dynamic"  # a bare dataset: nothing to calibrate on
     assert int8["accuracy_change_points"] == pytest.approx(
         100 * (int8["accuracy"] - record["parity"]["fp32"]["accuracy"]), abs=1e-3
     )
@@ -90,6 +91,44 @@ def test_the_int8_model_loads_and_its_agreement_and_accuracy_change_are_reported
     )
     sizes = record["files"]
     assert sizes["model_quantized.onnx"] < sizes["model.onnx"] == os.path.getsize(written["onnx"][0])
+
+
+def _logits(session, pixels: np.ndarray) -> np.ndarray:
+    return session.run(["logits"], {"pixel_values": pixels})[0]
+
+
+def test_static_int8_is_calibrated_on_the_images_given_and_answers_an_image_alone_as_in_a_batch(tmp_path):
+    """With calibration images, int8 is static QDQ: its activation ranges are fixed at export, so an
+    image's logits do not depend on the batch it is sent in (dynamic int8 rescales per batch)."""
+    import onnx
+
+    from hf_task_distill.export.int8 import quantize_int8
+
+    folder = _tiny_resnet(tmp_path / "student")
+    calibration = make_colour_dataset(40, 1, labelled=False)
+    export_student(folder, "onnx-int8", images=make_colour_dataset(60, 0), calibration=calibration)
+    record = _record(folder)
+    assert record["quantization"]["method"] == "static" and record["quantization"]["format"] == "QDQ"
+    assert record["quantization"]["calibration_sample"] == {"source": "dataset", "images": 40}
+    assert record["parity"]["int8"]["max_abs_diff"] > 0
+    quantized = os.path.join(folder, "onnx", "model_quantized.onnx")
+    ops = {node.op_type for node in onnx.load(quantized).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "ConvInteger" not in ops
+    pixels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2)).numpy()
+    pixels[1:] *= 4  # other images with wider activations in the batch
+    dynamic = str(tmp_path / "dynamic.onnx")
+    assert quantize_int8(os.path.join(folder, "onnx", "model.onnx"), dynamic)["method"] == "dynamic"
+    for path, batch_independent in ((quantized, True), (dynamic, False)):
+        session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+        alone, in_batch = _logits(session, pixels[:1])[0], _logits(session, pixels)[0]
+        assert np.allclose(alone, in_batch, atol=1e-6) == batch_independent, path
+
+
+def test_an_empty_calibration_sample_is_refused_before_anything_is_written(tmp_path):
+    folder = _tiny_resnet(tmp_path / "student")
+    with pytest.raises(ValueError, match="calibration sample is empty"):
+        export_student(folder, "onnx-int8", calibration=[])
+    assert not os.path.exists(os.path.join(folder, "onnx"))
 
 
 def test_the_export_record_has_latency_flops_and_no_absolute_path(resnet_export, tmp_path):
@@ -410,3 +449,16 @@ def test_the_export_command_refuses_an_unknown_format(resnet_export, capsys):
         "unknown export format 'onnx-fp16'; registered: onnx, onnx-int8, safetensors"
         in capsys.readouterr().err
     )
+
+
+def test_the_export_command_calibrates_int8_on_an_image_folder(tmp_path, capsys):
+    from hf_task_distill.cli import main
+
+    folder = _tiny_resnet(tmp_path / "student")
+    photos = tmp_path / "transfer"
+    photos.mkdir()
+    for i, image in enumerate(make_colour_dataset(12, 3, labelled=False)["image"]):
+        image.save(photos / f"{i}.png")
+    assert main(["export", folder, "--formats", "onnx-int8", "--calibration", str(photos)]) == 0
+    assert "int8 (static): argmax agreement with fp32" in capsys.readouterr().out
+    assert _record(folder)["quantization"]["calibration_sample"] == {"source": "dataset", "images": 12}

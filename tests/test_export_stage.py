@@ -119,6 +119,12 @@ def test_the_stage_writes_a_deployable_folder_with_parity_on_the_evaluation_spli
     assert int8["accuracy_change_points"] == pytest.approx(
         100 * (int8["accuracy"] - fp32["accuracy"]), abs=1e-3
     )
+    transfer = json.loads((run / "transfer" / "manifest.json").read_text())["outputs"]
+    assert record["quantization"]["method"] == "static"  # calibrated on the transfer set, not the test split
+    assert record["quantization"]["calibration_sample"] == {
+        "source": "dataset",
+        "images": min(128, transfer["rows"]),
+    }
     manifest = json.loads((run / "export" / "manifest.json").read_text())
     assert manifest["outputs"]["model"] == "model" and manifest["outputs"]["formats"] == ["onnx", "onnx-int8"]
     assert manifest["inputs"]["export_formats"] == ["onnx", "onnx-int8"] and "finetune" in manifest["inputs"]
@@ -148,7 +154,7 @@ def test_the_summary_has_the_export_line_after_the_results(exported_run):
     record = _record(exported_run["run"] / "export" / "model")
     batch_1 = record["latency"]["batch_1"]
     assert "parity on 24 images max |Δlogit|" in line and "top-1 100.0%" in line
-    assert "int8 top-1 agreement" in line and "points" in line
+    assert "int8 (static) top-1 agreement" in line and "points" in line
     assert f"ONNX Runtime {batch_1['onnxruntime']['median_ms']:.3g} ms" in line
     assert f"PyTorch {batch_1['pytorch']['median_ms']:.3g} ms" in line
     assert summary.index("| student, distilled + finetuned |") < summary.index(line)
@@ -170,10 +176,7 @@ def test_the_published_student_carries_onnx_and_its_card_the_export_section(expo
     card = ModelCard.load(student / "README.md").text
     section = card.split("## ONNX export", 1)[1]
     size_mb = record["files"]["model_quantized.onnx"] / 1e6
-    assert (
-        f"| `onnx/model_quantized.onnx` | int8 weights (ONNX Runtime dynamic quantization) | {size_mb:.1f} MB |"
-        in section
-    )
+    assert f"| `onnx/model_quantized.onnx` | int8 (ONNX Runtime quantization) | {size_mb:.1f} MB |" in section
     assert "float32 `[batch, 3, 32, 32]`" in section and "**Output** `logits`: `[batch, 4]`" in section
     assert f"mean {[round(m, 4) for m in record['input']['view']['mean']]}" in section
     assert (
@@ -181,6 +184,11 @@ def test_the_published_student_carries_onnx_and_its_card_the_export_section(expo
         and "top-1 agreement 100.0%" in section
     )
     assert f"{record['parity']['int8']['accuracy_change_points']:+.2f} points" in section
+    calibrated = record["quantization"]["calibration_images"]
+    assert (
+        f"**int8** (static: per-channel int8 weights, uint8 activations with ranges calibrated on {calibrated} transfer-set images (QDQ))"
+        in section
+    )
     pytorch = record["latency"]["batch_1"]["pytorch"]
     assert f"| PyTorch eager | {pytorch['median_ms']:.3g} ms | {pytorch['p90_ms']:.3g} ms |" in section
     assert "| ONNX Runtime, int8 |" in section and record["machine"]["cpu"] in section

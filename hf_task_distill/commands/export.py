@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluation images for the parity check (a task name, folder or Hub dataset; its test "
         "split, else validation); default seeded random pixels",
     )
+    parser.add_argument(
+        "--calibration",
+        help="images static int8 (onnx-int8) is calibrated on: a transfer set or image folder / Hub "
+        "dataset; default the --dataset task's train split; with neither, int8 is dynamic",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an export made from other weights")
     return parser
 
@@ -50,8 +55,18 @@ def run(args: argparse.Namespace) -> str:
         from ..data import load_target_task
 
         images = load_target_task(args.dataset)
+    calibration = None
+    if args.calibration:
+        from ..data import load_image_dataset
+
+        calibration = load_image_dataset(args.calibration)
     written = export_student(
-        args.folder, args.formats, args.output_dir, images=images, overwrite=args.overwrite
+        args.folder,
+        args.formats,
+        args.output_dir,
+        images=images,
+        calibration=calibration,
+        overwrite=args.overwrite,
     )
     lines = [f"{name}: {', '.join(paths)}" for name, paths in written.items()]
     records = {os.path.dirname(p) for paths in written.values() for p in paths if p.endswith("export.json")}
@@ -70,8 +85,9 @@ def summary_lines(record: dict) -> list[str]:
     ]
     if "int8" in parity:
         change = parity["int8"].get("accuracy_change_points")
+        how = record.get("quantization", {})
         lines.append(
-            f"int8: argmax agreement with fp32 {100 * parity['int8']['argmax_agreement']:.1f}%"
+            f"int8 ({how.get('method', 'dynamic')}): argmax agreement with fp32 {100 * parity['int8']['argmax_agreement']:.1f}%"
             + (f", accuracy change {change:+.2f} points" if change is not None else "")
         )
     for key, rows in latency.items():

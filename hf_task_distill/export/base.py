@@ -49,7 +49,7 @@ class ExportFormat:
         ``model_folder``, which :func:`check_student_folder` has already accepted. Default: nothing.
 
         ``options`` are :func:`export_student`'s keyword options (``output_dir``, ``images``,
-        ``overwrite``); a format whose ``check`` or ``export`` does not name one is not given it."""
+        ``calibration``, ``overwrite``); a format whose ``check`` or ``export`` does not name one is not given it."""
 
     def export(self, model_folder: str, output_dir: str, **options: Any) -> list[str]:
         """Write the format's files for the student in ``model_folder`` into ``output_dir`` (which
@@ -139,6 +139,7 @@ def export_student(
     output_dir: str | os.PathLike | None = None,
     *,
     images: Any = None,
+    calibration: Any = None,
     overwrite: bool = False,
 ) -> dict[str, list[str]]:
     """Export the student saved in ``folder`` to each of ``formats``.
@@ -153,6 +154,10 @@ def export_student(
         images: evaluation images for formats that measure the exported model (``onnx``: a list of
             PIL images, a ``datasets.Dataset`` or a ``TargetTask``); formats that measure nothing
             ignore them.
+        calibration: images a quantizing format calibrates on (``onnx-int8``'s static int8: a
+            list of PIL images, a ``datasets.Dataset`` such as a run's transfer set, or a
+            ``TargetTask``, whose training split is used); default the training split of ``images``
+            when it is a ``TargetTask``, else none (``onnx-int8`` then quantizes dynamically).
         overwrite: let a format replace an earlier export of *other* weights (``onnx`` refuses by
             default; an export of the same weights is always replaced).
 
@@ -170,7 +175,7 @@ def export_student(
     chosen = [_FORMATS.get(name) for name in names]
     folder = check_student_folder(folder)
     output_dir = os.fspath(output_dir) if output_dir is not None else folder
-    options = {"output_dir": output_dir, "images": images, "overwrite": overwrite}
+    options = {"output_dir": output_dir, "images": images, "calibration": calibration, "overwrite": overwrite}
     for export_format in chosen:
         export_format.check(folder, **_accepted(export_format.check, options))
     os.makedirs(output_dir, exist_ok=True)

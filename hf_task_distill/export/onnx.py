@@ -8,10 +8,9 @@ Files (the Hugging Face / Transformers.js layout of a model repository's ``onnx/
   for a segmentation student); written by torch's own exporter (``torch.onnx.export(dynamo=True)``,
   the default and recommended path since torch 2.9: ``torch.export`` then ONNX Script translation;
   the TorchScript path is deprecated).
-- ``onnx/model_quantized.onnx`` (``onnx-int8`` only): int8 weights by ONNX Runtime's dynamic
-  quantization (``onnxruntime.quantization.quantize_dynamic``: weights quantized once, activations
-  per batch at run time, so no calibration sample is needed; Conv becomes ``ConvInteger``, which the
-  CPU provider runs with unsigned 8-bit weights, hence ``QuantType.QUInt8``).
+- ``onnx/model_quantized.onnx`` (``onnx-int8`` only): int8 by ONNX Runtime's quantizer
+  (:mod:`hf_task_distill.export.int8`): static per-channel QDQ calibrated on the ``calibration``
+  images (a run's transfer set; by default a task's training split), dynamic without any.
 - ``onnx/export.json``: what was measured (see :func:`export_record` ... in :class:`OnnxFormat`):
   the source weights' sha256, parity (max |Δlogit| and top-1 / per-pixel argmax agreement of ONNX
   Runtime against PyTorch on a sample of images), CPU latency (median and p90 at batch 1,
@@ -47,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from .base import ExportFormat
+from .int8 import CALIBRATION_IMAGES, quantize_int8
 from .transformers_js import PREPROCESSOR_FILE, transformers_js_preprocessor, write_transformers_js_files
 
 __all__ = [
@@ -287,21 +287,6 @@ def _exception_summary(chain: list[BaseException]) -> str:
     return f"{type(inner).__name__}: {first}".strip(": ")
 
 
-def quantize_int8(source: str, target: str) -> None:
-    """Dynamic int8 quantization of ``source`` into ``target`` (ONNX Runtime; see the module doc)."""
-    import logging
-
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # its advice to pre-process is logged on the root logger
-    try:
-        quantize_dynamic(source, target, weight_type=QuantType.QUInt8)
-    finally:
-        root.setLevel(level)
-
-
 # --- mechanics: the parity sample, running both models ------------------------------------------------
 
 
@@ -335,17 +320,41 @@ def sample_pixels(model, spec, images: Any, task_type: str, limit: int = SAMPLE_
     return torch.stack(tensors).float(), None, described
 
 
-def _dataset_pixels(model, spec, source: Any, task_type: str, limit: int):
+def calibration_sample(model, spec, source: Any, task_type: str, limit: int = CALIBRATION_IMAGES):
+    """The static int8 calibration sample: ``(pixels [N, 3, H, W] float32, description)``, or
+    ``(None, None)`` without a source (the int8 model is then quantized dynamically).
+
+    ``source`` is a list of PIL images, a ``datasets.Dataset`` (a transfer set: its ``image`` column)
+    or a ``TargetTask`` (its ``train`` split, never the evaluation split the accuracy change is
+    measured on), rendered with the student's evaluation view; at most ``limit`` rows, evenly spaced.
+
+    Raises:
+        ValueError: ``source`` holds no images.
+    """
+    if source is None:
+        return None, None
+    if not hasattr(source, "splits") and len(source) == 0:
+        raise ValueError(
+            "the int8 calibration sample is empty: give images (or leave it out for dynamic int8)"
+        )
+    if hasattr(source, "splits"):  # a TargetTask: the training split's images (labels unused)
+        pixels, _, described = _dataset_pixels(model, spec, source, task_type, limit, split="train")
+    else:
+        pixels, _, described = sample_pixels(model, spec, source, task_type, limit)
+    return pixels.numpy(), described
+
+
+def _dataset_pixels(model, spec, source: Any, task_type: str, limit: int, split: str | None = None):
     import torch
 
     from ..data.views import single_view_dataset, stack_single_views
     from ..models.labels import label_names_of
     from ..tasks import get_task_type
 
-    task, dataset, split = None, source, None
+    task, dataset = None, source
     if hasattr(source, "splits"):  # a TargetTask
         task = source
-        split = (
+        split = split or (
             "test" if "test" in source.splits else "validation" if "validation" in source.splits else "train"
         )
         dataset = source[split]
@@ -593,7 +602,12 @@ class OnnxFormat(ExportFormat):
         check_existing_export(target, weights_fingerprint(model_folder), overwrite)
 
     def export(
-        self, model_folder: str, output_dir: str, images: Any = None, overwrite: bool = False
+        self,
+        model_folder: str,
+        output_dir: str,
+        images: Any = None,
+        overwrite: bool = False,
+        calibration: Any = None,
     ) -> list[str]:
         """Export, measure, and move ``onnx/`` into place when parity holds.
 
@@ -603,6 +617,9 @@ class OnnxFormat(ExportFormat):
             images (*optional*): the parity sample's images (see :func:`sample_pixels`); default
                 seeded random pixels.
             overwrite (`bool`): replace an export of other weights.
+            calibration (*optional*): ``onnx-int8``'s calibration images (see
+                :func:`calibration_sample`); default the training split when ``images`` is a
+                ``TargetTask``; with neither, int8 is quantized dynamically.
 
         Returns:
             `list[str]`: the paths of ``onnx/``'s files, then, for a timm student, of the
@@ -620,8 +637,11 @@ class OnnxFormat(ExportFormat):
         check_existing_export(target, fingerprint, overwrite)
         model, task_type = load_student(model_folder)
         browser = transformers_js_note(model_folder)
+        if calibration is None and hasattr(images, "splits"):
+            calibration = images  # a TargetTask: calibration_sample takes its training split
+        samples = {"images": images, "calibration": calibration}
         write_folder_atomically(
-            target, lambda tmp: self._write(tmp, model, task_type, images, fingerprint, browser)
+            target, lambda tmp: self._write(tmp, model, task_type, samples, fingerprint, browser)
         )
         names = [MODEL_FILE] + ([QUANTIZED_FILE] if self.quantize else []) + [EXPORT_RECORD]
         written = [os.path.join(target, name) for name in names]
@@ -630,7 +650,7 @@ class OnnxFormat(ExportFormat):
         return written
 
     def _write(
-        self, folder: str, model, task_type: str, images: Any, fingerprint: str, browser: dict[str, Any]
+        self, folder: str, model, task_type: str, samples: dict, fingerprint: str, browser: dict[str, Any]
     ) -> None:
         from ..data import ViewSpec
         from ..files import write_json_atomically
@@ -638,9 +658,17 @@ class OnnxFormat(ExportFormat):
         os.makedirs(folder)
         spec = ViewSpec.from_model(model)
         export_graph(model, os.path.join(folder, MODEL_FILE), spec.size)
+        quantization = None
         if self.quantize:
-            quantize_int8(os.path.join(folder, MODEL_FILE), os.path.join(folder, QUANTIZED_FILE))
-        record = self._measure(folder, model, task_type, spec, images)
+            pixels, described = calibration_sample(model, spec, samples["calibration"], task_type)
+            quantization = quantize_int8(
+                os.path.join(folder, MODEL_FILE), os.path.join(folder, QUANTIZED_FILE), pixels
+            )
+            if described:
+                quantization["calibration_sample"] = described
+        record = self._measure(folder, model, task_type, spec, samples["images"])
+        if quantization:
+            record["quantization"] = quantization
         record["source"] = {"weights": WEIGHTS_FILE, "sha256": fingerprint}
         record["transformers_js"] = browser
         write_json_atomically(os.path.join(folder, EXPORT_RECORD), record)
@@ -737,8 +765,9 @@ def _exporter_versions() -> dict[str, str]:
 
 
 class OnnxInt8Format(OnnxFormat):
-    """``onnx``'s files plus ``onnx/model_quantized.onnx`` (dynamic int8), its agreement with fp32 and,
-    with labelled images, its accuracy change in points."""
+    """``onnx``'s files plus ``onnx/model_quantized.onnx`` (int8: static, calibrated on the
+    ``calibration`` images, or dynamic without any; :mod:`hf_task_distill.export.int8`), its agreement
+    with fp32 and, with labelled images, its accuracy change in points."""
 
     name = "onnx-int8"
     quantize = True

@@ -360,8 +360,25 @@ RUNTIME_TITLES = {
 #: What each file of ``onnx/`` is.
 ONNX_FILE_TITLES = {
     "model.onnx": "fp32",
-    "model_quantized.onnx": "int8 weights (ONNX Runtime dynamic quantization)",
+    "model_quantized.onnx": "int8 (ONNX Runtime quantization)",
 }
+#: How the card describes each int8 method (``export.json``'s ``quantization.method``).
+INT8_METHODS = {
+    "static": "static: per-channel int8 weights, uint8 activations with ranges calibrated on {images} "
+    "{source} images (QDQ)",
+    "dynamic": "dynamic: uint8 weights, activation ranges computed per batch at run time",
+}
+
+
+def int8_method(record: dict[str, Any]) -> str | None:
+    """How an export's int8 model was quantized, in words (``None`` without one); a record written
+    before the method was recorded was dynamic."""
+    if "int8" not in record["parity"]:
+        return None
+    how = record.get("quantization", {"method": "dynamic"})
+    sample = how.get("calibration_sample") or {}
+    source = "transfer-set" if sample.get("source") == "dataset" else sample.get("source", "")
+    return INT8_METHODS[how["method"]].format(images=how.get("calibration_images"), source=source)
 
 
 def export_card_fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -373,7 +390,7 @@ def export_card_fields(record: dict[str, Any]) -> dict[str, Any]:
 
     Returns:
         `dict`: ``files`` (rows: path, what, MB), ``input`` (shape, size, mean, std, interpolation,
-        crop_pct, eval_mode and ``resize``, the shorter side before the centre crop), ``output_shape``, ``parity`` (the record's), ``int8`` (or ``None``), ``latency``
+        crop_pct, eval_mode and ``resize``, the shorter side before the centre crop), ``output_shape``, ``parity`` (the record's), ``int8`` and ``int8_method`` (or ``None``), ``latency``
         (rows: runtime, batch-1 median and p90 in ms, batch-32 images/s, speed-ups), ``machine`` (one
         line) and ``exporter`` (versions).
     """
@@ -410,6 +427,7 @@ def export_card_fields(record: dict[str, Any]) -> dict[str, Any]:
         "output_shape": record["output"]["shape"],
         "parity": record["parity"],
         "int8": record["parity"].get("int8"),
+        "int8_method": int8_method(record),
         "latency": rows,
         "batch": _throughput_batch(latency),
         "machine": f"{machine['cpu']} ({machine['cpu_count']} cores, {machine['threads']} threads, "

@@ -2,6 +2,8 @@
 finetuned student as an ONNX graph, with its parity against PyTorch on the evaluation split and its
 CPU latency.
 
+``onnx-int8`` is calibrated on the transfer set (static int8, :mod:`hf_task_distill.export.int8`).
+
 Output ``model/``: the student as Transformers.js and ONNX Runtime load it, without the PyTorch
 weights (those stay in ``finetune/model``): ``config.json``, ``preprocessor_config.json`` (a timm
 student's is the one Transformers.js needs,
@@ -36,7 +38,7 @@ class ExportStage(Stage):
         return bool(config.run.export_formats)
 
     def upstream(self, config):
-        return ("finetune",)
+        return ("transfer", "finetune")  # the transfer set calibrates onnx-int8
 
     def task_splits(self, config, eval_split):
         return (eval_split,)
@@ -58,9 +60,17 @@ class ExportStage(Stage):
         model_dir = os.path.join(directory, "model")
         os.makedirs(model_dir, exist_ok=True)
         formats = list(context.config.run.export_formats)
-        # the evaluation split is the parity sample (its labels give int8's accuracy change); an
-        # export of other weights left by an earlier attempt is replaced: this folder is the stage's
-        written = export_student(finetuned, formats, model_dir, images=context.task, overwrite=True)
+        # the evaluation split is the parity sample (its labels give int8's accuracy change), the
+        # transfer set calibrates static int8; an export of other weights left by an earlier
+        # attempt is replaced: this folder is the stage's
+        written = export_student(
+            finetuned,
+            formats,
+            model_dir,
+            images=context.task,
+            calibration=_calibration_images(context, formats),
+            overwrite=True,
+        )
         for name in CONFIG_FILES:
             if os.path.isfile(os.path.join(finetuned, name)):
                 shutil.copyfile(os.path.join(finetuned, name), os.path.join(model_dir, name))
@@ -79,6 +89,13 @@ class ExportStage(Stage):
         return StageResult(outputs, entries)
 
 
+def _calibration_images(context, formats: list[str]):
+    """What static int8 calibrates on: the transfer set the student was distilled on (for
+    ``--transfer task``, the task's whole training split without its labels); ``None`` without
+    ``onnx-int8``."""
+    return context.transfer_dataset() if "onnx-int8" in formats else None
+
+
 def _model_name(context) -> str:
     from ..hub.names import public_name
 
@@ -93,7 +110,7 @@ def export_summary(record: dict[str, Any]) -> str:
         record (`dict`): an ``onnx/export.json`` record (:mod:`hf_task_distill.export.onnx`).
 
     Returns:
-        `str`: e.g. ``Export (onnx-int8): parity on 256 images max |Δlogit| 3e-06, top-1 100.0%; int8
+        `str`: e.g. ``Export (onnx-int8): parity on 256 images max |Δlogit| 3e-06, top-1 100.0%; int8 (static)
         top-1 agreement 99.2%, accuracy -0.39 points; batch 1: ONNX Runtime 0.41 ms vs PyTorch 1.2 ms (2.9x)``;
         a segmentation student's agreements are per pixel (``per-pixel agreement 100.0%``).
     """
@@ -109,8 +126,9 @@ def export_summary(record: dict[str, Any]) -> str:
     if "int8" in parity:
         int8 = parity["int8"]
         change = int8.get("accuracy_change_points")
+        method = record.get("quantization", {}).get("method", "dynamic")
         parts.append(
-            f"int8 {'per-pixel' if per_pixel else 'top-1'} agreement {100 * int8['argmax_agreement']:.1f}%"
+            f"int8 ({method}) {'per-pixel' if per_pixel else 'top-1'} agreement {100 * int8['argmax_agreement']:.1f}%"
             + (f", accuracy {change:+.2f} points" if change is not None else "")
         )
     ort, torch = batch_1["onnxruntime"], batch_1["pytorch"]
