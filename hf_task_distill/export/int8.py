@@ -17,8 +17,8 @@ Two methods, both ONNX Runtime's (``onnxruntime.quantization``):
   is in.
 
 Why static is the default (``benchmarks/export_onnx.py``, ImageNet-weighted EfficientNet-Lite0 on 256
-real images, 64 other images for calibration): static int8 kept fp32's top-1 on 210 of 256 at 5.3 ms
-per image, dynamic int8 on 110 of 256 at 38.6 ms, slower than fp32's 9.7 ms (one CPU thread); a
+real images, 64 other images for calibration): static int8 kept fp32's top-1 on 210 of 256 at 4.8 ms
+per image, dynamic int8 on 110 of 256 at 35.2 ms, slower than fp32's 9.0 ms (one CPU thread); a
 per-tensor static trial kept about half. See docs/performance.md.
 """
 
