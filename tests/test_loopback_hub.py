@@ -1,0 +1,217 @@
+"""The real huggingface_hub, transformers, timm and datasets clients against the loopback Hub.
+
+Every client call runs in a subprocess whose environment is a user's (``HF_ENDPOINT`` pointing at the
+server, online, a token, an empty ``HF_HOME``); only the HTTP boundary is stood in for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import textwrap
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_colour_dataset, tiny_dinov2
+
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def run_client(hub, tmp_path, code: str, *, token="default", **env) -> dict:
+    """Run ``code`` (which ends by printing ``RESULT <json>``) as a client process; its result dict."""
+    home = tmp_path / f"hf_home_{len(list(tmp_path.glob('hf_home_*')))}"
+    full_env = {**hub.client_env(home, token=token), "OMP_NUM_THREADS": "1", **env}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True, timeout=300
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-5000:]
+    return json.loads(lines[-1][len("RESULT ") :])
+
+
+def head_of(hub, repo_type: str, repo_id: str) -> tuple[str, dict]:
+    return hub.storage.resolve(repo_type, repo_id, "main")
+
+
+TRANSFORMERS_ROUND_TRIP = """
+    import json, os, pathlib, torch
+    from huggingface_hub import HfApi, HfFileSystem, hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+    from transformers import AutoModelForImageClassification
+
+    repo, folder, pixels = os.environ["REPO"], pathlib.Path(os.environ["FOLDER"]), torch.load(os.environ["PIXELS"])
+    api = HfApi()
+    api.create_repo(repo)
+    first = api.upload_folder(folder_path=folder, repo_id=repo, commit_message="tiny classifier")
+    snapshot = pathlib.Path(snapshot_download(repo))
+    files = sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file())
+    same_bytes = all((snapshot / f).read_bytes() == (folder / f).read_bytes() for f in os.listdir(folder))
+    with torch.no_grad():
+        logits = AutoModelForImageClassification.from_pretrained(repo).eval()(pixels).logits
+    second = api.upload_file(path_or_fileobj=b"# card", path_in_repo="README.md", repo_id=repo)
+    old_weights = hf_hub_download(repo, "model.safetensors", revision=first.oid)
+    try:
+        hf_hub_download(repo, "README.md", revision=first.oid)
+        readme_at_first = True
+    except EntryNotFoundError:
+        readme_at_first = False
+    fs = HfFileSystem()
+    listing = sorted(fs.ls(repo, detail=False))
+    with fs.open(f"{repo}/config.json") as f:
+        config = json.load(f)
+    print("RESULT " + json.dumps(dict(
+        first=first.oid, second=second.oid, files=files, same_bytes=same_bytes, logits=logits.tolist(),
+        old_weights_equal=pathlib.Path(old_weights).read_bytes() == (folder / "model.safetensors").read_bytes(),
+        readme_at_first=readme_at_first, listing=listing, num_labels=len(config["id2label"]),
+        readme=pathlib.Path(hf_hub_download(repo, "README.md")).read_text(),
+    )))
+"""
+
+
+def test_transformers_model_pushes_in_one_commit_and_pulls_back_equal(loopback_hub, tmp_path):
+    hub, repo = loopback_hub, "alice/tiny-dinov2"
+    model = tiny_dinov2().eval()
+    model.save_pretrained(tmp_path / "model")
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save(pixels, tmp_path / "pixels.pt")
+    with torch.no_grad():
+        expected = model(pixels).logits
+
+    out = run_client(hub, tmp_path, TRANSFORMERS_ROUND_TRIP, REPO=repo, FOLDER=str(tmp_path / "model"),
+                     PIXELS=str(tmp_path / "pixels.pt"))
+
+    torch.testing.assert_close(torch.tensor(out["logits"]), expected, rtol=1e-5, atol=1e-5)
+    assert out["files"] == [".gitattributes", "config.json", "model.safetensors"] and out["same_bytes"]
+    history = hub.storage.history("model", repo, "main")
+    assert [c for c, _ in history[:2]] == [out["second"], out["first"]] and len(history) == 3  # + initial
+    assert _COMMIT.fullmatch(out["first"]) and out["first"] != out["second"]
+    stored = history[1][1]["files"]  # the upload: one commit holding both files
+    assert stored["model.safetensors"]["lfs"] and not stored["config.json"]["lfs"]
+    assert ("POST", f"/{repo}.git/info/lfs/objects/batch") in hub.app.requests
+    assert out["old_weights_equal"] and not out["readme_at_first"] and out["readme"] == "# card"
+    assert out["listing"] == [f"{repo}/{f}" for f in (".gitattributes", "README.md", "config.json",
+                                                      "model.safetensors")]
+    assert out["num_labels"] == model.config.num_labels
+
+
+TIMM_ROUND_TRIP = """
+    import json, os, torch, timm
+    from timm.models import push_to_hf_hub
+
+    repo, pixels = os.environ["REPO"], torch.load(os.environ["PIXELS"])
+    torch.manual_seed(0)
+    model = timm.create_model("test_resnet", num_classes=4).eval()
+    push_to_hf_hub(model, repo, commit_message="timm student")
+    pulled = timm.create_model("hf-hub:" + repo, pretrained=True).eval()
+    with torch.no_grad():
+        print("RESULT " + json.dumps(dict(pushed=model(pixels).tolist(), pulled=pulled(pixels).tolist())))
+"""
+
+
+def test_timm_model_pushes_and_creates_from_hf_hub_id(loopback_hub, tmp_path):
+    hub, repo = loopback_hub, "alice/tiny-timm"
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    torch.save(pixels, tmp_path / "pixels.pt")
+
+    out = run_client(hub, tmp_path, TIMM_ROUND_TRIP, REPO=repo, PIXELS=str(tmp_path / "pixels.pt"))
+
+    pushed, pulled = torch.tensor(out["pushed"]), torch.tensor(out["pulled"])
+    assert pushed.shape == (2, 4) and pushed.std() > 0
+    torch.testing.assert_close(pulled, pushed, rtol=1e-5, atol=1e-5)
+    _, head = head_of(hub, "model", repo)
+    assert {"config.json", "model.safetensors"} <= set(head["files"]) and head["files"]["model.safetensors"]["lfs"]
+
+
+DATASET_ROUND_TRIP = """
+    import hashlib, json, os
+    import numpy as np
+    from datasets import load_dataset, load_from_disk
+
+    repo = os.environ["REPO"]
+    load_from_disk(os.environ["LOCAL"]).push_to_hub(repo)
+    pulled = load_dataset(repo, split="train")
+    rows = [(row["label"], hashlib.sha256(np.asarray(row["image"]).tobytes()).hexdigest(), row["image"].size)
+            for row in pulled]
+    print("RESULT " + json.dumps(dict(rows=rows, features=str(pulled.features))))
+"""
+
+
+def test_dataset_push_to_hub_then_load_dataset_gives_same_rows_and_pixels(loopback_hub, tmp_path):
+    hub, repo = loopback_hub, "alice/tiny-colours"
+    local = make_colour_dataset(10, seed=5)
+    local.save_to_disk(tmp_path / "local")
+    expected = [
+        [row["label"], hashlib.sha256(np.asarray(row["image"]).tobytes()).hexdigest(), list(row["image"].size)]
+        for row in local
+    ]
+
+    out = run_client(hub, tmp_path, DATASET_ROUND_TRIP, REPO=repo, LOCAL=str(tmp_path / "local"))
+
+    assert out["rows"] == expected
+    assert "ClassLabel(names=['red', 'green', 'blue', 'yellow']" in out["features"]
+    _, head = head_of(hub, "dataset", repo)
+    shards = [p for p in head["files"] if p.endswith(".parquet")]
+    assert shards and all(head["files"][p]["lfs"] for p in shards) and "README.md" in head["files"]
+
+
+REFUSED_WRITES = """
+    import json, os
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    def attempt(call):
+        try:
+            call()
+            return None
+        except (HfHubHTTPError, HFValidationError) as error:
+            return [type(error).__name__, getattr(error.response, "status_code", None) if hasattr(error, "response")
+                    else None, str(error)]
+
+    api = HfApi()
+    repo = os.environ["REPO"]
+    print("RESULT " + json.dumps(dict(
+        create=attempt(lambda: api.create_repo("mallory/new-repo")),
+        upload=attempt(lambda: api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo)),
+        invalid=attempt(lambda: HfApi(token=os.environ.get("GOOD")).create_repo("alice/bad name!")),
+        private=attempt(lambda: HfApi(token=False).model_info(os.environ["PRIVATE"])),
+        private_with_token=HfApi(token=os.environ["GOOD"]).model_info(os.environ["PRIVATE"]).private,
+    )))
+"""
+
+
+@pytest.mark.parametrize("token", ["hf_not_the_right_token", None], ids=["wrong-token", "no-token"])
+def test_writes_without_the_token_are_refused_clearly_and_store_nothing(loopback_hub, tmp_path, token):
+    hub = loopback_hub
+    repo, private = f"alice/guarded-{token is None}", f"alice/secret-{token is None}"
+    hub.storage.create_repo("model", repo, private=False)
+    hub.storage.create_repo("model", private, private=True)
+    before, _ = head_of(hub, "model", repo)
+
+    out = run_client(hub, tmp_path, REFUSED_WRITES, token=token, REPO=repo, PRIVATE=private, GOOD=hub.token)
+
+    for call in ("create", "upload"):
+        kind, status, message = out[call]
+        assert status == 401 and "Invalid credentials in Authorization header" in message, out[call]
+    assert out["invalid"][0] == "HFValidationError" and "alice/bad name!" in out["invalid"][2]
+    assert out["private"][0] == "RepositoryNotFoundError" and out["private_with_token"] is True
+    assert head_of(hub, "model", repo)[0] == before
+    assert not (hub.root / "repos" / "models" / "mallory").exists()
+
+
+@pytest.mark.parametrize("name", ["bad--name", "a..b", "-lead", "x" * 97, "name.git"])
+def test_server_refuses_invalid_repo_ids_as_the_hub_does(loopback_hub, name):
+    request = urllib.request.Request(
+        f"{loopback_hub.endpoint}/api/repos/create",
+        data=json.dumps({"name": name, "organization": "alice", "type": "model"}).encode(),
+        headers={"Authorization": f"Bearer {loopback_hub.token}", "Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request)
+    assert refused.value.code == 400 and name in json.loads(refused.value.read())["error"]
+    assert not (loopback_hub.root / "repos" / "models" / "alice" / name).exists()
