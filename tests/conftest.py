@@ -447,7 +447,7 @@ def loopback_hub(tmp_path_factory):
     Client code runs in a subprocess with ``hub.client_env(hf_home)`` (``HF_ENDPOINT``, online, the
     server's token), exactly as on a user's machine: this process is offline and its
     ``huggingface_hub.constants`` were read at import. ``hub.token`` may write; ``hub.storage`` is
-    what the server holds; ``hub.app.requests`` lists every ``(method, path)`` it was asked.
+    what the server holds; ``hub.app.requests`` lists every ``(method, path, status)`` it answered.
     """
     from hub_server import LoopbackHub
 

@@ -28,7 +28,11 @@ def run_client(hub, tmp_path, code: str, *, token="default", **env) -> dict:
     home = tmp_path / f"hf_home_{len(list(tmp_path.glob('hf_home_*')))}"
     full_env = {**hub.client_env(home, token=token), "OMP_NUM_THREADS": "1", **env}
     done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=full_env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", textwrap.dedent(code)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stdout[-3000:] + done.stderr[-5000:]
@@ -83,8 +87,14 @@ def test_transformers_model_pushes_in_one_commit_and_pulls_back_equal(loopback_h
     with torch.no_grad():
         expected = model(pixels).logits
 
-    out = run_client(hub, tmp_path, TRANSFORMERS_ROUND_TRIP, REPO=repo, FOLDER=str(tmp_path / "model"),
-                     PIXELS=str(tmp_path / "pixels.pt"))
+    out = run_client(
+        hub,
+        tmp_path,
+        TRANSFORMERS_ROUND_TRIP,
+        REPO=repo,
+        FOLDER=str(tmp_path / "model"),
+        PIXELS=str(tmp_path / "pixels.pt"),
+    )
 
     torch.testing.assert_close(torch.tensor(out["logits"]), expected, rtol=1e-5, atol=1e-5)
     assert out["files"] == [".gitattributes", "config.json", "model.safetensors"] and out["same_bytes"]
@@ -93,10 +103,11 @@ def test_transformers_model_pushes_in_one_commit_and_pulls_back_equal(loopback_h
     assert _COMMIT.fullmatch(out["first"]) and out["first"] != out["second"]
     stored = history[1][1]["files"]  # the upload: one commit holding both files
     assert stored["model.safetensors"]["lfs"] and not stored["config.json"]["lfs"]
-    assert ("POST", f"/{repo}.git/info/lfs/objects/batch") in hub.app.requests
+    assert ("POST", f"/{repo}.git/info/lfs/objects/batch", 200) in hub.app.requests
     assert out["old_weights_equal"] and not out["readme_at_first"] and out["readme"] == "# card"
-    assert out["listing"] == [f"{repo}/{f}" for f in (".gitattributes", "README.md", "config.json",
-                                                      "model.safetensors")]
+    assert out["listing"] == [
+        f"{repo}/{f}" for f in (".gitattributes", "README.md", "config.json", "model.safetensors")
+    ]
     assert out["num_labels"] == model.config.num_labels
 
 
@@ -125,7 +136,8 @@ def test_timm_model_pushes_and_creates_from_hf_hub_id(loopback_hub, tmp_path):
     assert pushed.shape == (2, 4) and pushed.std() > 0
     torch.testing.assert_close(pulled, pushed, rtol=1e-5, atol=1e-5)
     _, head = head_of(hub, "model", repo)
-    assert {"config.json", "model.safetensors"} <= set(head["files"]) and head["files"]["model.safetensors"]["lfs"]
+    assert {"config.json", "model.safetensors"} <= set(head["files"])
+    assert head["files"]["model.safetensors"]["lfs"]
 
 
 DATASET_ROUND_TRIP = """
@@ -147,7 +159,11 @@ def test_dataset_push_to_hub_then_load_dataset_gives_same_rows_and_pixels(loopba
     local = make_colour_dataset(10, seed=5)
     local.save_to_disk(tmp_path / "local")
     expected = [
-        [row["label"], hashlib.sha256(np.asarray(row["image"]).tobytes()).hexdigest(), list(row["image"].size)]
+        [
+            row["label"],
+            hashlib.sha256(np.asarray(row["image"]).tobytes()).hexdigest(),
+            list(row["image"].size),
+        ]
         for row in local
     ]
 

@@ -36,7 +36,7 @@ class LoopbackHub:
         """``http://127.0.0.1:<port>``, what ``HF_ENDPOINT`` is set to."""
         return f"http://127.0.0.1:{self._server.server_port}"
 
-    def start(self) -> "LoopbackHub":
+    def start(self) -> LoopbackHub:
         logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request in the test output
         self._server = make_server("127.0.0.1", 0, self.app.flask, threaded=True)
         self._thread = threading.Thread(target=self._server.serve_forever, name="loopback-hub", daemon=True)

@@ -9,22 +9,14 @@ Repo ids in URLs are ``<namespace>/<name>``; dataset routes carry ``datasets/`` 
 from __future__ import annotations
 
 import hashlib
-import hmac
-import json
 import posixpath
 
 from flask import Flask, jsonify, request, send_file
 
-from .storage import HubError, Storage, check_repo_id
+from .storage import HubError, Storage, repo_type_of
+from .uploads import UploadRoutes
 
 _INVALID_TOKEN = "Invalid credentials in Authorization header"
-_API_TYPES = {"models": "model", "datasets": "dataset"}
-
-
-def _repo_type(kind: str) -> str:
-    if kind not in _API_TYPES:
-        raise HubError(404, f"Unknown repo type {kind!r}", "RepoNotFound")
-    return _API_TYPES[kind]
 
 
 def _tree_entries(files: dict, folder: str, recursive: bool) -> list[dict]:
@@ -40,7 +32,9 @@ def _tree_entries(files: dict, folder: str, recursive: bool) -> list[dict]:
                 dirs.add(prefix + "/".join(rest[:depth]))
         if recursive or len(rest) == 1:
             out.append(_file_entry(path, entry))
-    out += [{"type": "directory", "path": d, "size": 0, "oid": hashlib.sha1(d.encode()).hexdigest()} for d in dirs]
+    out += [
+        {"type": "directory", "path": d, "size": 0, "oid": hashlib.sha1(d.encode()).hexdigest()} for d in dirs
+    ]
     return sorted(out, key=lambda e: e["path"])
 
 
@@ -53,17 +47,19 @@ def _file_entry(path: str, entry: dict) -> dict:
     return info
 
 
-class HubApp:
+class HubApp(UploadRoutes):
     """A Flask app over a :class:`Storage`; ``token`` is the one write token (and the key that signs
     LFS upload URLs, which the client PUTs to without an Authorization header, like S3's)."""
 
     def __init__(self, storage: Storage, token: str):
         self.storage, self.token = storage, token
-        self.requests: list[tuple[str, str]] = []  # (method, path) of every request, for tests to inspect
+        self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every answer, for tests
         self.flask = app = Flask("loopback_hub")
-        app.before_request(lambda: self.requests.append((request.method, request.path)))
+        app.after_request(self._log)
         app.register_error_handler(HubError, self._error)
-        app.register_error_handler(404, lambda e: self._error(HubError(404, f"Not implemented: {request.path}")))
+        app.register_error_handler(
+            404, lambda e: self._error(HubError(404, f"Not implemented: {request.path}"))
+        )
         app.post("/api/repos/create")(self.create_repo)
         app.post("/api/validate-yaml")(self.validate_yaml)
         for base in ("/api/<kind>/<ns>/<name>",):
@@ -76,12 +72,23 @@ class HubApp:
             app.post(base + "/commit/<revision>", endpoint="commit")(self.commit)
             app.get(base + "/commits/<revision>", endpoint="commits")(self.commits)
         for prefix, kind in (("", "models"), ("/datasets", "datasets")):
-            app.route(f"{prefix}/<ns>/<name>/resolve/<revision>/<path:filename>", methods=["GET", "HEAD"],
-                      endpoint=f"resolve_{kind}", defaults={"kind": kind})(self.resolve)
-            app.post(f"{prefix}/<ns>/<name>.git/info/lfs/objects/batch", endpoint=f"lfs_batch_{kind}",
-                     defaults={"kind": kind})(self.lfs_batch)
+            app.route(
+                f"{prefix}/<ns>/<name>/resolve/<revision>/<path:filename>",
+                methods=["GET", "HEAD"],
+                endpoint=f"resolve_{kind}",
+                defaults={"kind": kind},
+            )(self.resolve)
+            app.post(
+                f"{prefix}/<ns>/<name>.git/info/lfs/objects/batch",
+                endpoint=f"lfs_batch_{kind}",
+                defaults={"kind": kind},
+            )(self.lfs_batch)
         app.put("/lfs-upload/<oid>")(self.lfs_upload)
         app.post("/lfs-verify/<oid>")(self.lfs_verify)
+
+    def _log(self, response):
+        self.requests.append((request.method, request.path, response.status_code))
+        return response
 
     # -- auth ----------------------------------------------------------------------------------
     def _bearer(self) -> str | None:
@@ -119,45 +126,43 @@ class HubApp:
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         return jsonify({"url": f"{request.host_url}{prefix}{repo_id}", "name": repo_id, "id": repo_id})
 
-    def validate_yaml(self):
-        """The card's YAML block must parse to a mapping (the Hub checks more: its metadata schema)."""
-        import yaml
-
-        content = request.get_json(force=True).get("content", "")
-        if not content.startswith("---"):
-            return jsonify({"warnings": [{"message": "Empty or missing yaml metadata in repo card"}]})
-        try:
-            metadata = yaml.safe_load(content.split("---")[1])
-        except yaml.YAMLError as error:
-            return jsonify({"errors": [{"message": f"Invalid YAML: {error}"}]}), 400
-        if metadata is not None and not isinstance(metadata, dict):
-            return jsonify({"errors": [{"message": "YAML metadata is not a mapping"}]}), 400
-        return jsonify({"warnings": []})
-
     def info(self, kind, ns, name, revision="main"):
-        repo_type, repo_id = _repo_type(kind), f"{ns}/{name}"
+        repo_type, repo_id = repo_type_of(kind), f"{ns}/{name}"
         self._check_read(repo_type, repo_id)
         commit_id, record = self.storage.resolve(repo_type, repo_id, revision)
         private = self.storage.repo(repo_type, repo_id)["private"]
-        return jsonify({
-            "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24], "id": repo_id, "author": ns,
-            "sha": commit_id, "private": private, "gated": False, "disabled": False,
-            "lastModified": record["date"], "createdAt": record["date"], "downloads": 0, "likes": 0,
-            "tags": [], "siblings": [{"rfilename": p} for p in sorted(record["files"])],
-        })
+        return jsonify(
+            {
+                "_id": hashlib.sha1(repo_id.encode()).hexdigest()[:24],
+                "id": repo_id,
+                "author": ns,
+                "sha": commit_id,
+                "private": private,
+                "gated": False,
+                "disabled": False,
+                "lastModified": record["date"],
+                "createdAt": record["date"],
+                "downloads": 0,
+                "likes": 0,
+                "tags": [],
+                "siblings": [{"rfilename": p} for p in sorted(record["files"])],
+            }
+        )
 
     def commits(self, kind, ns, name, revision):
-        repo_type, repo_id = _repo_type(kind), f"{ns}/{name}"
+        repo_type, repo_id = repo_type_of(kind), f"{ns}/{name}"
         self._check_read(repo_type, repo_id)
         history = self.storage.history(repo_type, repo_id, revision)
-        return jsonify([
-            {"id": c, "title": r["message"], "message": r["message"], "date": r["date"], "authors": []}
-            for c, r in history
-        ])
+        return jsonify(
+            [
+                {"id": c, "title": r["message"], "message": r["message"], "date": r["date"], "authors": []}
+                for c, r in history
+            ]
+        )
 
     # -- listing -------------------------------------------------------------------------------
     def tree(self, kind, ns, name, revision, folder=""):
-        repo_type, repo_id = _repo_type(kind), f"{ns}/{name}"
+        repo_type, repo_id = repo_type_of(kind), f"{ns}/{name}"
         self._check_read(repo_type, repo_id)
         _, record = self.storage.resolve(repo_type, repo_id, revision)
         recursive = request.args.get("recursive", "false").lower() in ("true", "1")
@@ -167,7 +172,7 @@ class HubApp:
         return jsonify(entries)
 
     def paths_info(self, kind, ns, name, revision):
-        repo_type, repo_id = _repo_type(kind), f"{ns}/{name}"
+        repo_type, repo_id = repo_type_of(kind), f"{ns}/{name}"
         self._check_read(repo_type, repo_id)
         _, record = self.storage.resolve(repo_type, repo_id, revision)
         files, out = record["files"], []
@@ -176,86 +181,28 @@ class HubApp:
             if path in files:
                 out.append(_file_entry(path, files[path]))
             elif any(p.startswith(path + "/") for p in files):
-                out.append({"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest()})
+                out.append(
+                    {"type": "directory", "path": path, "oid": hashlib.sha1(path.encode()).hexdigest()}
+                )
         return jsonify(out)
 
     def resolve(self, kind, ns, name, revision, filename):
-        repo_type, repo_id = _repo_type(kind), f"{ns}/{name}"
+        repo_type, repo_id = repo_type_of(kind), f"{ns}/{name}"
         self._check_read(repo_type, repo_id)
         commit_id, record = self.storage.resolve(repo_type, repo_id, revision)
         entry = record["files"].get(filename)
         if entry is None:
             raise HubError(404, f"Entry not found: {filename}", "EntryNotFound")
         etag = entry["sha256"] if entry["lfs"] else entry["blob_id"]
-        response = send_file(self.storage.object_path(entry["sha256"]), mimetype="application/octet-stream",
-                             conditional=True, etag=etag, download_name=posixpath.basename(filename))
+        response = send_file(
+            self.storage.object_path(entry["sha256"]),
+            mimetype="application/octet-stream",
+            conditional=True,
+            etag=etag,
+            download_name=posixpath.basename(filename),
+        )
         response.headers["X-Repo-Commit"] = commit_id
         if entry["lfs"]:
             response.headers["X-Linked-Etag"] = f'"{etag}"'
             response.headers["X-Linked-Size"] = str(entry["size"])
         return response
-
-    # -- uploads -------------------------------------------------------------------------------
-    def preupload(self, kind, ns, name, revision):
-        """Upload mode per file: ``lfs`` for binary, big or LFS-tracked files, else ``regular``; never Xet."""
-        import base64
-
-        from .storage import LFS_MIN_SIZE, LFS_SUFFIXES
-
-        self._require_token()
-        repo_type, repo_id = _repo_type(kind), f"{ns}/{name}"
-        _, record = self.storage.resolve(repo_type, repo_id, revision)
-        out = []
-        for item in request.get_json(force=True)["files"]:
-            sample = base64.b64decode(item["sample"])
-            lfs = item["path"].endswith(LFS_SUFFIXES) or b"\0" in sample or item["size"] >= LFS_MIN_SIZE
-            old = record["files"].get(item["path"])
-            oid = None if old is None else (old["sha256"] if old["lfs"] else old["blob_id"])
-            out.append({"path": item["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False,
-                        "oid": oid})
-        return jsonify({"files": out})
-
-    def commit(self, kind, ns, name, revision):
-        self._require_token()
-        repo_type, repo_id = _repo_type(kind), f"{ns}/{name}"
-        lines = [json.loads(line) for line in request.get_data().splitlines() if line.strip()]
-        header = next((line["value"] for line in lines if line["key"] == "header"), {})
-        operations = [line for line in lines if line["key"] != "header"]
-        commit_id = self.storage.commit(repo_type, repo_id, revision, operations,
-                                        header.get("summary") or "commit", header.get("parentCommit"))
-        prefix = "" if repo_type == "model" else "datasets/"
-        url = f"{request.host_url}{prefix}{repo_id}/commit/{commit_id}"
-        return jsonify({"success": True, "commitOid": commit_id, "commitUrl": url})
-
-    def _signature(self, oid: str) -> str:
-        return hmac.new(self.token.encode(), oid.encode(), "sha256").hexdigest()
-
-    def lfs_batch(self, kind, ns, name):
-        """Git LFS batch API, ``basic`` transfer: a signed PUT URL per object not yet stored."""
-        self._require_token()
-        repo_type, repo_id = _repo_type(kind), f"{ns}/{name}"
-        check_repo_id(repo_id)
-        self.storage.repo(repo_type, repo_id)
-        objects = []
-        for obj in request.get_json(force=True)["objects"]:
-            oid, out = obj["oid"], {"oid": obj["oid"], "size": obj["size"], "authenticated": True}
-            if not self.storage.has_object(oid):
-                base = request.host_url.rstrip("/")
-                out["actions"] = {
-                    "upload": {"href": f"{base}/lfs-upload/{oid}?sig={self._signature(oid)}"},
-                    "verify": {"href": f"{base}/lfs-verify/{oid}"},
-                }
-            objects.append(out)
-        return jsonify({"transfer": "basic", "objects": objects})
-
-    def lfs_upload(self, oid):
-        if not hmac.compare_digest(request.args.get("sig", ""), self._signature(oid)):
-            raise HubError(403, "Upload URL signature is not valid")
-        self.storage.put_object(request.get_data(), expected_sha256=oid)
-        return "", 200
-
-    def lfs_verify(self, oid):
-        self._require_token()
-        if not self.storage.has_object(oid):
-            raise HubError(404, f"LFS object {oid} was not uploaded", "EntryNotFound")
-        return jsonify({"success": True})

@@ -51,6 +51,14 @@ def check_repo_id(repo_id: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def repo_type_of(kind: str) -> str:
+    """``model``/``dataset`` from the plural in an API URL (``models``, ``datasets``); 404 for others."""
+    types = {f"{t}s": t for t in REPO_TYPES}
+    if kind not in types:
+        raise HubError(404, f"Unknown repo type {kind!r}", "RepoNotFound")
+    return types[kind]
+
+
 def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -82,7 +90,9 @@ class Storage:
         """Store ``data``; 400 when it does not hash to ``expected_sha256`` (a corrupt LFS upload)."""
         sha256 = hashlib.sha256(data).hexdigest()
         if expected_sha256 is not None and sha256 != expected_sha256:
-            raise HubError(400, f"Uploaded content hashes to {sha256}, not the announced oid {expected_sha256}")
+            raise HubError(
+                400, f"Uploaded content hashes to {sha256}, not the announced oid {expected_sha256}"
+            )
         path = self.object_path(sha256)
         if not path.exists():
             tmp = path.with_suffix(f".tmp{threading.get_ident()}")
@@ -142,17 +152,28 @@ class Storage:
             raise HubError(404, f"Invalid rev id: {revision}", "RevisionNotFound")
         return commit_id, json.loads(path.read_text())
 
-    def commit(self, repo_type: str, repo_id: str, branch: str, operations: list[dict], message: str,
-               parent_commit: str | None = None) -> str:
+    def commit(
+        self,
+        repo_type: str,
+        repo_id: str,
+        branch: str,
+        operations: list[dict],
+        message: str,
+        parent_commit: str | None = None,
+    ) -> str:
         """Apply ``operations`` (``{"key": "file"|"lfsFile"|"deletedFile"|"deletedFolder", "value": ...}``)
         to ``branch`` as one new snapshot; its commit id. 412 when ``parent_commit`` is not the head,
         400 when an LFS file was never uploaded, 404 when a deleted path does not exist."""
         with self._lock:
             head, record = self.resolve(repo_type, repo_id, branch)
             if branch == head:
-                raise HubError(400, f"Cannot commit to a commit id ({branch}): name a branch", "RevisionNotFound")
+                raise HubError(
+                    400, f"Cannot commit to a commit id ({branch}): name a branch", "RevisionNotFound"
+                )
             if parent_commit is not None and parent_commit != head:
-                raise HubError(412, f"A commit has happened since. Parent {parent_commit} is not the head {head}")
+                raise HubError(
+                    412, f"A commit has happened since. Parent {parent_commit} is not the head {head}"
+                )
             files = dict(record["files"])
             for op in operations:
                 self._apply(files, op["key"], op["value"])
@@ -174,8 +195,12 @@ class Storage:
             if not self.has_object(sha256):
                 raise HubError(400, f"LFS file {path!r} (oid {sha256}) was not uploaded before the commit")
             size = self.object_path(sha256).stat().st_size
-            files[path] = {"sha256": sha256, "size": size, "blob_id": git_blob_id(lfs_pointer(sha256, size)),
-                           "lfs": True}
+            files[path] = {
+                "sha256": sha256,
+                "size": size,
+                "blob_id": git_blob_id(lfs_pointer(sha256, size)),
+                "lfs": True,
+            }
         elif key == "deletedFile":
             if files.pop(path, None) is None:
                 raise HubError(404, f"A file with this name doesn't exist: {path}", "EntryNotFound")
