@@ -46,7 +46,7 @@ def head_of(hub, repo_type: str, repo_id: str) -> tuple[str, dict]:
 TRANSFORMERS_ROUND_TRIP = """
     import json, os, pathlib, torch
     from huggingface_hub import HfApi, HfFileSystem, hf_hub_download, snapshot_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
     from transformers import AutoModelForImageClassification
 
     repo, folder, pixels = os.environ["REPO"], pathlib.Path(os.environ["FOLDER"]), torch.load(os.environ["PIXELS"])
@@ -65,6 +65,12 @@ TRANSFORMERS_ROUND_TRIP = """
         readme_at_first = True
     except EntryNotFoundError:
         readme_at_first = False
+    try:  # a commit based on a stale parent is refused, not merged over the newer one
+        api.upload_file(path_or_fileobj=b"late", path_in_repo="late.txt", repo_id=repo, parent_commit=first.oid)
+        stale = None
+    except HfHubHTTPError as error:
+        stale = error.response.status_code
+    titles = [c.title for c in api.list_repo_commits(repo)]
     fs = HfFileSystem()
     listing = sorted(fs.ls(repo, detail=False))
     with fs.open(f"{repo}/config.json") as f:
@@ -72,7 +78,7 @@ TRANSFORMERS_ROUND_TRIP = """
     print("RESULT " + json.dumps(dict(
         first=first.oid, second=second.oid, files=files, same_bytes=same_bytes, logits=logits.tolist(),
         old_weights_equal=pathlib.Path(old_weights).read_bytes() == (folder / "model.safetensors").read_bytes(),
-        readme_at_first=readme_at_first, listing=listing, num_labels=len(config["id2label"]),
+        readme_at_first=readme_at_first, listing=listing, stale=stale, titles=titles, num_labels=len(config["id2label"]),
         readme=pathlib.Path(hf_hub_download(repo, "README.md")).read_text(),
     )))
 """
@@ -109,6 +115,57 @@ def test_transformers_model_pushes_in_one_commit_and_pulls_back_equal(loopback_h
         f"{repo}/{f}" for f in (".gitattributes", "README.md", "config.json", "model.safetensors")
     ]
     assert out["num_labels"] == model.config.num_labels
+    assert out["stale"] == 412 and "late.txt" not in history[0][1]["files"]
+    assert out["titles"] == ["Upload README.md with huggingface_hub", "tiny classifier", "initial commit"]
+
+
+def _post(hub, path: str, body: bytes, content_type: str = "application/json", method: str = "POST"):
+    """A raw request to the server (as a misbehaving client would send); ``(status, JSON body)``."""
+    request = urllib.request.Request(
+        f"{hub.endpoint}{path}",
+        data=body,
+        method=method,
+        headers={"Authorization": f"Bearer {hub.token}", "Content-Type": content_type},
+    )
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"null")
+
+
+def test_server_refuses_corrupt_lfs_uploads_and_commits_of_missing_lfs_objects(loopback_hub):
+    hub, repo = loopback_hub, "alice/lfs-guard"
+    hub.storage.create_repo("model", repo, private=False)
+    before, _ = head_of(hub, "model", repo)
+    data = b"weights" * 100
+    oid = hashlib.sha256(data).hexdigest()
+    batch = json.dumps(
+        {"operation": "upload", "transfers": ["basic"], "objects": [{"oid": oid, "size": 700}]}
+    )
+    status, answer = _post(hub, f"/{repo}.git/info/lfs/objects/batch", batch.encode())
+    assert status == 200 and answer["transfer"] == "basic"
+    href = answer["objects"][0]["actions"]["upload"]["href"]
+    path = href[len(hub.endpoint) :]
+
+    status, answer = _post(hub, path, data[:-1] + b"X", "application/octet-stream", "PUT")
+    assert status == 400 and oid in answer["error"] and not hub.storage.has_object(oid)
+    status, _ = _post(hub, path.split("?")[0] + "?sig=forged", data, "application/octet-stream", "PUT")
+    assert status == 403 and not hub.storage.has_object(oid)
+    lfs_file = {
+        "key": "lfsFile",
+        "value": {"path": "w.safetensors", "algo": "sha256", "oid": oid, "size": 700},
+    }
+    ndjson = b"".join(
+        json.dumps(line).encode() + b"\n" for line in [{"key": "header", "value": {}}, lfs_file]
+    )
+    status, answer = _post(hub, f"/api/models/{repo}/commit/main", ndjson, "application/x-ndjson")
+    assert status == 400 and "w.safetensors" in answer["error"] and head_of(hub, "model", repo)[0] == before
+
+    status, _ = _post(hub, path, data, "application/octet-stream", "PUT")
+    assert status == 200 and hub.storage.has_object(oid)
+    status, answer = _post(hub, f"/api/models/{repo}/commit/main", ndjson, "application/x-ndjson")
+    assert status == 200 and head_of(hub, "model", repo)[0] == answer["commitOid"] != before
 
 
 TIMM_ROUND_TRIP = """
@@ -218,6 +275,7 @@ def test_writes_without_the_token_are_refused_clearly_and_store_nothing(loopback
     assert out["private"][0] == "RepositoryNotFoundError" and out["private_with_token"] is True
     assert head_of(hub, "model", repo)[0] == before
     assert not (hub.root / "repos" / "models" / "mallory").exists()
+    assert not hub.storage.has_object(hashlib.sha256(b"x").hexdigest())
 
 
 @pytest.mark.parametrize("name", ["bad--name", "a..b", "-lead", "x" * 97, "name.git"])
