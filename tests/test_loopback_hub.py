@@ -18,7 +18,8 @@ import urllib.request
 import numpy as np
 import pytest
 import torch
-from conftest import make_colour_dataset, tiny_dinov2
+from conftest import make_colour_dataset, tiny_dinov2, tiny_processor
+from transformers import pipeline
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -47,7 +48,8 @@ TRANSFORMERS_ROUND_TRIP = """
     import json, os, pathlib, torch
     from huggingface_hub import HfApi, HfFileSystem, hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
-    from transformers import AutoModelForImageClassification
+    from PIL import Image
+    from transformers import AutoModelForImageClassification, pipeline
 
     repo, folder, pixels = os.environ["REPO"], pathlib.Path(os.environ["FOLDER"]), torch.load(os.environ["PIXELS"])
     api = HfApi()
@@ -58,6 +60,7 @@ TRANSFORMERS_ROUND_TRIP = """
     same_bytes = all((snapshot / f).read_bytes() == (folder / f).read_bytes() for f in os.listdir(folder))
     with torch.no_grad():
         logits = AutoModelForImageClassification.from_pretrained(repo).eval()(pixels).logits
+    predictions = pipeline("image-classification", model=repo)(Image.open(os.environ["IMAGE"]))
     second = api.upload_file(path_or_fileobj=b"# card", path_in_repo="README.md", repo_id=repo)
     old_weights = hf_hub_download(repo, "model.safetensors", revision=first.oid)
     try:
@@ -79,7 +82,7 @@ TRANSFORMERS_ROUND_TRIP = """
         first=first.oid, second=second.oid, files=files, same_bytes=same_bytes, logits=logits.tolist(),
         old_weights_equal=pathlib.Path(old_weights).read_bytes() == (folder / "model.safetensors").read_bytes(),
         readme_at_first=readme_at_first, listing=listing, stale=stale, titles=titles, num_labels=len(config["id2label"]),
-        readme=pathlib.Path(hf_hub_download(repo, "README.md")).read_text(),
+        readme=pathlib.Path(hf_hub_download(repo, "README.md")).read_text(), predictions=predictions,
     )))
 """
 
@@ -88,6 +91,10 @@ def test_transformers_model_pushes_in_one_commit_and_pulls_back_equal(loopback_h
     hub, repo = loopback_hub, "alice/tiny-dinov2"
     model = tiny_dinov2().eval()
     model.save_pretrained(tmp_path / "model")
+    tiny_processor().save_pretrained(tmp_path / "model")
+    image = make_colour_dataset(1, seed=9)[0]["image"]
+    image.save(tmp_path / "image.png")
+    local = pipeline("image-classification", model=model, image_processor=tiny_processor())(image)
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.save(pixels, tmp_path / "pixels.pt")
     with torch.no_grad():
@@ -100,10 +107,16 @@ def test_transformers_model_pushes_in_one_commit_and_pulls_back_equal(loopback_h
         REPO=repo,
         FOLDER=str(tmp_path / "model"),
         PIXELS=str(tmp_path / "pixels.pt"),
+        IMAGE=str(tmp_path / "image.png"),
     )
 
     torch.testing.assert_close(torch.tensor(out["logits"]), expected, rtol=1e-5, atol=1e-5)
-    assert out["files"] == [".gitattributes", "config.json", "model.safetensors"] and out["same_bytes"]
+    assert out["files"] == [".gitattributes", "config.json", "model.safetensors", "preprocessor_config.json"]
+    assert out["same_bytes"]
+    assert [p["label"] for p in out["predictions"]] == [p["label"] for p in local]
+    np.testing.assert_allclose(
+        [p["score"] for p in out["predictions"]], [p["score"] for p in local], atol=1e-5
+    )
     history = hub.storage.history("model", repo, "main")
     assert [c for c, _ in history[:2]] == [out["second"], out["first"]] and len(history) == 3  # + initial
     assert _COMMIT.fullmatch(out["first"]) and out["first"] != out["second"]
@@ -112,7 +125,14 @@ def test_transformers_model_pushes_in_one_commit_and_pulls_back_equal(loopback_h
     assert ("POST", f"/{repo}.git/info/lfs/objects/batch", 200) in hub.app.requests
     assert out["old_weights_equal"] and not out["readme_at_first"] and out["readme"] == "# card"
     assert out["listing"] == [
-        f"{repo}/{f}" for f in (".gitattributes", "README.md", "config.json", "model.safetensors")
+        f"{repo}/{f}"
+        for f in (
+            ".gitattributes",
+            "README.md",
+            "config.json",
+            "model.safetensors",
+            "preprocessor_config.json",
+        )
     ]
     assert out["num_labels"] == model.config.num_labels
     assert out["stale"] == 412 and "late.txt" not in history[0][1]["files"]
@@ -289,3 +309,47 @@ def test_server_refuses_invalid_repo_ids_as_the_hub_does(loopback_hub, name):
         urllib.request.urlopen(request)
     assert refused.value.code == 400 and name in json.loads(refused.value.read())["error"]
     assert not (loopback_hub.root / "repos" / "models" / "alice" / name).exists()
+
+
+INTERRUPTED_PUSH = """
+    import json, os
+    from huggingface_hub import HfApi
+
+    api, repo = HfApi(), os.environ["REPO"]
+    api.create_repo(repo)
+    outcomes = []
+    for attempt in range(2):
+        try:
+            info = api.upload_folder(folder_path=os.environ["FOLDER"], repo_id=repo, commit_message="student")
+            outcomes.append(["ok", info.oid])
+        except Exception as error:  # what a dropped connection surfaces as, whatever its class
+            outcomes.append(["failed", type(error).__name__])
+    print("RESULT " + json.dumps(dict(outcomes=outcomes)))
+"""
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_push_whose_connection_drops_fails_and_its_rerun_completes_in_one_commit(
+    loopback_hub, tmp_path, when
+):
+    """``before``: the commit request is lost; ``after``: the commit is made but its answer is lost, and
+    the rerun finds every file unchanged (preupload's oids) and makes no second commit."""
+    hub, repo = loopback_hub, f"alice/interrupted-{when}"
+    tiny_dinov2(seed=11 if when == "before" else 12).save_pretrained(
+        tmp_path / "model"
+    )  # bytes new to the server
+    hub.app.drop_connection("POST", f"^/api/models/{repo}/commit/main$", when=when)
+    hub.app.drop_connection("PUT", "^/lfs-upload/")  # the LFS PUT is retried by the client itself
+
+    out = run_client(hub, tmp_path, INTERRUPTED_PUSH, REPO=repo, FOLDER=str(tmp_path / "model"))
+
+    (first, _), (second, oid) = out["outcomes"]
+    assert first == "failed" and second == "ok", out
+    history = hub.storage.history("model", repo, "main")
+    assert [c for c, _ in history] == [oid, history[-1][0]]  # initial commit + exactly one upload
+    assert set(history[0][1]["files"]) == {".gitattributes", "config.json", "model.safetensors"}
+    puts = [status for method, path, status in hub.app.requests if method == "PUT" and repo not in path]
+    commits = [status for _, path, status in hub.app.requests if path == f"/api/models/{repo}/commit/main"]
+    assert puts[-2:] == [-1, 200]  # dropped, retried; the rerun finds the object stored and sends none
+    assert commits == ([-1, 200] if when == "before" else [-1])
+    assert not hub.app.pending_faults()

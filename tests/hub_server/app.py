@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
+import re
+import socket
 
-from flask import Flask, jsonify, request, send_file
+from flask import Flask, g, jsonify, request, send_file
 
 from .storage import HubError, Storage, repo_type_of
 from .uploads import UploadRoutes
@@ -54,7 +56,9 @@ class HubApp(UploadRoutes):
     def __init__(self, storage: Storage, token: str):
         self.storage, self.token = storage, token
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every answer, for tests
+        self._faults: list[tuple[str, re.Pattern, str]] = []
         self.flask = app = Flask("loopback_hub")
+        app.before_request(lambda: self._inject("before"))
         app.after_request(self._log)
         app.register_error_handler(HubError, self._error)
         app.register_error_handler(
@@ -86,8 +90,33 @@ class HubApp(UploadRoutes):
         app.put("/lfs-upload/<oid>")(self.lfs_upload)
         app.post("/lfs-verify/<oid>")(self.lfs_verify)
 
+    def drop_connection(self, method: str, path_pattern: str, when: str = "before") -> None:
+        """Drop the connection of the next ``method`` request whose path matches ``path_pattern`` (a
+        regex, ``re.search``): ``before`` it is handled (the request is lost) or ``after`` (it took
+        effect, the answer is lost). One request each call; what an unreliable network does to a push."""
+        if when not in ("before", "after"):
+            raise ValueError(f"when must be 'before' or 'after', not {when!r}")
+        self._faults.append((method.upper(), re.compile(path_pattern), when))
+
+    def pending_faults(self) -> list[str]:
+        """The ``drop_connection`` faults no request has met yet, as ``"METHOD pattern when"``."""
+        return [f"{m} {p.pattern} {w}" for m, p, w in self._faults]
+
+    def _inject(self, when: str):
+        """Shut the connection down if a fault matches; ``before``: answer nothing (skip the handler)."""
+        for fault in self._faults:
+            if fault[0] == request.method and fault[1].search(request.path) and fault[2] == when:
+                self._faults.remove(fault)
+                request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+                g.dropped = True
+                return ("", 500) if when == "before" else None
+        return None
+
     def _log(self, response):
-        self.requests.append((request.method, request.path, response.status_code))
+        if not g.get("dropped"):
+            self._inject("after")
+        status = -1 if g.get("dropped") else response.status_code  # -1: the client got no answer
+        self.requests.append((request.method, request.path, status))
         return response
 
     # -- auth ----------------------------------------------------------------------------------
