@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_colour_dataset, tiny_dinov2, tiny_processor
-from transformers import pipeline
+from datasets import DatasetDict
+from transformers import Dinov2Model, pipeline
 
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 
@@ -49,7 +50,7 @@ TRANSFORMERS_ROUND_TRIP = """
     from huggingface_hub import HfApi, HfFileSystem, hf_hub_download, snapshot_download
     from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError
     from PIL import Image
-    from transformers import AutoModelForImageClassification, pipeline
+    from transformers import AutoImageProcessor, AutoModel, AutoModelForImageClassification, pipeline
 
     repo, folder, pixels = os.environ["REPO"], pathlib.Path(os.environ["FOLDER"]), torch.load(os.environ["PIXELS"])
     api = HfApi()
@@ -74,6 +75,9 @@ TRANSFORMERS_ROUND_TRIP = """
     except HfHubHTTPError as error:
         stale = error.response.status_code
     titles = [c.title for c in api.list_repo_commits(repo)]
+    seeded = AutoModel.from_pretrained("facebook/dinov2-large")  # seeded by the test, as users find it
+    crop = dict(AutoImageProcessor.from_pretrained("facebook/dinov2-large").crop_size)
+    unqualified = api.create_repo("no-namespace").repo_id  # the token owner's namespace
     fs = HfFileSystem()
     listing = sorted(fs.ls(repo, detail=False))
     with fs.open(f"{repo}/config.json") as f:
@@ -83,6 +87,8 @@ TRANSFORMERS_ROUND_TRIP = """
         old_weights_equal=pathlib.Path(old_weights).read_bytes() == (folder / "model.safetensors").read_bytes(),
         readme_at_first=readme_at_first, listing=listing, stale=stale, titles=titles, num_labels=len(config["id2label"]),
         readme=pathlib.Path(hf_hub_download(repo, "README.md")).read_text(), predictions=predictions,
+        seeded=[type(seeded).__name__, seeded.config.hidden_size, crop], whoami=api.whoami()["name"],
+        unqualified=unqualified,
     )))
 """
 
@@ -95,6 +101,9 @@ def test_transformers_model_pushes_in_one_commit_and_pulls_back_equal(loopback_h
     image = make_colour_dataset(1, seed=9)[0]["image"]
     image.save(tmp_path / "image.png")
     local = pipeline("image-classification", model=model, image_processor=tiny_processor())(image)
+    tiny_processor().save_pretrained(tmp_path / "seed")
+    Dinov2Model(model.config).save_pretrained(tmp_path / "seed")
+    seeded_commit = hub.storage.add_folder("model", "facebook/dinov2-large", tmp_path / "seed")
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     torch.save(pixels, tmp_path / "pixels.pt")
     with torch.no_grad():
@@ -113,6 +122,10 @@ def test_transformers_model_pushes_in_one_commit_and_pulls_back_equal(loopback_h
     torch.testing.assert_close(torch.tensor(out["logits"]), expected, rtol=1e-5, atol=1e-5)
     assert out["files"] == [".gitattributes", "config.json", "model.safetensors", "preprocessor_config.json"]
     assert out["same_bytes"]
+    assert out["seeded"][:2] == ["Dinov2Model", 32]
+    assert {k: v for k, v in out["seeded"][2].items() if v is not None} == {"height": 32, "width": 32}
+    assert hub.storage.resolve("model", "facebook/dinov2-large", "main")[0] == seeded_commit
+    assert out["whoami"] == "user" and out["unqualified"] == "user/no-namespace"
     assert [p["label"] for p in out["predictions"]] == [p["label"] for p in local]
     np.testing.assert_allclose(
         [p["score"] for p in out["predictions"]], [p["score"] for p in local], atol=1e-5
@@ -224,25 +237,28 @@ DATASET_ROUND_TRIP = """
 
     repo = os.environ["REPO"]
     load_from_disk(os.environ["LOCAL"]).push_to_hub(repo)
-    pulled = load_dataset(repo, split="train")
-    rows = [(row["label"], hashlib.sha256(np.asarray(row["image"]).tobytes()).hexdigest(), row["image"].size)
-            for row in pulled]
-    print("RESULT " + json.dumps(dict(rows=rows, features=str(pulled.features))))
+    pulled = load_dataset(repo)
+    rows = {split: [(row["label"], hashlib.sha256(np.asarray(row["image"]).tobytes()).hexdigest(),
+                     row["image"].size) for row in pulled[split]] for split in pulled}
+    print("RESULT " + json.dumps(dict(rows=rows, features=str(pulled["train"].features))))
 """
 
 
 def test_dataset_push_to_hub_then_load_dataset_gives_same_rows_and_pixels(loopback_hub, tmp_path):
     hub, repo = loopback_hub, "alice/tiny-colours"
-    local = make_colour_dataset(10, seed=5)
+    local = DatasetDict(train=make_colour_dataset(8, seed=5), test=make_colour_dataset(4, seed=6))
     local.save_to_disk(tmp_path / "local")
-    expected = [
-        [
-            row["label"],
-            hashlib.sha256(np.asarray(row["image"]).tobytes()).hexdigest(),
-            list(row["image"].size),
+    expected = {
+        split: [
+            [
+                row["label"],
+                hashlib.sha256(np.asarray(row["image"]).tobytes()).hexdigest(),
+                list(row["image"].size),
+            ]
+            for row in local[split]
         ]
-        for row in local
-    ]
+        for split in local
+    }
 
     out = run_client(hub, tmp_path, DATASET_ROUND_TRIP, REPO=repo, LOCAL=str(tmp_path / "local"))
 
@@ -250,7 +266,8 @@ def test_dataset_push_to_hub_then_load_dataset_gives_same_rows_and_pixels(loopba
     assert "ClassLabel(names=['red', 'green', 'blue', 'yellow']" in out["features"]
     _, head = head_of(hub, "dataset", repo)
     shards = [p for p in head["files"] if p.endswith(".parquet")]
-    assert shards and all(head["files"][p]["lfs"] for p in shards) and "README.md" in head["files"]
+    assert {p.split("/")[-1].split("-")[0] for p in shards} == {"train", "test"}
+    assert all(head["files"][p]["lfs"] for p in shards) and "README.md" in head["files"]
 
 
 REFUSED_WRITES = """

@@ -66,6 +66,7 @@ class HubApp(UploadRoutes):
         )
         app.post("/api/repos/create")(self.create_repo)
         app.post("/api/validate-yaml")(self.validate_yaml)
+        app.get("/api/whoami-v2")(self.whoami)
         for base in ("/api/<kind>/<ns>/<name>",):
             app.get(base, endpoint="info")(self.info)
             app.get(base + "/revision/<path:revision>", endpoint="info_rev")(self.info)
@@ -154,6 +155,19 @@ class HubApp(UploadRoutes):
         self.storage.create_repo(repo_type, repo_id, bool(body.get("private")))
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         return jsonify({"url": f"{request.host_url}{prefix}{repo_id}", "name": repo_id, "id": repo_id})
+
+    def whoami(self):
+        """The token's owner: ``user`` (the namespace a repo id without one is created in)."""
+        self._require_token()
+        return jsonify(
+            {
+                "type": "user",
+                "name": "user",
+                "fullname": "Loopback User",
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+            }
+        )
 
     def info(self, kind, ns, name, revision="main"):
         repo_type, repo_id = repo_type_of(kind), f"{ns}/{name}"

@@ -59,6 +59,11 @@ def repo_type_of(kind: str) -> str:
     return types[kind]
 
 
+def is_lfs(path: str, sample: bytes, size: int) -> bool:
+    """The preupload's rule: LFS for the Hub's default LFS suffixes, binary samples and big files."""
+    return path.endswith(LFS_SUFFIXES) or b"\0" in sample or size >= LFS_MIN_SIZE
+
+
 def git_blob_id(data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
@@ -212,6 +217,27 @@ class Storage:
                 del files[p]
         else:
             raise HubError(400, f"Unknown commit operation {key!r}")
+
+    def add_folder(
+        self, repo_type: str, repo_id: str, folder: pathlib.Path, message: str = "add folder"
+    ) -> str:
+        """Commit every file under ``folder`` to ``main`` (creating a public repo if needed), with the
+        preupload's LFS rule, without HTTP: how a test seeds the Hub with what a user would find there
+        (e.g. a tiny model under a real model's id). The new commit id."""
+        try:
+            self.repo(repo_type, repo_id)
+        except HubError:
+            self.create_repo(repo_type, repo_id, private=False)
+        import base64
+
+        operations = []
+        for path in sorted(p for p in pathlib.Path(folder).rglob("*") if p.is_file()):
+            data, name = path.read_bytes(), path.relative_to(folder).as_posix()
+            if is_lfs(name, data[:512], len(data)):
+                operations.append({"key": "lfsFile", "value": {"path": name, "oid": self.put_object(data)}})
+            else:
+                operations.append({"key": "file", "value": {"path": name, "content": base64.b64encode(data)}})
+        return self.commit(repo_type, repo_id, "main", operations, message)
 
     def history(self, repo_type: str, repo_id: str, revision: str) -> list[tuple[str, dict]]:
         """``[(commit id, record), ...]`` from ``revision`` back to the first commit."""

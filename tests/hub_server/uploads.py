@@ -11,7 +11,7 @@ import json
 
 from flask import jsonify, request
 
-from .storage import LFS_MIN_SIZE, LFS_SUFFIXES, HubError, check_repo_id, repo_type_of
+from .storage import HubError, check_repo_id, is_lfs, repo_type_of
 
 
 class UploadRoutes:
@@ -40,7 +40,7 @@ class UploadRoutes:
         out = []
         for item in request.get_json(force=True)["files"]:
             sample = base64.b64decode(item["sample"])
-            lfs = item["path"].endswith(LFS_SUFFIXES) or b"\0" in sample or item["size"] >= LFS_MIN_SIZE
+            lfs = is_lfs(item["path"], sample, item["size"])
             old = record["files"].get(item["path"])
             oid = None if old is None else (old["sha256"] if old["lfs"] else old["blob_id"])
             out.append(
