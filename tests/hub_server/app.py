@@ -12,6 +12,7 @@ import hashlib
 import posixpath
 import re
 import socket
+import threading
 
 from flask import Flask, g, jsonify, request, send_file
 
@@ -57,6 +58,7 @@ class HubApp(UploadRoutes):
         self.storage, self.token = storage, token
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every answer, for tests
         self._faults: list[tuple[str, re.Pattern, str]] = []
+        self._faults_lock = threading.Lock()  # requests are served in parallel threads
         self.flask = app = Flask("loopback_hub")
         app.before_request(lambda: self._inject("before"))
         app.after_request(self._log)
@@ -67,15 +69,15 @@ class HubApp(UploadRoutes):
         app.post("/api/repos/create")(self.create_repo)
         app.post("/api/validate-yaml")(self.validate_yaml)
         app.get("/api/whoami-v2")(self.whoami)
-        for base in ("/api/<kind>/<ns>/<name>",):
-            app.get(base, endpoint="info")(self.info)
-            app.get(base + "/revision/<path:revision>", endpoint="info_rev")(self.info)
-            app.get(base + "/tree/<revision>", endpoint="tree")(self.tree)
-            app.get(base + "/tree/<revision>/<path:folder>", endpoint="tree_path")(self.tree)
-            app.post(base + "/paths-info/<revision>", endpoint="paths_info")(self.paths_info)
-            app.post(base + "/preupload/<revision>", endpoint="preupload")(self.preupload)
-            app.post(base + "/commit/<revision>", endpoint="commit")(self.commit)
-            app.get(base + "/commits/<revision>", endpoint="commits")(self.commits)
+        base = "/api/<kind>/<ns>/<name>"
+        app.get(base, endpoint="info")(self.info)
+        app.get(base + "/revision/<path:revision>", endpoint="info_rev")(self.info)
+        app.get(base + "/tree/<revision>", endpoint="tree")(self.tree)
+        app.get(base + "/tree/<revision>/<path:folder>", endpoint="tree_path")(self.tree)
+        app.post(base + "/paths-info/<revision>", endpoint="paths_info")(self.paths_info)
+        app.post(base + "/preupload/<revision>", endpoint="preupload")(self.preupload)
+        app.post(base + "/commit/<revision>", endpoint="commit")(self.commit)
+        app.get(base + "/commits/<revision>", endpoint="commits")(self.commits)
         for prefix, kind in (("", "models"), ("/datasets", "datasets")):
             app.route(
                 f"{prefix}/<ns>/<name>/resolve/<revision>/<path:filename>",
@@ -105,13 +107,19 @@ class HubApp(UploadRoutes):
 
     def _inject(self, when: str):
         """Shut the connection down if a fault matches; ``before``: answer nothing (skip the handler)."""
-        for fault in self._faults:
-            if fault[0] == request.method and fault[1].search(request.path) and fault[2] == when:
-                self._faults.remove(fault)
-                request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
-                g.dropped = True
-                return ("", 500) if when == "before" else None
-        return None
+        with self._faults_lock:
+            met = [
+                f
+                for f in self._faults
+                if f[0] == request.method and f[1].search(request.path) and f[2] == when
+            ]
+            if met:
+                self._faults.remove(met[0])
+        if not met:
+            return None
+        request.environ["werkzeug.socket"].shutdown(socket.SHUT_RDWR)
+        g.dropped = True
+        return ("", 500) if when == "before" else None
 
     def _log(self, response):
         if not g.get("dropped"):

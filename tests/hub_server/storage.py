@@ -15,6 +15,7 @@ commit id is the sha1 of the commit record, so it changes with every commit and 
 
 from __future__ import annotations
 
+import base64
 import datetime
 import hashlib
 import json
@@ -192,8 +193,6 @@ class Storage:
     def _apply(self, files: dict, key: str, value: dict) -> None:
         path = value["path"].strip("/")
         if key == "file":
-            import base64
-
             files[path] = self._entry(base64.b64decode(value["content"]), lfs=False)
         elif key == "lfsFile":
             sha256 = value["oid"]
@@ -228,8 +227,6 @@ class Storage:
             self.repo(repo_type, repo_id)
         except HubError:
             self.create_repo(repo_type, repo_id, private=False)
-        import base64
-
         operations = []
         for path in sorted(p for p in pathlib.Path(folder).rglob("*") if p.is_file()):
             data, name = path.read_bytes(), path.relative_to(folder).as_posix()
