@@ -438,3 +438,19 @@ def tiny_segformer(num_labels: int, seed: int = 0, label_names=None):
         **names,
     )
     return SegformerForSemanticSegmentation(config).eval()
+
+
+@pytest.fixture(scope="session")
+def loopback_hub(tmp_path_factory):
+    """A Hub-protocol server on 127.0.0.1 (``tests/hub_server``), repos stored in a temp folder.
+
+    Client code runs in a subprocess with ``hub.client_env(hf_home)`` (``HF_ENDPOINT``, online, the
+    server's token), exactly as on a user's machine: this process is offline and its
+    ``huggingface_hub.constants`` were read at import. ``hub.token`` may write; ``hub.storage`` is
+    what the server holds; ``hub.app.requests`` lists every ``(method, path, status)`` it answered.
+    """
+    from hub_server import LoopbackHub
+
+    hub = LoopbackHub(tmp_path_factory.mktemp("loopback_hub")).start()
+    yield hub
+    hub.stop()
