@@ -94,6 +94,8 @@ class DistillStage(Stage):
             "steps": trainer.state.global_step,
             "train_loss": trainer.state.log_history[-1].get("train_loss"),
         }
+        if cache is not None:  # published with a retrieved transfer set (hub.reinforced)
+            outputs["teacher_cache"] = cache.directory
         return StageResult(outputs, ledger)
 
 
