@@ -592,6 +592,11 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         )
         self._teacher = teacher_model
         self._teacher_prepared = False
+        if teacher_cache is not None and teacher_cache.hub_source is not None and teacher_cache.published:
+            # a reinforced transfer set: its card says which teacher made it and where the set is
+            self.model_card_options.update(
+                teacher=teacher_cache.published.get("teacher"), transfer_set=teacher_cache.hub_source[0]
+            )
 
     # ---- data (hf_task_distill.distillation_data) ----------------------------------------------
     def _prepare_dataset(self, dataset, *, train: bool, num_labels: int, where: str, seed: int = 0):

@@ -153,6 +153,9 @@ def test_a_student_from_the_pulled_set_equals_one_from_the_local_cache(published
             assert torch.equal(a["teacher_logits"], b["teacher_logits"]), (epoch, i)
     local.train()
     pulled.train()
+    card = pulled.create_model_card()  # the card names the teacher and the set it came from
+    assert "**Teacher**: `facebook/dinov2-large, finetuned`" in card.text
+    assert f"transfer-set:{REPO}" in card.data.tags and REPO in card.data.datasets
     a, b = local.model.state_dict(), pulled.model.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     before = _student().state_dict()

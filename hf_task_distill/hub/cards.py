@@ -228,6 +228,8 @@ def add_teacher_cache_section(card_path: str, cache, record: dict[str, Any], rep
         if cache.top_k is None
         else f"the top {cache.top_k} float16 logits per view and the remaining probability mass"
     )
+    if cache.grid is not None:  # a dense (segmentation) cache: per cell of a reduced grid
+        storage += f", per cell of a {cache.grid[0]}x{cache.grid[1]} grid"
     fields = {
         **record,
         "teacher": public_model_name(record["teacher"]),
@@ -377,8 +379,9 @@ def render_student_card(data: StudentCardData):
 
     template = _template("student_card")
     fields = asdict(data)
-    for name in ("teacher_base", "base_model", "dataset_id"):
+    for name in ("base_model", "dataset_id"):
         fields[name] = public_name(fields[name])
+    fields["teacher_base"] = public_model_name(data.teacher_base)  # "<teacher>, finetuned" kept
     fields["teacher_repo"], fields["transfer_repo"] = hub_id(data.teacher_repo), hub_id(data.transfer_repo)
     fields["repo_id"] = hub_id(data.repo_id)
     fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None

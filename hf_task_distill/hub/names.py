@@ -104,9 +104,9 @@ def hub_id(source: str | os.PathLike | None) -> str | None:
     return text if "/" in text and _HUB_ID.match(text) else None
 
 
-def public_model_name(name: str) -> str:
+def public_model_name(name: str | None) -> str | None:
     """:func:`public_name` of a model as a run names it, keeping a ``", finetuned"`` suffix
     (``"facebook/dinov2-large, finetuned"`` stays; ``"/home/a/t, finetuned"`` gives ``"t (local), finetuned"``)."""
-    if name.endswith(FINETUNED):
+    if name and name.endswith(FINETUNED):
         return public_name(name.removesuffix(FINETUNED)) + FINETUNED
     return public_name(name)
