@@ -22,6 +22,11 @@ covers the teacher's weights, the transfer set, the teacher's view spec, the aug
 count, the storage (top-k) and the seed: a cache is refused, with what differs, wherever any of them
 does not match.
 
+A cache published with its transfer set (a *reinforced* transfer set,
+:mod:`hf_task_distill.hub.reinforced`) carries in ``cache.json`` a ``published`` record: a digest
+of every published row's image bytes in order (the fingerprint samples 64 rows), and the teacher's
+name, licence and FLOPs. :meth:`TeacherCache.from_hub` downloads and checks one by repo id.
+
 Two layouts, chosen by the task type the cache is built for (recorded in its fingerprint; a cache
 without one is image classification, as every cache before segmentation was):
 
@@ -469,7 +474,7 @@ class TeacherCache:
         if teacher_view is not None:
             expected["teacher_view"] = _jsonable(asdict(teacher_view))
         found = {k: _with_task_type(self.fingerprint).get(k) for k in expected}
-        names = self._label_names_differ(label_names)
+        names = _label_names_differ(self.id2label, label_names)
         if found != expected or names:
             differ = [_describe_mismatch(expected, found)] if found != expected else []
             raise TeacherCacheMismatch(
@@ -477,7 +482,9 @@ class TeacherCache:
                 f"{'; '.join(differ + ([names] if names else []))}. {self._remedy()}"
             )
         if dataset is not None and self.published:
-            self._check_published_rows(dataset, where)
+            from .hub.reinforced import check_published_rows
+
+            check_published_rows(self, dataset, where)
 
     def _remedy(self) -> str:
         if self.hub_source is not None:
@@ -487,29 +494,16 @@ class TeacherCache:
             )
         return "Rebuild it (build_teacher_cache into a new folder)"
 
-    def _label_names_differ(self, label_names: list[str] | None) -> str:
-        """What differs between the cache teacher's class names and ``label_names`` ("" if nothing)."""
-        ours, theirs = _real_names(self.id2label), _real_names(dict(enumerate(label_names or [])))
-        if ours is None or theirs is None or ours == theirs:
-            return ""
-        diffs = [f"{i}: '{a}' vs '{b}'" for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b]
-        if len(ours) != len(theirs):
-            diffs.append(f"{len(ours)} names vs {len(theirs)}")
-        return f"label names: cache and expected differ at {'; '.join(diffs[:3])}"
 
-    def _check_published_rows(self, dataset, where: str) -> None:
-        """Refuse rows whose image bytes, in order, are not the ones the cache was published with."""
-        from .data.fingerprints import transfer_set_digest
-
-        recorded = self.published.get("transfer_set", {})
-        digest = transfer_set_digest(dataset, self.image_column)
-        if digest != recorded.get("digest"):
-            raise TeacherCacheMismatch(
-                f"the teacher cache in {self.directory} was published with a transfer set of "
-                f"{recorded.get('rows')} rows whose images hash to {recorded.get('digest')!r}, but the "
-                f"{len(dataset)} rows of {where} hash to {digest!r} (other images, or the same in another "
-                "order): distil from the published rows (load them with datasets.load_dataset)"
-            )
+def _label_names_differ(id2label: dict[int, str], label_names: list[str] | None) -> str:
+    """What differs between a cache teacher's class names and ``label_names`` ("" if nothing)."""
+    ours, theirs = _real_names(id2label), _real_names(dict(enumerate(label_names or [])))
+    if ours is None or theirs is None or ours == theirs:
+        return ""
+    diffs = [f"{i}: '{a}' vs '{b}'" for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b]
+    if len(ours) != len(theirs):
+        diffs.append(f"{len(ours)} names vs {len(theirs)}")
+    return f"label names: cache and expected differ at {'; '.join(diffs[:3])}"
 
 
 def _real_names(id2label: dict[int, str]) -> list[str] | None:

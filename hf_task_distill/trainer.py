@@ -592,10 +592,15 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         )
         self._teacher = teacher_model
         self._teacher_prepared = False
-        if teacher_cache is not None and teacher_cache.hub_source is not None and teacher_cache.published:
-            # a reinforced transfer set: its card says which teacher made it and where the set is
+        self._name_published_teacher()
+
+    def _name_published_teacher(self) -> None:
+        """A cache pulled from a reinforced transfer set: the card names the teacher that made it and
+        the set's repo (there is no teacher model to read them from)."""
+        cache = self.teacher_cache
+        if cache is not None and cache.hub_source is not None and cache.published:
             self.model_card_options.update(
-                teacher=teacher_cache.published.get("teacher"), transfer_set=teacher_cache.hub_source[0]
+                teacher=cache.published.get("teacher"), transfer_set=cache.hub_source[0]
             )
 
     # ---- data (hf_task_distill.distillation_data) ----------------------------------------------

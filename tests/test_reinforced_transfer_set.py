@@ -114,6 +114,16 @@ def test_the_published_rows_are_the_transfer_set_and_another_order_is_not(publis
     assert transfer_set_digest(swapped, "image") != digest
 
 
+def test_publishing_refuses_parquet_rows_that_are_not_the_cached_set(published, tmp_path):
+    transfer, cache = published["transfer"], published["cache"]
+    write_parquet_dataset(_unsampled_swap(transfer), str(tmp_path / "repo"))
+    with pytest.raises(RuntimeError, match="read back differently .* not publishing the cache"):
+        publish_teacher_cache(cache, str(tmp_path / "repo"), transfer, teacher="t")
+    assert not (tmp_path / "repo" / "teacher_cache").exists()
+    with pytest.raises(TeacherCacheMismatch, match="transfer set"):  # a cache of other rows altogether
+        publish_teacher_cache(cache, str(published["repo"]), transfer.select(range(50)), teacher="t")
+
+
 def _unsampled_swap(rows):
     """``rows`` with two rows swapped that the cheap fingerprint does not sample."""
     from hf_task_distill.data.fingerprints import dataset_fingerprint

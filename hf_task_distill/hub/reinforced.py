@@ -29,6 +29,7 @@ from .names import public_model_name
 
 __all__ = [
     "CACHE_FOLDER",
+    "check_published_rows",
     "DATA_FILES",
     "open_teacher_cache",
     "publish_teacher_cache",
@@ -102,7 +103,7 @@ def publish_teacher_cache(
     os.makedirs(target)
     for name in sorted(os.listdir(cache.directory)):
         if name == BUILD_FILE or (name.startswith("shard-") and name.endswith(".safetensors")):
-            shutil.copyfile(os.path.join(cache.directory, name), os.path.join(target, name))
+            _link_or_copy(os.path.join(cache.directory, name), os.path.join(target, name))
     flops = None if teacher_flops_per_view is None else float(teacher_flops_per_view)
     record = {
         "transfer_set": {"rows": len(published_rows), "digest": digest, "data_files": DATA_FILES},
@@ -116,6 +117,32 @@ def publish_teacher_cache(
     info = {**cache.info, "skipped": skipped, "published": record}
     write_json_atomically(os.path.join(target, COMPLETE_FILE), info)
     return record
+
+
+def _link_or_copy(source: str, target: str) -> None:
+    """A hard link (a cache can take hundreds of GB, and its shards are only ever replaced by a
+    rename, never rewritten in place), or a copy where links are not possible (another file system)."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def check_published_rows(cache, dataset, where: str = "the transfer set") -> None:
+    """Refuse (``TeacherCacheMismatch``) rows whose image bytes, in order, are not the ones a
+    published ``cache`` was published with (its ``published["transfer_set"]["digest"]``)."""
+    from ..data.fingerprints import transfer_set_digest
+    from ..teacher_cache import TeacherCacheMismatch
+
+    recorded = cache.published.get("transfer_set", {})
+    digest = transfer_set_digest(dataset, cache.image_column)
+    if digest != recorded.get("digest"):
+        raise TeacherCacheMismatch(
+            f"the teacher cache in {cache.directory} was published with a transfer set of "
+            f"{recorded.get('rows')} rows whose images hash to {recorded.get('digest')!r}, but the "
+            f"{len(dataset)} rows of {where} hash to {digest!r} (other images, or the same in another "
+            "order): distil from the published rows (load them with datasets.load_dataset)"
+        )
 
 
 def pull_teacher_cache(
