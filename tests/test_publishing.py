@@ -39,6 +39,7 @@ def private_run(tmp_path_factory, vfm_dirs):
         teacher_from=vfm_dirs["dinov2"],
         teacher="my-teacher",
     )
+    (root / "my-teacher" / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# my teacher\n")
     run = root / "alice-run"
     argv = [
         "--dataset", str(root / "colours"), "--per_class", "4",
@@ -46,7 +47,7 @@ def private_run(tmp_path_factory, vfm_dirs):
         "--transfer", "retrieval", "--pool", str(root / "web-pool"), "--per_query_k", "4",
         "--leakage_threshold", "0.9999",
         "--student", str(root / "student-start"), "--pretrained_student",
-        "--distill_epochs", "1", "--finetune_epochs", "1", "--baseline", "false",
+        "--distill_epochs", "1", "--finetune_epochs", "1", "--baseline", "false", "--teacher_cache_views", "2",
         "--batch_size", "10", "--output_dir", str(run),  # 49 transfer rows: no batch of 1 for BatchNorm
     ]  # fmt: skip
     finished = subprocess.run([*CLI, "run", *argv], capture_output=True, text=True, timeout=600)
@@ -148,7 +149,8 @@ def test_cards_have_a_real_title_and_examples_a_reader_can_run(private_run):
     distilled = run / "distill" / "model" / "README.md"  # DistillationTrainer.save_model's own card
     check_card_metadata(distilled)
     text = distilled.read_text()
-    assert "**Teacher**: `model (local)`" in text  # the run's finetuned teacher, by its folder's name
+    # the run's finetuned teacher, named as the ledger names it (distilled from the cache: no model to read)
+    assert "**Teacher**: `my-teacher (local), finetuned`" in text
     # the trainer counts the images the pipeline's ledger records for the stage
     ledger = json.loads((run / "publish" / "student" / "compute_ledger.json").read_text())["entries"]
     images = next(e["images"] for e in ledger if (e["stage"], e["work"]) == ("distill", "student training"))
@@ -159,6 +161,40 @@ def test_cards_have_a_real_title_and_examples_a_reader_can_run(private_run):
     for card in cards:  # a text file ends with one newline (Jinja drops the template's)
         text = card.read_text()
         assert text.endswith("\n") and not text.endswith("\n\n"), card.relative_to(run)
+
+
+def test_the_transfer_set_is_published_with_its_teacher_cache(private_run, monkeypatch):
+    """A run with a teacher cache publishes a reinforced transfer set: the distill stage's shards,
+    byte for byte, with the published rows' digest, the teacher's name, licence and FLOPs."""
+    from datasets import load_from_disk
+    from huggingface_hub import DatasetCard
+
+    from hf_task_distill.data.fingerprints import transfer_set_digest
+    from hf_task_distill.hub import download
+    from hf_task_distill.teacher_cache import TeacherCache
+
+    run = private_run["run"]
+    published = run / "publish" / "transfer_set"
+    local = run / "distill" / "teacher_cache"
+    shards = sorted(p.name for p in local.glob("shard-*.safetensors"))
+    assert shards and shards == sorted(p.name for p in (published / "teacher_cache").glob("shard-*"))
+    assert all((local / n).read_bytes() == (published / "teacher_cache" / n).read_bytes() for n in shards)
+    ledger = json.loads((run / "publish" / "student" / "compute_ledger.json").read_text())["entries"]
+    (teacher,) = [e for e in ledger if e["work"] == "teacher forward (cache of 2 views)"]
+    monkeypatch.setattr(download, "download_dataset_repo", lambda repo_id, **kwargs: str(published))
+    cache = TeacherCache.from_hub("me/colours-transfer", num_views=2)
+    record = cache.published
+    assert record["teacher"] == teacher["model"] == "my-teacher (local), finetuned"
+    assert record["teacher_license"] == "apache-2.0"
+    assert record["teacher_flops"] == pytest.approx(teacher["flops_per_image"] * teacher["images"])
+    rows = cache.published_transfer_set()
+    transfer = load_from_disk(run / "transfer" / "data")
+    assert transfer_set_digest(rows, "image") == transfer_set_digest(transfer, "image")
+    assert record["transfer_set"] == {"rows": len(transfer), "digest": transfer_set_digest(rows, "image"),
+                                      "data_files": "data/*.parquet"}  # fmt: skip
+    card = DatasetCard.load(published / "README.md")
+    assert "Teacher: `my-teacher (local), finetuned`" in card.text and "`apache-2.0`" in card.text
+    assert f"**{record['teacher_flops']:.3g}**" in card.text and "reinforced" in card.data.tags
 
 
 # -- pushing with the Hub out of reach ---------------------------------------------------------------

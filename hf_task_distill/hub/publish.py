@@ -1,5 +1,9 @@
 """Publish a run: the student and (for a retrieved set) the transfer set, as folders first.
 
+When the distill stage built a teacher cache (``--teacher_cache_views``), the transfer set is
+published *reinforced*: with the cache in ``teacher_cache/`` (:mod:`~hf_task_distill.hub.reinforced`),
+so that anyone can distil from it with no teacher.
+
 The folders are exactly what is uploaded, so they can be checked offline with the real clients
 (``AutoModelForImageClassification``, ``pipeline``, ``timm.create_model``, ``datasets.load_dataset``)
 before anything leaves the machine. Uploads go through ``huggingface_hub``; the token is resolved
@@ -232,6 +236,36 @@ def _add_export(context, student_dir: str) -> dict[str, Any] | None:
     return read_json(record) if os.path.isfile(record) else None
 
 
+def _add_teacher_cache(context, transfer_dir: str, rows, ledger) -> dict[str, Any] | None:
+    """The distill stage's teacher cache into the published transfer set (a reinforced transfer set,
+    :mod:`~hf_task_distill.hub.reinforced`), its section into the card; returns the published record,
+    or ``None`` when the run built no cache (any earlier run's ``teacher_cache/`` is removed)."""
+    from ..teacher_cache import TeacherCache
+    from .cards import add_teacher_cache_section
+    from .reinforced import CACHE_FOLDER, publish_teacher_cache, teacher_license
+
+    folder = (context.manifest("distill") or {}).get("outputs", {}).get("teacher_cache")
+    if not folder or not os.path.isdir(folder):
+        shutil.rmtree(os.path.join(transfer_dir, CACHE_FOLDER), ignore_errors=True)
+        return None
+    cached = [
+        e for e in ledger.entries if e.stage == "distill" and e.work.startswith("teacher forward (cache")
+    ]
+    cache = TeacherCache(folder)
+    record = publish_teacher_cache(
+        cache,
+        transfer_dir,
+        rows,
+        teacher=cached[0].model if cached else public_name(context.teacher_name),
+        teacher_license=teacher_license(context.config.teacher.teacher),
+        teacher_flops_per_view=cached[0].flops_per_image if cached else None,
+    )
+    card = os.path.join(transfer_dir, "README.md")
+    if os.path.isfile(card):
+        add_teacher_cache_section(card, cache, record, context.config.run.hub_dataset_id)
+    return record
+
+
 def publish_run(context, directory: str) -> dict[str, Any]:
     """Write ``student/`` (and ``transfer_set/``) under ``directory``; push them if asked.
 
@@ -271,11 +305,13 @@ def publish_run(context, directory: str) -> dict[str, Any]:
             from datasets import load_from_disk
 
             transfer_dir = os.path.join(directory, "transfer_set")
-            write_parquet_dataset(load_from_disk(transfer["path"]), transfer_dir)
+            rows = load_from_disk(transfer["path"])
+            write_parquet_dataset(rows, transfer_dir)
             for name in ("README.md", "contact_sheet.png"):
                 source = os.path.join(transfer["path"], name)
                 if os.path.exists(source):
                     shutil.copyfile(source, os.path.join(transfer_dir, name))
+            _add_teacher_cache(context, transfer_dir, rows, ledger)
             outputs["transfer_set"] = transfer_dir
         if config.run.push_to_hub:
             if not config.run.hub_model_id:
