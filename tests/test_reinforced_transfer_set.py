@@ -243,3 +243,78 @@ def test_the_card_names_the_teacher_its_licence_and_the_flops_saved(published):
     assert card.data.license == "cc-by-4.0"  # the images' licence is the card's, kept
     assert {"reinforced", "teacher-outputs"} <= set(card.data.tags)
     assert card.data.configs[0]["data_files"][0]["path"] == "data/*.parquet"
+
+
+PULL_AND_DISTIL = """
+    import json, os, sys
+    sys.path.insert(0, os.environ["TESTS"])
+    user_environment = dict(os.environ)
+    import torch
+    from conftest import LABELS, distill_args  # conftest switches to offline: undo it before any Hub client
+    os.environ.clear()
+    os.environ.update(user_environment)
+    from datasets import load_dataset
+    from hf_task_distill import DistillationTrainer, create_student
+    from hf_task_distill.data.fingerprints import transfer_set_digest
+
+    repo, out = os.environ["REPO"], os.environ["OUT"]
+    torch.manual_seed(0)
+    student = create_student("test_resnet", dict(enumerate(LABELS)), image_size=24)
+    trainer = DistillationTrainer(  # the repo id alone: no teacher, no transfer set
+        model=student,
+        teacher_cache=repo,
+        args=distill_args(__import__("pathlib").Path(out), num_train_epochs=2, per_device_train_batch_size=25),
+    )
+    trainer.train()
+    torch.save(trainer.model.state_dict(), os.path.join(out, "weights.pt"))
+    rows = load_dataset(repo, split="train")
+    print("RESULT " + json.dumps({"digest": transfer_set_digest(rows, "image"), "rows": len(rows),
+                                  "teacher": trainer._teacher is None}))
+"""
+
+
+def test_a_reinforced_set_pushed_and_pulled_over_http_distils_the_local_caches_student(
+    published, loopback_hub, tmp_path
+):
+    """The published folder goes up with ``upload_folder`` and comes back through ``snapshot_download``
+    and ``load_dataset`` over HTTP (the loopback Hub, real clients in a user's process): the student
+    distilled from it with no teacher equals the one distilled from the local cache."""
+    import os
+
+    from test_loopback_hub import run_client
+
+    repo = "someone/colours-reinforced-http"
+    pushed = run_client(
+        loopback_hub,
+        tmp_path,
+        """
+        import json, os
+        from huggingface_hub import HfApi
+        api = HfApi()
+        api.create_repo(os.environ["REPO"], repo_type="dataset")
+        info = api.upload_folder(folder_path=os.environ["FOLDER"], repo_id=os.environ["REPO"], repo_type="dataset")
+        print("RESULT " + json.dumps({"commit": info.oid}))
+        """,
+        REPO=repo,
+        FOLDER=str(published["repo"]),
+    )
+    commit, record = loopback_hub.storage.resolve("dataset", repo, "main")
+    assert commit == pushed["commit"] and any(
+        name.startswith("teacher_cache/shard-") for name in record["files"]
+    )
+    out = tmp_path / "pulled"
+    out.mkdir()
+    tests = os.path.dirname(os.path.abspath(__file__))
+    result = run_client(loopback_hub, tmp_path, PULL_AND_DISTIL, REPO=repo, OUT=str(out), TESTS=tests)
+    assert result == {"digest": published["record"]["transfer_set"]["digest"], "rows": ROWS, "teacher": True}
+    local = DistillationTrainer(
+        model=_student(),
+        teacher_cache=published["cache"].directory,
+        train_dataset=published["transfer"],
+        args=distill_args(tmp_path / "local", num_train_epochs=2, per_device_train_batch_size=25),
+    )
+    local.train()
+    pulled, mine = torch.load(out / "weights.pt"), local.model.state_dict()
+    assert pulled.keys() == mine.keys() and all(torch.equal(pulled[k], mine[k]) for k in mine)
+    downloads = [p for m, p, s in loopback_hub.app.requests if m == "GET" and "/resolve/" in p and repo in p]
+    assert any("teacher_cache/" in p for p in downloads) and any(p.endswith(".parquet") for p in downloads)
