@@ -128,6 +128,22 @@ def test_local_sources_are_named_by_their_folder_and_marked_local(private_run):
     assert results["base_model"] == "my-teacher (local)"
 
 
+def test_the_student_card_lists_its_lineage_with_licences_and_warns_on_an_undeclared_one(private_run):
+    run = private_run["run"]
+    card = (run / "publish" / "student" / "README.md").read_text()
+    section = card[card.index("## Lineage and licences") : card.index("## Use")]
+    # local sources: their public names, no revision, the licence their README declares
+    assert "| teacher | `my-teacher (local)` | local | apache-2.0 |" in section
+    assert "| student weights | `student-start (local)` | local | not declared |" in section
+    assert "| task data | `colours (local)` | local | not declared |" in section
+    assert "| retrieval pool | `web-pool (local)` | local | not declared |" in section
+    assert "> **Licence**: the task data `colours (local)` declares no licence" in section
+    assert "the teacher" not in section.split("> **Licence**")[1]  # apache-2.0 warns of nothing
+    manifest = json.loads((run / "publish" / "manifest.json").read_text())
+    roles = [(s["role"], s["name"], s["license"]) for s in manifest["outputs"]["lineage"]]
+    assert roles[0] == ("teacher", "my-teacher (local)", "apache-2.0") and len(roles) == 4
+
+
 def test_cards_have_a_real_title_and_examples_a_reader_can_run(private_run):
     import re
 

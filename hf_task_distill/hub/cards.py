@@ -312,6 +312,11 @@ class StudentCardData:
     #: the ``onnx/export.json`` record published with the student (:mod:`hf_task_distill.export.onnx`):
     #: the card's export section (files, parity, latency, the input it expects); ``None``: no section
     export: dict[str, Any] | None = None
+    #: every model and dataset the run drew on (:class:`~hf_task_distill.hub.lineage.Source` as
+    #: dicts: role, name, repo_type, hub, revision, license): the card's lineage table
+    lineage: list[dict[str, Any]] = field(default_factory=list)
+    #: sentences on licences that limit the student (:func:`~hf_task_distill.hub.lineage.licence_warnings`)
+    licence_warnings: list[str] = field(default_factory=list)
 
 
 def _student_eval_results(data: StudentCardData) -> list:

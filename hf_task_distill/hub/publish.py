@@ -21,11 +21,14 @@ cannot reach the Hub raises :class:`HubUploadError`, naming the folders, which s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from typing import Any
 
 from .names import hub_id, public_name
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["HubUploadError", "publish_run", "upload_folder", "write_parquet_dataset"]
 
@@ -159,6 +162,7 @@ def _public_ledger(context):
 def _student_card(context, model_config, ledger, export=None):
     """The card data of the published student, every source named by ``public_name``/``hub_id``."""
     from .cards import StudentCardData, descriptive_name, label_budget_summary
+    from .lineage import licence_warnings, run_sources
 
     config, task = context.config, context.task
     evaluation = context.manifest("evaluate")["outputs"]
@@ -168,6 +172,7 @@ def _student_card(context, model_config, ledger, export=None):
     architecture = getattr(model_config, "architecture", None) or model_config.model_type
     repo_id = hub_id(config.run.hub_model_id)
     as_given = config.teacher.teacher_strategy == "none"  # the teacher is used as published
+    lineage = run_sources(config, task)
     return StudentCardData(
         model_name=repo_id or descriptive_name(architecture, task.name, "student"),
         architecture=architecture,
@@ -195,6 +200,8 @@ def _student_card(context, model_config, ledger, export=None):
         task_type=task.task_type,
         library_name="timm" if model_config.model_type == "timm_wrapper" else "transformers",
         export=export,
+        lineage=[source.as_dict() for source in lineage],
+        licence_warnings=licence_warnings(lineage),
     )
 
 
@@ -296,6 +303,9 @@ def publish_run(context, directory: str) -> dict[str, Any]:
         ledger = _public_ledger(context)
         card = _student_card(context, AutoConfig.from_pretrained(student_dir), ledger, exported)
         render_student_card(card).save(os.path.join(student_dir, "README.md"))
+        outputs["lineage"] = card.lineage  # the commits this run used, in the publish manifest
+        for warning in card.licence_warnings:
+            logger.warning("Licence: %s", warning)
         ledger.save(os.path.join(student_dir, "compute_ledger.json"))
         public = {key: evaluation[key] for key in ("split", "images", "results")}  # no paths of this run
         with open(os.path.join(student_dir, "results.json"), "w", encoding="utf-8") as f:
