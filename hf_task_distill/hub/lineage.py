@@ -40,6 +40,7 @@ class Source:
     license: str | None = None  # the licence id its card declares
 
     def as_dict(self) -> dict[str, Any]:
+        """The source as a JSON-ready dict (the publish manifest's ``lineage`` entries, the card's rows)."""
         return asdict(self)
 
 
