@@ -1,0 +1,138 @@
+"""The main command, verbatim, against the loopback Hub: every id resolved over HTTP, the student pushed.
+
+    accelerate launch examples/run_distill.py --dataset cub --teacher facebook/dinov2-large
+
+The Hub holds a tiny DINOv2 under ``facebook/dinov2-large`` and a tiny dataset shaped like the ``cub``
+preset's (same repo id, columns, splits and 200-name ``ClassLabel``), seeded so that their files exist
+only inside the server's storage (by content hash): a stage that read a local path instead of the ids
+would find nothing, and the request log shows each id resolved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from conftest import tiny_processor, tiny_vit_kwargs
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CUB = json.loads((ROOT / "hf_task_distill" / "data" / "tasks.json").read_text())["cub"]["hub_id"]
+TEACHER = "facebook/dinov2-large"
+STUDENT_REPO = "user/cub-student"
+
+# Built in a client process and pushed with datasets' own push_to_hub: Parquet shards and the README
+# holding the features, as the Hub holds the real dataset. 200 classes, 2 train and 1 test image each.
+PUSH_CUB = """
+    import os
+    import numpy as np
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, Sequence, Value
+    from PIL import Image as PILImage
+
+    names = [f"{i + 1:03d}.Bird_{i + 1}" for i in range(200)]  # the real names keep the numeric prefix
+    features = Features({"image": Image(), "label": ClassLabel(names=names), "bbox": Sequence(Value("float32"))})
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, size=(200, 3))
+
+    def split(per_class):
+        labels = [c for c in range(200) for _ in range(per_class)]
+        images = [PILImage.fromarray(np.clip(colours[c] + rng.normal(0, 20, (12, 12, 3)), 0, 255).astype("uint8"))
+                  for c in labels]
+        boxes = [[1.0, 1.0, 10.0, 10.0]] * len(labels)
+        return Dataset.from_dict({"image": images, "label": labels, "bbox": boxes}, features=features)
+
+    DatasetDict(train=split(2), test=split(1)).push_to_hub(os.environ["REPO"])
+    print("RESULT {}")
+"""
+
+SHRINK = [  # only epochs, sizes and the baseline's extra training: the command is otherwise the user's
+    "--teacher_epochs", "0.5", "--teacher_probe_epochs", "2", "--distill_epochs", "1",
+    "--finetune_epochs", "1", "--no_baseline", "--student_image_size", "64", "--batch_size", "64",
+]  # fmt: skip
+
+
+def _seed_teacher(hub, tmp_path) -> str:
+    """A tiny DINOv2 backbone and a processor configured like the real one's, under ``facebook/dinov2-large``."""
+    import torch
+    from transformers import Dinov2Config, Dinov2Model
+
+    folder = tmp_path / "seed-teacher"
+    torch.manual_seed(0)
+    Dinov2Model(Dinov2Config(**tiny_vit_kwargs(32))).save_pretrained(folder)
+    processor = tiny_processor(32)
+    processor.resample = 3  # bicubic, as facebook/dinov2-large's preprocessor_config
+    processor.save_pretrained(folder)
+    commit = hub.storage.add_folder("model", TEACHER, folder, message="tiny DINOv2")
+    shutil.rmtree(folder)  # from here on the files exist only inside the server's storage
+    return commit
+
+
+def _client(hub, tmp_path, argv, name, timeout=900, **extra):
+    env = {**hub.client_env(tmp_path / f"hf_home_{name}"), "OMP_NUM_THREADS": "1", **extra}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    cwd = tmp_path / f"cwd_{name}"  # empty: no folder named like an id can stand in for it
+    cwd.mkdir()
+    done = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-6000:]
+    return done
+
+
+def _stored(hub, record: dict, path: str) -> bytes:
+    return hub.storage.object_path(record["files"][path]["sha256"]).read_bytes()
+
+
+@pytest.mark.slow
+def test_the_main_command_runs_against_the_hub_by_repo_id(loopback_hub, tmp_path):
+    hub = loopback_hub
+    teacher_commit = _seed_teacher(hub, tmp_path)
+    _client(hub, tmp_path, [sys.executable, "-c", textwrap.dedent(PUSH_CUB)], "seed", timeout=300, REPO=CUB)
+    assert hub.storage.resolve("dataset", CUB, "main")
+    before = len(hub.app.requests)
+
+    run = tmp_path / "run"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
+    command = [str(ROOT / "examples" / "run_distill.py"), "--dataset", "cub", "--teacher", TEACHER]
+    push = ["--output_dir", str(run), "--push_to_hub", "--hub_model_id", STUDENT_REPO]
+    start = time.perf_counter()
+    _client(hub, tmp_path, launcher + command + SHRINK + push, "run")
+    print(f"\nmain command against the loopback Hub: {time.perf_counter() - start:.1f} s")
+    requests = hub.app.requests[before:]
+
+    # model, processor and dataset resolved by id over HTTP, in the run's own (empty) cache
+    at = f"/{TEACHER}/resolve/{teacher_commit}/"
+    for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
+        assert ("GET", at + name, 200) in requests, name
+    for split in ("train", "test"):
+        assert any(m == "GET" and p.startswith(f"/datasets/{CUB}/resolve/") and f"/data/{split}-" in p
+                   and p.endswith(".parquet") and s == 200 for m, p, s in requests), split  # fmt: skip
+    cache = tmp_path / "hf_home_run" / "hub"
+    assert (cache / "models--facebook--dinov2-large").is_dir()
+    assert (cache / f"datasets--{CUB.replace('/', '--')}").is_dir()
+    assert not list(tmp_path.glob("seed-*")) and not any((tmp_path / "cwd_run").iterdir())
+
+    # every stage names the ids and worked on the Hub's rows: 200 classes x 2 train, x 1 test
+    manifest = {
+        s: json.loads((run / s / "manifest.json").read_text()) for s in ("teacher", "transfer", "evaluate")
+    }
+    assert manifest["teacher"]["inputs"]["teacher"] == TEACHER
+    assert all(e["model"].startswith(TEACHER) for e in manifest["teacher"]["ledger"]["entries"])
+    assert manifest["transfer"]["outputs"]["rows"] == 400
+    assert manifest["evaluate"]["outputs"]["images"] == 200
+    assert "200 images" in manifest["teacher"]["outputs"]["validation_source"]  # 20% of 2 x 200 held out
+
+    # the student landed in user/cub-student, in one commit, the bytes of the run's publish folder
+    commit, record = hub.storage.resolve("model", STUDENT_REPO, "main")
+    assert ("POST", f"/api/models/{STUDENT_REPO}/commit/main", 200) in requests
+    student = run / "publish" / "student"
+    assert {p.name for p in student.iterdir()} <= set(record["files"])
+    weights = _stored(hub, record, "model.safetensors")
+    assert weights == (student / "model.safetensors").read_bytes()
+    card = _stored(hub, record, "README.md").decode()
+    assert TEACHER in card and CUB in card
