@@ -18,6 +18,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from types import SimpleNamespace
 
 import pytest
 from conftest import tiny_processor, tiny_vit_kwargs
@@ -87,9 +88,10 @@ def _stored(hub, record: dict, path: str) -> bytes:
     return hub.storage.object_path(record["files"][path]["sha256"]).read_bytes()
 
 
-@pytest.mark.slow
-def test_the_main_command_runs_against_the_hub_by_repo_id(loopback_hub, tmp_path):
-    hub = loopback_hub
+@pytest.fixture(scope="module")
+def main_command(loopback_hub, tmp_path_factory):
+    """The Hub seeded, then the main command run against it once; what the tests below look at."""
+    hub, tmp_path = loopback_hub, tmp_path_factory.mktemp("main_command")
     teacher_commit = _seed_teacher(hub, tmp_path)
     _client(hub, tmp_path, [sys.executable, "-c", textwrap.dedent(PUSH_CUB)], "seed", timeout=300, REPO=CUB)
     assert hub.storage.resolve("dataset", CUB, "main")
@@ -103,7 +105,20 @@ def test_the_main_command_runs_against_the_hub_by_repo_id(loopback_hub, tmp_path
     start = time.perf_counter()
     _client(hub, tmp_path, launcher + command + SHRINK + push, "run")
     print(f"\nmain command against the loopback Hub: {time.perf_counter() - start:.1f} s")
-    requests = hub.app.requests[before:]
+    return SimpleNamespace(
+        hub=hub, tmp_path=tmp_path, run=run, teacher_commit=teacher_commit, requests=hub.app.requests[before:]
+    )
+
+
+@pytest.mark.slow
+def test_the_main_command_runs_against_the_hub_by_repo_id(main_command):
+    hub, tmp_path, run, teacher_commit = (
+        main_command.hub,
+        main_command.tmp_path,
+        main_command.run,
+        main_command.teacher_commit,
+    )
+    requests = main_command.requests
 
     # model, processor and dataset resolved by id over HTTP, in the run's own (empty) cache
     at = f"/{TEACHER}/resolve/{teacher_commit}/"
@@ -136,3 +151,75 @@ def test_the_main_command_runs_against_the_hub_by_repo_id(loopback_hub, tmp_path
     assert weights == (student / "model.safetensors").read_bytes()
     card = _stored(hub, record, "README.md").decode()
     assert TEACHER in card and CUB in card
+
+
+PULL = """
+    import json, os
+    import numpy as np, timm, torch
+    from PIL import Image
+    from transformers import AutoModelForImageClassification, pipeline
+
+    repo, local = os.environ["REPO"], os.environ["LOCAL"]
+    pixels = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = {
+            "transformers hub": AutoModelForImageClassification.from_pretrained(repo).eval()(pixels).logits,
+            "transformers local": AutoModelForImageClassification.from_pretrained(local).eval()(pixels).logits,
+            "timm hub": timm.create_model("hf-hub:" + repo, pretrained=True).eval()(pixels),
+            "timm local": timm.create_model("local-dir:" + local, pretrained=True).eval()(pixels),
+        }
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 24, 3), dtype=np.uint8))
+    predictions = {where: pipeline("image-classification", model=source)(image, top_k=3)
+                   for where, source in (("hub", repo), ("local", local))}
+    print("RESULT " + json.dumps(dict(logits={k: v.tolist() for k, v in logits.items()}, predictions=predictions)))
+"""
+
+EVALUATE = "import sys; from hf_task_distill.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.mark.slow
+def test_the_published_student_loads_back_by_repo_id(main_command):
+    import torch
+
+    hub, tmp_path, local = main_command.hub, main_command.tmp_path, main_command.run / "publish" / "student"
+    before = len(hub.app.requests)
+    done = _client(hub, tmp_path, [sys.executable, "-c", textwrap.dedent(PULL)], "pull", REPO=STUDENT_REPO,
+                   LOCAL=str(local))  # fmt: skip
+    out = json.loads([line for line in done.stdout.splitlines() if line.startswith("RESULT ")][-1][7:])
+    logits = {k: torch.tensor(v) for k, v in out["logits"].items()}
+    assert logits["transformers hub"].shape == (2, 200)
+    for name in ("transformers local", "timm hub", "timm local"):
+        torch.testing.assert_close(logits[name], logits["transformers hub"], rtol=1e-5, atol=1e-5, msg=name)
+    hub_pred, local_pred = out["predictions"]["hub"], out["predictions"]["local"]
+    assert [p["label"] for p in hub_pred] == [p["label"] for p in local_pred]
+    assert all(p["label"].endswith(f"Bird_{int(p['label'][:3])}") for p in hub_pred)  # the task's names
+    weights = (
+        f"/{STUDENT_REPO}/resolve/{hub.storage.resolve('model', STUDENT_REPO, 'main')[0]}/model.safetensors"
+    )
+    assert ("GET", weights, 200) in hub.app.requests[before:]
+
+
+@pytest.mark.slow
+def test_evaluate_scores_a_published_student_as_its_local_folder(main_command):
+    """``hf-task-distill evaluate --student user/name --dataset cub``: the published student, no training."""
+    hub, tmp_path, run = main_command.hub, main_command.tmp_path, main_command.run
+    results = {}
+    for name, student in (("hub", STUDENT_REPO), ("local", str(run / "publish" / "student"))):
+        out = tmp_path / f"evaluate-{name}"
+        argv = ["evaluate", "--dataset", "cub", "--student", student, "--batch_size", "64",
+                "--output_dir", str(out)]  # fmt: skip
+        done = _client(hub, tmp_path, [sys.executable, "-c", EVALUATE, *argv], f"evaluate-{name}")
+        assert "evaluating it as it is" in done.stderr + done.stdout
+        assert "Results on the test split (200 images)" in done.stdout
+        folder = out / "evaluate-student"
+        results[name] = (json.loads((folder / "results.json").read_text()),
+                         json.loads((folder / "confusion_matrices.json").read_text()))  # fmt: skip
+        assert {p.name for p in out.iterdir()} <= {"evaluate-student", "hf-task-distill.log"}  # no stage ran
+    (hub_results, hub_matrices), (local_results, local_matrices) = results["hub"], results["local"]
+    assert hub_results["images"] == 200 and hub_results["split"] == "test"
+    assert hub_results["results"][STUDENT_REPO] == local_results["results"][str(run / "publish" / "student")]
+    assert hub_matrices["matrices"][STUDENT_REPO] == next(iter(local_matrices["matrices"].values()))
+    assert sum(map(sum, hub_matrices["matrices"][STUDENT_REPO])) == 200
+    # and what the run's own evaluation measured for the finetuned student it published
+    pipeline_results = json.loads((run / "evaluate" / "manifest.json").read_text())["outputs"]["results"]
+    assert hub_results["results"][STUDENT_REPO] == pipeline_results["student, distilled + finetuned"]
