@@ -268,7 +268,7 @@ def _is_finished_student(pipeline) -> bool:
     published student such as ``me/mobilevitv2-cub``): ``evaluate`` then scores it as it is."""
     from .stages.evaluate import finished_student_labels
 
-    labels = finished_student_labels(pipeline.config.student.student)
+    labels = finished_student_labels(pipeline.config.student.student, pipeline.task.task_type)
     return labels is not None and labels == list(pipeline.task.label_names)
 
 

@@ -223,3 +223,49 @@ def test_evaluate_scores_a_published_student_as_its_local_folder(main_command):
     # and what the run's own evaluation measured for the finetuned student it published
     pipeline_results = json.loads((run / "evaluate" / "manifest.json").read_text())["outputs"]["results"]
     assert hub_results["results"][STUDENT_REPO] == pipeline_results["student, distilled + finetuned"]
+
+
+def test_evaluate_scores_a_finished_classifier_and_trains_from_anything_else(tmp_path, capsys):
+    """Offline, on folders: ``--student`` that already predicts the task's classes in the task's order is
+    evaluated as it is; a backbone, a timm architecture or another label space is not (the pipeline
+    distils from it)."""
+    from conftest import LABELS, make_colour_dataset, save_image_folder, tiny_dinov2
+    from transformers import Dinov2Model
+
+    from hf_task_distill.cli import main
+    from hf_task_distill.stages.evaluate import finished_student_labels
+
+    for split, seed in (("train", 1), ("test", 2)):
+        save_image_folder(make_colour_dataset(24, seed=seed), tmp_path / "task" / split)
+    names = sorted(LABELS)  # an image folder's classes: its sub-folders, sorted
+    classifier = tiny_dinov2(num_labels=len(names))
+    classifier.config.id2label, classifier.config.label2id = (
+        dict(enumerate(names)),
+        {n: i for i, n in enumerate(names)},
+    )
+    classifier.save_pretrained(tmp_path / "student")
+    tiny_processor().save_pretrained(tmp_path / "student")
+    Dinov2Model(classifier.config).save_pretrained(tmp_path / "backbone")
+    other = tiny_dinov2(num_labels=len(names))  # the same classes in another order: another label space
+    other.config.id2label = dict(enumerate(reversed(names)))
+    other.save_pretrained(tmp_path / "other")
+
+    assert finished_student_labels(str(tmp_path / "student")) == names
+    assert finished_student_labels("mobilevitv2_100") is None  # an architecture to train
+    assert finished_student_labels(str(tmp_path / "other")) == names[::-1]
+    assert finished_student_labels(str(tmp_path / "backbone")) is None  # id2label, but no head
+    assert main(["evaluate", "--dataset", str(tmp_path / "task"), "--student", str(tmp_path / "student"),
+                 "--batch_size", "8", "--output_dir", str(tmp_path / "run")]) == 0  # fmt: skip
+    table = capsys.readouterr().out
+    results = json.loads((tmp_path / "run" / "evaluate-student" / "results.json").read_text())
+    metrics = results["results"][str(tmp_path / "student")]
+    assert results["images"] == 24 and f"{metrics['accuracy']:.4f}" in table
+    assert not (tmp_path / "run" / "teacher").exists()  # nothing trained
+
+    from hf_task_distill.cli import _is_finished_student, parse_config
+    from hf_task_distill.pipeline import Pipeline
+
+    for student in ("backbone", "other"):
+        config = parse_config("evaluate", ["--dataset", str(tmp_path / "task"), "--student", str(tmp_path / student),
+                                           "--output_dir", str(tmp_path / f"run-{student}")])  # fmt: skip
+        assert not _is_finished_student(Pipeline(config)), student

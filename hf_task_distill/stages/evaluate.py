@@ -99,17 +99,21 @@ def _evaluate_one(context, label: str, path: str, dataset):
     )
 
 
-def finished_student_labels(name: str) -> list[str] | None:
-    """The class names of ``name`` (a Hub id or folder) when it is a finished classifier, else ``None``.
+def finished_student_labels(name: str, task_type_name: str = "image-classification") -> list[str] | None:
+    """The class names of ``name`` (a Hub id or folder) when it is a finished model of the task type
+    (its ``config.json`` names a head class of the type's auto class, e.g. ``...ForImageClassification``,
+    ``TimmWrapperForImageClassification``), else ``None``.
 
-    Reads only the model's ``config.json`` (``id2label``; a timm checkpoint's ``label_names``), through
+    Reads only ``config.json`` (``id2label``; a timm checkpoint's ``label_names``), through
     ``AutoConfig``: a timm architecture name (``mobilevitv2_100``) or a backbone without a head is not a
-    finished classifier. Errors other than "no such model config" propagate (a wrong token, a private
+    finished model. Errors other than "no such model config" propagate (a wrong token, a private
     repo: the user must see them).
     """
     from transformers import AutoConfig
 
     from ..sources import is_local_path, resolve_model_source
+    from ..tasks import get_task_type
+    from ..tasks.base import _auto_class_names
 
     source = resolve_model_source(name)
     if not is_local_path(source) and "/" not in source:
@@ -118,6 +122,9 @@ def finished_student_labels(name: str) -> list[str] | None:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError, KeyError):
         return None  # not a transformers/timm model folder or repo: the pipeline reports it
+    heads = _auto_class_names(get_task_type(task_type_name).model_class())
+    if not heads.intersection(config.architectures or ()):
+        return None  # a backbone (or another task's model): something to train a head on
     names = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
     generic = all(str(label) == f"LABEL_{i}" for i, label in enumerate(names))
     return None if generic else names
