@@ -53,8 +53,8 @@ PUSH_CUB = """
 """
 
 SHRINK = [  # only epochs, sizes and the baseline's extra training: the command is otherwise the user's
-    "--teacher_epochs", "0.5", "--teacher_probe_epochs", "2", "--distill_epochs", "1",
-    "--finetune_epochs", "1", "--no_baseline", "--student_image_size", "64", "--batch_size", "64",
+    "--teacher_epochs", "0.5", "--teacher_probe_epochs", "2", "--distill_epochs", "0.5",
+    "--finetune_epochs", "0.5", "--no_baseline", "--student_image_size", "64", "--batch_size", "64",
 ]  # fmt: skip
 
 
