@@ -151,6 +151,8 @@ def test_the_main_command_runs_against_the_hub_by_repo_id(main_command):
     assert weights == (student / "model.safetensors").read_bytes()
     card = _stored(hub, record, "README.md").decode()
     assert TEACHER in card and CUB in card
+    for name in record["files"]:  # the ids, never the cache folder they were read from
+        assert str(tmp_path).encode() not in _stored(hub, record, name), name
 
 
 PULL = """
