@@ -537,3 +537,22 @@ def test_a_student_with_truncated_weights_is_refused_naming_the_file(tmp_path):
     ):
         export_student(folder, ["safetensors", "onnx"], output_dir=tmp_path / "out")
     assert not (tmp_path / "out").exists()  # refused before any format wrote
+
+
+def test_int8_calibrated_on_the_split_parity_measures_says_so(tmp_path, caplog):
+    """A task with only a training split: parity and calibration both read it, so the accuracy change
+    is measured on calibration images; the record marks it and a warning says how to avoid it."""
+    from datasets import DatasetDict
+
+    from hf_task_distill.data import load_target_task
+
+    task = load_target_task(DatasetDict({"train": make_colour_dataset(24, 0)}))
+    folder = _tiny_resnet(tmp_path / "student")
+    with caplog.at_level("WARNING", logger="hf_task_distill.export.onnx"):
+        export_student(folder, "onnx-int8", images=task)
+    sample = _record(folder)["quantization"]["calibration_sample"]
+    assert sample == {"source": "dataset (train split)", "images": 24, "overlaps_parity_sample": True}
+    assert "calibrated on the same split its accuracy change is measured on" in caplog.text
+    other = _tiny_resnet(tmp_path / "other")
+    export_student(other, "onnx-int8", images=task, calibration=make_colour_dataset(8, 5, labelled=False))
+    assert "overlaps_parity_sample" not in _record(other)["quantization"]["calibration_sample"]

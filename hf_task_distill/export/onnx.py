@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import os
 import platform
 import re
@@ -61,6 +62,8 @@ __all__ = [
     "parity_problem",
     "prediction_agreement",
 ]
+
+logger = logging.getLogger(__name__)
 
 ONNX_FOLDER = "onnx"  # next to the weights, as Transformers.js and the Hub expect
 MODEL_FILE, QUANTIZED_FILE, EXPORT_RECORD = "model.onnx", "model_quantized.onnx", "export.json"
@@ -717,6 +720,16 @@ class OnnxFormat(ExportFormat):
         record = self._measure(folder, model, task_type, spec, samples["images"])
         if quantization:
             record["quantization"] = quantization
+            if samples["calibration"] is samples["images"] and quantization.get("calibration_sample") == (
+                record["parity"]["sample"] | {"images": quantization["calibration_sample"]["images"]}
+            ):  # a task with neither test nor validation split: both samples are its training split
+                quantization["calibration_sample"]["overlaps_parity_sample"] = True
+                logger.warning(
+                    "int8 was calibrated on the same split its accuracy change is measured on (%s: the "
+                    "task has no test or validation split); pass calibration= (--calibration) other "
+                    "images for an unbiased figure",
+                    record["parity"]["sample"]["source"],
+                )
         record["source"] = {"weights": WEIGHTS_FILE, "sha256": fingerprint}
         record["transformers_js"] = browser
         write_json_atomically(os.path.join(folder, EXPORT_RECORD), record)
