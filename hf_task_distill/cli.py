@@ -257,8 +257,21 @@ def run_command(command: str, config: PipelineConfig) -> str:
     if config.run.push_to_hub and not config.run.hub_model_id:
         raise CommandLineError(f"{command} needs --hub_model_id (e.g. me/mobilevitv2-cub)")
     pipeline = Pipeline(config)
+    if stage is not None and get_stage(stage).command_needs_finished:
+        _check_finished(command, pipeline, [n for n in stages_for_command(config, stage) if n != stage])
     pipeline.run(stages_for_command(config, stage))
     return pipeline.summary()
+
+
+def _check_finished(command: str, pipeline, upstream: list[str]) -> None:
+    """Refuse ``command`` before it computes or uploads anything when a stage in ``upstream`` is not complete."""
+    missing = [name for name in upstream if pipeline.manifest(name) is None]
+    if missing:
+        raise CommandLineError(
+            f"{command} publishes a finished run, and the run in {pipeline.run_dir} has not completed "
+            f"stage{'s' if len(missing) > 1 else ''} {', '.join(missing)}: finish it with `hf-task-distill run` "
+            f"and the same flags first (or add --push_to_hub to that run command)"
+        )
 
 
 def _group_of(config: PipelineConfig, name: str):

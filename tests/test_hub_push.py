@@ -1,0 +1,146 @@
+"""``hf-task-distill push`` through the real ``huggingface_hub`` client, against the loopback Hub.
+
+One small finished run (``finished_run``: retrieval transfer set, ONNX export) built offline with a
+planted home directory, user name and run path; each push runs ``python -m hf_task_distill.cli push``
+in a subprocess whose environment is a user's (``hub.client_env``: ``HF_ENDPOINT``, online, a token),
+and the test asserts on what the server holds (``hub.storage``) and on the run's manifest.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import write_run_inputs
+
+CLI = [sys.executable, "-m", "hf_task_distill.cli"]
+USER = "marker" + secrets.token_hex(3)  # a user name no file would hold by chance
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def _user_env(home: pathlib.Path) -> dict:
+    return {"HOME": str(home), "USER": USER, "LOGNAME": USER, "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, vfm_dirs):
+    """A run whose every stage is complete (offline), all of it under a planted home directory."""
+    home = tmp_path_factory.mktemp(f"home-{USER}")
+    root = home / "projects"
+    write_run_inputs(
+        root, task="colours", pool="web-pool", sizes=(32, 16, 96), teacher_from=vfm_dirs["dinov2"],
+        teacher="my-teacher",
+    )  # fmt: skip
+    run = root / f"run-of-{USER}"
+    argv = [
+        "--dataset", str(root / "colours"), "--per_class", "4",
+        "--teacher", str(root / "my-teacher"), "--teacher_strategy", "full", "--teacher_epochs", "1",
+        "--transfer", "retrieval", "--pool", str(root / "web-pool"), "--per_query_k", "4",
+        "--leakage_threshold", "0.9999",
+        "--student", str(root / "student-start"), "--pretrained_student",
+        "--distill_epochs", "1", "--finetune_epochs", "1", "--baseline", "false",
+        "--export_formats", "onnx", "--batch_size", "10", "--output_dir", str(run),
+    ]  # fmt: skip
+    env = {**os.environ, **_user_env(home)}
+    done = subprocess.run([*CLI, "run", *argv], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return {"home": home, "root": root, "run": run, "argv": argv, "logs": [done.stdout, done.stderr]}
+
+
+def _copy(finished_run, tmp_path) -> pathlib.Path:
+    """A copy of the finished run under the planted home, so that each test pushes its own."""
+    run = finished_run["root"] / f"{finished_run['run'].name}-{tmp_path.name}"
+    shutil.copytree(finished_run["run"], run)
+    return run
+
+
+def _push(hub, finished_run, run, model, dataset=None, *, token="default", flags=()):
+    """``hf-task-distill push`` on ``run`` as a user runs it: a fresh process, online, the planted home."""
+    home = finished_run["home"]
+    env = {**hub.client_env(home / ".cache" / "huggingface", token=token), **_user_env(home)}
+    argv = [*CLI, "push", "--output_dir", str(run), "--hub_model_id", model, *flags]
+    argv += ["--hub_dataset_id", dataset] if dataset else []
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=home)
+
+
+def _manifest(run: pathlib.Path) -> dict | None:
+    path = run / "publish" / "manifest.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _uploads(hub, repo_type: str, repo_id: str) -> list[tuple[str, dict]]:
+    """The repo's commits after the one creating it (``.gitattributes``), oldest first."""
+    return list(reversed(hub.storage.history(repo_type, repo_id, "main")))[1:]
+
+
+def _errors(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("hf-task-distill: error:")]
+
+
+@pytest.fixture(scope="module")
+def pushed(finished_run, loopback_hub, tmp_path_factory):
+    """The finished run pushed once; then the same command again."""
+    hub, run = loopback_hub, _copy(finished_run, tmp_path_factory.mktemp("pushed"))
+    model, dataset = "alice/colours-student", "alice/colours-transfer"
+    started = time.perf_counter()
+    first = _push(hub, finished_run, run, model, dataset)
+    seconds = time.perf_counter() - started
+    assert first.returncode == 0, first.stderr[-3000:]
+    manifest = _manifest(run)
+    requests_before = len(hub.app.requests)
+    second = _push(hub, finished_run, run, model, dataset)
+    assert second.returncode == 0, second.stderr[-3000:]
+    rerun_requests = hub.app.requests[requests_before:]
+    return dict(
+        run=run, model=model, dataset=dataset, manifest=manifest, rerun_manifest=_manifest(run),
+        outputs=[first, second], rerun_requests=rerun_requests, seconds=seconds,
+    )  # fmt: skip
+
+
+def test_push_uploads_student_and_transfer_set_in_one_commit_each(pushed, loopback_hub):
+    hub, run = loopback_hub, pushed["run"]
+    (student_commit, student), = _uploads(hub, "model", pushed["model"])
+    (transfer_commit, transfer), = _uploads(hub, "dataset", pushed["dataset"])
+    local_student = run / "publish" / "student"
+    expected = {str(p.relative_to(local_student)) for p in local_student.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"} <= expected
+    assert any(name.startswith("onnx/") and name.endswith(".onnx") for name in expected)
+    assert set(student["files"]) == expected | {".gitattributes"}
+    for name in expected:  # the same bytes, weights and ONNX through LFS
+        entry = student["files"][name]
+        assert hub.storage.object_path(entry["sha256"]).read_bytes() == (local_student / name).read_bytes()
+    assert student["files"]["model.safetensors"]["lfs"]
+    shards = [name for name in transfer["files"] if name.startswith("data/") and name.endswith(".parquet")]
+    assert shards and {"README.md", "contact_sheet.png"} <= set(transfer["files"])
+    assert all(transfer["files"][s]["lfs"] for s in shards)
+    import io
+
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(hub.storage.object_path(transfer["files"][shards[0]]["sha256"]).read_bytes()))
+    images = table.column("image").to_pylist()
+    assert images and all(cell["bytes"][:8] == b"\x89PNG\r\n\x1a\n" or cell["bytes"][:2] == b"\xff\xd8" for cell in images)
+    # the manifest records the commit ids the server made, not only their URLs
+    outputs = pushed["manifest"]["outputs"]
+    assert outputs["student_commit_id"] == student_commit and outputs["transfer_set_commit_id"] == transfer_commit
+    assert student_commit in outputs["student_commit"] and transfer_commit in outputs["transfer_set_commit"]
+
+
+def test_pushing_a_pushed_run_again_uploads_nothing(pushed, loopback_hub):
+    hub = loopback_hub
+    assert len(_uploads(hub, "model", pushed["model"])) == 1 and len(_uploads(hub, "dataset", pushed["dataset"])) == 1
+    writes = [(m, p) for m, p, _ in pushed["rerun_requests"] if m in ("PUT", "POST") and "whoami" not in p]
+    assert not writes, writes  # the publish stage is complete with these settings: skipped
+    assert pushed["rerun_manifest"] == pushed["manifest"]
+    assert "stage publish: complete" in pushed["outputs"][1].stderr
