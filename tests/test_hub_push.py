@@ -144,3 +144,82 @@ def test_pushing_a_pushed_run_again_uploads_nothing(pushed, loopback_hub):
     assert not writes, writes  # the publish stage is complete with these settings: skipped
     assert pushed["rerun_manifest"] == pushed["manifest"]
     assert "stage publish: complete" in pushed["outputs"][1].stderr
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_an_interrupted_push_claims_nothing_and_the_same_command_completes_it(
+    finished_run, loopback_hub, tmp_path, when
+):
+    """The student goes up, the transfer set's commit connection drops (``before``: the commit is lost;
+    ``after``: it was made, its answer lost); the student's LFS batch request drops too (``before``).
+    No manifest claims the push; the same command again leaves one upload commit per repo."""
+    hub, run = loopback_hub, _copy(finished_run, tmp_path)
+    model, dataset = f"alice/dropped-{when}-student", f"alice/dropped-{when}-transfer"
+    published = _manifest(run)  # the offline run's publish stage: folders, no commits
+    assert published is not None and "student_commit_id" not in published["outputs"]
+    hub.app.drop_connection("POST", f"^/api/datasets/{dataset}/commit/main$", when=when)
+    if when == "before":
+        hub.app.drop_connection("POST", f"^/{model}.git/info/lfs/objects/batch$")
+
+    failed = _push(hub, finished_run, run, model, dataset)
+
+    assert not hub.app.pending_faults()
+    assert failed.returncode == 2 and len(_errors(failed.stderr)) == 1, failed.stderr[-3000:]
+    assert f"{model} was uploaded" in _errors(failed.stderr)[0] and "the same push command" in failed.stderr
+    assert _manifest(run) is None  # no manifest at all, let alone one claiming the push
+    assert len(_uploads(hub, "dataset", dataset)) == (1 if when == "after" else 0)
+
+    done = _push(hub, finished_run, run, model, dataset)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    (student_commit, _), = _uploads(hub, "model", model)
+    (transfer_commit, transfer), = _uploads(hub, "dataset", dataset)
+    assert any(name.endswith(".parquet") for name in transfer["files"])
+    outputs = _manifest(run)["outputs"]
+    assert (outputs["student_commit_id"], outputs["transfer_set_commit_id"]) == (student_commit, transfer_commit)
+
+
+def _hold(hub, path: str):
+    """Hold requests to ``path`` in the server until the returned event is set, then refuse them
+    unhandled (503): a client killed while its request waits has sent it, and it never takes effect."""
+    inner, arrived, release = hub.app.flask.wsgi_app, threading.Event(), threading.Event()
+
+    def held(environ, start_response):
+        if environ.get("PATH_INFO") != path:
+            return inner(environ, start_response)
+        arrived.set()
+        release.wait(120)
+        start_response("503 SERVICE UNAVAILABLE", [("Content-Length", "0")])
+        return [b""]
+
+    hub.app.flask.wsgi_app = held
+    return arrived, release, lambda: setattr(hub.app.flask, "wsgi_app", inner)
+
+
+def test_a_push_killed_mid_upload_claims_nothing_and_the_same_command_completes_it(
+    finished_run, loopback_hub, tmp_path
+):
+    hub, run = loopback_hub, _copy(finished_run, tmp_path)
+    model, dataset = "alice/killed-student", "alice/killed-transfer"
+    arrived, release, restore = _hold(hub, f"/api/models/{model}/commit/main")
+    home = finished_run["home"]
+    env = {**hub.client_env(home / ".cache" / "huggingface"), **_user_env(home)}
+    argv = [*CLI, "push", "--output_dir", str(run), "--hub_model_id", model, "--hub_dataset_id", dataset]
+    process = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert arrived.wait(240), "the push never reached its commit"
+        process.send_signal(signal.SIGKILL)
+        process.wait(30)
+    finally:
+        release.set()
+        restore()
+    assert _manifest(run) is None
+    assert _uploads(hub, "model", model) == []  # created, nothing committed
+    with pytest.raises(Exception):
+        hub.storage.resolve("dataset", dataset, "main")
+
+    done = _push(hub, finished_run, run, model, dataset)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(_uploads(hub, "model", model)) == 1 and len(_uploads(hub, "dataset", dataset)) == 1
+    assert _manifest(run)["outputs"]["student_commit_id"] == _uploads(hub, "model", model)[0][0]
