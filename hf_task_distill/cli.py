@@ -22,6 +22,7 @@ from typing import Any
 
 from . import __version__
 from .commands import TOOL_COMMANDS
+from .files import display_path
 from .config import ARGUMENT_GROUPS, PipelineConfig, RunArguments, saved_run_settings
 from .demo import demo_defaults
 
@@ -225,7 +226,7 @@ def _log_continuation(output_dir: str, saved: dict[str, Any], given: dict[str, A
     changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in given.items() if k in saved and saved[k] != v]
     logger.info(
         "continuing the run in %s with the settings in its config.json%s",
-        output_dir,
+        display_path(output_dir),
         f"; changed by this command: {', '.join(changed)}" if changed else "",
     )
 
@@ -268,7 +269,7 @@ def _check_finished(command: str, pipeline, upstream: list[str]) -> None:
     missing = [name for name in upstream if pipeline.manifest(name) is None]
     if missing:
         raise CommandLineError(
-            f"{command} publishes a finished run, and the run in {pipeline.run_dir} has not completed "
+            f"{command} publishes a finished run, and the run in {display_path(pipeline.run_dir)} has not completed "
             f"stage{'s' if len(missing) > 1 else ''} {', '.join(missing)}: finish it with `hf-task-distill run` "
             f"and the same flags first (or add --push_to_hub to that run command)"
         )

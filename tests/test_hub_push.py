@@ -42,7 +42,7 @@ def finished_run(tmp_path_factory, vfm_dirs):
         root, task="colours", pool="web-pool", sizes=(32, 16, 96), teacher_from=vfm_dirs["dinov2"],
         teacher="my-teacher",
     )  # fmt: skip
-    run = root / f"run-of-{USER}"
+    run = root / "colours-run"  # named by the user: their name is in the home directory
     argv = [
         "--dataset", str(root / "colours"), "--per_class", "4",
         "--teacher", str(root / "my-teacher"), "--teacher_strategy", "full", "--teacher_epochs", "1",
@@ -71,7 +71,7 @@ def _push(hub, finished_run, run, model, dataset=None, *, token="default", flags
     env = {**hub.client_env(home / ".cache" / "huggingface", token=token), **_user_env(home)}
     argv = [*CLI, "push", "--output_dir", str(run), "--hub_model_id", model, *flags]
     argv += ["--hub_dataset_id", dataset] if dataset else []
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=home)
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, cwd=home.parent)  # not under home: paths in messages show as ~/...
 
 
 def _manifest(run: pathlib.Path) -> dict | None:
@@ -223,3 +223,53 @@ def test_a_push_killed_mid_upload_claims_nothing_and_the_same_command_completes_
     assert done.returncode == 0, done.stderr[-3000:]
     assert len(_uploads(hub, "model", model)) == 1 and len(_uploads(hub, "dataset", dataset)) == 1
     assert _manifest(run)["outputs"]["student_commit_id"] == _uploads(hub, "model", model)[0][0]
+
+
+def _server_files(hub, tmp_path) -> list[pathlib.Path]:
+    """Every file of every commit of every repo our pushes made, written out under its own name."""
+    out = []
+    for record in hub.storage.root.glob("repos/*/alice/*/commits/*.json"):
+        commit = json.loads(record.read_text())
+        folder = tmp_path / "server" / record.parent.parent.name / record.stem
+        for name, entry in commit["files"].items():
+            target = folder / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(hub.storage.object_path(entry["sha256"]), target)
+            out.append(target)
+        out.append(record)  # the commit record itself: its message
+    return out
+
+
+def test_nothing_of_the_machine_or_the_token_reaches_the_hub_or_the_logs(pushed, loopback_hub, tmp_path):
+    hub, run = loopback_hub, pushed["run"]
+    home = str(run.parents[1])
+    needles = [str(run), home, USER, socket.gethostname(), hub.token]
+    files = _server_files(hub, tmp_path)
+    assert {p.name for p in files} >= {"model.safetensors", "contact_sheet.png", "README.md"}
+    assert any(p.suffix == ".parquet" for p in files) and any(p.suffix == ".onnx" for p in files)
+    found = [f"{p.relative_to(tmp_path)}: {n}" for p in files for n in needles if _holds(p, n)]
+    assert not found, found
+    logs = {"hf-task-distill.log": (run / "hf-task-distill.log").read_text()}
+    for i, done in enumerate(pushed["outputs"]):
+        logs[f"push {i} stdout"], logs[f"push {i} stderr"] = done.stdout, done.stderr
+    assert "stage publish" in logs["hf-task-distill.log"]
+    leaks = [f"{where}: {line}" for where, text in logs.items() for line in text.splitlines() for n in needles if _in_text(n, line)]
+    assert not leaks, "\n".join(leaks[:8])
+    assert "~/projects/colours-run-pushed0" in logs["push 0 stdout"]  # the run, named without the home
+
+
+def _in_text(needle: str, text: str) -> bool:
+    """``needle`` in ``text``; a short one (a host name such as ``vm``) as a whole word only."""
+    return needle in text if len(needle) >= 8 else re.search(rf"(?<![\w.-]){re.escape(needle)}(?![\w-])", text) is not None
+
+
+def _holds(path: pathlib.Path, needle: str) -> bool:
+    """Whether the file's bytes (as text, for a short needle, which binary weights hold by chance) or
+    what its format hides (parquet values, PNG text, safetensors metadata) hold ``needle``."""
+    from test_publishing import _hidden_text
+
+    raw = path.read_bytes()
+    if len(needle) >= 8 and needle.encode() in raw:
+        return True
+    text = path.suffix in (".json", ".md", ".txt", "")  # weights, ONNX, images: a short needle by chance
+    return (text and _in_text(needle, raw.decode("utf-8", "replace"))) or _in_text(needle, _hidden_text(path))

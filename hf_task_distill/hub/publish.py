@@ -122,9 +122,11 @@ def _upload_failure(
     else:
         cause = f"the Hugging Face Hub refused the upload to {repo_id} ({_first_line(err)})"
     uploaded = f"; {', '.join(done)} was uploaded" if done else ""
-    folders = " and ".join(folder for folder, _, _ in pending)
+    from ..files import display_path
+
+    folders = " and ".join(display_path(folder) for folder, _, _ in pending)
     commands = "; ".join(
-        f"hf upload {repo} {folder}" + (" --repo-type dataset" if kind == "dataset" else "")
+        f"hf upload {repo} {display_path(folder)}" + (" --repo-type dataset" if kind == "dataset" else "")
         for folder, repo, kind in pending
     )
     return (
