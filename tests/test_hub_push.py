@@ -273,3 +273,45 @@ def _holds(path: pathlib.Path, needle: str) -> bool:
         return True
     text = path.suffix in (".json", ".md", ".txt", "")  # weights, ONNX, images: a short needle by chance
     return (text and _in_text(needle, raw.decode("utf-8", "replace"))) or _in_text(needle, _hidden_text(path))
+
+
+CARDS = """
+    import json, os
+    from huggingface_hub import DatasetCard, ModelCard
+
+    model, dataset = ModelCard.load(os.environ["MODEL"]), DatasetCard.load(os.environ["DATASET"])
+    model.validate()  # the Hub's own check: POST /api/validate-yaml
+    dataset.validate()
+    try:
+        ModelCard("---\\n- not a mapping\\n---\\n# card").validate()
+        broken = None
+    except ValueError as error:
+        broken = str(error)
+    print("RESULT " + json.dumps(dict(model=str(model), dataset=str(dataset), broken=broken)))
+"""
+
+
+def test_pushed_cards_validate_on_the_hub_and_render_lineage_results_and_licence(pushed, loopback_hub, tmp_path):
+    from conftest import check_card_metadata
+    from test_loopback_hub import run_client
+
+    hub = loopback_hub
+    out = run_client(hub, tmp_path, CARDS, MODEL=pushed["model"], DATASET=pushed["dataset"])
+    assert out["broken"]  # the same check refuses a card whose metadata is not a mapping
+    assert any(path == "/api/validate-yaml" and status == 200 for _, path, status in hub.app.requests)
+    card = tmp_path / "README.md"
+    card.write_text(out["model"])
+    metadata = check_card_metadata(card)
+    assert metadata["datasets"] == [pushed["dataset"]] and f"transfer-set:{pushed['dataset']}" in metadata["tags"]
+    results = json.loads((pushed["run"] / "publish" / "student" / "results.json").read_text())["results"]
+    (index,) = metadata["model-index"]
+    accuracy = {m["type"]: m["value"] for m in index["results"][0]["metrics"]}["accuracy"]
+    assert index["name"] == pushed["model"] and accuracy == pytest.approx(
+        results["student, distilled + finetuned"]["accuracy"]
+    )
+    text = out["model"]
+    assert re.search(r"^## How it was made\n\n1\. \*\*Teacher\*\*: `my-teacher \(local\)`", text, re.M)  # lineage
+    assert re.search(r"^## Results on the test split \(\d+ images\)$", text, re.M)
+    assert re.search(r"^\| student, distilled \+ finetuned \| [\d.]+ \|", text, re.M)
+    assert re.search(r"^## License and provenance$", out["dataset"], re.M)
+    assert re.search(r"did not declare a license", out["dataset"])
