@@ -315,3 +315,37 @@ def test_pushed_cards_validate_on_the_hub_and_render_lineage_results_and_licence
     assert re.search(r"^\| student, distilled \+ finetuned \| [\d.]+ \|", text, re.M)
     assert re.search(r"^## License and provenance$", out["dataset"], re.M)
     assert re.search(r"did not declare a license", out["dataset"])
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("invalid repo id", r"--hub_model_id 'alice/bad name!' is not a Hub repo id \(owner/name\)"),
+        ("no token", r"no Hugging Face token found .*: log in with `hf auth login` or set HF_TOKEN"),
+        ("wrong token", r"the Hugging Face Hub refused the token \(401\): log in with `hf auth login` or set HF_TOKEN"),
+        ("unfinished run", r"push publishes a finished run, and the run in ~/projects/\S+ has not completed stages finetune, evaluate: finish it"),
+    ],
+)  # fmt: skip
+def test_a_push_that_cannot_succeed_says_why_in_one_line_and_uploads_nothing(
+    finished_run, loopback_hub, tmp_path, case, expected
+):
+    hub, run = loopback_hub, _copy(finished_run, tmp_path)
+    model = "alice/bad name!" if case == "invalid repo id" else f"alice/refused-{case.replace(' ', '-')}"
+    token = {"no token": None, "wrong token": "hf_" + secrets.token_hex(16)}.get(case, "default")
+    if case == "unfinished run":
+        for stage in ("finetune", "evaluate"):
+            (run / stage / "manifest.json").unlink()
+    before = len(hub.app.requests)
+
+    done = _push(hub, finished_run, run, model, "alice/refused-transfer", token=token)
+
+    errors = _errors(done.stderr)
+    assert done.returncode == 2 and len(errors) == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert re.search(expected, errors[0]), errors[0]
+    writes = [(m, p) for m, p, _ in hub.app.requests[before:] if p != "/api/whoami-v2"]
+    assert not writes, writes  # not even a repo created
+    assert not (hub.storage.root / "repos" / "models" / "alice" / model.split("/")[1]).exists()
+    manifest = _manifest(run)
+    assert manifest is None or "student_commit_id" not in manifest["outputs"]
+    if case == "unfinished run":
+        assert not (run / "finetune" / "manifest.json").exists() and not (run / "evaluate" / "manifest.json").exists()

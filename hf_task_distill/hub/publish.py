@@ -86,7 +86,7 @@ def check_push(repo_ids: dict[str, str | None]) -> None:
             if repo_id:
                 validate_repo_id(repo_id)
         except HFValidationError as err:
-            raise ValueError(f"{flag} {repo_id!r} is not a valid Hub repo id ({_first_line(err)})") from err
+            raise ValueError(f"{flag} '{repo_id}' is not a Hub repo id (owner/name): {_first_line(err)}") from err
     login = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
     try:
         HfApi().whoami()  # the token as the upload will send it
