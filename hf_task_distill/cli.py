@@ -22,9 +22,9 @@ from typing import Any
 
 from . import __version__
 from .commands import TOOL_COMMANDS
-from .files import display_path
 from .config import ARGUMENT_GROUPS, PipelineConfig, RunArguments, saved_run_settings
 from .demo import demo_defaults
+from .files import display_path
 
 logger = logging.getLogger("hf_task_distill")
 

@@ -352,7 +352,9 @@ class Pipeline:
             ]
         ledger = self.ledger()
         if ledger.entries or ledger.wall_s:
-            shown = ComputeLedger([replace(e, model=_shown(e.model)) for e in ledger.entries], dict(ledger.wall_s))
+            shown = ComputeLedger(
+                [replace(e, model=_shown(e.model)) for e in ledger.entries], dict(ledger.wall_s)
+            )
             lines += ["", "Compute per stage:", "", shown.markdown()]
         return "\n".join(lines)
 

@@ -78,7 +78,7 @@ def check_push(repo_ids: dict[str, str | None]) -> None:
     log in) for a missing or refused token, or for a Hub out of reach.
     """
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalTokenNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
     from huggingface_hub.utils import validate_repo_id
 
     for flag, repo_id in repo_ids.items():
@@ -86,7 +86,9 @@ def check_push(repo_ids: dict[str, str | None]) -> None:
             if repo_id:
                 validate_repo_id(repo_id)
         except HFValidationError as err:
-            raise ValueError(f"{flag} '{repo_id}' is not a Hub repo id (owner/name): {_first_line(err)}") from err
+            raise ValueError(
+                f"{flag} '{repo_id}' is not a Hub repo id (owner/name): {_first_line(err)}"
+            ) from err
     login = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
     try:
         HfApi().whoami()  # the token as the upload will send it

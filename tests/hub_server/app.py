@@ -167,7 +167,9 @@ class HubApp(UploadRoutes):
             self.storage.create_repo(repo_type, repo_id, bool(body.get("private")))
         except HubError as error:
             response = self._error(error)
-            if error.status == 409:  # the Hub's 409 names the repo: `create_repo(exist_ok=True)` reads its url
+            if (
+                error.status == 409
+            ):  # the Hub's 409 names the repo: `create_repo(exist_ok=True)` reads its url
                 response.set_data(json.dumps({"error": error.message, "url": url}))
             return response
         return jsonify({"url": url, "name": repo_id, "id": repo_id})
