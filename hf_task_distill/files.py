@@ -26,7 +26,7 @@ def display_path(path: str | os.PathLike) -> str:
     home directory (and with it no user name) of their machine."""
     absolute = os.path.abspath(path)
     bases = [(os.getcwd(), ""), (os.path.expanduser("~"), "~")]
-    under = [(b, s) for b, s in bases if b != os.sep and os.path.commonpath([absolute, b]) == b]
+    under = [(b, s) for b, s in bases if b != os.sep and _is_within(absolute, b)]
     if not under:
         return absolute
     base, shown = max(under, key=lambda item: len(item[0]))  # the nearer one: ~ unless cwd is inside home
@@ -34,6 +34,13 @@ def display_path(path: str | os.PathLike) -> str:
     if relative == os.curdir:
         return shown or relative
     return os.path.join(shown, relative) if shown else relative
+
+
+def _is_within(path: str, base: str) -> bool:
+    try:
+        return os.path.commonpath([path, base]) == base
+    except ValueError:  # another drive (Windows)
+        return False
 
 
 _DATASETS_CACHE = re.compile(r"^cache-[0-9a-f]+\.arrow$")

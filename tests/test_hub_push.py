@@ -356,6 +356,7 @@ def test_pushed_cards_validate_on_the_hub_and_render_lineage_results_and_licence
         ("wrong token", r"the Hugging Face Hub refused the token \(401\): log in with `hf auth login` or set HF_TOKEN"),
         ("unfinished run", r"push publishes a finished run, and the run in ~/projects/\S+ has not completed stages finetune, evaluate: finish it"),
     ],
+    ids=["invalid-repo-id", "no-token", "wrong-token", "unfinished-run"],
 )  # fmt: skip
 def test_a_push_that_cannot_succeed_says_why_in_one_line_and_uploads_nothing(
     finished_run, loopback_hub, tmp_path, case, expected
@@ -383,3 +384,17 @@ def test_a_push_that_cannot_succeed_says_why_in_one_line_and_uploads_nothing(
             not (run / "finetune" / "manifest.json").exists()
             and not (run / "evaluate" / "manifest.json").exists()
         )
+
+
+def test_messages_name_local_folders_without_the_home_directory(tmp_path, monkeypatch):
+    from hf_task_distill.files import display_path
+
+    home = tmp_path / f"home-{USER}"
+    (home / "work" / "runs").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)  # not under home: home's folders as ~/...
+    assert display_path(home / "work" / "runs") == "~/work/runs" and display_path(home) == "~"
+    assert display_path(tmp_path / "elsewhere") == "elsewhere"
+    assert display_path("/") == "/"
+    monkeypatch.chdir(home / "work")  # inside home: relative to the working directory
+    assert display_path(home / "work" / "runs") == "runs" and display_path(home / "other") == "~/other"
