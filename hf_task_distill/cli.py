@@ -258,6 +258,8 @@ def run_command(command: str, config: PipelineConfig) -> str:
     if config.run.push_to_hub and not config.run.hub_model_id:
         raise CommandLineError(f"{command} needs --hub_model_id (e.g. me/mobilevitv2-cub)")
     pipeline = Pipeline(config)
+    if command == "evaluate" and _is_finished_student(pipeline):
+        return _evaluate_finished_student(pipeline)
     if stage is not None and get_stage(stage).command_needs_finished:
         _check_finished(command, pipeline, [n for n in stages_for_command(config, stage) if n != stage])
     pipeline.run(stages_for_command(config, stage))
@@ -273,6 +275,32 @@ def _check_finished(command: str, pipeline, upstream: list[str]) -> None:
             f"stage{'s' if len(missing) > 1 else ''} {', '.join(missing)}: finish it with `hf-task-distill run` "
             f"and the same flags first (or add --push_to_hub to that run command)"
         )
+
+
+def _is_finished_student(pipeline) -> bool:
+    """Whether ``--student`` is already a classifier of the task's classes, in the task's order (a
+    published student such as ``me/mobilevitv2-cub``): ``evaluate`` then scores it as it is."""
+    from .stages.evaluate import finished_student_labels
+
+    labels = finished_student_labels(pipeline.config.student.student, pipeline.task.task_type)
+    return labels is not None and labels == list(pipeline.task.label_names)
+
+
+def _evaluate_finished_student(pipeline) -> str:
+    """``evaluate --student <finished classifier>``: its metrics on the evaluation split, no training;
+    ``results.json`` in ``<output_dir>/evaluate-student``."""
+    from .stages import get_stage
+    from .stages.evaluate import evaluate_finished_student
+
+    student = pipeline.config.student.student
+    logger.info(
+        "--student %s already classifies the %d classes of '%s': evaluating it as it is (no teacher, "
+        "no training; `hf-task-distill run` distils from it instead)",
+        student, pipeline.task.num_labels, pipeline.task.name,
+    )  # fmt: skip
+    directory = os.path.join(pipeline.run_dir, "evaluate-student")
+    outputs = evaluate_finished_student(pipeline.context, directory)
+    return "\n".join([*get_stage("evaluate").report(outputs), "", f"Results: {directory}"])
 
 
 def _group_of(config: PipelineConfig, name: str):

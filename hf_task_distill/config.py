@@ -79,8 +79,7 @@ class TaskArguments:
     test_fraction: float = field(
         default=0.2,
         metadata={
-            "help": "Test share of each class when the task has no test or validation split "
-            "(seeded by --budget_seed)."
+            "help": "Test share per class without a test/validation split (seed: --budget_seed)."
         },
     )
 
@@ -293,8 +292,7 @@ class StudentArguments:
     student_crop_pct: float | None = field(
         default=None,
         metadata={
-            "help": "Evaluation centre crop of a timm student, in (0, 1] (timm's --crop-pct; default: the "
-            "architecture's). 1.0: images already at the input size are not resampled."
+            "help": "A timm student's eval crop (0, 1]; 1: none."
         },
     )
     distill_epochs: float = field(

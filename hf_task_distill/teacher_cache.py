@@ -22,6 +22,11 @@ covers the teacher's weights, the transfer set, the teacher's view spec, the aug
 count, the storage (top-k) and the seed: a cache is refused, with what differs, wherever any of them
 does not match.
 
+A cache published with its transfer set (a *reinforced* transfer set,
+:mod:`hf_task_distill.hub.reinforced`) carries in ``cache.json`` a ``published`` record: a digest
+of every published row's image bytes in order (the fingerprint samples 64 rows), and the teacher's
+name, licence and FLOPs. :meth:`TeacherCache.from_hub` downloads and checks one by repo id.
+
 Two layouts, chosen by the task type the cache is built for (recorded in its fingerprint; a cache
 without one is image classification, as every cache before segmentation was):
 
@@ -297,6 +302,10 @@ class TeacherCache:
         self.augmentation = ViewAugmentation(**_tuples(self.fingerprint["augmentation"]))
         self.id2label = {int(k): v for k, v in info.get("id2label", {}).items()}
         self.skipped: list[dict[str, Any]] = info.get("skipped", [])
+        #: a published cache's record (hf_task_distill.hub.reinforced): the rows' digest, the teacher
+        self.published: dict[str, Any] | None = info.get("published")
+        #: ``(repo_id, commit)`` of a cache pulled from the Hub (:meth:`from_hub`)
+        self.hub_source: tuple[str, str | None] | None = None
         self._handles: dict[int, Any] = {}
         self._pid = os.getpid()
         rows, shards, offsets = [], [], []
@@ -309,6 +318,33 @@ class TeacherCache:
         self.rows = np.concatenate(rows)  # transfer-set rows that have targets, ascending
         self._shards, self._offsets = np.concatenate(shards), np.concatenate(offsets)
         self._handles = {}  # opened again lazily, in whichever process reads
+
+    @classmethod
+    def from_hub(
+        cls,
+        repo_id: str,
+        revision: str | None = None,
+        *,
+        num_views: int | None = None,
+        num_labels: int | None = None,
+        label_names: list[str] | None = None,
+    ) -> TeacherCache:
+        """The teacher cache published with the transfer set in the dataset repo ``repo_id``
+        (:func:`~hf_task_distill.hub.reinforced.pull_teacher_cache`): downloaded, its shards checked,
+        and refused (:class:`TeacherCacheMismatch`) for another view count, class count or class names
+        than requested. Its rows: :meth:`published_transfer_set`."""
+        from .hub.reinforced import pull_teacher_cache
+
+        return pull_teacher_cache(
+            repo_id, revision, num_views=num_views, num_labels=num_labels, label_names=label_names
+        )
+
+    def published_transfer_set(self):
+        """The transfer set a cache pulled with :meth:`from_hub` was published with (a ``datasets.Dataset``
+        read from the repo's Parquet rows, the same commit)."""
+        from .hub.reinforced import published_transfer_set
+
+        return published_transfer_set(self)
 
     def _checked_shard_rows(self, shard: int, expected_hash: str) -> np.ndarray:
         """The row ids of a shard, refusing one that is missing, unreadable or from another cache
@@ -404,6 +440,7 @@ class TeacherCache:
         teacher: torch.nn.Module | None = None,
         num_views: int | None = None,
         num_labels: int | None = None,
+        label_names: list[str] | None = None,
         teacher_view: ViewSpec | None = None,
         task_type: str | None = None,
         where: str = "the transfer set",
@@ -412,9 +449,12 @@ class TeacherCache:
         these inputs; an argument left ``None`` is not checked.
 
         Args:
-            dataset: the transfer set (its image column's fingerprint).
+            dataset: the transfer set (its image column's fingerprint; for a published cache, also
+                every row's image bytes in order, :func:`~hf_task_distill.data.fingerprints.transfer_set_digest`).
             teacher: the teacher model (its weights' fingerprint).
             num_views, num_labels: the view and class counts.
+            label_names: the class names in id order (compared with the teacher's when the cache
+                recorded them; transformers' ``LABEL_i`` placeholders on either side are not compared).
             teacher_view: the teacher's view spec.
             task_type (`str`, *optional*): the task type the cache is used for
                 (``"image-classification"`` or ``"image-segmentation"``).
@@ -434,11 +474,45 @@ class TeacherCache:
         if teacher_view is not None:
             expected["teacher_view"] = _jsonable(asdict(teacher_view))
         found = {k: _with_task_type(self.fingerprint).get(k) for k in expected}
-        if found != expected:
+        names = _label_names_differ(self.id2label, label_names)
+        if found != expected or names:
+            differ = [_describe_mismatch(expected, found)] if found != expected else []
             raise TeacherCacheMismatch(
                 f"the teacher cache in {self.directory} was built for other inputs than {where}: "
-                f"{_describe_mismatch(expected, found)}. Rebuild it (build_teacher_cache into a new folder)"
+                f"{'; '.join(differ + ([names] if names else []))}. {self._remedy()}"
             )
+        if dataset is not None and self.published:
+            from .hub.reinforced import check_published_rows
+
+            check_published_rows(self, dataset, where)
+
+    def _remedy(self) -> str:
+        if self.hub_source is not None:
+            return (
+                f"Distil from {self.hub_source[0]} with what it was published for (its dataset card says: "
+                "rows, classes, views), or build a cache with a teacher of your own (build_teacher_cache)"
+            )
+        return "Rebuild it (build_teacher_cache into a new folder)"
+
+
+def _label_names_differ(id2label: dict[int, str], label_names: list[str] | None) -> str:
+    """What differs between a cache teacher's class names and ``label_names`` ("" if nothing)."""
+    ours, theirs = _real_names(id2label), _real_names(dict(enumerate(label_names or [])))
+    if ours is None or theirs is None or ours == theirs:
+        return ""
+    diffs = [f"{i}: '{a}' vs '{b}'" for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b]
+    if len(ours) != len(theirs):
+        diffs.append(f"{len(ours)} names vs {len(theirs)}")
+    return f"label names: cache and expected differ at {'; '.join(diffs[:3])}"
+
+
+def _real_names(id2label: dict[int, str]) -> list[str] | None:
+    """Class names in id order, or ``None`` for none or transformers' ``LABEL_i`` placeholders."""
+    from types import SimpleNamespace
+
+    from .models.labels import label_names_of
+
+    return label_names_of(SimpleNamespace(id2label=id2label)) if id2label else None
 
 
 def _dense_from_top_k(values, indices, lse, num_classes: int) -> torch.Tensor:

@@ -38,10 +38,11 @@ from .losses import (
 )
 from .metrics import distillation_metrics
 from .models.heads import capture_head_inputs, find_classification_head
+from .models.labels import label_names_of
 from .models.teacher import load_teacher
 from .options import distill_loss_field, renamed_field, resolve_renamed
 from .tasks import task_type_of
-from .teacher_cache import CachedTeacherDataset, TeacherCache
+from .teacher_cache import CachedTeacherDataset
 
 logger = logging.getLogger(__name__)
 
@@ -374,18 +375,24 @@ class NativeCheckpointsMixin:
 
 
 def _teacher_sources(loss: DistillationLoss, args, model, teacher_model, teacher_cache, train_dataset):
-    """The teacher and the teacher cache a :class:`DistillationTrainer` gets, loaded (a Hub id or
-    folder is loaded) and checked against the loss and the student; the teacher frozen in eval mode,
-    the student given its feature projection when the loss matches features.
+    """The teacher, the teacher cache and the training rows a :class:`DistillationTrainer` gets: a
+    teacher given as a Hub id or folder is loaded, a cache given as a folder or a dataset repo id is
+    opened (a repo's is downloaded: a reinforced transfer set, ``hf_task_distill.hub.reinforced``);
+    both are checked against the loss and the student. A cache pulled from the Hub with no
+    ``train_dataset`` brings the rows it was published with. The teacher is frozen in eval mode, the
+    student given its feature projection when the loss matches features.
 
     Raises:
         ValueError: the loss needs a teacher (or its features) that was not given, the label spaces
-            differ, or a cache comes without the dataset it was built on.
+            differ, or a local cache comes without the dataset it was built on.
+        TeacherCacheMismatch: the cache was built for another teacher, class count or class names.
     """
     if isinstance(teacher_model, (str, os.PathLike)):
         teacher_model = load_teacher(os.fspath(teacher_model))
     if isinstance(teacher_cache, (str, os.PathLike)):
-        teacher_cache = TeacherCache(teacher_cache)
+        from .hub.reinforced import open_teacher_cache
+
+        teacher_cache = open_teacher_cache(teacher_cache)  # a folder, or a dataset repo id on the Hub
     if teacher_model is None and loss.requires_features:
         raise ValueError(
             f"loss '{args.distill_loss}' matches the teacher's image features: pass teacher_model= "
@@ -401,10 +408,17 @@ def _teacher_sources(loss: DistillationLoss, args, model, teacher_model, teacher
     if loss.requires_features:
         _attach_feature_projection(model, teacher_model, seed=args.seed)
     if teacher_cache is not None:
-        teacher_cache.check(teacher=teacher_model, num_labels=model.config.num_labels, where="this run")
+        teacher_cache.check(
+            teacher=teacher_model,
+            num_labels=model.config.num_labels,
+            label_names=label_names_of(model.config),
+            where="this run",
+        )
+        if train_dataset is None and teacher_cache.hub_source is not None:
+            train_dataset = teacher_cache.published_transfer_set()  # the rows it was published with
         if train_dataset is None:
             raise ValueError("teacher_cache= needs the train_dataset it was built on")
-    return teacher_model, teacher_cache
+    return teacher_model, teacher_cache, train_dataset
 
 
 class TaskTrainer(EpochSeededViewsMixin, NoSingleRowBatchMixin, NativeCheckpointsMixin, Trainer):
@@ -503,10 +517,13 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
     """Train ``model`` (the student) to match ``teacher_model`` on a (possibly unlabelled) dataset.
 
     ``teacher_model`` is a model or a Hub id/folder of a finetuned classifier (see ``load_teacher``).
-    ``teacher_cache`` (a :class:`~hf_task_distill.teacher_cache.TeacherCache` or its folder) replaces
-    it for training: the student sees the cached views and learns from the stored logits, and no
-    teacher runs. The cache is checked against ``train_dataset`` (and ``teacher_model`` when both are
-    given, which then serves evaluation) and refused if it was built for anything else.
+    ``teacher_cache`` (a :class:`~hf_task_distill.teacher_cache.TeacherCache`, its folder, or the
+    dataset repo id of a reinforced transfer set published with its cache, e.g. ``"user/transfer-set"``,
+    downloaded and verified) replaces it for training: the student sees the cached views and learns
+    from the stored logits, and no teacher runs. The cache is checked against ``train_dataset`` (and
+    ``teacher_model`` when both are given, which then serves evaluation) and the student's classes,
+    and refused if it was built for anything else; a repo's cache with no ``train_dataset`` trains on
+    the rows published with it.
 
     Datasets may be raw ``datasets.Dataset`` s with an image column (paired teacher/student views are
     then attached from each model's preprocessing, see :class:`~hf_task_distill.data.PairedViews`), or
@@ -545,7 +562,7 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
             kd_weight=args.kd_weight,
             ce_weight=args.ce_weight,
         )
-        teacher_model, teacher_cache = _teacher_sources(
+        teacher_model, teacher_cache, train_dataset = _teacher_sources(
             self.distillation_loss, args, model, teacher_model, teacher_cache, train_dataset
         )
         self.teacher_cache = teacher_cache
@@ -575,6 +592,16 @@ class DistillationTrainer(LossWindowMixin, ModelCardMixin, TaskTrainer):
         )
         self._teacher = teacher_model
         self._teacher_prepared = False
+        self._name_published_teacher()
+
+    def _name_published_teacher(self) -> None:
+        """A cache pulled from a reinforced transfer set: the card names the teacher that made it and
+        the set's repo (there is no teacher model to read them from)."""
+        cache = self.teacher_cache
+        if cache is not None and cache.hub_source is not None and cache.published:
+            self.model_card_options.update(
+                teacher=cache.published.get("teacher"), transfer_set=cache.hub_source[0]
+            )
 
     # ---- data (hf_task_distill.distillation_data) ----------------------------------------------
     def _prepare_dataset(self, dataset, *, train: bool, num_labels: int, where: str, seed: int = 0):

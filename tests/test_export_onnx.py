@@ -462,3 +462,78 @@ def test_the_export_command_calibrates_int8_on_an_image_folder(tmp_path, capsys)
     assert main(["export", folder, "--formats", "onnx-int8", "--calibration", str(photos)]) == 0
     assert "int8 (static): argmax agreement with fp32" in capsys.readouterr().out
     assert _record(folder)["quantization"]["calibration_sample"] == {"source": "dataset", "images": 12}
+
+
+def test_an_export_beside_another_students_weights_is_refused_not_mixed(resnet_export, tmp_path):
+    exported, _ = resnet_export
+    other = shutil.copytree(exported, tmp_path / "other")
+    shutil.rmtree(other / "onnx")  # another student's folder with no export yet
+    second = _tiny_resnet(tmp_path / "second", seed=1)
+    with pytest.raises(ValueError, match=r"'.*other' holds another student's weights .*--overwrite"):
+        export_student(second, "onnx", output_dir=other)
+    assert not (other / "onnx").exists()
+    assert onnx_format.weights_fingerprint(other) == onnx_format.weights_fingerprint(exported)
+    copy = shutil.copytree(exported, tmp_path / "copy")  # the same weights elsewhere: accepted
+    onnx_format.OnnxFormat().check(exported, output_dir=str(copy))
+
+
+def test_an_output_dir_that_is_a_file_is_refused_naming_it(resnet_export, tmp_path):
+    (tmp_path / "afile").write_text("not a folder")
+    with pytest.raises(ValueError, match=r"output_dir '.*afile' is a file, not a folder"):
+        export_student(resnet_export[0], "onnx", output_dir=tmp_path / "afile")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "onnx").write_text("a file where onnx/ goes")
+    with pytest.raises(ValueError, match=r"'.*onnx' is a file, not an export folder"):
+        export_student(resnet_export[0], "onnx", output_dir=tmp_path / "out", overwrite=True)
+
+
+def test_an_empty_parity_sample_is_refused_before_anything_is_written(tmp_path):
+    from datasets import Dataset
+
+    folder = _tiny_resnet(tmp_path / "student")
+    with pytest.raises(ValueError, match="parity sample is empty"):
+        export_student(folder, "onnx", images=[])
+    empty = make_colour_dataset(4, 0).select([])
+    assert isinstance(empty, Dataset) and len(empty) == 0
+    with pytest.raises(ValueError, match="image sample is empty: the dataset has no rows"):
+        export_student(folder, "onnx", images=empty)
+    assert sorted(os.listdir(folder)) == ["config.json", "model.safetensors"]
+
+
+def test_the_export_command_names_a_calibration_folder_without_images(resnet_export, tmp_path, capsys):
+    from hf_task_distill.cli import main
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text("not an image")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for folder in (notes, empty):
+        assert main(["export", resnet_export[0], "--formats", "onnx-int8", "--calibration", str(folder)]) == 2
+        assert f"--calibration '{folder}' holds no images" in capsys.readouterr().err
+
+
+def test_the_onnx_files_carry_no_source_path_of_the_exporting_machine(resnet_export):
+    import hf_task_distill
+
+    folder, written = resnet_export
+    machine_paths = {  # where this checkout and the installed packages live
+        os.path.dirname(os.path.abspath(hf_task_distill.__file__)),
+        os.path.dirname(os.path.abspath(torch.__file__)),
+    }
+    for name in ("model.onnx", "model_quantized.onnx"):
+        with open(os.path.join(folder, "onnx", name), "rb") as f:
+            data = f.read()
+        assert onnx_format.STACK_TRACE_KEY.encode() not in data, name
+        assert not [p for p in machine_paths if p.encode() in data], name
+
+
+def test_a_student_with_truncated_weights_is_refused_naming_the_file(tmp_path):
+    folder = _tiny_resnet(tmp_path / "student")
+    weights = os.path.join(folder, "model.safetensors")
+    os.truncate(weights, os.path.getsize(weights) - 500)
+    with pytest.raises(
+        ValueError, match=r"model.safetensors' is not a readable safetensors file .*not fully"
+    ):
+        export_student(folder, ["safetensors", "onnx"], output_dir=tmp_path / "out")
+    assert not (tmp_path / "out").exists()  # refused before any format wrote

@@ -39,6 +39,7 @@ def private_run(tmp_path_factory, vfm_dirs):
         teacher_from=vfm_dirs["dinov2"],
         teacher="my-teacher",
     )
+    (root / "my-teacher" / "README.md").write_text("---\nlicense: apache-2.0\n---\n\n# my teacher\n")
     run = root / "alice-run"
     argv = [
         "--dataset", str(root / "colours"), "--per_class", "4",
@@ -46,7 +47,7 @@ def private_run(tmp_path_factory, vfm_dirs):
         "--transfer", "retrieval", "--pool", str(root / "web-pool"), "--per_query_k", "4",
         "--leakage_threshold", "0.9999",
         "--student", str(root / "student-start"), "--pretrained_student",
-        "--distill_epochs", "1", "--finetune_epochs", "1", "--baseline", "false",
+        "--distill_epochs", "1", "--finetune_epochs", "1", "--baseline", "false", "--teacher_cache_views", "2",
         "--batch_size", "10", "--output_dir", str(run),  # 49 transfer rows: no batch of 1 for BatchNorm
     ]  # fmt: skip
     finished = subprocess.run([*CLI, "run", *argv], capture_output=True, text=True, timeout=600)
@@ -127,6 +128,22 @@ def test_local_sources_are_named_by_their_folder_and_marked_local(private_run):
     assert results["base_model"] == "my-teacher (local)"
 
 
+def test_the_student_card_lists_its_lineage_with_licences_and_warns_on_an_undeclared_one(private_run):
+    run = private_run["run"]
+    card = (run / "publish" / "student" / "README.md").read_text()
+    section = card[card.index("## Lineage and licences") : card.index("## Use")]
+    # local sources: their public names, no revision, the licence their README declares
+    assert "| teacher | `my-teacher (local)` | local | apache-2.0 |" in section
+    assert "| student weights | `student-start (local)` | local | not declared |" in section
+    assert "| task data | `colours (local)` | local | not declared |" in section
+    assert "| retrieval pool | `web-pool (local)` | local | not declared |" in section
+    assert "> **Licence**: the task data `colours (local)` declares no licence" in section
+    assert "the teacher" not in section.split("> **Licence**")[1]  # apache-2.0 warns of nothing
+    manifest = json.loads((run / "publish" / "manifest.json").read_text())
+    roles = [(s["role"], s["name"], s["license"]) for s in manifest["outputs"]["lineage"]]
+    assert roles[0] == ("teacher", "my-teacher (local)", "apache-2.0") and len(roles) == 4
+
+
 def test_cards_have_a_real_title_and_examples_a_reader_can_run(private_run):
     import re
 
@@ -148,7 +165,8 @@ def test_cards_have_a_real_title_and_examples_a_reader_can_run(private_run):
     distilled = run / "distill" / "model" / "README.md"  # DistillationTrainer.save_model's own card
     check_card_metadata(distilled)
     text = distilled.read_text()
-    assert "**Teacher**: `model (local)`" in text  # the run's finetuned teacher, by its folder's name
+    # the run's finetuned teacher, named as the ledger names it (distilled from the cache: no model to read)
+    assert "**Teacher**: `my-teacher (local), finetuned`" in text
     # the trainer counts the images the pipeline's ledger records for the stage
     ledger = json.loads((run / "publish" / "student" / "compute_ledger.json").read_text())["entries"]
     images = next(e["images"] for e in ledger if (e["stage"], e["work"]) == ("distill", "student training"))
@@ -159,6 +177,40 @@ def test_cards_have_a_real_title_and_examples_a_reader_can_run(private_run):
     for card in cards:  # a text file ends with one newline (Jinja drops the template's)
         text = card.read_text()
         assert text.endswith("\n") and not text.endswith("\n\n"), card.relative_to(run)
+
+
+def test_the_transfer_set_is_published_with_its_teacher_cache(private_run, monkeypatch):
+    """A run with a teacher cache publishes a reinforced transfer set: the distill stage's shards,
+    byte for byte, with the published rows' digest, the teacher's name, licence and FLOPs."""
+    from datasets import load_from_disk
+    from huggingface_hub import DatasetCard
+
+    from hf_task_distill.data.fingerprints import transfer_set_digest
+    from hf_task_distill.hub import download
+    from hf_task_distill.teacher_cache import TeacherCache
+
+    run = private_run["run"]
+    published = run / "publish" / "transfer_set"
+    local = run / "distill" / "teacher_cache"
+    shards = sorted(p.name for p in local.glob("shard-*.safetensors"))
+    assert shards and shards == sorted(p.name for p in (published / "teacher_cache").glob("shard-*"))
+    assert all((local / n).read_bytes() == (published / "teacher_cache" / n).read_bytes() for n in shards)
+    ledger = json.loads((run / "publish" / "student" / "compute_ledger.json").read_text())["entries"]
+    (teacher,) = [e for e in ledger if e["work"] == "teacher forward (cache of 2 views)"]
+    monkeypatch.setattr(download, "download_dataset_repo", lambda repo_id, **kwargs: str(published))
+    cache = TeacherCache.from_hub("me/colours-transfer", num_views=2)
+    record = cache.published
+    assert record["teacher"] == teacher["model"] == "my-teacher (local), finetuned"
+    assert record["teacher_license"] == "apache-2.0"
+    assert record["teacher_flops"] == pytest.approx(teacher["flops_per_image"] * teacher["images"])
+    rows = cache.published_transfer_set()
+    transfer = load_from_disk(run / "transfer" / "data")
+    assert transfer_set_digest(rows, "image") == transfer_set_digest(transfer, "image")
+    assert record["transfer_set"] == {"rows": len(transfer), "digest": transfer_set_digest(rows, "image"),
+                                      "data_files": "data/*.parquet"}  # fmt: skip
+    card = DatasetCard.load(published / "README.md")
+    assert "Teacher: `my-teacher (local), finetuned`" in card.text and "`apache-2.0`" in card.text
+    assert f"**{record['teacher_flops']:.3g}**" in card.text and "reinforced" in card.data.tags
 
 
 # -- pushing with the Hub out of reach ---------------------------------------------------------------

@@ -59,7 +59,14 @@ def run(args: argparse.Namespace) -> str:
     if args.calibration:
         from ..data import load_image_dataset
 
-        calibration = load_image_dataset(args.calibration)
+        try:
+            calibration = load_image_dataset(args.calibration)
+        except (ValueError, FileNotFoundError) as err:
+            raise ValueError(
+                f"--calibration '{args.calibration}' holds no images it can read: {err}"
+            ) from err
+        if len(calibration) == 0:
+            raise ValueError(f"--calibration '{args.calibration}' holds no images")
     written = export_student(
         args.folder,
         args.formats,

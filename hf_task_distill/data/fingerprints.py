@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["dataset_fingerprint", "fingerprint_hash", "task_fingerprint"]
+__all__ = ["dataset_fingerprint", "fingerprint_hash", "task_fingerprint", "transfer_set_digest"]
 
 
 def fingerprint_hash(*parts: Any) -> str:
@@ -65,6 +65,40 @@ def dataset_fingerprint(dataset, image_column: str, *, samples: int = 64) -> str
         (_image_bytes(raw[row][image_column]) for row in rows),
         pool_index,
     )
+
+
+def transfer_set_digest(dataset, image_column: str, *, batch_size: int = 256) -> str:
+    """Every row's image bytes, in row order: the identity a published transfer set is checked by.
+
+    Unlike :func:`dataset_fingerprint` (64 sampled rows, cheap at any size) this reads every image's
+    encoded bytes (not its pixels: no decoding), so one image changed, dropped, added or moved gives
+    another digest. It depends only on the bytes, not on how they are stored: the same rows saved
+    with ``save_to_disk``, as image files or as Parquet with embedded bytes (the published layout),
+    and read back with ``load_from_disk`` or ``datasets.load_dataset``, give the same digest.
+
+    Args:
+        dataset: a map-style ``datasets.Dataset``.
+        image_column: its image column (an ``Image`` feature, decoded or not, or raw bytes/paths).
+        batch_size: rows read at a time.
+
+    Returns:
+        `str`: :func:`fingerprint_hash` (16 hex digits) over the row count and each row's image
+        bytes, each prefixed with its length.
+    """
+    import datasets
+
+    raw = dataset.with_format(None).select_columns([image_column])
+    if isinstance(raw.features.get(image_column), datasets.Image):
+        raw = raw.cast_column(image_column, datasets.Image(decode=False))
+
+    def rows() -> Iterator[bytes]:
+        for batch in raw.iter(batch_size=batch_size):
+            for cell in batch[image_column]:
+                data = _image_bytes(cell)
+                yield f"{len(data)}|".encode()
+                yield data
+
+    return fingerprint_hash(f"transfer-set|{len(dataset)}|", rows())
 
 
 def _image_bytes(cell: Any) -> bytes:

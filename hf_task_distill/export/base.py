@@ -121,7 +121,22 @@ def check_student_folder(folder: str | os.PathLike) -> str:
         if os.path.isfile(os.path.join(folder, "pytorch_model.bin")):
             hint = " (it has pickle weights, pytorch_model.bin: load and re-save it with save_pretrained)"
         raise ValueError(f"'{folder}' is not a student folder: it has no {' and no '.join(missing)}{hint}")
+    _check_weights_readable(os.path.join(folder, "model.safetensors"))
     return folder
+
+
+def _check_weights_readable(path: str) -> None:
+    """``ValueError`` naming ``path`` when it is not a whole safetensors file (truncated, or not
+    safetensors at all); reads only the header, and checks that it covers the file."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="np"):
+            pass
+    except (SafetensorError, OSError) as err:
+        raise ValueError(
+            f"'{path}' is not a readable safetensors file ({err}): re-save the student with save_pretrained"
+        ) from err
 
 
 def _accepted(method, options: dict[str, Any]) -> dict[str, Any]:
@@ -175,6 +190,8 @@ def export_student(
     chosen = [_FORMATS.get(name) for name in names]
     folder = check_student_folder(folder)
     output_dir = os.fspath(output_dir) if output_dir is not None else folder
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise ValueError(f"output_dir '{output_dir}' is a file, not a folder: choose a folder for the export")
     options = {"output_dir": output_dir, "images": images, "calibration": calibration, "overwrite": overwrite}
     for export_format in chosen:
         export_format.check(folder, **_accepted(export_format.check, options))

@@ -225,9 +225,24 @@ def export_graph(model, path: str, size: tuple[int, int]) -> None:
                 external_data=False,
                 verbose=False,
             )
+        strip_source_paths(program.model)
         program.save(path, external_data=False)
     except Exception as err:  # noqa: BLE001 - every exporter failure becomes one readable error
         raise OnnxExportError(describe_trace_failure(err, wrapped)) from err
+
+
+#: Node metadata torch's exporter fills with the Python stack of each operator: absolute source paths
+#: (a user's home folder, their virtual environment) that would be published with the model.
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"
+
+
+def strip_source_paths(model) -> None:
+    """Remove :data:`STACK_TRACE_KEY` from every node of ``model`` (an ``onnx_ir.Model``: the graph,
+    its subgraphs and its functions), so that no path from the exporting machine is written."""
+    graphs = [model.graph, *model.functions.values()]
+    for graph in graphs:
+        for node in graph.all_nodes():
+            node.metadata_props.pop(STACK_TRACE_KEY, None)
 
 
 def describe_trace_failure(err: BaseException, wrapped) -> str:
@@ -309,6 +324,8 @@ def sample_pixels(model, spec, images: Any, task_type: str, limit: int = SAMPLE_
         images = [Image.fromarray(a) for a in arrays]
         described = {"source": "random pixels (uniform 0..255, seed 0)", "images": len(images)}
     elif isinstance(images, (list, tuple)):
+        if not images:
+            raise ValueError("the export's parity sample is empty: give images (or None for random pixels)")
         images = list(images)[:: max(1, len(images) // limit)][:limit]
         described = {"source": "images given", "images": len(images)}
     else:
@@ -358,6 +375,10 @@ def _dataset_pixels(model, spec, source: Any, task_type: str, limit: int, split:
             "test" if "test" in source.splits else "validation" if "validation" in source.splits else "train"
         )
         dataset = source[split]
+    if len(dataset) == 0:
+        raise ValueError(
+            f"the export's image sample is empty: the {f'{split} split' if split else 'dataset'} has no rows"
+        )
     rows = list(range(0, len(dataset), max(1, len(dataset) // limit)))[:limit]
     segmentation = task_type != "image-classification"
     prepared = single_view_dataset(
@@ -555,10 +576,14 @@ def check_existing_export(target: str, fingerprint: str, overwrite: bool) -> Non
 
     Raises:
         ValueError: ``target`` holds an export of other weights, or files without an ``export.json``
-            (not written by this exporter), and ``overwrite`` is false.
+            (not written by this exporter), and ``overwrite`` is false; or ``target`` is a file.
     """
     from ..files import read_json
 
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise ValueError(
+            f"'{target}' is a file, not an export folder: remove it or choose another output_dir"
+        )
     if overwrite or not os.path.exists(target):
         return
     recorded = read_json(os.path.join(target, EXPORT_RECORD)).get("source", {}).get("sha256")
@@ -573,6 +598,27 @@ def check_existing_export(target: str, fingerprint: str, overwrite: bool) -> Non
         f"'{target}' already holds {what}: refusing to mix or replace it; pass overwrite=True "
         "(hf-task-distill export --overwrite) to replace it, or choose another output_dir"
     )
+
+
+def check_output_weights(output_dir: str, model_folder: str, fingerprint: str, overwrite: bool) -> None:
+    """Refuse to put an ``onnx/`` export beside another student's weights: an ``output_dir`` (not the
+    student's own folder) whose ``model.safetensors`` differs from the exported one would pair
+    that student's ``config.json`` with this one's graph.
+
+    Raises:
+        ValueError: ``output_dir`` holds other weights and ``overwrite`` is false.
+    """
+    weights = os.path.join(output_dir, WEIGHTS_FILE)
+    if overwrite or not os.path.isfile(weights) or os.path.samefile(output_dir, model_folder):
+        return
+    recorded = weights_fingerprint(output_dir)
+    if recorded != fingerprint:
+        raise ValueError(
+            f"'{output_dir}' holds another student's weights ({WEIGHTS_FILE} sha256 {recorded[:12]}..., "
+            f"this student's is {fingerprint[:12]}...): refusing to put this export beside them; "
+            "export into an empty folder, or pass overwrite=True (hf-task-distill export --overwrite) "
+            "with the safetensors format to replace that student"
+        )
 
 
 def transformers_js_note(model_folder: str) -> dict[str, Any]:
@@ -598,8 +644,9 @@ class OnnxFormat(ExportFormat):
     def check(self, model_folder: str, output_dir: str | None = None, overwrite: bool = False) -> None:
         """The onnx packages are installed, and ``output_dir/onnx`` holds no other model's export."""
         _require_onnx()
-        target = os.path.join(output_dir or model_folder, ONNX_FOLDER)
-        check_existing_export(target, weights_fingerprint(model_folder), overwrite)
+        fingerprint = weights_fingerprint(model_folder)
+        check_existing_export(os.path.join(output_dir or model_folder, ONNX_FOLDER), fingerprint, overwrite)
+        check_output_weights(output_dir or model_folder, model_folder, fingerprint, overwrite)
 
     def export(
         self,
@@ -635,6 +682,7 @@ class OnnxFormat(ExportFormat):
         fingerprint = weights_fingerprint(model_folder)
         target = os.path.join(output_dir, ONNX_FOLDER)
         check_existing_export(target, fingerprint, overwrite)
+        check_output_weights(output_dir, model_folder, fingerprint, overwrite)
         model, task_type = load_student(model_folder)
         browser = transformers_js_note(model_folder)
         if calibration is None and hasattr(images, "splits"):

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field, fields
 from importlib import resources
 from typing import Any
 
-from .names import hub_id, public_name, short_name
+from .names import hub_id, public_model_name, public_name, short_name
 
 __all__ = [
     "MiniVFMCardData",
@@ -25,6 +25,7 @@ __all__ = [
     "render_student_card",
     "render_teacher_card",
     "render_transfer_set_card",
+    "add_teacher_cache_section",
     "write_teacher_card",
 ]
 
@@ -201,6 +202,53 @@ def render_transfer_set_card(data: TransferSetCardData):
     return _ending_in_newline(DatasetCard.from_template(card_data, template_str=template, **fields))
 
 
+def add_teacher_cache_section(card_path: str, cache, record: dict[str, Any], repo_id: str | None) -> None:
+    """Add to a published transfer set's card (``README.md``) what its teacher cache is: the teacher
+    and its licence, views, storage, the teacher FLOPs a student distilled from it saves, and how.
+
+    Args:
+        card_path: the transfer set's ``README.md`` (a ``DatasetCard``), rewritten in place.
+        cache (`TeacherCache`): the published cache.
+        record: :func:`~hf_task_distill.hub.reinforced.publish_teacher_cache`'s ``published`` record.
+        repo_id: the dataset repo (the usage example's ``teacher_cache=``); ``None``: a placeholder.
+
+    The card's YAML gains the tags ``reinforced`` and ``teacher-outputs``, and a ``configs`` entry
+    naming ``data/`` as the rows, so that ``datasets.load_dataset`` never reads ``teacher_cache/``.
+    """
+    from huggingface_hub import DatasetCard
+
+    card = DatasetCard.load(card_path)
+    card.data.tags = [*(getattr(card.data, "tags", None) or []), "reinforced", "teacher-outputs"]
+    card.data.configs = [
+        {"config_name": "default", "data_files": [{"split": "train", "path": "data/*.parquet"}]}
+    ]
+    names = [cache.id2label[i] for i in sorted(cache.id2label)]
+    storage = (
+        f"float16 logits of all {cache.num_labels} classes"
+        if cache.top_k is None
+        else f"the top {cache.top_k} float16 logits per view and the remaining probability mass"
+    )
+    if cache.grid is not None:  # a dense (segmentation) cache: per cell of a reduced grid
+        storage += f", per cell of a {cache.grid[0]}x{cache.grid[1]} grid"
+    fields = {
+        **record,
+        "teacher": public_model_name(record["teacher"]),
+        "rows": record["transfer_set"]["rows"],
+        "digest": record["transfer_set"]["digest"],
+        "num_views": cache.num_views,
+        "num_labels": cache.num_labels,
+        "seed": cache.fingerprint["seed"],
+        "storage": storage,
+        "label_preview": ", ".join(names[:5]) + (", ..." if len(names) > 5 else ""),
+        "repo_id": hub_id(repo_id) or "<user>/<this-dataset>",
+    }
+    from jinja2 import Template
+
+    section = Template(_template("teacher_cache_section")).render(**fields)
+    card.text = card.text.rstrip("\n") + "\n" + section
+    _ending_in_newline(card).save(card_path)
+
+
 def _size_category(n: int) -> str:
     for limit, label in (
         (1_000, "n<1K"),
@@ -264,6 +312,11 @@ class StudentCardData:
     #: the ``onnx/export.json`` record published with the student (:mod:`hf_task_distill.export.onnx`):
     #: the card's export section (files, parity, latency, the input it expects); ``None``: no section
     export: dict[str, Any] | None = None
+    #: every model and dataset the run drew on (:class:`~hf_task_distill.hub.lineage.Source` as
+    #: dicts: role, name, repo_type, hub, revision, license): the card's lineage table
+    lineage: list[dict[str, Any]] = field(default_factory=list)
+    #: sentences on licences that limit the student (:func:`~hf_task_distill.hub.lineage.licence_warnings`)
+    licence_warnings: list[str] = field(default_factory=list)
 
 
 def _student_eval_results(data: StudentCardData) -> list:
@@ -331,8 +384,9 @@ def render_student_card(data: StudentCardData):
 
     template = _template("student_card")
     fields = asdict(data)
-    for name in ("teacher_base", "base_model", "dataset_id"):
+    for name in ("base_model", "dataset_id"):
         fields[name] = public_name(fields[name])
+    fields["teacher_base"] = public_model_name(data.teacher_base)  # "<teacher>, finetuned" kept
     fields["teacher_repo"], fields["transfer_repo"] = hub_id(data.teacher_repo), hub_id(data.transfer_repo)
     fields["repo_id"] = hub_id(data.repo_id)
     fields["label_budget"] = ", ".join(f"{k}={v}" for k, v in (data.label_budget or {}).items()) or None

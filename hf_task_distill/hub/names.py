@@ -17,9 +17,11 @@ import socket
 
 from ..sources import HUB_ID, LOCAL_PREFIXES, SHIPPED_MODELS, is_local_path
 
-__all__ = ["LOCAL", "hub_id", "is_local", "public_name", "short_name"]
+__all__ = ["FINETUNED", "LOCAL", "hub_id", "is_local", "public_model_name", "public_name", "short_name"]
 
 LOCAL = " (local)"
+#: How a run names its own finetuned teacher: ``"<teacher source>, finetuned"``.
+FINETUNED = ", finetuned"
 _SHIPPED = " (shipped with hf_task_distill)"
 _HUB_ID, _LOCAL_PREFIXES = HUB_ID, LOCAL_PREFIXES
 #: Stands in for a folder whose name is the user's or the host's.
@@ -100,3 +102,11 @@ def hub_id(source: str | os.PathLike | None) -> str | None:
         return None
     text = text.removeprefix("hf-hub:").removeprefix("hf_hub:")
     return text if "/" in text and _HUB_ID.match(text) else None
+
+
+def public_model_name(name: str | None) -> str | None:
+    """:func:`public_name` of a model as a run names it, keeping a ``", finetuned"`` suffix
+    (``"facebook/dinov2-large, finetuned"`` stays; ``"/home/a/t, finetuned"`` gives ``"t (local), finetuned"``)."""
+    if name and name.endswith(FINETUNED):
+        return public_name(name.removesuffix(FINETUNED)) + FINETUNED
+    return public_name(name)

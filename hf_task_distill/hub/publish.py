@@ -1,5 +1,9 @@
 """Publish a run: the student and (for a retrieved set) the transfer set, as folders first.
 
+When the distill stage built a teacher cache (``--teacher_cache_views``), the transfer set is
+published *reinforced*: with the cache in ``teacher_cache/`` (:mod:`~hf_task_distill.hub.reinforced`),
+so that anyone can distil from it with no teacher.
+
 The folders are exactly what is uploaded, so they can be checked offline with the real clients
 (``AutoModelForImageClassification``, ``pipeline``, ``timm.create_model``, ``datasets.load_dataset``)
 before anything leaves the machine. Uploads go through ``huggingface_hub``; the token is resolved
@@ -17,11 +21,14 @@ cannot reach the Hub raises :class:`HubUploadError`, naming the folders, which s
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from typing import Any
 
 from .names import hub_id, public_name
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["HubUploadError", "check_push", "publish_run", "upload_folder", "write_parquet_dataset"]
 
@@ -201,6 +208,7 @@ def _public_ledger(context):
 def _student_card(context, model_config, ledger, export=None):
     """The card data of the published student, every source named by ``public_name``/``hub_id``."""
     from .cards import StudentCardData, descriptive_name, label_budget_summary
+    from .lineage import licence_warnings, run_sources
 
     config, task = context.config, context.task
     evaluation = context.manifest("evaluate")["outputs"]
@@ -210,6 +218,7 @@ def _student_card(context, model_config, ledger, export=None):
     architecture = getattr(model_config, "architecture", None) or model_config.model_type
     repo_id = hub_id(config.run.hub_model_id)
     as_given = config.teacher.teacher_strategy == "none"  # the teacher is used as published
+    lineage = run_sources(config, task)
     return StudentCardData(
         model_name=repo_id or descriptive_name(architecture, task.name, "student"),
         architecture=architecture,
@@ -237,6 +246,8 @@ def _student_card(context, model_config, ledger, export=None):
         task_type=task.task_type,
         library_name="timm" if model_config.model_type == "timm_wrapper" else "transformers",
         export=export,
+        lineage=[source.as_dict() for source in lineage],
+        licence_warnings=licence_warnings(lineage),
     )
 
 
@@ -278,6 +289,36 @@ def _add_export(context, student_dir: str) -> dict[str, Any] | None:
     return read_json(record) if os.path.isfile(record) else None
 
 
+def _add_teacher_cache(context, transfer_dir: str, rows, ledger) -> dict[str, Any] | None:
+    """The distill stage's teacher cache into the published transfer set (a reinforced transfer set,
+    :mod:`~hf_task_distill.hub.reinforced`), its section into the card; returns the published record,
+    or ``None`` when the run built no cache (any earlier run's ``teacher_cache/`` is removed)."""
+    from ..teacher_cache import TeacherCache
+    from .cards import add_teacher_cache_section
+    from .reinforced import CACHE_FOLDER, publish_teacher_cache, teacher_license
+
+    folder = (context.manifest("distill") or {}).get("outputs", {}).get("teacher_cache")
+    if not folder or not os.path.isdir(folder):
+        shutil.rmtree(os.path.join(transfer_dir, CACHE_FOLDER), ignore_errors=True)
+        return None
+    cached = [
+        e for e in ledger.entries if e.stage == "distill" and e.work.startswith("teacher forward (cache")
+    ]
+    cache = TeacherCache(folder)
+    record = publish_teacher_cache(
+        cache,
+        transfer_dir,
+        rows,
+        teacher=cached[0].model if cached else public_name(context.teacher_name),
+        teacher_license=teacher_license(context.config.teacher.teacher),
+        teacher_flops_per_view=cached[0].flops_per_image if cached else None,
+    )
+    card = os.path.join(transfer_dir, "README.md")
+    if os.path.isfile(card):
+        add_teacher_cache_section(card, cache, record, context.config.run.hub_dataset_id)
+    return record
+
+
 def publish_run(context, directory: str) -> dict[str, Any]:
     """Write ``student/`` (and ``transfer_set/``) under ``directory``; push them if asked.
 
@@ -308,6 +349,9 @@ def publish_run(context, directory: str) -> dict[str, Any]:
         ledger = _public_ledger(context)
         card = _student_card(context, AutoConfig.from_pretrained(student_dir), ledger, exported)
         render_student_card(card).save(os.path.join(student_dir, "README.md"))
+        outputs["lineage"] = card.lineage  # the commits this run used, in the publish manifest
+        for warning in card.licence_warnings:
+            logger.warning("Licence: %s", warning)
         ledger.save(os.path.join(student_dir, "compute_ledger.json"))
         public = {key: evaluation[key] for key in ("split", "images", "results")}  # no paths of this run
         with open(os.path.join(student_dir, "results.json"), "w", encoding="utf-8") as f:
@@ -317,11 +361,13 @@ def publish_run(context, directory: str) -> dict[str, Any]:
             from datasets import load_from_disk
 
             transfer_dir = os.path.join(directory, "transfer_set")
-            write_parquet_dataset(load_from_disk(transfer["path"]), transfer_dir)
+            rows = load_from_disk(transfer["path"])
+            write_parquet_dataset(rows, transfer_dir)
             for name in ("README.md", "contact_sheet.png"):
                 source = os.path.join(transfer["path"], name)
                 if os.path.exists(source):
                     shutil.copyfile(source, os.path.join(transfer_dir, name))
+            _add_teacher_cache(context, transfer_dir, rows, ledger)
             outputs["transfer_set"] = transfer_dir
         if config.run.push_to_hub:
             if not config.run.hub_model_id:

@@ -22,7 +22,7 @@ from transformers.trainer_callback import ExportableState
 from ..ledger import ComputeLedger, LedgerEntry, describe_device
 from ..models.labels import label_names_of
 from .cards import StudentCardData, descriptive_name
-from .names import hub_id, public_name
+from .names import hub_id, public_model_name, public_name
 
 __all__ = [
     "ModelCardCallback",
@@ -223,7 +223,7 @@ def trainer_card_data(
     student = trainer.accelerator.unwrap_model(trainer.model)
     architecture = _architecture(student)
     source = options.teacher or getattr(getattr(teacher, "config", None), "_name_or_path", None)
-    teacher_name = public_name(source or None)
+    teacher_name = public_model_name(source) if source else None  # "<teacher>, finetuned" kept
     base_model = options.finetuned_from or student_base_model(student)
     work = trainer.model_card_callback
     names = {"student": public_name(base_model or architecture), "teacher": teacher_name or "teacher"}

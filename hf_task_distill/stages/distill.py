@@ -73,6 +73,8 @@ class DistillStage(Stage):
             train_dataset=transfer,
             views=views,
         )
+        if cache is not None:  # no teacher model left to name it: the card names it as the ledger does
+            trainer.model_card_options.update(teacher=context.teacher_name)
         model_dir, last, resumed_at = train_resuming(trainer, checkpoints, directory)
         unreadable = trainer.skipped_rows
         images = round(trainer.state.epoch * len(transfer))
@@ -94,6 +96,8 @@ class DistillStage(Stage):
             "steps": trainer.state.global_step,
             "train_loss": trainer.state.log_history[-1].get("train_loss"),
         }
+        if cache is not None:  # published with a retrieved transfer set (hub.reinforced)
+            outputs["teacher_cache"] = cache.directory
         return StageResult(outputs, ledger)
 
 

@@ -97,3 +97,64 @@ def _evaluate_one(context, label: str, path: str, dataset):
     return task_type.evaluate(
         model, dataset, task=context.task, batch_size=context.config.run.batch_size, where=where
     )
+
+
+def finished_student_labels(name: str, task_type_name: str = "image-classification") -> list[str] | None:
+    """The class names of ``name`` (a Hub id or folder) when it is a finished model of the task type
+    (its ``config.json`` names a head class of the type's auto class, e.g. ``...ForImageClassification``,
+    ``TimmWrapperForImageClassification``), else ``None``.
+
+    Reads only ``config.json`` (``id2label``; a timm checkpoint's ``label_names``), through
+    ``AutoConfig``: a timm architecture name (``mobilevitv2_100``) or a backbone without a head is not a
+    finished model. Errors other than "no such model config" propagate (a wrong token, a private
+    repo: the user must see them).
+    """
+    from transformers import AutoConfig
+
+    from ..sources import is_local_path, resolve_model_source
+    from ..tasks import get_task_type
+    from ..tasks.base import _auto_class_names
+
+    source = resolve_model_source(name)
+    if not is_local_path(source) and "/" not in source:
+        return None  # a timm architecture or a canonical backbone name: something to train
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError, KeyError):
+        return None  # not a transformers/timm model folder or repo: the pipeline reports it
+    heads = _auto_class_names(get_task_type(task_type_name).model_class())
+    if not heads.intersection(config.architectures or ()):
+        return None  # a backbone (or another task's model): something to train a head on
+    names = [config.id2label[i] for i in sorted(config.id2label)] if config.id2label else []
+    generic = all(str(label) == f"LABEL_{i}" for i, label in enumerate(names))
+    return None if generic else names
+
+
+def evaluate_finished_student(context, directory: str) -> dict:
+    """Evaluate ``--student`` as it is (a published or local finished classifier of the task) on the
+    task's evaluation split: no teacher, no training. Writes ``results.json`` and the details file
+    (``confusion_matrices.json``) in ``directory``.
+
+    Returns:
+        The outputs :meth:`EvaluateStage.report` prints: ``split``, ``images``, ``results`` (one row
+        named by ``--student``), ``task_type``.
+    """
+    from ..files import write_json_atomically
+    from ..tasks import get_task_type
+
+    student = context.config.student.student
+    task_type = get_task_type(context.task.task_type)
+    dataset = context.task[context.eval_split]
+    metrics, detail = _evaluate_one(context, student, student, dataset)
+    name, key = task_type.details_file
+    os.makedirs(directory, exist_ok=True)
+    details = {"labels": list(context.task.label_names), key: {student: detail}}
+    write_json_atomically(os.path.join(directory, f"{name}.json"), details, indent=None)
+    outputs = {
+        "split": context.eval_split,
+        "images": len(dataset),
+        "results": {student: metrics},
+        "task_type": task_type.name,
+    }
+    write_json_atomically(os.path.join(directory, "results.json"), outputs)
+    return outputs
