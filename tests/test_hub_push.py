@@ -344,6 +344,10 @@ def test_pushed_cards_validate_on_the_hub_and_render_lineage_results_and_licence
     )  # lineage
     assert re.search(r"^## Results on the test split \(\d+ images\)$", text, re.M)
     assert re.search(r"^\| student, distilled \+ finetuned \| [\d.]+ \|", text, re.M)
+    assert re.search(r"^## Lineage and licences\n\n\| role \| source \| revision \| licence \|", text, re.M)
+    assert re.search(
+        r"^> \*\*Licence\*\*: the teacher `my-teacher \(local\)` declares no licence", text, re.M
+    )
     assert re.search(r"^## License and provenance$", out["dataset"], re.M)
     assert re.search(r"did not declare a license", out["dataset"])
 
