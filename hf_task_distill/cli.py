@@ -24,6 +24,7 @@ from . import __version__
 from .commands import TOOL_COMMANDS
 from .config import ARGUMENT_GROUPS, PipelineConfig, RunArguments, saved_run_settings
 from .demo import demo_defaults
+from .files import display_path
 
 logger = logging.getLogger("hf_task_distill")
 
@@ -225,7 +226,7 @@ def _log_continuation(output_dir: str, saved: dict[str, Any], given: dict[str, A
     changed = [f"{k} {saved[k]!r} -> {v!r}" for k, v in given.items() if k in saved and saved[k] != v]
     logger.info(
         "continuing the run in %s with the settings in its config.json%s",
-        output_dir,
+        display_path(output_dir),
         f"; changed by this command: {', '.join(changed)}" if changed else "",
     )
 
@@ -259,8 +260,21 @@ def run_command(command: str, config: PipelineConfig) -> str:
     pipeline = Pipeline(config)
     if command == "evaluate" and _is_finished_student(pipeline):
         return _evaluate_finished_student(pipeline)
+    if stage is not None and get_stage(stage).command_needs_finished:
+        _check_finished(command, pipeline, [n for n in stages_for_command(config, stage) if n != stage])
     pipeline.run(stages_for_command(config, stage))
     return pipeline.summary()
+
+
+def _check_finished(command: str, pipeline, upstream: list[str]) -> None:
+    """Refuse ``command`` before it computes or uploads anything when a stage in ``upstream`` is not complete."""
+    missing = [name for name in upstream if pipeline.manifest(name) is None]
+    if missing:
+        raise CommandLineError(
+            f"{command} publishes a finished run, and the run in {display_path(pipeline.run_dir)} has not completed "
+            f"stage{'s' if len(missing) > 1 else ''} {', '.join(missing)}: finish it with `hf-task-distill run` "
+            f"and the same flags first (or add --push_to_hub to that run command)"
+        )
 
 
 def _is_finished_student(pipeline) -> bool:

@@ -12,11 +12,35 @@ from typing import Any
 
 __all__ = [
     "content_hashes",
+    "display_path",
     "read_json",
     "write_atomically",
     "write_folder_atomically",
     "write_json_atomically",
 ]
+
+
+def display_path(path: str | os.PathLike) -> str:
+    """``path`` as a message shows it: relative to the working directory when under it, ``~/...``
+    when under the home directory, else absolute; so that logs and errors a user shares name no
+    home directory (and with it no user name) of their machine."""
+    absolute = os.path.abspath(path)
+    bases = [(os.getcwd(), ""), (os.path.expanduser("~"), "~")]
+    under = [(b, s) for b, s in bases if b != os.sep and _is_within(absolute, b)]
+    if not under:
+        return absolute
+    base, shown = max(under, key=lambda item: len(item[0]))  # the nearer one: ~ unless cwd is inside home
+    relative = os.path.relpath(absolute, base)
+    if relative == os.curdir:
+        return shown or relative
+    return os.path.join(shown, relative) if shown else relative
+
+
+def _is_within(path: str, base: str) -> bool:
+    try:
+        return os.path.commonpath([path, base]) == base
+    except ValueError:  # another drive (Windows)
+        return False
 
 
 _DATASETS_CACHE = re.compile(r"^cache-[0-9a-f]+\.arrow$")

@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import uuid
+from dataclasses import replace
 from typing import Any
 
 from .config import PipelineConfig
 from .devices import process_state
+from .files import display_path
 from .ledger import ComputeLedger, Stopwatch, describe_device
 from .run_directory import NOT_HASHED, RunDirectory, RunInUse
 from .stages import (
@@ -339,7 +341,7 @@ class Pipeline:
     def summary(self) -> str:
         """Each finished stage's report (the results table), skipped images and the compute per
         stage, one screen."""
-        lines = [f"Run directory: {self.run_dir}"]
+        lines = [f"Run directory: {display_path(self.run_dir)}"]
         for name, outputs in self._finished_outputs():
             lines += get_stage(name).report(outputs)
         skipped = self.skipped_images()
@@ -350,7 +352,10 @@ class Pipeline:
             ]
         ledger = self.ledger()
         if ledger.entries or ledger.wall_s:
-            lines += ["", "Compute per stage:", "", ledger.markdown()]
+            shown = ComputeLedger(
+                [replace(e, model=_shown(e.model)) for e in ledger.entries], dict(ledger.wall_s)
+            )
+            lines += ["", "Compute per stage:", "", shown.markdown()]
         return "\n".join(lines)
 
     def _finished_outputs(self):
@@ -359,6 +364,12 @@ class Pipeline:
             manifest = self.manifest(name)
             if manifest is not None:
                 yield name, manifest.get("outputs") or {}
+
+
+def _shown(model: str) -> str:
+    """A ledger's model name as the summary shows it: a local folder by :func:`display_path`."""
+    head, sep, tail = model.partition(", ")  # "<teacher>, finetuned"
+    return display_path(head) + sep + tail if os.path.isabs(head) else model
 
 
 def _check_result(name: str, result: Any) -> None:

@@ -347,6 +347,8 @@ def test_push_uploads_the_checked_folders_and_never_writes_the_token(cli_run, tm
     def hub(request: httpx.Request) -> httpx.Response:
         path = request.url.path
         calls.append((request.method, path, request.headers.get("authorization")))
+        if path == "/api/whoami-v2":  # the token checked before anything is uploaded
+            return httpx.Response(200, json={"name": "me", "type": "user"})
         if path == "/api/repos/create":
             body = json.loads(request.content)
             return httpx.Response(

@@ -231,6 +231,8 @@ def test_a_push_without_the_hub_says_so_and_keeps_the_folders(
     def refuse(request):
         raise httpx.ConnectError("[Errno -3] Temporary failure in name resolution", request=request)
 
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "0" * 32)  # a user who logged in, then lost the Hub
+
     if how == "no-connection":
         monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
         huggingface_hub.set_client_factory(
@@ -277,6 +279,7 @@ def test_a_failed_upload_names_what_went_up_and_what_is_left(monkeypatch):
         return "https://huggingface.co/me/s/commit/1"
 
     monkeypatch.setattr(publish, "upload_folder", upload)
+    monkeypatch.setattr(publish, "check_push", lambda repo_ids: None)  # ids valid, the token accepted
     run = SimpleNamespace(hub_model_id="me/s", hub_dataset_id="me/t", hub_private=False)
     outputs = {"student": "/r/publish/student", "transfer_set": "/r/publish/transfer_set"}
     with pytest.raises(HubUploadError) as failure:

@@ -30,7 +30,7 @@ from .names import hub_id, public_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubUploadError", "publish_run", "upload_folder", "write_parquet_dataset"]
+__all__ = ["HubUploadError", "check_push", "publish_run", "upload_folder", "write_parquet_dataset"]
 
 
 class HubUploadError(OSError):
@@ -58,19 +58,54 @@ def write_parquet_dataset(dataset, output_dir: str, max_shard_rows: int = 10_000
     return paths
 
 
-def upload_folder(folder: str, repo_id: str, *, repo_type: str, private: bool = False) -> str:
-    """Create the repo if needed and upload ``folder`` in one commit; returns the commit URL."""
+def upload_folder(folder: str, repo_id: str, *, repo_type: str, private: bool = False):
+    """Create the repo if needed and upload ``folder`` in one commit.
+
+    Returns ``huggingface_hub``'s ``CommitInfo``: a ``str`` (the commit URL) with ``.oid``, the
+    40-hex commit id. Files whose bytes the repo already holds are not sent again, and a folder the
+    repo holds as it is makes no commit (the answer is then the repo's head commit).
+    """
     from huggingface_hub import HfApi
 
     api = HfApi()
     api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
-    info = api.upload_folder(
+    return api.upload_folder(
         folder_path=folder,
         repo_id=repo_id,
         repo_type=repo_type,
         commit_message="Upload with hf_task_distill",
     )
-    return str(getattr(info, "commit_url", info))
+
+
+def check_push(repo_ids: dict[str, str | None]) -> None:
+    """Before anything is uploaded: every repo id (by its flag, e.g. ``{"--hub_model_id": "me/s"}``)
+    is valid, a token is found and the Hub accepts it.
+
+    Raises ``ValueError`` naming a malformed repo id, :class:`HubUploadError` (one line saying how to
+    log in) for a missing or refused token, or for a Hub out of reach.
+    """
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
+    from huggingface_hub.utils import validate_repo_id
+
+    for flag, repo_id in repo_ids.items():
+        try:
+            if repo_id:
+                validate_repo_id(repo_id)
+        except HFValidationError as err:
+            raise ValueError(
+                f"{flag} '{repo_id}' is not a Hub repo id (owner/name): {_first_line(err)}"
+            ) from err
+    login = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
+    try:
+        HfApi().whoami()  # the token as the upload will send it
+    except LocalTokenNotFoundError as err:
+        raise HubUploadError(f"no Hugging Face token found to upload to the Hub: {login}") from err
+    except HfHubHTTPError as err:
+        status = getattr(err.response, "status_code", None)
+        if status in (401, 403):
+            raise HubUploadError(f"the Hugging Face Hub refused the token ({status}): {login}") from err
+        raise
 
 
 def _unreachable(err: BaseException) -> bool:
@@ -96,9 +131,11 @@ def _upload_failure(
     else:
         cause = f"the Hugging Face Hub refused the upload to {repo_id} ({_first_line(err)})"
     uploaded = f"; {', '.join(done)} was uploaded" if done else ""
-    folders = " and ".join(folder for folder, _, _ in pending)
+    from ..files import display_path
+
+    folders = " and ".join(display_path(folder) for folder, _, _ in pending)
     commands = "; ".join(
-        f"hf upload {repo} {folder}" + (" --repo-type dataset" if kind == "dataset" else "")
+        f"hf upload {repo} {display_path(folder)}" + (" --repo-type dataset" if kind == "dataset" else "")
         for folder, repo, kind in pending
     )
     return (
@@ -108,22 +145,31 @@ def _upload_failure(
 
 
 def _push(config, outputs: dict[str, Any]) -> None:
-    """Upload the student (and transfer set) folders; add their commit URLs to ``outputs``."""
+    """Upload the student (and transfer set) folders; add each one's commit URL (``<key>_commit``) and
+    commit id (``<key>_commit_id``) to ``outputs``, which become the manifest once every upload is done."""
     run = config.run
     uploads = [("student", outputs["student"], run.hub_model_id, "model")]
     if "transfer_set" in outputs and run.hub_dataset_id:
         uploads.append(("transfer_set", outputs["transfer_set"], run.hub_dataset_id, "dataset"))
+    flags = {"--hub_model_id": run.hub_model_id, "--hub_dataset_id": run.hub_dataset_id}
+    try:
+        check_push(flags)
+    except (HubUploadError, ValueError):
+        raise
+    except Exception as err:  # noqa: BLE001 - the Hub out of reach: one line naming the ready folders
+        pending = [(f, r, t) for _, f, r, t in uploads]
+        raise HubUploadError(_upload_failure(err, run.hub_model_id, pending, [])) from err
     done: list[str] = []
     for index, (key, folder, repo_id, repo_type) in enumerate(uploads):
         try:
-            outputs[f"{key}_commit"] = upload_folder(
-                folder, repo_id, repo_type=repo_type, private=run.hub_private
-            )
+            info = upload_folder(folder, repo_id, repo_type=repo_type, private=run.hub_private)
         except Exception as err:  # noqa: BLE001 - every failure becomes one line naming the ready folders
             if isinstance(err, ValueError) and not _unreachable(err):
                 raise  # a malformed repo id: the Hub's own message names it
             pending = [(f, r, t) for _, f, r, t in uploads[index:]]
             raise HubUploadError(_upload_failure(err, repo_id, pending, done)) from err
+        outputs[f"{key}_commit"] = str(info)
+        outputs[f"{key}_commit_id"] = getattr(info, "oid", None)
         done.append(repo_id)
 
 

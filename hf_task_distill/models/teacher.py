@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
+from ..files import display_path
 from ..sources import check_model_source, resolve_model_source
 from .heads import reinitialise_head
 from .labels import label_config_kwargs, label_names_of, set_label_space
@@ -72,7 +74,7 @@ def load_teacher(
         (logger.warning if warn_new_head else logger.info)(
             "Attaching a new, untrained %d-class head to '%s'%s",
             len(label_config_kwargs(labels)["id2label"]),
-            name_or_path,
+            display_path(name_or_path) if os.path.exists(name_or_path) else name_or_path,
             ": finetune it on the task before distilling from it" if warn_new_head else "",
         )
 

@@ -70,6 +70,8 @@ class Stage:
         settings_read: the flags (config field names) the stage's result depends on.
         recomputed_freely: the stage only derives files from finished ones (seconds of work): a
             changed setting redoes it without asking for ``--overwrite_stage``.
+        command_needs_finished: the command refuses a run whose upstream stages are not all complete
+            (``push`` uploads a finished run; ``run --push_to_hub`` computes and pushes).
     """
 
     name: ClassVar[str]
@@ -78,6 +80,7 @@ class Stage:
     command_settings: ClassVar[dict[str, Any]] = {}
     settings_read: ClassVar[tuple[str, ...]] = ()
     recomputed_freely: ClassVar[bool] = False
+    command_needs_finished: ClassVar[bool] = False
 
     def enabled(self, config: PipelineConfig) -> bool:
         """Whether a run of every stage includes this one (the baseline can be turned off)."""

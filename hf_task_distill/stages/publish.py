@@ -17,6 +17,7 @@ class PublishStage(Stage):
     command_settings = {"push_to_hub": True}
     settings_read = ("push_to_hub", "hub_model_id", "hub_dataset_id", "hub_private")
     recomputed_freely = True
+    command_needs_finished = True  # `push` uploads a finished run; it does not train one
 
     def upstream(self, config):
         exported = ("export",) if get_stage("export").enabled(config) else ()

@@ -9,6 +9,7 @@ Repo ids in URLs are ``<namespace>/<name>``; dataset routes carry ``datasets/`` 
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 import re
 import socket
@@ -160,9 +161,18 @@ class HubApp(UploadRoutes):
         repo_type = body.get("type") or "model"
         namespace = body.get("organization") or "user"
         repo_id = f"{namespace}/{body.get('name', '')}"
-        self.storage.create_repo(repo_type, repo_id, bool(body.get("private")))
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
-        return jsonify({"url": f"{request.host_url}{prefix}{repo_id}", "name": repo_id, "id": repo_id})
+        url = f"{request.host_url}{prefix}{repo_id}"
+        try:
+            self.storage.create_repo(repo_type, repo_id, bool(body.get("private")))
+        except HubError as error:
+            response = self._error(error)
+            if (
+                error.status == 409
+            ):  # the Hub's 409 names the repo: `create_repo(exist_ok=True)` reads its url
+                response.set_data(json.dumps({"error": error.message, "url": url}))
+            return response
+        return jsonify({"url": url, "name": repo_id, "id": repo_id})
 
     def whoami(self):
         """The token's owner: ``user`` (the namespace a repo id without one is created in)."""
