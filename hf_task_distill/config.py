@@ -78,9 +78,7 @@ class TaskArguments:
     budget_seed: int = field(default=0, metadata={"help": "Seed of the label-budget draw."})
     test_fraction: float = field(
         default=0.2,
-        metadata={
-            "help": "Test share per class without a test/validation split (seed: --budget_seed)."
-        },
+        metadata={"help": "Test share per class without a test/validation split (seed: --budget_seed)."},
     )
 
     def __post_init__(self):
@@ -291,9 +289,7 @@ class StudentArguments:
     student_image_size: int | None = field(default=None, metadata={"help": "Student input resolution."})
     student_crop_pct: float | None = field(
         default=None,
-        metadata={
-            "help": "A timm student's eval crop (0, 1]; 1: none."
-        },
+        metadata={"help": "A timm student's eval crop (0, 1]; 1: none."},
     )
     distill_epochs: float = field(
         default=50.0, metadata={"help": "Epochs over the transfer set (not from the paper)."}
