@@ -151,6 +151,16 @@ def test_the_main_command_runs_against_the_hub_by_repo_id(main_command):
     assert weights == (student / "model.safetensors").read_bytes()
     card = _stored(hub, record, "README.md").decode()
     assert TEACHER in card and CUB in card
+    # lineage: the commits the run's cache resolved the ids to, the ones the server holds
+    cub_commit, _ = hub.storage.resolve("dataset", CUB, "main")
+    lineage = {
+        s["role"]: s
+        for s in json.loads((run / "publish" / "manifest.json").read_text())["outputs"]["lineage"]
+    }
+    assert (lineage["teacher"]["name"], lineage["teacher"]["revision"]) == (TEACHER, teacher_commit)
+    assert (lineage["task data"]["name"], lineage["task data"]["revision"]) == (CUB, cub_commit)
+    assert f"| teacher | [`{TEACHER}`](https://huggingface.co/{TEACHER}) | `{teacher_commit[:12]}` |" in card
+    assert f"| task data | [`{CUB}`](https://huggingface.co/datasets/{CUB}) | `{cub_commit[:12]}` |" in card
     for name in record["files"]:  # the ids, never the cache folder they were read from
         assert str(tmp_path).encode() not in _stored(hub, record, name), name
 
