@@ -243,6 +243,18 @@ class StageProgressCallback(TrainerCallback):
         self.training_bar = None
 
 
+class HomeHidingFormatter(logging.Formatter):
+    """A formatter that writes the home directory as ``~`` in every record, ours or a library's
+    (transformers' load report names the folder a model came from), so that a log a user shares, on
+    the console or in ``hf-task-distill.log``, names no home directory and with it no user name."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """The record formatted by :class:`logging.Formatter`, with the home directory as ``~``."""
+        text = super().format(record)
+        home = os.path.expanduser("~").rstrip(os.sep)
+        return text.replace(home + os.sep, "~" + os.sep) if len(home) > 1 else text
+
+
 class _TqdmAwareHandler(logging.StreamHandler):
     """Writes each line through ``tqdm.write``, so a log line does not land in the middle of a bar."""
 
@@ -301,7 +313,7 @@ class ConsoleSession(contextlib.ExitStack):
     def _logging(self) -> None:
         root, ours = logging.getLogger(), logging.getLogger("hf_task_distill")
         handler = _TqdmAwareHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt="%H:%M:%S"))
+        handler.setFormatter(HomeHidingFormatter(LOG_FORMAT, datefmt="%H:%M:%S"))
         handler.setLevel(logging.INFO if self.main_process else logging.WARNING)
         root.addHandler(handler)
         self.callback(root.removeHandler, handler)
@@ -338,7 +350,7 @@ class ConsoleSession(contextlib.ExitStack):
             return None
         path = os.path.join(folder, LOG_FILE)
         handler = logging.FileHandler(path, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(HomeHidingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         handler.setLevel(logging.DEBUG)
         logging.getLogger().addHandler(handler)
         self.callback(handler.close)
