@@ -93,7 +93,10 @@ def main_command(loopback_hub, tmp_path_factory):
     """The Hub seeded, then the main command run against it once; what the tests below look at."""
     hub, tmp_path = loopback_hub, tmp_path_factory.mktemp("main_command")
     teacher_commit = _seed_teacher(hub, tmp_path)
-    _client(hub, tmp_path, [sys.executable, "-c", textwrap.dedent(PUSH_CUB)], "seed", timeout=300, REPO=CUB)
+    with hub.member_of(CUB.split("/")[0]):  # pushed by the dataset's publisher
+        _client(
+            hub, tmp_path, [sys.executable, "-c", textwrap.dedent(PUSH_CUB)], "seed", timeout=300, REPO=CUB
+        )
     assert hub.storage.resolve("dataset", CUB, "main")
     before = len(hub.app.requests)
 

@@ -289,6 +289,8 @@ REFUSED_WRITES = """
         create=attempt(lambda: api.create_repo("mallory/new-repo")),
         upload=attempt(lambda: api.upload_file(path_or_fileobj=b"x", path_in_repo="x.txt", repo_id=repo)),
         invalid=attempt(lambda: HfApi(token=os.environ.get("GOOD")).create_repo("alice/bad name!")),
+        foreign=attempt(lambda: HfApi(token=os.environ["GOOD"]).create_repo("mallory/new-repo")),
+        read_only=attempt(lambda: HfApi(token=os.environ["GOOD"]).create_repo("readers/new-repo")),
         private=attempt(lambda: HfApi(token=False).model_info(os.environ["PRIVATE"])),
         private_with_token=HfApi(token=os.environ["GOOD"]).model_info(os.environ["PRIVATE"]).private,
     )))
@@ -309,9 +311,13 @@ def test_writes_without_the_token_are_refused_clearly_and_store_nothing(loopback
         kind, status, message = out[call]
         assert status == 401 and "Invalid credentials in Authorization header" in message, out[call]
     assert out["invalid"][0] == "HFValidationError" and "alice/bad name!" in out["invalid"][2]
+    for call, namespace in (("foreign", "mallory"), ("read_only", "readers")):  # the right token
+        kind, status, message = out[call]
+        assert status == 403 and f'to a repo under the namespace "{namespace}"' in message, out[call]
     assert out["private"][0] == "RepositoryNotFoundError" and out["private_with_token"] is True
     assert head_of(hub, "model", repo)[0] == before
     assert not (hub.root / "repos" / "models" / "mallory").exists()
+    assert not (hub.root / "repos" / "models" / "readers").exists()
     assert not hub.storage.has_object(hashlib.sha256(b"x").hexdigest())
 
 

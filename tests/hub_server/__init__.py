@@ -6,6 +6,7 @@ it with :meth:`LoopbackHub.client_env`. See docs/testing.md for what it implemen
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pathlib
@@ -46,6 +47,17 @@ class LoopbackHub:
     def stop(self) -> None:
         self._server.shutdown()
         self._thread.join(timeout=10)
+
+    @contextlib.contextmanager
+    def member_of(self, org: str, role: str = "write"):
+        """The token's owner in organisation ``org`` while the block runs: a test seeds a repo such as
+        ``facebook/dinov2-large`` through the clients as its publisher would, and the namespace is
+        refused again afterwards."""
+        self.app.orgs[org] = role
+        try:
+            yield self
+        finally:
+            del self.app.orgs[org]
 
     def client_env(self, hf_home: pathlib.Path, token: str | None = "default") -> dict:
         """The environment of a client process as on a user's machine, pointed at this server: online,

@@ -21,6 +21,10 @@ from .storage import HubError, Storage, repo_type_of
 from .uploads import UploadRoutes
 
 _INVALID_TOKEN = "Invalid credentials in Authorization header"
+#: The token's owner and the organisations it belongs to, with its role in each (as ``whoami-v2``
+#: answers): repos are created and written only in a namespace where the role allows it.
+USER = "user"
+ORGS = {"alice": "write", "someone": "write", "lineage": "contributor", "readers": "read"}
 
 
 def _tree_entries(files: dict, folder: str, recursive: bool) -> list[dict]:
@@ -57,6 +61,7 @@ class HubApp(UploadRoutes):
 
     def __init__(self, storage: Storage, token: str):
         self.storage, self.token = storage, token
+        self.orgs = dict(ORGS)  # the token owner's organisations and roles (LoopbackHub.member_of adds one)
         self.requests: list[tuple[str, str, int]] = []  # (method, path, status) of every answer, for tests
         self._faults: list[tuple[str, re.Pattern, str]] = []
         self._faults_lock = threading.Lock()  # requests are served in parallel threads
@@ -138,6 +143,15 @@ class HubApp(UploadRoutes):
         if self._bearer() != self.token:
             raise HubError(401, _INVALID_TOKEN)
 
+    def _require_write(self, ns: str) -> None:
+        """The token, and a namespace it may write to (its user's, or an organisation where its role is
+        not ``read``); the Hub answers 403 otherwise."""
+        self._require_token()
+        if ns != USER and self.orgs.get(ns, "read") == "read":
+            raise HubError(
+                403, f'You don\'t have the rights to create or write to a repo under the namespace "{ns}"'
+            )
+
     def _check_read(self, repo_type: str, repo_id: str) -> None:
         """A wrong token is refused everywhere (as on the Hub); a private repo needs the right one."""
         given = self._bearer()
@@ -156,10 +170,10 @@ class HubApp(UploadRoutes):
 
     # -- repos ---------------------------------------------------------------------------------
     def create_repo(self):
-        self._require_token()
         body = request.get_json(force=True)
         repo_type = body.get("type") or "model"
-        namespace = body.get("organization") or "user"
+        namespace = body.get("organization") or USER
+        self._require_write(namespace)
         repo_id = f"{namespace}/{body.get('name', '')}"
         prefix = "" if repo_type == "model" else f"{repo_type}s/"
         url = f"{request.host_url}{prefix}{repo_id}"
@@ -175,14 +189,17 @@ class HubApp(UploadRoutes):
         return jsonify({"url": url, "name": repo_id, "id": repo_id})
 
     def whoami(self):
-        """The token's owner: ``user`` (the namespace a repo id without one is created in)."""
+        """The token's owner: :data:`USER` (the namespace a repo id without one is created in), and
+        its organisations (:data:`ORGS`, and any the test made it a member of)."""
         self._require_token()
         return jsonify(
             {
                 "type": "user",
-                "name": "user",
+                "name": USER,
                 "fullname": "Loopback User",
-                "orgs": [],
+                "orgs": [
+                    {"type": "org", "name": name, "roleInOrg": role} for name, role in self.orgs.items()
+                ],
                 "auth": {"type": "access_token", "accessToken": {"role": "write"}},
             }
         )

@@ -1,6 +1,6 @@
 """The loopback Hub's write routes: pre-upload, NDJSON commit, Git LFS batch (``basic``) and card check.
 
-A mixin of :class:`hub_server.app.HubApp`, which provides ``storage``, ``token`` and ``_require_token``.
+A mixin of :class:`hub_server.app.HubApp`, which provides ``storage``, ``token``, ``_require_token`` and ``_require_write``.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class UploadRoutes:
 
     def preupload(self, kind, ns, name, revision):
         """Upload mode per file: ``lfs`` for binary, big or LFS-tracked files, else ``regular``; never Xet."""
-        self._require_token()
+        self._require_write(ns)
         repo_type, repo_id = repo_type_of(kind), f"{ns}/{name}"
         _, record = self.storage.resolve(repo_type, repo_id, revision)
         out = []
@@ -54,7 +54,7 @@ class UploadRoutes:
         return jsonify({"files": out})
 
     def commit(self, kind, ns, name, revision):
-        self._require_token()
+        self._require_write(ns)
         repo_type, repo_id = repo_type_of(kind), f"{ns}/{name}"
         lines = [json.loads(line) for line in request.get_data().splitlines() if line.strip()]
         header = next((line["value"] for line in lines if line["key"] == "header"), {})
@@ -76,7 +76,7 @@ class UploadRoutes:
 
     def lfs_batch(self, kind, ns, name):
         """Git LFS batch API, ``basic`` transfer: a signed PUT URL per object not yet stored."""
-        self._require_token()
+        self._require_write(ns)
         repo_type, repo_id = repo_type_of(kind), f"{ns}/{name}"
         check_repo_id(repo_id)
         self.storage.repo(repo_type, repo_id)
