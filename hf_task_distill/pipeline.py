@@ -216,6 +216,8 @@ class Pipeline:
             check_models_reachable(
                 self.config, [s for s in stages if self.manifest(s) is None or s in overwrite]
             )
+            for name in stages:
+                get_stage(name).check_ready(self.config)
             os.makedirs(self.run_dir, exist_ok=True)
             config_path = os.path.join(self.run_dir, "config.json")
             # config.json holds the settings the finished stages have: a command that changes them

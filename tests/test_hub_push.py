@@ -359,19 +359,23 @@ def test_pushed_cards_validate_on_the_hub_and_render_lineage_results_and_licence
         ("no token", r"no Hugging Face token found .*: log in with `hf auth login` or set HF_TOKEN"),
         ("wrong token", r"the Hugging Face Hub refused the token \(401\): log in with `hf auth login` or set HF_TOKEN"),
         ("unfinished run", r"push publishes a finished run, and the run in ~/projects/\S+ has not completed stages finetune, evaluate: finish it"),
+        ("foreign namespace", r"--hub_model_id 'mallory/refused-foreign-namespace': the Hugging Face token of 'user' cannot write there \('mallory' is neither your user name nor one of your organisations\); it can write under 'user', 'alice', 'lineage', 'someone'$"),
+        ("read-only organisation", r"--hub_model_id 'readers/refused-read-only-organisation': .* cannot write there \(your role in the organisation 'readers' is read\)"),
     ],
-    ids=["invalid-repo-id", "no-token", "wrong-token", "unfinished-run"],
+    ids=["invalid-repo-id", "no-token", "wrong-token", "unfinished-run", "foreign-namespace", "read-only-org"],
 )  # fmt: skip
 def test_a_push_that_cannot_succeed_says_why_in_one_line_and_uploads_nothing(
     finished_run, loopback_hub, tmp_path, case, expected
 ):
     hub, run = loopback_hub, _copy(finished_run, tmp_path)
-    model = "alice/bad name!" if case == "invalid repo id" else f"alice/refused-{case.replace(' ', '-')}"
+    owner = {"foreign namespace": "mallory", "read-only organisation": "readers"}.get(case, "alice")
+    model = "alice/bad name!" if case == "invalid repo id" else f"{owner}/refused-{case.replace(' ', '-')}"
     token = {"no token": None, "wrong token": "hf_" + secrets.token_hex(16)}.get(case, "default")
     if case == "unfinished run":
         for stage in ("finetune", "evaluate"):
             (run / stage / "manifest.json").unlink()
-    before = len(hub.app.requests)
+    before, published = len(hub.app.requests), _manifest(run)
+    assert published is not None  # the run's own publish folders, written without a push
 
     done = _push(hub, finished_run, run, model, "alice/refused-transfer", token=token)
 
@@ -380,14 +384,56 @@ def test_a_push_that_cannot_succeed_says_why_in_one_line_and_uploads_nothing(
     assert re.search(expected, errors[0]), errors[0]
     writes = [(m, p) for m, p, _ in hub.app.requests[before:] if p != "/api/whoami-v2"]
     assert not writes, writes  # not even a repo created
-    assert not (hub.storage.root / "repos" / "models" / "alice" / model.split("/")[1]).exists()
-    manifest = _manifest(run)
-    assert manifest is None or "student_commit_id" not in manifest["outputs"]
+    assert not (hub.storage.root / "repos" / "models" / owner / model.split("/")[1]).exists()
+    assert _manifest(run) == published  # refused before the publish stage was touched
     if case == "unfinished run":
         assert (
             not (run / "finetune" / "manifest.json").exists()
             and not (run / "evaluate" / "manifest.json").exists()
         )
+
+
+def test_a_model_id_without_owner_is_pushed_to_the_token_owner_and_named_in_full(
+    finished_run, loopback_hub, tmp_path
+):
+    hub, run = loopback_hub, _copy(finished_run, tmp_path)
+    model, dataset = f"bare-{tmp_path.name[-12:]}", f"bare-transfer-{tmp_path.name[-12:]}"
+
+    done = _push(hub, finished_run, run, model, dataset)
+
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(_uploads(hub, "model", f"user/{model}")) == 1  # whoami's name, as create_repo reads it
+    assert len(_uploads(hub, "dataset", f"user/{dataset}")) == 1
+    outputs = _manifest(run)["outputs"]
+    assert f"/user/{model}/commit/" in outputs["student_commit"]
+    assert f"/datasets/user/{dataset}/commit/" in outputs["transfer_set_commit"]
+    card = (run / "publish" / "student" / "README.md").read_text()
+    assert re.search(rf"^model-index:\n- name: user/{model}$", card, re.M), card[:800]
+    assert re.search(rf"^- user/{dataset}$", card, re.M)  # the card's datasets: the full id
+    assert re.search(rf"^# user/{model}$", card, re.M)  # the title
+    assert f'timm.create_model("hf-hub:user/{model}", pretrained=True)' in card  # usage that works
+
+
+def test_run_with_push_to_hub_and_a_wrong_token_fails_before_the_teacher_is_finetuned(
+    finished_run, loopback_hub, tmp_path
+):
+    hub, home = loopback_hub, finished_run["home"]
+    argv = list(finished_run["argv"])
+    out = finished_run["root"] / f"never-run-{tmp_path.name}"
+    argv[argv.index("--output_dir") + 1] = str(out)
+    env = {
+        **hub.client_env(home / ".cache" / "huggingface", token="hf_" + secrets.token_hex(16)),
+        **_user_env(home),
+    }
+    command = [*CLI, "run", *argv, "--push_to_hub", "--hub_model_id", "alice/never-trained"]
+
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=home.parent)
+
+    errors = _errors(done.stderr)
+    assert done.returncode == 2 and len(errors) == 1, done.stderr[-3000:]
+    assert "the Hugging Face Hub refused the token (401)" in errors[0]
+    assert not (out / "teacher" / "manifest.json").exists() and not (out / "teacher" / "model").exists()
+    assert "stage teacher" not in done.stderr
 
 
 def test_messages_name_local_folders_without_the_home_directory(tmp_path, monkeypatch):

@@ -279,11 +279,10 @@ def test_a_failed_upload_names_what_went_up_and_what_is_left(monkeypatch):
         return "https://huggingface.co/me/s/commit/1"
 
     monkeypatch.setattr(publish, "upload_folder", upload)
-    monkeypatch.setattr(publish, "check_push", lambda repo_ids: None)  # ids valid, the token accepted
-    run = SimpleNamespace(hub_model_id="me/s", hub_dataset_id="me/t", hub_private=False)
+    run = SimpleNamespace(hub_private=False)
     outputs = {"student": "/r/publish/student", "transfer_set": "/r/publish/transfer_set"}
-    with pytest.raises(HubUploadError) as failure:
-        publish._push(SimpleNamespace(run=run), outputs)
+    with pytest.raises(HubUploadError) as failure:  # the ids as check_push resolved them
+        publish._push(run, outputs, {"model": "me/s", "dataset": "me/t"})
     message = str(failure.value)
     assert message.startswith("the Hugging Face Hub refused the upload to me/t (403 Forbidden")
     assert "me/s was uploaded" in message and "/r/publish/transfer_set is complete" in message

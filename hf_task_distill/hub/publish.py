@@ -30,7 +30,14 @@ from .names import hub_id, public_name
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["HubUploadError", "check_push", "publish_run", "upload_folder", "write_parquet_dataset"]
+__all__ = [
+    "HubUploadError",
+    "check_push",
+    "publish_run",
+    "push_targets",
+    "upload_folder",
+    "write_parquet_dataset",
+]
 
 
 class HubUploadError(OSError):
@@ -77,12 +84,22 @@ def upload_folder(folder: str, repo_id: str, *, repo_type: str, private: bool = 
     )
 
 
-def check_push(repo_ids: dict[str, str | None]) -> None:
+def check_push(repo_ids: dict[str, str | None]) -> dict[str, str]:
     """Before anything is uploaded: every repo id (by its flag, e.g. ``{"--hub_model_id": "me/s"}``)
-    is valid, a token is found and the Hub accepts it.
+    is valid, a token is found, the Hub accepts it, and it may write where the ids point.
 
-    Raises ``ValueError`` naming a malformed repo id, :class:`HubUploadError` (one line saying how to
-    log in) for a missing or refused token, or for a Hub out of reach.
+    A repo id without an owner (``"mobilevitv2-cub"``) is the token owner's, as ``create_repo`` and the
+    ``Trainer`` read it: it is returned as ``"<user>/mobilevitv2-cub"``. A namespace that is neither the
+    user's nor one of their organisations, an organisation where their role is ``read``, or a read
+    token, is refused here rather than by the upload (``whoami``'s ``name``, ``orgs[].roleInOrg`` and
+    ``auth.accessToken.role``; a fine-grained token's scopes are left to the Hub to judge).
+
+    Returns:
+        `dict[str, str]`: the given flags' repo ids as ``owner/name`` (flags given ``None`` left out).
+
+    Raises:
+        ValueError: a malformed repo id, or a namespace the token cannot write to (naming those it can).
+        HubUploadError: (one line saying how to log in) a missing, refused or read-only token.
     """
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError, LocalTokenNotFoundError
@@ -98,7 +115,7 @@ def check_push(repo_ids: dict[str, str | None]) -> None:
             ) from err
     login = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
     try:
-        HfApi().whoami()  # the token as the upload will send it
+        me = HfApi().whoami()  # the token as the upload will send it
     except LocalTokenNotFoundError as err:
         raise HubUploadError(f"no Hugging Face token found to upload to the Hub: {login}") from err
     except HfHubHTTPError as err:
@@ -106,6 +123,32 @@ def check_push(repo_ids: dict[str, str | None]) -> None:
         if status in (401, 403):
             raise HubUploadError(f"the Hugging Face Hub refused the token ({status}): {login}") from err
         raise
+    role = ((me.get("auth") or {}).get("accessToken") or {}).get("role")
+    if role == "read":
+        raise HubUploadError(f"the Hugging Face token is a read token: {login}")
+    return {flag: _writable_repo_id(flag, repo_id, me) for flag, repo_id in repo_ids.items() if repo_id}
+
+
+def _writable_repo_id(flag: str, repo_id: str, me: dict) -> str:
+    """``repo_id`` as ``owner/name`` (the user's own when it names no owner), checked against ``whoami``'s
+    answer ``me``. Raises ``ValueError`` naming the namespaces the token can write to."""
+    user = me.get("name")
+    if "/" not in repo_id:
+        return f"{user}/{repo_id}"
+    owner = repo_id.split("/")[0]
+    roles = {org.get("name"): org.get("roleInOrg") for org in me.get("orgs") or []}
+    if owner == user or (owner in roles and roles[owner] != "read"):
+        return repo_id
+    writable = [user, *sorted(name for name, role in roles.items() if role != "read")]
+    why = (
+        f"your role in the organisation '{owner}' is read"
+        if owner in roles
+        else (f"'{owner}' is neither your user name nor one of your organisations")
+    )
+    raise ValueError(
+        f"{flag} '{repo_id}': the Hugging Face token of '{user}' cannot write there ({why}); it can write "
+        f"under {', '.join(repr(name) for name in writable)}"
+    )
 
 
 def _unreachable(err: BaseException) -> bool:
@@ -144,21 +187,44 @@ def _upload_failure(
     )
 
 
-def _push(config, outputs: dict[str, Any]) -> None:
-    """Upload the student (and transfer set) folders; add each one's commit URL (``<key>_commit``) and
-    commit id (``<key>_commit_id``) to ``outputs``, which become the manifest once every upload is done."""
-    run = config.run
-    uploads = [("student", outputs["student"], run.hub_model_id, "model")]
-    if "transfer_set" in outputs and run.hub_dataset_id:
-        uploads.append(("transfer_set", outputs["transfer_set"], run.hub_dataset_id, "dataset"))
-    flags = {"--hub_model_id": run.hub_model_id, "--hub_dataset_id": run.hub_dataset_id}
+def push_targets(run) -> tuple[dict[str, str | None], BaseException | None]:
+    """The repos a push of ``run`` (the ``run`` settings) goes to, checked by :func:`check_push` before
+    anything is written: ``({"model": "owner/name", "dataset": "owner/name" or None}, None)``.
+
+    A Hub out of reach (or answering with another error) is not raised here: the ids are returned as
+    given with the error, which the push raises once the folders are written (to be uploaded later). Without ``push_to_hub`` the
+    ids are returned as given, unchecked.
+
+    Raises:
+        ValueError: ``--push_to_hub`` without ``--hub_model_id``, a malformed id or a namespace the
+            token cannot write to.
+        HubUploadError: a missing, refused or read-only token.
+    """
+    given = {"model": run.hub_model_id, "dataset": run.hub_dataset_id}
+    if not run.push_to_hub:
+        return given, None
+    if not run.hub_model_id:
+        raise ValueError("--push_to_hub needs --hub_model_id (e.g. me/mobilevitv2-cub)")
     try:
-        check_push(flags)
+        ids = check_push({"--hub_model_id": run.hub_model_id, "--hub_dataset_id": run.hub_dataset_id})
     except (HubUploadError, ValueError):
         raise
-    except Exception as err:  # noqa: BLE001 - the Hub out of reach: one line naming the ready folders
+    except Exception as err:  # noqa: BLE001 - the Hub out of reach: raised by the push, after the folders
+        return given, err
+    return {"model": ids["--hub_model_id"], "dataset": ids.get("--hub_dataset_id")}, None
+
+
+def _push(run, outputs: dict[str, Any], targets: dict[str, str | None], unreachable=None) -> None:
+    """Upload the student (and transfer set) folders to ``targets`` (:func:`push_targets`); add each
+    one's commit URL (``<key>_commit``) and commit id (``<key>_commit_id``) to ``outputs``, which become
+    the manifest once every upload is done. ``unreachable``: the error that kept :func:`check_push`
+    from the Hub, raised as the upload's failure naming the folders to upload later."""
+    uploads = [("student", outputs["student"], targets["model"], "model")]
+    if "transfer_set" in outputs and targets["dataset"]:
+        uploads.append(("transfer_set", outputs["transfer_set"], targets["dataset"], "dataset"))
+    if unreachable is not None:
         pending = [(f, r, t) for _, f, r, t in uploads]
-        raise HubUploadError(_upload_failure(err, run.hub_model_id, pending, [])) from err
+        raise HubUploadError(_upload_failure(unreachable, targets["model"], pending, [])) from unreachable
     done: list[str] = []
     for index, (key, folder, repo_id, repo_type) in enumerate(uploads):
         try:
@@ -205,8 +271,9 @@ def _public_ledger(context):
     return ComputeLedger([replace(e, model=name(e.model)) for e in ledger.entries], dict(ledger.wall_s))
 
 
-def _student_card(context, model_config, ledger, export=None):
-    """The card data of the published student, every source named by ``public_name``/``hub_id``."""
+def _student_card(context, model_config, ledger, targets, export=None):
+    """The card data of the published student, every source named by ``public_name``/``hub_id``;
+    ``targets``: the repos it is published to (:func:`push_targets`)."""
     from .cards import StudentCardData, descriptive_name, label_budget_summary
     from .lineage import licence_warnings, run_sources
 
@@ -216,7 +283,7 @@ def _student_card(context, model_config, ledger, export=None):
     teacher_outputs = context.manifest("teacher")["outputs"]
     pretrained_cfg = getattr(model_config, "pretrained_cfg", None) or {}
     architecture = getattr(model_config, "architecture", None) or model_config.model_type
-    repo_id = hub_id(config.run.hub_model_id)
+    repo_id = hub_id(targets["model"])
     as_given = config.teacher.teacher_strategy == "none"  # the teacher is used as published
     lineage = run_sources(config, task)
     return StudentCardData(
@@ -238,7 +305,7 @@ def _student_card(context, model_config, ledger, export=None):
         ledger=ledger.markdown(),
         base_model=pretrained_cfg.get("hf_hub_id") if config.student.pretrained_student else None,
         teacher_repo=hub_id(config.teacher.teacher) if as_given else None,
-        transfer_repo=config.run.hub_dataset_id if transfer["kind"] == "retrieval" else None,
+        transfer_repo=targets["dataset"] if transfer["kind"] == "retrieval" else None,
         dataset_id=task.spec.hub_id if task.spec is not None else None,
         license=task.spec.license if task.spec is not None else None,
         label_budget=label_budget_summary(task),
@@ -289,7 +356,7 @@ def _add_export(context, student_dir: str) -> dict[str, Any] | None:
     return read_json(record) if os.path.isfile(record) else None
 
 
-def _add_teacher_cache(context, transfer_dir: str, rows, ledger) -> dict[str, Any] | None:
+def _add_teacher_cache(context, transfer_dir: str, rows, ledger, repo_id) -> dict[str, Any] | None:
     """The distill stage's teacher cache into the published transfer set (a reinforced transfer set,
     :mod:`~hf_task_distill.hub.reinforced`), its section into the card; returns the published record,
     or ``None`` when the run built no cache (any earlier run's ``teacher_cache/`` is removed)."""
@@ -315,7 +382,7 @@ def _add_teacher_cache(context, transfer_dir: str, rows, ledger) -> dict[str, An
     )
     card = os.path.join(transfer_dir, "README.md")
     if os.path.isfile(card):
-        add_teacher_cache_section(card, cache, record, context.config.run.hub_dataset_id)
+        add_teacher_cache_section(card, cache, record, repo_id)
     return record
 
 
@@ -340,6 +407,8 @@ def publish_run(context, directory: str) -> dict[str, Any]:
     if context.state.is_main_process:
         from ..export import export_student
 
+        targets, unreachable = push_targets(config.run)  # a wrong id or token fails before any file
+
         os.makedirs(student_dir, exist_ok=True)
         export_student(
             finetuned, formats=("safetensors",), output_dir=student_dir
@@ -347,7 +416,7 @@ def publish_run(context, directory: str) -> dict[str, Any]:
         _add_image_processor(student_dir, context.task.task_type)
         exported = _add_export(context, student_dir)
         ledger = _public_ledger(context)
-        card = _student_card(context, AutoConfig.from_pretrained(student_dir), ledger, exported)
+        card = _student_card(context, AutoConfig.from_pretrained(student_dir), ledger, targets, exported)
         render_student_card(card).save(os.path.join(student_dir, "README.md"))
         outputs["lineage"] = card.lineage  # the commits this run used, in the publish manifest
         for warning in card.licence_warnings:
@@ -367,11 +436,9 @@ def publish_run(context, directory: str) -> dict[str, Any]:
                 source = os.path.join(transfer["path"], name)
                 if os.path.exists(source):
                     shutil.copyfile(source, os.path.join(transfer_dir, name))
-            _add_teacher_cache(context, transfer_dir, rows, ledger)
+            _add_teacher_cache(context, transfer_dir, rows, ledger, targets["dataset"])
             outputs["transfer_set"] = transfer_dir
         if config.run.push_to_hub:
-            if not config.run.hub_model_id:
-                raise ValueError("--push_to_hub needs --hub_model_id (e.g. me/mobilevitv2-cub)")
-            _push(config, outputs)
+            _push(config.run, outputs, targets, unreachable)
     context.state.wait_for_everyone()
     return outputs

@@ -114,6 +114,10 @@ class Stage:
         checked before the first stage runs, so that a typo or a missing network fails at once."""
         return []
 
+    def check_ready(self, config: PipelineConfig) -> None:
+        """Checks that cost no computation, run before the command's first stage (a push's token and
+        repo ids): raise to refuse the command before anything is trained or written."""
+
     def task_splits(self, config: PipelineConfig, eval_split: str) -> tuple[str, ...] | None:
         """The task's splits whose data the result depends on (``None``: all of them). A fixed test
         image must not redo a training stage."""

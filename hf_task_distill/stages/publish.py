@@ -3,7 +3,11 @@ their cards; pushed when ``--push_to_hub`` is given."""
 
 from __future__ import annotations
 
+import logging
+
 from .base import Stage, StageResult, get_stage, register_stage
+
+logger = logging.getLogger(__name__)
 
 
 @register_stage
@@ -22,6 +26,19 @@ class PublishStage(Stage):
     def upstream(self, config):
         exported = ("export",) if get_stage("export").enabled(config) else ()
         return ("transfer", "finetune", "evaluate", *exported)
+
+    def check_ready(self, config):
+        """With ``--push_to_hub``: the repo ids, the token and its rights (:func:`push_targets`), before
+        any stage; a Hub out of reach is only logged, so that an offline run still trains and writes
+        the folders."""
+        from ..hub.publish import _first_line, push_targets
+
+        _, unreachable = push_targets(config.run)
+        if unreachable is not None:
+            logger.warning(
+                "Could not check the push with the Hub (%s); it is tried after the run's stages",
+                _first_line(unreachable),
+            )
 
     def run(self, context, directory):
         from ..hub.publish import publish_run
