@@ -279,11 +279,34 @@ def _check_finished(command: str, pipeline, upstream: list[str]) -> None:
 
 def _is_finished_student(pipeline) -> bool:
     """Whether ``--student`` is already a classifier of the task's classes, in the task's order (a
-    published student such as ``me/mobilevitv2-cub``): ``evaluate`` then scores it as it is."""
+    published student such as ``me/mobilevitv2-cub``): ``evaluate`` then scores it as it is.
+
+    A finished classifier of other classes (or of the same in another order) is a starting point:
+    ``evaluate`` runs the pipeline's stages to distil a student of the task's classes from it, and a
+    warning names the differences (scoring it as it is would compare the wrong names).
+    """
     from .stages.evaluate import finished_student_labels
 
-    labels = finished_student_labels(pipeline.config.student.student, pipeline.task.task_type)
-    return labels is not None and labels == list(pipeline.task.label_names)
+    student, task = pipeline.config.student.student, pipeline.task
+    labels = finished_student_labels(student, task.task_type)
+    wanted = list(task.label_names)
+    if labels is None or labels == wanted:
+        return labels is not None
+    if sorted(labels) == sorted(wanted):
+        how = f"the same {len(wanted)} classes in another order (it has {labels[:3]}..., the task {wanted[:3]}...)"
+    else:
+        only_student = [n for n in labels if n not in wanted][:3]
+        only_task = [n for n in wanted if n not in labels][:3]
+        how = (
+            f"{len(labels)} classes where '{task.name}' has {len(wanted)} (only the student's: "
+            f"{only_student or 'none'}; only the task's: {only_task or 'none'})"
+        )
+    logger.warning(
+        "--student %s is a finished classifier of %s: it is not scored as it is; evaluate runs the "
+        "pipeline's stages to distil a student of the task's classes from it",
+        student, how,
+    )  # fmt: skip
+    return False
 
 
 def _evaluate_finished_student(pipeline) -> str:

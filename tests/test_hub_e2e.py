@@ -11,6 +11,7 @@ would find nothing, and the request log shows each id resolved.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pathlib
 import shutil
@@ -240,10 +241,10 @@ def test_evaluate_scores_a_published_student_as_its_local_folder(main_command):
     assert hub_results["results"][STUDENT_REPO] == pipeline_results["student, distilled + finetuned"]
 
 
-def test_evaluate_scores_a_finished_classifier_and_trains_from_anything_else(tmp_path, capsys):
+def test_evaluate_scores_a_finished_classifier_and_trains_from_anything_else(tmp_path, capsys, caplog):
     """Offline, on folders: ``--student`` that already predicts the task's classes in the task's order is
     evaluated as it is; a backbone, a timm architecture or another label space is not (the pipeline
-    distils from it)."""
+    distils from it), and for a classifier of other classes a warning names the differences."""
     from conftest import LABELS, make_colour_dataset, save_image_folder, tiny_dinov2
     from transformers import Dinov2Model
 
@@ -280,7 +281,24 @@ def test_evaluate_scores_a_finished_classifier_and_trains_from_anything_else(tmp
     from hf_task_distill.cli import _is_finished_student, parse_config
     from hf_task_distill.pipeline import Pipeline
 
-    for student in ("backbone", "other"):
+    fewer = tiny_dinov2(num_labels=3)  # a classifier of other classes
+    fewer.config.id2label = dict(enumerate([*names[:2], "ultraviolet"]))
+    fewer.save_pretrained(tmp_path / "fewer")
+
+    def pipeline(student):
         config = parse_config("evaluate", ["--dataset", str(tmp_path / "task"), "--student", str(tmp_path / student),
                                            "--output_dir", str(tmp_path / f"run-{student}")])  # fmt: skip
-        assert not _is_finished_student(Pipeline(config)), student
+        return Pipeline(config)
+
+    caplog.set_level(logging.WARNING, logger="hf_task_distill")
+    caplog.clear()
+    assert not _is_finished_student(pipeline("backbone")) and not caplog.records  # a head to train
+    # a finished classifier of other classes (or order) is a starting point, and the user is told so
+    assert not _is_finished_student(pipeline("other"))
+    assert "is a finished classifier of the same 4 classes in another order" in caplog.records[-1].message
+    assert "it is not scored as it is" in caplog.records[-1].message
+    assert not _is_finished_student(pipeline("fewer"))
+    assert (
+        f"of 3 classes where 'task' has 4 (only the student's: ['ultraviolet']; only the task's: {names[2:4]})"
+        in caplog.records[-1].message
+    )

@@ -216,7 +216,7 @@ def test_a_run_killed_in_distillation_resumes_without_redoing_finished_stages(cl
     assert "(162 images; 2 unreadable, skipped)" in card
 
     again = subprocess.run([*CLI, "evaluate", *cli_run["argv"]], capture_output=True, text=True, timeout=300)
-    assert again.returncode == 0
+    assert again.returncode == 0, again.stderr[-3000:]
     for stage in ("teacher", "transfer", "distill", "baseline", "finetune", "evaluate"):
         assert f"stage {stage}: complete" in again.stderr, "\n".join(
             line for line in again.stderr.splitlines() if "stage" in line

@@ -147,14 +147,16 @@ def evaluate_finished_student(context, directory: str) -> dict:
     dataset = context.task[context.eval_split]
     metrics, detail = _evaluate_one(context, student, student, dataset)
     name, key = task_type.details_file
-    os.makedirs(directory, exist_ok=True)
-    details = {"labels": list(context.task.label_names), key: {student: detail}}
-    write_json_atomically(os.path.join(directory, f"{name}.json"), details, indent=None)
     outputs = {
         "split": context.eval_split,
         "images": len(dataset),
         "results": {student: metrics},
         "task_type": task_type.name,
     }
-    write_json_atomically(os.path.join(directory, "results.json"), outputs)
+    if context.state.is_main_process:  # one writer under `accelerate launch`
+        os.makedirs(directory, exist_ok=True)
+        details = {"labels": list(context.task.label_names), key: {student: detail}}
+        write_json_atomically(os.path.join(directory, f"{name}.json"), details, indent=None)
+        write_json_atomically(os.path.join(directory, "results.json"), outputs)
+    context.state.wait_for_everyone()
     return outputs
