@@ -78,7 +78,7 @@ from .data.views import (
     seeded_generator,
 )
 from .devices import process_state
-from .files import read_json, write_atomically, write_json_atomically
+from .files import display_path, read_json, write_atomically, write_json_atomically
 from .inference import ShardedInference, ShardLayout, ShardResult, ShardStorage, finish_on_main_process
 from .tasks import get_task_type, task_type_of
 
@@ -278,7 +278,7 @@ class TeacherCache:
         if not info:
             started = os.path.exists(os.path.join(self.directory, BUILD_FILE))
             raise FileNotFoundError(
-                f"{self.directory} is not a complete teacher cache"
+                f"{display_path(self.directory)} is not a complete teacher cache"
                 + (
                     ": its build stopped before the end; run build_teacher_cache again to resume it"
                     if started
@@ -287,7 +287,7 @@ class TeacherCache:
             )
         if info.get("format") != FORMAT_VERSION:
             raise TeacherCacheMismatch(
-                f"{self.directory} uses cache format {info.get('format')}, this version reads {FORMAT_VERSION}"
+                f"{display_path(self.directory)} uses cache format {info.get('format')}, this version reads {FORMAT_VERSION}"
             )
         self.info = info
         self.fingerprint: dict[str, Any] = info["fingerprint"]
@@ -360,11 +360,11 @@ class TeacherCache:
         except (SafetensorError, OSError, ValueError) as err:
             detail = f"{type(err).__name__}: {err}"[:200]
             raise ValueError(
-                f"teacher cache shard {path} is missing or unreadable ({detail}); {redo}"
+                f"teacher cache shard {display_path(path)} is missing or unreadable ({detail}); {redo}"
             ) from err
         if metadata.get("fingerprint") != expected_hash:
             raise TeacherCacheMismatch(
-                f"teacher cache shard {path} belongs to another cache (fingerprint {metadata.get('fingerprint')!r}, "
+                f"teacher cache shard {display_path(path)} belongs to another cache (fingerprint {metadata.get('fingerprint')!r}, "
                 f"expected {expected_hash!r}); {redo}"
             )
         return shard_rows
@@ -478,7 +478,7 @@ class TeacherCache:
         if found != expected or names:
             differ = [_describe_mismatch(expected, found)] if found != expected else []
             raise TeacherCacheMismatch(
-                f"the teacher cache in {self.directory} was built for other inputs than {where}: "
+                f"the teacher cache in {display_path(self.directory)} was built for other inputs than {where}: "
                 f"{'; '.join(differ + ([names] if names else []))}. {self._remedy()}"
             )
         if dataset is not None and self.published:
@@ -735,7 +735,7 @@ def _claim_folder(output_dir: str, fingerprint: dict[str, Any], is_main_process:
         previous = read_json(os.path.join(output_dir, name)).get("fingerprint")
         if previous is not None and previous != fingerprint:
             raise TeacherCacheMismatch(
-                f"{output_dir} holds a teacher cache built for other inputs ({_describe_mismatch(fingerprint, previous)}): "
+                f"{display_path(output_dir)} holds a teacher cache built for other inputs ({_describe_mismatch(fingerprint, previous)}): "
                 "use another folder or delete it"
             )
     if is_main_process and not os.path.exists(os.path.join(output_dir, BUILD_FILE)):

@@ -141,7 +141,12 @@ def licence_warnings(sources: list[Source]) -> list[str]:
                     "the student inherits the restriction; check it before publishing or using it commercially"
                 )
         if not licence or licence in _UNCLEAR:
-            said = f"licensed '{source.license}'" if source.license else "declares no licence"
+            plural = source.role.endswith("weights")  # "the student weights ... declare"
+            said = (
+                f"{'are' if plural else 'is'} licensed '{source.license}'"
+                if source.license
+                else (f"declare{'' if plural else 's'} no licence")
+            )
             warnings.append(
                 f"the {source.role} `{source.name}` {said}: read its terms before publishing the student"
             )
