@@ -106,6 +106,13 @@ def check_model_source(name: str | os.PathLike, what: str, *, timm_architectures
     if os.path.exists(name):
         raise ValueError(f"{what}: '{name}' is a file; a model is a folder (config.json and weights)")
     if is_local_path(name):
+        repo, at, revision = name.partition("@")
+        if at and revision and HUB_ID.match(repo) and "/" in repo:  # owner/name@revision
+            raise ValueError(
+                f"{what}: '{name}': a revision after '@' is not read here (models load at the repo's default "
+                f"branch); to use revision {revision}, download it (`hf download {repo} --revision {revision} "
+                f"--local-dir <folder>`) and pass the folder"
+            )
         raise ValueError(f"{what}: no such folder '{name}'")
     if timm_architectures and "/" not in name and ":" not in name:
         _check_timm_name(name, what)

@@ -1071,6 +1071,14 @@ CASES = [
         id="cli-teacher-relative-folder-missing",
     ),
     pytest.param(
+        _cli("--student", "me/cub-student@0123abc"),
+        ExitsWith(
+            r"--student: 'me/cub-student@0123abc': a revision after '@' is not read here .*"
+            r"`hf download me/cub-student --revision 0123abc --local-dir <folder>`\) and pass the folder"
+        ),
+        id="cli-student-at-revision",
+    ),
+    pytest.param(
         _cli("--per_class", "5", "--fraction", "0.1"),
         ExitsWith(r"--per_class and --fraction are two label budgets: give one"),
         id="cli-two-label-budgets",

@@ -177,6 +177,15 @@ def test_a_student_from_the_pulled_set_equals_one_from_the_local_cache(published
         )
 
 
+def test_a_revision_after_the_repo_id_pulls_the_cache_and_rows_at_that_revision(published, hub, tmp_path):
+    trainer = DistillationTrainer(model=_student(), teacher_cache=f"{REPO}@v1.0", args=distill_args(tmp_path))
+    commit = f"{1:040x}"  # what the download of revision v1.0 resolved to
+    assert [(repo, revision) for repo, revision, _ in hub] == [(REPO, "v1.0"), (REPO, commit)]
+    assert trainer.teacher_cache.hub_source == (REPO, commit) and len(trainer.train_dataset) == ROWS
+    with pytest.raises(FileNotFoundError, match=rf"{REPO}@"):  # no revision after '@': not a repo id
+        DistillationTrainer(model=_student(), teacher_cache=f"{REPO}@", args=distill_args(tmp_path))
+
+
 def test_a_cache_for_another_label_space_or_view_count_is_refused(published, hub, tmp_path):
     args = distill_args(tmp_path)
     with pytest.raises(TeacherCacheMismatch, match="view count: cache has 2, expected 4"):

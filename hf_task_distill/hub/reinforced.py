@@ -219,7 +219,9 @@ def published_transfer_set(cache):
 
 
 def open_teacher_cache(source: str | os.PathLike):
-    """A teacher cache from a folder, or from a Hub dataset repo id that is not a folder here.
+    """A teacher cache from a folder, or from a Hub dataset repo id that is not a folder here, at the
+    default branch or at the revision after ``@`` (``"me/transfer-set@<commit id>"``, the commit a
+    publish manifest records; a branch or tag name serves too).
 
     Raises:
         FileNotFoundError: ``source`` is neither a complete cache folder nor a downloadable repo id.
@@ -228,10 +230,11 @@ def open_teacher_cache(source: str | os.PathLike):
     from .download import HubDownloadError, is_repo_id
 
     text = os.fspath(source)
-    if os.path.exists(text) or not is_repo_id(text):
+    repo_id, _, revision = text.partition("@")
+    if os.path.exists(text) or not is_repo_id(repo_id) or text.endswith("@"):
         return TeacherCache(text)  # a folder that is not a complete cache says so
     try:
-        return pull_teacher_cache(text)
+        return pull_teacher_cache(repo_id, revision or None)
     except HubDownloadError as err:
         raise FileNotFoundError(
             f"teacher_cache='{text}' is no folder here, and as a Hub dataset repo id: {err}"
