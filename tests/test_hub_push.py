@@ -146,6 +146,34 @@ def test_push_uploads_student_and_transfer_set_in_one_commit_each(pushed, loopba
     assert student_commit in outputs["student_commit"] and transfer_commit in outputs["transfer_set_commit"]
 
 
+PULL_TRANSFER_SET = """
+    import hashlib, json, os
+    import numpy as np
+    from datasets import load_dataset
+
+    rows = load_dataset(os.environ["REPO"], split="train", revision=os.environ["COMMIT"])
+    pixels = [hashlib.sha256(np.asarray(image.convert("RGB")).tobytes()).hexdigest() for image in rows["image"]]
+    print("RESULT " + json.dumps(dict(columns=rows.column_names, pixels=pixels, features=str(rows.features))))
+"""
+
+
+def test_the_pushed_transfer_set_loads_back_with_load_dataset_with_the_same_rows_and_pixels(
+    pushed, loopback_hub, tmp_path
+):
+    import hashlib
+
+    import numpy as np
+    from datasets import load_from_disk
+    from test_loopback_hub import run_client
+
+    commit = pushed["manifest"]["outputs"]["transfer_set_commit_id"]
+    out = run_client(loopback_hub, tmp_path, PULL_TRANSFER_SET, REPO=pushed["dataset"], COMMIT=commit)
+    local = load_from_disk(str(pushed["run"] / "transfer" / "data"))
+    assert out["columns"] == local.column_names and out["features"] == str(local.features)
+    expected = [hashlib.sha256(np.asarray(im.convert("RGB")).tobytes()).hexdigest() for im in local["image"]]
+    assert len(expected) > 10 and out["pixels"] == expected  # every row, in order, pixel for pixel
+
+
 def test_pushing_a_pushed_run_again_uploads_nothing(pushed, loopback_hub):
     hub = loopback_hub
     assert (
