@@ -279,7 +279,9 @@ class Pipeline:
             return None, False
         if name in self.config.run.overwrite_stage and name not in self._redone:
             return "--overwrite_stage", False
-        if manifest.get("fingerprint") != fingerprint:
+        if manifest.get("fingerprint") != fingerprint and not get_stage(name).still_serves(
+            manifest.get("inputs", {}), inputs
+        ):
             return self._redo_reason(name, manifest, inputs), False
         changed = self._changed_output(name, manifest)
         if changed is not None:  # its files were changed since: nothing there is worth keeping

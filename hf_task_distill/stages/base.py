@@ -114,6 +114,12 @@ class Stage:
         checked before the first stage runs, so that a typo or a missing network fails at once."""
         return []
 
+    def still_serves(self, recorded: dict[str, Any], current: dict[str, Any]) -> bool:
+        """Whether a finished result computed with the settings ``recorded`` serves a command whose
+        settings are ``current`` although they differ (a pushed publish serves a command that does not
+        push): it is then kept as it is, not redone. Default: only the same settings serve."""
+        return False
+
     def check_ready(self, config: PipelineConfig) -> None:
         """Checks that cost no computation, run before the command's first stage (a push's token and
         repo ids): raise to refuse the command before anything is trained or written."""

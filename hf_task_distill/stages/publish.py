@@ -27,6 +27,13 @@ class PublishStage(Stage):
         exported = ("export",) if get_stage("export").enabled(config) else ()
         return ("transfer", "finetune", "evaluate", *exported)
 
+    def still_serves(self, recorded, current):
+        """A publish that pushed also published: a command that does not push keeps it (and the commit
+        ids in its manifest) when every other setting and upstream stage is the same."""
+        if not recorded.get("push_to_hub") or current.get("push_to_hub"):
+            return False
+        return {**recorded, "push_to_hub": False} == current
+
     def check_ready(self, config):
         """With ``--push_to_hub``: the repo ids, the token and its rights (:func:`push_targets`), before
         any stage; a Hub out of reach is only logged, so that an offline run still trains and writes
