@@ -177,9 +177,23 @@ def parse_config(command: str, argv: list[str]) -> PipelineConfig:
         _log_continuation(output_dir, saved, given)
         base = saved
     try:  # the run folder is the one whose settings were read, whatever the defaults say
-        return PipelineConfig.from_dict({**base, **given, "output_dir": output_dir})
+        config = PipelineConfig.from_dict({**base, **given, "output_dir": output_dir})
     except TypeError as err:  # a config file's value of the wrong type (flags are typed by argparse)
         raise CommandLineError(str(err)) from err
+    if given.get("push_to_hub") and command != "demo":
+        _check_command_publishes(command, config)
+    return config
+
+
+def _check_command_publishes(command: str, config: PipelineConfig) -> None:
+    """``--push_to_hub`` given to a command without the publish stage (``evaluate``) would be ignored."""
+    from .stages import stages_for_command
+
+    if "publish" not in stages_for_command(config, command_table()[command][1]):
+        raise CommandLineError(
+            f"--push_to_hub uploads in the publish stage, which `{command}` does not run: add it to "
+            "`hf-task-distill run`, or push the finished run with `hf-task-distill push`"
+        )
 
 
 def _one_line_error(message: str):
@@ -257,6 +271,7 @@ def run_command(command: str, config: PipelineConfig) -> str:
             setattr(_group_of(config, name), name, value)
     if config.run.push_to_hub and not config.run.hub_model_id:
         raise CommandLineError(f"{command} needs --hub_model_id (e.g. me/mobilevitv2-cub)")
+    _check_writable(config.run.output_dir)
     pipeline = Pipeline(config)
     if command == "evaluate" and _is_finished_student(pipeline):
         return _evaluate_finished_student(pipeline)

@@ -107,6 +107,7 @@ def check_model_source(name: str | os.PathLike, what: str, *, timm_architectures
         raise ValueError(f"{what}: '{name}' is a file; a model is a folder (config.json and weights)")
     if is_local_path(name):
         repo, at, revision = name.partition("@")
+        repo = repo.removeprefix("hf-hub:").removeprefix("hf_hub:")
         if at and revision and HUB_ID.match(repo) and "/" in repo:  # owner/name@revision
             raise ValueError(
                 f"{what}: '{name}': a revision after '@' is not read here (models load at the repo's default "

@@ -324,6 +324,13 @@ def _cli(*flags: str):
     return make
 
 
+def _cli_command(command: str, *flags: str):
+    def make(tmp_path, kit):
+        return lambda: main([command, "--dataset", "digits", "--output_dir", str(tmp_path / "run"), *flags])
+
+    return make
+
+
 def _cli_with_folder_student(*flags: str):
     def make(tmp_path, kit):
         kit.teacher.save_pretrained(tmp_path / "dinov2-student")
@@ -1077,6 +1084,19 @@ CASES = [
             r"`hf download me/cub-student --revision 0123abc --local-dir <folder>`\) and pass the folder"
         ),
         id="cli-student-at-revision",
+    ),
+    pytest.param(
+        _cli("--student", "hf-hub:me/cub-student@v2"),
+        ExitsWith(r"`hf download me/cub-student --revision v2 --local-dir <folder>`"),
+        id="cli-student-hf-hub-at-revision",
+    ),
+    pytest.param(
+        _cli_command("evaluate", "--push_to_hub", "--hub_model_id", "me/s"),
+        ExitsWith(
+            r"--push_to_hub uploads in the publish stage, which `evaluate` does not run: add it to "
+            r"`hf-task-distill run`, or push the finished run with `hf-task-distill push`"
+        ),
+        id="cli-push-to-hub-without-publish",
     ),
     pytest.param(
         _cli("--per_class", "5", "--fraction", "0.1"),

@@ -380,6 +380,34 @@ def test_pushed_cards_validate_on_the_hub_and_render_lineage_results_and_licence
     assert re.search(r"did not declare a license", out["dataset"])
 
 
+def test_a_command_that_does_not_push_keeps_the_pushed_publish_and_its_commit_ids(
+    pushed, finished_run, tmp_path
+):
+    run = _copy({**finished_run, "run": pushed["run"]}, tmp_path)
+    home = finished_run["home"]
+    env = {**os.environ, **_user_env(home), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [*CLI, "run", "--output_dir", str(run)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "stage publish: complete" in done.stderr and "stage publish: redoing" not in done.stderr
+    assert _manifest(run) == pushed["rerun_manifest"]  # the commit ids of the push are still recorded
+    assert _manifest(run)["outputs"]["student_commit_id"]
+
+
+def test_ids_name_their_namespace_in_any_case_as_the_hub_does():
+    from hf_task_distill.hub.publish import _writable_repo_id
+
+    me = {
+        "name": "user",
+        "orgs": [{"name": "alice", "roleInOrg": "write"}, {"name": "readers", "roleInOrg": "read"}],
+    }
+    assert _writable_repo_id("--hub_model_id", "ALICE/s", me) == "ALICE/s"
+    assert _writable_repo_id("--hub_model_id", "User/s", me) == "User/s"
+    with pytest.raises(ValueError, match=r"your role in the organisation 'readers' is read"):
+        _writable_repo_id("--hub_model_id", "Readers/s", me)
+
+
 @pytest.mark.parametrize(
     "case, expected",
     [

@@ -137,8 +137,12 @@ def _writable_repo_id(flag: str, repo_id: str, me: dict) -> str:
         return f"{user}/{repo_id}"
     owner = repo_id.split("/")[0]
     roles = {org.get("name"): org.get("roleInOrg") for org in me.get("orgs") or []}
-    if owner == user or (owner in roles and roles[owner] != "read"):
+    found = {name.lower(): name for name in [user, *roles] if name}.get(
+        owner.lower()
+    )  # Hub names ignore case
+    if found == user or (found in roles and roles[found] != "read"):
         return repo_id
+    owner = found or owner
     writable = [user, *sorted(name for name, role in roles.items() if role != "read")]
     why = (
         f"your role in the organisation '{owner}' is read"
@@ -181,9 +185,12 @@ def _upload_failure(
         f"hf upload {repo} {display_path(folder)}" + (" --repo-type dataset" if kind == "dataset" else "")
         for folder, repo, kind in pending
     )
+    # an id without owner was not resolved (the Hub out of reach): its card names no repo yet, so only
+    # the push command, which resolves it and rewrites the card, publishes the folders right
+    alternative = f", or with `{commands}`" if all("/" in repo for _, repo, _ in pending) else ""
     return (
         f"{cause}{uploaded}. {folders} {'are' if len(pending) > 1 else 'is'} complete: upload later with "
-        f"the same push command, or with `{commands}`"
+        f"the same push command{alternative}"
     )
 
 
