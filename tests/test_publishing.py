@@ -260,6 +260,17 @@ def test_a_push_without_the_hub_says_so_and_keeps_the_folders(
     assert not _leaks(_published_files(run), [MARKER, str(run)])
 
 
+def test_an_unreachable_hub_with_an_id_without_owner_offers_only_the_push_command():
+    from hf_task_distill.hub.publish import _upload_failure
+
+    pending = [("/r/publish/student", "colours-student", "model")]  # whoami could not resolve the owner
+    message = _upload_failure(ConnectionError("no route"), "colours-student", pending, [])
+    assert message.startswith("could not reach the Hugging Face Hub to upload colours-student (no route)")
+    assert message.endswith("is complete: upload later with the same push command")  # not `hf upload`
+    resolved = _upload_failure(ConnectionError("no route"), "me/s", [("/r/s", "me/s", "model")], [])
+    assert resolved.endswith("or with `hf upload me/s /r/s`")
+
+
 def test_a_failed_upload_names_what_went_up_and_what_is_left(monkeypatch):
     """The student went up, the transfer set did not: the message says so and gives its command;
     a Hub that answers with an error is a refusal, not an unreachable Hub."""
