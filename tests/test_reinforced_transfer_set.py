@@ -206,7 +206,7 @@ def test_a_cache_for_another_label_space_or_view_count_is_refused(published, hub
     assert len(trainer.train_dataset) == ROWS
 
 
-def test_a_repo_without_a_cache_or_a_source_that_is_neither_is_refused(published, hub, tmp_path):
+def test_a_repo_without_a_cache_or_a_source_that_is_neither_is_refused(published, hub, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no folder here, and as a Hub dataset repo id: .*404"):
         DistillationTrainer(model=_student(), teacher_cache="someone/unknown", args=distill_args(tmp_path))
     with pytest.raises(FileNotFoundError, match="not a complete teacher cache"):
@@ -218,23 +218,16 @@ def test_a_repo_without_a_cache_or_a_source_that_is_neither_is_refused(published
     hub_calls = len(hub)
     from hf_task_distill.hub.reinforced import pull_teacher_cache
 
-    original = download.download_dataset_repo
-    download.download_dataset_repo = lambda repo_id, **kwargs: str(bare)
-    try:
-        with pytest.raises(FileNotFoundError, match="has no teacher cache .*published without one"):
-            pull_teacher_cache(REPO)
-    finally:
-        download.download_dataset_repo = original
+    monkeypatch.setattr(download, "download_dataset_repo", lambda repo_id, **kwargs: str(bare))
+    with pytest.raises(FileNotFoundError, match="has no teacher cache .*published without one"):
+        pull_teacher_cache(REPO)
     assert len(hub) == hub_calls
     # a cache that carries no record of its published rows (a local cache uploaded by hand)
     unrecorded = published["root"] / "unrecorded"
     shutil.copytree(published["cache"].directory, unrecorded / "teacher_cache")
-    download.download_dataset_repo = lambda repo_id, **kwargs: str(unrecorded)
-    try:
-        with pytest.raises(TeacherCacheMismatch, match="no record of the transfer set it was published with"):
-            pull_teacher_cache(REPO)
-    finally:
-        download.download_dataset_repo = original
+    monkeypatch.setattr(download, "download_dataset_repo", lambda repo_id, **kwargs: str(unrecorded))
+    with pytest.raises(TeacherCacheMismatch, match="no record of the transfer set it was published with"):
+        pull_teacher_cache(REPO)
 
 
 def test_the_card_names_the_teacher_its_licence_and_the_flops_saved(published):
