@@ -142,11 +142,10 @@ def licence_warnings(sources: list[Source]) -> list[str]:
                 )
         if not licence or licence in _UNCLEAR:
             plural = source.role.endswith("weights")  # "the student weights ... declare"
-            said = (
-                f"{'are' if plural else 'is'} licensed '{source.license}'"
-                if source.license
-                else (f"declare{'' if plural else 's'} no licence")
-            )
+            if source.license:
+                said = f"{'are' if plural else 'is'} licensed '{source.license}'"
+            else:
+                said = f"declare{'' if plural else 's'} no licence"
             warnings.append(
                 f"the {source.role} `{source.name}` {said}: read its terms before publishing the student"
             )

@@ -137,18 +137,15 @@ def _writable_repo_id(flag: str, repo_id: str, me: dict) -> str:
         return f"{user}/{repo_id}"
     owner = repo_id.split("/")[0]
     roles = {org.get("name"): org.get("roleInOrg") for org in me.get("orgs") or []}
-    found = {name.lower(): name for name in [user, *roles] if name}.get(
-        owner.lower()
-    )  # Hub names ignore case
-    if found == user or (found in roles and roles[found] != "read"):
+    names = {name.lower(): name for name in [user, *roles] if name}  # Hub names ignore case
+    owner = names.get(owner.lower(), owner)
+    if owner == user or roles.get(owner, "read") != "read":
         return repo_id
-    owner = found or owner
     writable = [user, *sorted(name for name, role in roles.items() if role != "read")]
-    why = (
-        f"your role in the organisation '{owner}' is read"
-        if owner in roles
-        else (f"'{owner}' is neither your user name nor one of your organisations")
-    )
+    if owner in roles:
+        why = f"your role in the organisation '{owner}' is read"
+    else:
+        why = f"'{owner}' is neither your user name nor one of your organisations"
     raise ValueError(
         f"{flag} '{repo_id}': the Hugging Face token of '{user}' cannot write there ({why}); it can write "
         f"under {', '.join(repr(name) for name in writable)}"
@@ -199,8 +196,8 @@ def push_targets(run) -> tuple[dict[str, str | None], BaseException | None]:
     anything is written: ``({"model": "owner/name", "dataset": "owner/name" or None}, None)``.
 
     A Hub out of reach (or answering with another error) is not raised here: the ids are returned as
-    given with the error, which the push raises once the folders are written (to be uploaded later). Without ``push_to_hub`` the
-    ids are returned as given, unchecked.
+    given with the error, which the push raises once the folders are written (to be uploaded later).
+    Without ``push_to_hub`` the ids are returned as given, unchecked.
 
     Raises:
         ValueError: ``--push_to_hub`` without ``--hub_model_id``, a malformed id or a namespace the
@@ -415,7 +412,6 @@ def publish_run(context, directory: str) -> dict[str, Any]:
         from ..export import export_student
 
         targets, unreachable = push_targets(config.run)  # a wrong id or token fails before any file
-
         os.makedirs(student_dir, exist_ok=True)
         export_student(
             finetuned, formats=("safetensors",), output_dir=student_dir
