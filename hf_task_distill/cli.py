@@ -271,7 +271,6 @@ def run_command(command: str, config: PipelineConfig) -> str:
             setattr(_group_of(config, name), name, value)
     if config.run.push_to_hub and not config.run.hub_model_id:
         raise CommandLineError(f"{command} needs --hub_model_id (e.g. me/mobilevitv2-cub)")
-    _check_writable(config.run.output_dir)
     pipeline = Pipeline(config)
     if command == "evaluate" and _is_finished_student(pipeline):
         return _evaluate_finished_student(pipeline)
